@@ -1,0 +1,80 @@
+// Config: the daemon's configuration, loaded from YAML or from the seed's INI.
+//
+// Every key, its default and its meaning is listed once, in kConfigKeys
+// (config.cc), and documented in docs/configuration.md. Loaders fill a Config
+// and then Resolve() applies defaults and validates, collecting every error
+// rather than stopping at the first.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace mqs::config {
+
+enum class QueueType { kQuorum, kClassic };
+
+std::string_view QueueTypeName(QueueType t);  // "quorum" / "classic"
+
+// Producer: a business this sidecar publishes to.
+struct Producer {
+  std::string name;      // business name, e.g. "usdt.transfer"
+  std::string exchange;  // default: the business name
+  // Seed's alternate-exchange handler. Non-empty: the business exchange is
+  // declared with alternate-exchange=<handle>, a fanout exchange <handle> and
+  // a durable queue <handle>.queue bound to it, so unroutable messages are kept.
+  std::string handle;
+};
+
+// Consumer: a business whose queue this sidecar's clients consume.
+struct Consumer {
+  std::string name;
+  std::string exchange;                    // default: the business name
+  std::string queue;                       // default: <exchange>.queue
+  std::vector<std::string> binding_keys;   // default: ["#"]
+  QueueType queue_type = QueueType::kQuorum;
+  uint32_t prefetch = 16;                  // default for Subscribe.open.prefetch == 0
+  std::string handle;                      // seed's consume callback name; informational
+};
+
+struct Broker {
+  std::vector<std::string> uris;  // default: ["amqp://guest:guest@127.0.0.1:5672/"]
+  std::chrono::milliseconds heartbeat{std::chrono::seconds(30)};
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
+};
+
+struct Publish {
+  uint32_t window = 1024;  // PublishStream: requests in flight per stream
+};
+
+struct Config {
+  std::string source;               // file it was loaded from ("" for text)
+  std::vector<std::string> listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock, 127.0.0.1:50051
+  Broker broker;
+  std::vector<Producer> producers;  // sorted by name
+  std::vector<Consumer> consumers;  // sorted by name
+  Publish publish;
+  std::string log_level = "info";   // trace, debug, info, warn, error
+
+  const Producer* FindProducer(std::string_view business) const;
+  const Consumer* FindConsumer(std::string_view business) const;
+};
+
+// LoadFile reads `path`; content starting (after blank/comment lines) with a
+// `[section]` line is the seed's INI, anything else YAML. Errors name the file,
+// the key, the line where known, and what was expected; all errors are
+// reported, one per line, in an InvalidArgument status (NotFound if the file
+// cannot be read).
+absl::StatusOr<Config> LoadFile(const std::string& path);
+absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view filename);
+absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filename);
+
+// Describe renders the resolved config and topology for --check-config.
+// Passwords in broker URIs are masked.
+std::string Describe(const Config& config);
+
+}  // namespace mqs::config

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# install-deps.sh: installs every Debian 12 package that mq-sidecar's build,
+# tests and runtime need. Skips what is already present; safe to re-run.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential cmake ninja-build pkg-config git
+  librabbitmq-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libspdlog-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libsystemd-dev catch2
+  # runtime: a local broker for development and tests
+  rabbitmq-server
+  # tests: other AMQP clients for interop, python gRPC for API checks
+  amqp-tools python3-pika python3-grpcio python3-protobuf
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# The broker's package would start a system-wide node; policy-rc.d keeps
+# postinst from starting services (we start our own node when needed).
+had_policy=0
+if [ -e /usr/sbin/policy-rc.d ]; then had_policy=1; fi
+if [ $had_policy -eq 0 ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+fi
+trap 'if [ $had_policy -eq 0 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi' EXIT
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
