@@ -1,0 +1,98 @@
+// Connection: one AMQP connection, owned by exactly one thread.
+//
+// rabbitmq-c is synchronous and not thread-safe; this wrapper only adds RAII,
+// login with the capabilities 0.11 forgets to advertise, conversion of
+// rabbitmq-c replies into absl::Status with the most specific code, and the
+// non-blocking frame pump the I/O loops are built on.
+#pragma once
+
+#include <amqp.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace mqs::amqp {
+
+struct ConnectOptions {
+  std::chrono::milliseconds heartbeat{std::chrono::seconds(30)};
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
+  // Deadline of each synchronous AMQP RPC (declare, qos, consume, close):
+  // a broker that stops answering becomes an error, not a hang.
+  std::chrono::milliseconds rpc_timeout{std::chrono::seconds(10)};
+  std::string connection_name;  // shown in the broker's management UI
+};
+
+class Connection {
+ public:
+  // Open connects to `uri` (amqp://user:pass@host:port/vhost), logs in and
+  // returns the connection; Unavailable when the broker cannot be reached,
+  // PermissionDenied when the login is refused.
+  static absl::StatusOr<std::unique_ptr<Connection>> Open(const std::string& uri,
+                                                          const ConnectOptions& options);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  amqp_connection_state_t state() { return state_; }
+  int fd() const;
+  int channel_max() const;
+  int heartbeat_seconds() const;
+
+  absl::Status OpenChannel(amqp_channel_t channel);
+  // CloseChannel closes a channel we opened; the broker requeues its unacked
+  // deliveries. Frames that arrive for it meanwhile are queued by rabbitmq-c.
+  absl::Status CloseChannel(amqp_channel_t channel);
+
+  // RpcStatus turns the reply of the last synchronous call into a status. On
+  // a channel.close from the broker it answers close-ok, so the channel number
+  // can be reopened; on connection.close it marks the connection dead.
+  absl::Status RpcStatus(std::string_view what, amqp_channel_t channel);
+  absl::Status ReplyStatus(const amqp_rpc_reply_t& reply, std::string_view what,
+                           amqp_channel_t channel);
+
+  // HasBuffered: rabbitmq-c holds frames or bytes not yet handed out, so the
+  // caller must not sleep in poll() before pumping them.
+  bool HasBuffered();
+  // NextFrame returns true and fills `frame` when one is available without
+  // blocking, false when none is; an error when the connection is dead
+  // (socket error, heartbeat timeout). It also sends due heartbeats.
+  absl::StatusOr<bool> NextFrame(amqp_frame_t* frame);
+  // ReadContent reads the header and body frames following a basic.deliver
+  // or basic.return on `channel`.
+  absl::Status ReadContent(amqp_channel_t channel, amqp_message_t* message);
+
+  // Answers a broker-initiated channel.close / connection.close.
+  void SendChannelCloseOk(amqp_channel_t channel);
+  void SendConnectionCloseOk();
+
+  bool dead() const { return dead_; }
+  void MarkDead() { dead_ = true; }
+
+ private:
+  explicit Connection(amqp_connection_state_t state) : state_(state) {}
+  amqp_connection_state_t state_;
+  bool logged_in_ = false;
+  bool dead_ = false;
+};
+
+// StatusFromLibrary maps a rabbitmq-c status code (AMQP_STATUS_*) to a status.
+absl::Status StatusFromLibrary(int code, std::string_view what);
+
+// AmqpText views AMQP bytes as text.
+inline std::string_view AmqpText(amqp_bytes_t b) {
+  return b.len == 0 ? std::string_view() : std::string_view(static_cast<const char*>(b.bytes), b.len);
+}
+// AmqpBytes views text as AMQP bytes; the text must outlive the call it is passed to.
+inline amqp_bytes_t AmqpBytes(std::string_view s) {
+  amqp_bytes_t b;
+  b.len = s.size();
+  b.bytes = const_cast<char*>(s.data());
+  return b;
+}
+
+}  // namespace mqs::amqp

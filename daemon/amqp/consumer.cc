@@ -1,0 +1,246 @@
+#include "amqp/consumer.h"
+
+#include "util/strings.h"
+#include "amqp/properties.h"
+#include "spdlog/spdlog.h"
+
+namespace mqs::amqp {
+namespace {
+
+constexpr amqp_channel_t kControlChannel = 1;
+
+}  // namespace
+
+Consumer::Consumer(const config::Config& config, const config::TopologyPlan& plan,
+                   std::function<void()> on_state,
+                   std::function<void(const absl::Status&)> on_fatal)
+    : IoLoop("consumer", config.broker, std::move(on_state), std::move(on_fatal)), plan_(plan) {}
+
+Consumer::~Consumer() { Stop(std::chrono::milliseconds(0)); }
+
+bool Consumer::IsFatal(const absl::Status& s) const { return IsTopologyConflict(s); }
+
+absl::Status Consumer::OnConnected(Connection& conn) {
+  control_ok_ = false;
+  if (absl::Status s = conn.OpenChannel(kControlChannel); !s.ok()) return s;
+  // Queues must exist before anyone consumes from them.
+  if (absl::Status s = DeclareTopology(conn, kControlChannel, plan_); !s.ok()) return s;
+  control_ok_ = true;
+  last_channel_ = kControlChannel;
+  return absl::OkStatus();
+}
+
+void Consumer::OnDisconnected(const absl::Status& why) {
+  control_ok_ = false;
+  const absl::Status lost = absl::UnavailableError(
+      util::StrCat("broker connection lost; this stream's unacked deliveries will be "
+                   "redelivered: ",
+                   why.message()));
+  std::vector<uint64_t> ids;
+  ids.reserve(streams_.size());
+  for (const auto& [id, stream] : streams_) ids.push_back(id);
+  for (uint64_t id : ids) EndStream(nullptr, id, lost, /*close_channel=*/false);
+  by_channel_.clear();
+}
+
+void Consumer::OnStopping(Connection* conn) {
+  std::vector<uint64_t> ids;
+  for (const auto& [id, stream] : streams_) ids.push_back(id);
+  for (uint64_t id : ids) {
+    EndStream(conn, id, absl::UnavailableError("mq-sidecar is shutting down"), true);
+  }
+}
+
+amqp_channel_t Consumer::AllocateChannel(int channel_max) {
+  // Round-robin, so a just-closed channel number is not reused while frames
+  // queued for its old consumer may still be waiting to be discarded.
+  const int max = std::min(channel_max, 65535);
+  for (int tries = 0; tries < max; ++tries) {
+    last_channel_ = static_cast<amqp_channel_t>(last_channel_ >= max ? 2 : last_channel_ + 1);
+    if (last_channel_ == kControlChannel) continue;
+    if (!by_channel_.contains(last_channel_)) return last_channel_;
+  }
+  return 0;
+}
+
+void Consumer::ProcessInbox(Connection* conn) {
+  inbox_.Drain(batch_);
+  for (Command& cmd : batch_) {
+    if (auto* open = std::get_if<OpenRequest>(&cmd)) {
+      if (conn == nullptr || conn->dead()) {
+        open->sink->OnClosed(absl::UnavailableError(
+            util::StrCat("broker unavailable (", LinkStateName(state()), ")")));
+      } else if (stop_requested()) {
+        open->sink->OnClosed(absl::UnavailableError("mq-sidecar is shutting down"));
+      } else {
+        DoOpen(*conn, std::move(*open));
+      }
+    } else if (auto* settle = std::get_if<SettleCmd>(&cmd)) {
+      if (conn != nullptr && !conn->dead()) DoSettle(*conn, *settle);
+    } else if (auto* close = std::get_if<CloseCmd>(&cmd)) {
+      EndStream(conn, close->stream_id, close->why, /*close_channel=*/true);
+    } else if (auto* inspect = std::get_if<InspectCmd>(&cmd)) {
+      DoInspect(conn, *inspect);
+    }
+  }
+  batch_.clear();
+}
+
+void Consumer::DoOpen(Connection& conn, OpenRequest&& req) {
+  const amqp_channel_t ch = AllocateChannel(conn.channel_max());
+  if (ch == 0) {
+    req.sink->OnClosed(absl::ResourceExhaustedError(
+        util::StrCat("no free AMQP channel (channel_max ", conn.channel_max(), ")")));
+    return;
+  }
+  absl::Status s = conn.OpenChannel(ch);
+  if (s.ok()) {
+    amqp_basic_qos(conn.state(), ch, 0, static_cast<uint16_t>(std::min<uint32_t>(req.prefetch, 65535)),
+                   /*global=*/0);
+    s = conn.RpcStatus("basic.qos", ch);
+  }
+  if (s.ok()) {
+    amqp_basic_consume(conn.state(), ch, AmqpBytes(req.queue), AmqpBytes(req.consumer_tag),
+                       /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0, amqp_empty_table);
+    s = conn.RpcStatus(util::StrCat("consume from queue '", req.queue, "'"), ch);
+  }
+  if (!s.ok()) {
+    // A refused open, qos or consume closed the channel (close-ok sent); a
+    // dead connection needs nothing more.
+    req.sink->OnClosed(s);
+    return;
+  }
+  spdlog::info("[consumer] stream {} consumes '{}' on channel {} (prefetch {}, tag {})",
+               req.stream_id, req.queue, ch, req.prefetch, req.consumer_tag);
+  by_channel_[ch] = req.stream_id;
+  const uint64_t id = req.stream_id;
+  streams_.emplace(id, Stream{std::move(req), ch, {}});
+}
+
+void Consumer::DoSettle(Connection& conn, const SettleCmd& cmd) {
+  auto it = streams_.find(cmd.stream_id);
+  if (it == streams_.end()) return;  // stream already ended: its deliveries are requeued
+  Stream& stream = it->second;
+  auto tag = stream.unacked.find(cmd.delivery_id);
+  if (tag == stream.unacked.end()) {
+    EndStream(&conn, cmd.stream_id,
+              absl::InvalidArgumentError(util::StrCat(
+                  cmd.ack ? "ack" : "nack", " of delivery_id ", cmd.delivery_id,
+                  ": unknown or already settled on this stream; the stream is closed and its "
+                  "unacked deliveries return to the queue")),
+              true);
+    return;
+  }
+  stream.unacked.erase(tag);
+  const int rc = cmd.ack ? amqp_basic_ack(conn.state(), stream.channel, cmd.delivery_id, 0)
+                         : amqp_basic_nack(conn.state(), stream.channel, cmd.delivery_id, 0,
+                                           cmd.requeue ? 1 : 0);
+  if (rc != AMQP_STATUS_OK) conn.MarkDead();
+}
+
+void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Status& why,
+                         bool close_channel) {
+  auto it = streams_.find(stream_id);
+  if (it == streams_.end()) return;
+  Stream stream = std::move(it->second);
+  streams_.erase(it);
+  by_channel_.erase(stream.channel);
+  if (close_channel && conn != nullptr && !conn->dead()) {
+    if (absl::Status s = conn->CloseChannel(stream.channel); !s.ok()) {
+      spdlog::warn("[consumer] closing channel {}: {}", stream.channel, s.message());
+    }
+  }
+  spdlog::info("[consumer] stream {} ended ({} unacked returned to '{}'): {}", stream_id,
+               stream.unacked.size(), stream.open.queue, why.ok() ? "closed" : why.message());
+  stream.open.sink->OnClosed(why);
+}
+
+void Consumer::OnDeliver(Connection& conn, const amqp_basic_deliver_t& deliver,
+                         amqp_channel_t channel) {
+  const uint64_t tag = deliver.delivery_tag;
+  const bool redelivered = deliver.redelivered != 0;
+  const std::string consumer_tag(AmqpText(deliver.consumer_tag));
+  mqsidecar::v1::Delivery d;
+  d.set_delivery_id(tag);
+  d.set_exchange(std::string(AmqpText(deliver.exchange)));
+  d.set_routing_key(std::string(AmqpText(deliver.routing_key)));
+  d.set_redelivered(redelivered);
+
+  amqp_message_t message;
+  if (absl::Status s = conn.ReadContent(channel, &message); !s.ok()) return;
+  auto it = by_channel_.find(channel);
+  Stream* stream = it == by_channel_.end() ? nullptr : &streams_.at(it->second);
+  // A delivery for a channel being closed, or for an earlier consumer on a
+  // reused channel number, is dropped: the broker requeues it.
+  if (stream == nullptr || stream->open.consumer_tag != consumer_tag) {
+    amqp_destroy_message(&message);
+    return;
+  }
+  d.set_business(stream->open.business);
+  d.set_payload(static_cast<const char*>(message.body.bytes), message.body.len);
+  FillDelivery(message.properties, &d);
+  amqp_destroy_message(&message);
+  stream->unacked.insert(tag);
+  stream->open.sink->OnDelivery(std::move(d));
+}
+
+void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
+  if (frame.frame_type != AMQP_FRAME_METHOD) return;
+  const amqp_method_t& m = frame.payload.method;
+  switch (m.id) {
+    case AMQP_BASIC_DELIVER_METHOD:
+      OnDeliver(conn, *static_cast<amqp_basic_deliver_t*>(m.decoded), frame.channel);
+      break;
+    case AMQP_BASIC_CANCEL_METHOD: {
+      // consumer_cancel_notify: the queue was deleted or its node went away.
+      auto it = by_channel_.find(frame.channel);
+      if (it != by_channel_.end()) {
+        EndStream(&conn, it->second,
+                  absl::UnavailableError("the broker cancelled this consumer (queue deleted or "
+                                         "unavailable); unacked deliveries are requeued"),
+                  true);
+      }
+      break;
+    }
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      auto* close = static_cast<amqp_channel_close_t*>(m.decoded);
+      const absl::Status why = absl::AbortedError(
+          util::StrCat("the broker closed this stream's channel: ", close->reply_code, " ",
+                       AmqpText(close->reply_text)));
+      conn.SendChannelCloseOk(frame.channel);
+      if (frame.channel == kControlChannel) {
+        control_ok_ = false;
+        control_ok_ = conn.OpenChannel(kControlChannel).ok();
+        break;
+      }
+      auto it = by_channel_.find(frame.channel);
+      if (it != by_channel_.end()) EndStream(&conn, it->second, why, /*close_channel=*/false);
+      break;
+    }
+    default:
+      spdlog::debug("[consumer] ignoring method 0x{:08x} on channel {}", m.id, frame.channel);
+  }
+}
+
+void Consumer::DoInspect(Connection* conn, InspectCmd& cmd) {
+  std::vector<QueueInfo> out;
+  for (const auto& q : plan_.queues) {
+    QueueInfo info{q.name, q.type, false, {}};
+    if (conn != nullptr && !conn->dead()) {
+      if (!control_ok_) control_ok_ = conn->OpenChannel(kControlChannel).ok();
+      if (control_ok_) {
+        auto stats = QueryQueue(*conn, kControlChannel, q.name);
+        if (stats.ok()) {
+          info.known = true;
+          info.stats = *stats;
+        } else {
+          control_ok_ = false;  // the broker closed channel 1 (close-ok sent)
+        }
+      }
+    }
+    out.push_back(std::move(info));
+  }
+  cmd.done(std::move(out));
+}
+
+}  // namespace mqs::amqp

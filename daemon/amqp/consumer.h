@@ -1,0 +1,132 @@
+// Consumer: the consuming connection; one AMQP channel per Subscribe stream.
+//
+// A channel per stream makes basic.qos (prefetch) per stream, and closing the
+// channel when the stream ends returns exactly that stream's unacked
+// deliveries to the queue, at once. Acks travel on their own connection, so a
+// broker that blocks publishers (resource alarm) never stops consumers acking.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include "amqp/io_loop.h"
+#include "amqp/topology.h"
+#include "config/topology_plan.h"
+#include "mqsidecar/v1/pubsub.pb.h"
+#include "util/wakeup_queue.h"
+
+namespace mqs::amqp {
+
+// DeliverySink: a Subscribe stream as the consumer thread sees it. Calls come
+// from the consumer thread; OnClosed is the last call, after which the sink
+// may be destroyed.
+class DeliverySink {
+ public:
+  virtual ~DeliverySink() = default;
+  virtual void OnDelivery(mqsidecar::v1::Delivery&& delivery) = 0;
+  // The consumer is gone (closed on request, refused, or its connection
+  // lost); its unacked deliveries are back in the queue. `status` is OK for a
+  // close the stream asked for, else why it ended.
+  virtual void OnClosed(const absl::Status& status) = 0;
+};
+
+struct OpenRequest {
+  uint64_t stream_id = 0;
+  std::string business;
+  std::string queue;
+  uint32_t prefetch = 0;
+  std::string consumer_tag;
+  DeliverySink* sink = nullptr;
+};
+
+struct QueueInfo {
+  std::string name;
+  config::QueueType type;
+  bool known = false;  // counts below came from the broker
+  QueueStats stats;
+};
+
+class Consumer final : public IoLoop {
+ public:
+  using InspectDone = std::function<void(std::vector<QueueInfo>&&)>;
+
+  Consumer(const config::Config& config, const config::TopologyPlan& plan,
+           std::function<void()> on_state, std::function<void(const absl::Status&)> on_fatal);
+  ~Consumer() override;
+
+  uint64_t NewStreamId() { return next_stream_id_.fetch_add(1) + 1; }
+
+  // All of these queue a command and return at once; results reach the sink.
+  void Open(OpenRequest request) { inbox_.Push(Command{std::move(request)}); }
+  void Ack(uint64_t stream_id, uint64_t delivery_id) {
+    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, true, false}});
+  }
+  void Nack(uint64_t stream_id, uint64_t delivery_id, bool requeue) {
+    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, false, requeue}});
+  }
+  // Close ends a stream's consumer; its sink then gets OnClosed(`why`).
+  void Close(uint64_t stream_id, absl::Status why) {
+    inbox_.Push(Command{CloseCmd{stream_id, std::move(why)}});
+  }
+  // Inspect asks the broker for each planned queue's counts.
+  void Inspect(InspectDone done) { inbox_.Push(Command{InspectCmd{std::move(done)}}); }
+
+ private:
+  struct SettleCmd {
+    uint64_t stream_id;
+    uint64_t delivery_id;
+    bool ack;
+    bool requeue;
+  };
+  struct CloseCmd {
+    uint64_t stream_id;
+    absl::Status why;
+  };
+  struct InspectCmd {
+    InspectDone done;
+  };
+  using Command = std::variant<OpenRequest, SettleCmd, CloseCmd, InspectCmd>;
+
+  struct Stream {
+    OpenRequest open;
+    amqp_channel_t channel = 0;
+    std::set<uint64_t> unacked;  // delivery tags on `channel` (== delivery ids)
+  };
+
+  absl::Status OnConnected(Connection& conn) override;
+  void OnDisconnected(const absl::Status& why) override;
+  void ProcessInbox(Connection* conn) override;
+  void OnFrame(Connection& conn, const amqp_frame_t& frame) override;
+  void OnStopping(Connection* conn) override;
+  bool IsFatal(const absl::Status& s) const override;
+  int WakeFd() const override { return inbox_.fd(); }
+  void Wake() override { inbox_.Notify(); }
+
+  void DoOpen(Connection& conn, OpenRequest&& req);
+  void DoSettle(Connection& conn, const SettleCmd& cmd);
+  void DoInspect(Connection* conn, InspectCmd& cmd);
+  void OnDeliver(Connection& conn, const amqp_basic_deliver_t& deliver, amqp_channel_t channel);
+  // Ends a stream: closes its channel if `close_channel`, then OnClosed(why).
+  void EndStream(Connection* conn, uint64_t stream_id, const absl::Status& why,
+                 bool close_channel);
+  amqp_channel_t AllocateChannel(int channel_max);
+
+  const config::TopologyPlan plan_;
+  util::WakeupQueue<Command> inbox_;
+  std::atomic<uint64_t> next_stream_id_{0};
+
+  // Loop-thread state.
+  std::vector<Command> batch_;
+  std::unordered_map<uint64_t, Stream> streams_;
+  std::unordered_map<amqp_channel_t, uint64_t> by_channel_;
+  amqp_channel_t last_channel_ = 1;
+  bool control_ok_ = false;  // channel 1: topology and inspection
+};
+
+}  // namespace mqs::amqp

@@ -1,0 +1,205 @@
+#include "amqp/io_loop.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <random>
+
+#include "util/strings.h"
+#include "spdlog/spdlog.h"
+#include "util/uri.h"
+
+namespace mqs::amqp {
+namespace {
+
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+constexpr milliseconds kBackoffMin{100};
+constexpr milliseconds kBackoffMax{10000};
+
+// Full jitter over [d/2, d]: many sidecars restarted with one broker do not
+// all knock at the same instant.
+milliseconds Jitter(milliseconds d) {
+  thread_local std::mt19937 rng{std::random_device{}()};
+  std::uniform_int_distribution<int64_t> dist(d.count() / 2, d.count());
+  return milliseconds(dist(rng));
+}
+
+}  // namespace
+
+std::string_view LinkStateName(LinkState s) {
+  switch (s) {
+    case LinkState::kConnecting:
+      return "connecting";
+    case LinkState::kConnected:
+      return "connected";
+    case LinkState::kReconnecting:
+      return "reconnecting";
+    case LinkState::kStopped:
+      return "stopped";
+  }
+  return "unknown";
+}
+
+IoLoop::IoLoop(std::string name, const config::Broker& broker, std::function<void()> on_state,
+               std::function<void(const absl::Status&)> on_fatal)
+    : name_(std::move(name)),
+      broker_(broker),
+      on_state_(std::move(on_state)),
+      on_fatal_(std::move(on_fatal)) {}
+
+IoLoop::~IoLoop() {
+  // Derived classes stop the loop in their destructors, while their hooks
+  // still exist; this is only a safety net.
+  if (thread_.joinable()) {
+    stop_ = true;
+    thread_.join();
+  }
+}
+
+void IoLoop::Start() { thread_ = std::thread([this] { Run(); }); }
+
+void IoLoop::Stop(milliseconds drain) {
+  drain_ms_ = drain.count();
+  stop_.store(true, std::memory_order_release);
+  Wake();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string IoLoop::broker_uri() const {
+  std::lock_guard<std::mutex> lock(uri_mu_);
+  return broker_uri_;
+}
+
+void IoLoop::SetState(LinkState s) {
+  if (state_.exchange(s, std::memory_order_acq_rel) != s && on_state_) on_state_();
+}
+
+void IoLoop::WaitDisconnected(milliseconds d) {
+  const auto deadline = Clock::now() + d;
+  while (!stop_requested()) {
+    ProcessInbox(nullptr);
+    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return;
+    pollfd pfd{WakeFd(), POLLIN, 0};
+    ::poll(&pfd, 1, static_cast<int>(left.count()));
+  }
+}
+
+void IoLoop::Run() {
+  size_t next_uri = 0;
+  milliseconds backoff = kBackoffMin;
+  ConnectOptions options;
+  options.heartbeat = broker_.heartbeat;
+  options.connect_timeout = broker_.connect_timeout;
+  options.connection_name = name_;
+
+  while (!stop_requested()) {
+    const std::string& uri = broker_.uris[next_uri];
+    {
+      std::lock_guard<std::mutex> lock(uri_mu_);
+      broker_uri_ = util::MaskPassword(uri);
+    }
+    auto conn = Connection::Open(uri, options);
+    absl::Status status = conn.ok() ? OnConnected(**conn) : conn.status();
+    if (!status.ok()) {
+      if (IsFatal(status)) {
+        spdlog::critical("[{}] {}", name_, status.message());
+        OnDisconnected(status);
+        SetState(LinkState::kStopped);
+        if (on_fatal_) on_fatal_(status);
+        break;
+      }
+      spdlog::warn("[{}] {} (retrying in ~{} ms)", name_, status.message(), backoff.count());
+      OnDisconnected(status);
+      SetState(LinkState::kReconnecting);
+      // Move on to the next node of a cluster; back off once per full round.
+      next_uri = (next_uri + 1) % broker_.uris.size();
+      WaitDisconnected(Jitter(backoff));
+      backoff = std::min(backoff * 2, kBackoffMax);
+      continue;
+    }
+    spdlog::info("[{}] connected to {} (heartbeat {} s)", name_, util::MaskPassword(uri),
+                 (*conn)->heartbeat_seconds());
+    backoff = kBackoffMin;
+    SetState(LinkState::kConnected);
+    status = Pump(**conn);
+    if (status.ok()) break;  // stopped and drained
+    spdlog::warn("[{}] connection lost: {}", name_, status.message());
+    blocked_.store(false, std::memory_order_release);
+    SetState(LinkState::kReconnecting);
+    OnDisconnected(status);
+  }
+  // Whatever is still queued gets a definite answer.
+  ProcessInbox(nullptr);
+  OnDisconnected(absl::UnavailableError("mq-sidecar is shutting down"));
+  SetState(LinkState::kStopped);
+}
+
+absl::Status IoLoop::Pump(Connection& conn) {
+  const int hb = conn.heartbeat_seconds();
+  // rabbitmq-c only sends heartbeats from inside its calls: wake at least
+  // every heartbeat/2.
+  const int idle_ms = hb > 0 ? hb * 500 : 1000;
+  bool stopping = false;
+  Clock::time_point drain_deadline;
+  amqp_frame_t frame;
+  while (true) {
+    if (stop_requested() && !stopping) {
+      stopping = true;
+      drain_deadline = Clock::now() + milliseconds(drain_ms_.load());
+      OnStopping(&conn);
+    }
+    if (stopping && (Drained() || Clock::now() >= drain_deadline)) return absl::OkStatus();
+    if (conn.dead()) return absl::UnavailableError("connection closed");
+    if (!conn.HasBuffered()) {
+      pollfd pfds[2] = {{conn.fd(), POLLIN, 0}, {WakeFd(), POLLIN, 0}};
+      ::poll(pfds, 2, stopping ? std::min(idle_ms, 50) : idle_ms);
+    }
+    ProcessInbox(&conn);
+    // Bounded, so a flood of deliveries cannot starve the inbox (acks).
+    for (int i = 0; i < 4096 && !conn.dead(); ++i) {
+      absl::StatusOr<bool> got = conn.NextFrame(&frame);
+      if (!got.ok()) return got.status();
+      if (!*got) break;
+      if (frame.frame_type == AMQP_FRAME_METHOD && frame.channel == 0) {
+        absl::Status s = OnConnectionMethod(conn, frame.payload.method);
+        if (!s.ok()) return s;
+        continue;
+      }
+      OnFrame(conn, frame);
+    }
+    if (conn.dead()) return absl::UnavailableError("connection closed by the broker");
+    amqp_maybe_release_buffers(conn.state());
+  }
+}
+
+absl::Status IoLoop::OnConnectionMethod(Connection& conn, const amqp_method_t& method) {
+  switch (method.id) {
+    case AMQP_CONNECTION_CLOSE_METHOD: {
+      auto* close = static_cast<amqp_connection_close_t*>(method.decoded);
+      absl::Status s = absl::UnavailableError(util::StrCat(
+          "broker closed the connection: ", close->reply_code, " ", AmqpText(close->reply_text)));
+      conn.SendConnectionCloseOk();
+      return s;
+    }
+    case AMQP_CONNECTION_BLOCKED_METHOD: {
+      auto* blocked = static_cast<amqp_connection_blocked_t*>(method.decoded);
+      spdlog::warn("[{}] broker blocked this connection: {}", name_, AmqpText(blocked->reason));
+      blocked_.store(true, std::memory_order_release);
+      if (on_state_) on_state_();
+      return absl::OkStatus();
+    }
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+      spdlog::info("[{}] broker unblocked this connection", name_);
+      blocked_.store(false, std::memory_order_release);
+      if (on_state_) on_state_();
+      return absl::OkStatus();
+    default:
+      spdlog::debug("[{}] ignoring connection method 0x{:08x}", name_, method.id);
+      return absl::OkStatus();
+  }
+}
+
+}  // namespace mqs::amqp

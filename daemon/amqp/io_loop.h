@@ -1,0 +1,96 @@
+// IoLoop: the thread that owns one AMQP connection, and its reconnect cycle.
+//
+// rabbitmq-c is synchronous and not thread-safe, and it only sends and checks
+// heartbeats inside its own calls. So each connection gets one thread that
+// sleeps in poll() on the AMQP socket and a wake-up eventfd, never longer than
+// half the heartbeat, and does everything on that connection: the commands
+// other threads queue (publishes, acks, opens) and the frames the broker sends.
+// Publisher and Consumer derive from it and fill in the hooks.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "amqp/connection.h"
+#include "config/config.h"
+
+namespace mqs::amqp {
+
+enum class LinkState { kConnecting, kConnected, kReconnecting, kStopped };
+std::string_view LinkStateName(LinkState s);
+
+class IoLoop {
+ public:
+  // on_state: called from the loop thread whenever the link state changes.
+  // on_fatal: called once, from the loop thread, when retrying cannot help
+  // (e.g. the broker refuses the declared topology); the loop then stops.
+  IoLoop(std::string name, const config::Broker& broker,
+         std::function<void()> on_state, std::function<void(const absl::Status&)> on_fatal);
+  virtual ~IoLoop();
+  IoLoop(const IoLoop&) = delete;
+  IoLoop& operator=(const IoLoop&) = delete;
+
+  void Start();
+  // Stop asks the loop to finish: OnStopping() runs on the loop thread, the
+  // loop keeps pumping until Drained() or `drain` has passed, then closes the
+  // connection. Blocks until the thread has joined.
+  void Stop(std::chrono::milliseconds drain);
+
+  LinkState state() const { return state_.load(std::memory_order_acquire); }
+  bool connected() const { return state() == LinkState::kConnected; }
+  // blocked: the broker has paused this connection (resource alarm).
+  bool blocked() const { return blocked_.load(std::memory_order_acquire); }
+  std::string broker_uri() const;  // masked; the one connected or last tried
+
+ protected:
+  // OnConnected prepares a fresh connection (channels, topology). An error
+  // drops the connection and retries, unless IsFatal(error).
+  virtual absl::Status OnConnected(Connection& conn) = 0;
+  // OnDisconnected: the connection is gone; settle everything tied to it.
+  virtual void OnDisconnected(const absl::Status& why) = 0;
+  // ProcessInbox handles queued commands; `conn` is null while disconnected.
+  virtual void ProcessInbox(Connection* conn) = 0;
+  virtual void OnFrame(Connection& conn, const amqp_frame_t& frame) = 0;
+  virtual void OnStopping(Connection* conn) {}
+  virtual bool Drained() const { return true; }
+  virtual bool IsFatal(const absl::Status& s) const { return false; }
+
+  // The eventfd the loop polls; derived classes make it readable when they
+  // queue a command.
+  virtual int WakeFd() const = 0;
+  virtual void Wake() = 0;
+
+  bool stop_requested() const { return stop_.load(std::memory_order_acquire); }
+  const std::string& name() const { return name_; }
+
+ private:
+  void Run();
+  // Pump runs one connection until it dies (returns why) or the loop has
+  // drained after a stop (returns OK).
+  absl::Status Pump(Connection& conn);
+  void SetState(LinkState s);
+  // Handles channel-0 methods: connection.close, connection.(un)blocked.
+  absl::Status OnConnectionMethod(Connection& conn, const amqp_method_t& method);
+  // Sleeps up to `d`, still serving the inbox (with no connection).
+  void WaitDisconnected(std::chrono::milliseconds d);
+
+  const std::string name_;
+  const config::Broker broker_;
+  const std::function<void()> on_state_;
+  const std::function<void(const absl::Status&)> on_fatal_;
+  std::atomic<LinkState> state_{LinkState::kConnecting};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> blocked_{false};
+  std::atomic<int64_t> drain_ms_{0};
+  mutable std::mutex uri_mu_;
+  std::string broker_uri_;  // guarded by uri_mu_
+  std::thread thread_;
+};
+
+}  // namespace mqs::amqp

@@ -1,0 +1,168 @@
+#include "amqp/properties.h"
+
+#include <cinttypes>
+#include <cstdio>
+
+#include "util/strings.h"
+#include "amqp/connection.h"
+#include "util/strings.h"
+
+namespace mqs::amqp {
+namespace {
+
+constexpr size_t kShortStrMax = 255;
+
+absl::Status CheckShort(std::string_view field, std::string_view value) {
+  if (value.size() <= kShortStrMax) return absl::OkStatus();
+  return absl::InvalidArgumentError(util::StrCat(field, " is ", value.size(),
+                                                 " bytes; AMQP allows at most 255"));
+}
+
+}  // namespace
+
+absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& r) {
+  absl::Status s;
+  s.Update(CheckShort("routing_key", r.routing_key()));
+  s.Update(CheckShort("message_id", r.message_id()));
+  s.Update(CheckShort("correlation_id", r.correlation_id()));
+  s.Update(CheckShort("content_type", r.content_type()));
+  s.Update(CheckShort("reply_to", r.reply_to()));
+  for (const auto& [key, value] : r.headers()) {
+    s.Update(CheckShort(util::StrCat("header name '", key.substr(0, 32), "'"), key));
+    if (key.empty()) s.Update(absl::InvalidArgumentError("header name is empty"));
+  }
+  return s;
+}
+
+void OutgoingProperties::Build(const mqsidecar::v1::PublishRequest& r,
+                               std::string_view message_id, int64_t timestamp_seconds) {
+  props_ = amqp_basic_properties_t{};
+  props_._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+                  AMQP_BASIC_MESSAGE_ID_FLAG;
+  props_.delivery_mode = 2;  // persistent: survives a broker restart
+  props_.timestamp = static_cast<uint64_t>(timestamp_seconds);
+  props_.message_id = AmqpBytes(message_id);
+  if (!r.correlation_id().empty()) {
+    props_._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+    props_.correlation_id = AmqpBytes(r.correlation_id());
+  }
+  if (!r.content_type().empty()) {
+    props_._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
+    props_.content_type = AmqpBytes(r.content_type());
+  }
+  if (!r.reply_to().empty()) {
+    props_._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+    props_.reply_to = AmqpBytes(r.reply_to());
+  }
+  if (r.ttl_ms() != 0) {
+    expiration_ = std::to_string(r.ttl_ms());
+    props_._flags |= AMQP_BASIC_EXPIRATION_FLAG;
+    props_.expiration = AmqpBytes(expiration_);
+  }
+  headers_.clear();
+  if (!r.headers().empty()) {
+    for (const auto& [key, value] : r.headers()) {
+      amqp_table_entry_t e;
+      e.key = AmqpBytes(key);
+      e.value.kind = AMQP_FIELD_KIND_UTF8;
+      e.value.value.bytes = AmqpBytes(value);
+      headers_.push_back(e);
+    }
+    props_._flags |= AMQP_BASIC_HEADERS_FLAG;
+    props_.headers.num_entries = static_cast<int>(headers_.size());
+    props_.headers.entries = headers_.data();
+  }
+}
+
+std::string FieldToString(const amqp_field_value_t& v) {
+  switch (v.kind) {
+    case AMQP_FIELD_KIND_BOOLEAN:
+      return v.value.boolean ? "true" : "false";
+    case AMQP_FIELD_KIND_I8:
+      return std::to_string(v.value.i8);
+    case AMQP_FIELD_KIND_U8:
+      return std::to_string(v.value.u8);
+    case AMQP_FIELD_KIND_I16:
+      return std::to_string(v.value.i16);
+    case AMQP_FIELD_KIND_U16:
+      return std::to_string(v.value.u16);
+    case AMQP_FIELD_KIND_I32:
+      return std::to_string(v.value.i32);
+    case AMQP_FIELD_KIND_U32:
+      return std::to_string(v.value.u32);
+    case AMQP_FIELD_KIND_I64:
+      return std::to_string(v.value.i64);
+    case AMQP_FIELD_KIND_U64:
+    case AMQP_FIELD_KIND_TIMESTAMP:
+      return std::to_string(v.value.u64);
+    case AMQP_FIELD_KIND_F32:
+      return util::StrCat(v.value.f32);
+    case AMQP_FIELD_KIND_F64:
+      return util::StrCat(v.value.f64);
+    case AMQP_FIELD_KIND_DECIMAL: {
+      // value * 10^-decimals, rendered exactly.
+      const std::string digits = std::to_string(v.value.decimal.value);
+      const size_t d = v.value.decimal.decimals;
+      if (d == 0) return digits;
+      const std::string padded =
+          digits.size() > d ? digits : std::string(d + 1 - digits.size(), '0') + digits;
+      return util::StrCat(std::string_view(padded).substr(0, padded.size() - d), ".",
+                          std::string_view(padded).substr(padded.size() - d));
+    }
+    case AMQP_FIELD_KIND_UTF8:
+    case AMQP_FIELD_KIND_BYTES:
+      return std::string(AmqpText(v.value.bytes));
+    case AMQP_FIELD_KIND_VOID:
+      return "";
+    case AMQP_FIELD_KIND_ARRAY: {
+      std::string out = "[";
+      for (int i = 0; i < v.value.array.num_entries; ++i) {
+        if (i > 0) out += ",";
+        out += FieldToString(v.value.array.entries[i]);
+      }
+      return out + "]";
+    }
+    case AMQP_FIELD_KIND_TABLE: {
+      std::string out = "{";
+      for (int i = 0; i < v.value.table.num_entries; ++i) {
+        if (i > 0) out += ",";
+        const auto& e = v.value.table.entries[i];
+        util::StrAppend(&out, AmqpText(e.key), "=", FieldToString(e.value));
+      }
+      return out + "}";
+    }
+    default:
+      return "";
+  }
+}
+
+void FillDelivery(const amqp_basic_properties_t& p, mqsidecar::v1::Delivery* d) {
+  const auto has = [&p](amqp_flags_t flag) { return (p._flags & flag) != 0; };
+  if (has(AMQP_BASIC_MESSAGE_ID_FLAG)) d->set_message_id(std::string(AmqpText(p.message_id)));
+  if (has(AMQP_BASIC_CORRELATION_ID_FLAG)) {
+    d->set_correlation_id(std::string(AmqpText(p.correlation_id)));
+  }
+  if (has(AMQP_BASIC_CONTENT_TYPE_FLAG)) {
+    d->set_content_type(std::string(AmqpText(p.content_type)));
+  }
+  if (has(AMQP_BASIC_REPLY_TO_FLAG)) d->set_reply_to(std::string(AmqpText(p.reply_to)));
+  if (has(AMQP_BASIC_TIMESTAMP_FLAG)) {
+    // AMQP timestamps are seconds since the epoch.
+    d->set_published_at_ms(static_cast<int64_t>(p.timestamp) * 1000);
+  }
+  if (has(AMQP_BASIC_HEADERS_FLAG)) {
+    auto* headers = d->mutable_headers();
+    for (int i = 0; i < p.headers.num_entries; ++i) {
+      const amqp_table_entry_t& e = p.headers.entries[i];
+      const std::string_view key = AmqpText(e.key);
+      if (key == "x-delivery-count") {
+        const std::string n = FieldToString(e.value);
+        d->set_delivery_count(static_cast<uint32_t>(std::strtoul(n.c_str(), nullptr, 10)));
+        continue;
+      }
+      (*headers)[std::string(key)] = FieldToString(e.value);
+    }
+  }
+}
+
+}  // namespace mqs::amqp

@@ -1,0 +1,200 @@
+#include "amqp/publisher.h"
+
+#include <chrono>
+
+#include "util/strings.h"
+#include "amqp/topology.h"
+#include "spdlog/spdlog.h"
+
+namespace mqs::amqp {
+namespace {
+
+using mqsidecar::v1::PublishResult;
+constexpr amqp_channel_t kChannel = 1;
+
+int64_t NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+Publisher::Publisher(const config::Config& config, const config::TopologyPlan& plan,
+                     std::function<void()> on_state,
+                     std::function<void(const absl::Status&)> on_fatal)
+    : IoLoop("publisher", config.broker, std::move(on_state), std::move(on_fatal)), plan_(plan) {}
+
+Publisher::~Publisher() { Stop(std::chrono::milliseconds(0)); }
+
+bool Publisher::IsFatal(const absl::Status& s) const { return IsTopologyConflict(s); }
+
+absl::Status Publisher::SetUpChannel(Connection& conn) {
+  channel_ok_ = false;
+  if (absl::Status s = conn.OpenChannel(kChannel); !s.ok()) return s;
+  if (absl::Status s = DeclareTopology(conn, kChannel, plan_); !s.ok()) return s;
+  amqp_confirm_select(conn.state(), kChannel);
+  if (absl::Status s = conn.RpcStatus("confirm.select", kChannel); !s.ok()) return s;
+  first_tag_ = next_tag_ = 1;
+  channel_ok_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status Publisher::OnConnected(Connection& conn) { return SetUpChannel(conn); }
+
+void Publisher::OnDisconnected(const absl::Status& why) {
+  channel_ok_ = false;
+  FailPending(PublishResult::UNCONFIRMED,
+              util::StrCat("connection to the broker lost before the confirm (the message may or "
+                           "may not be queued): ",
+                           why.message()));
+}
+
+void Publisher::Complete(PublishJob& job, PublishResult::Status status, std::string_view error) {
+  PublishResult result;
+  result.set_sequence(job.request.sequence());
+  result.set_message_id(job.request.message_id());
+  result.set_status(status);
+  if (!error.empty()) result.set_error(std::string(error));
+  job.done(std::move(result));
+}
+
+void Publisher::FailPending(PublishResult::Status status, std::string_view why) {
+  for (Pending& p : pending_) {
+    if (!p.settled) Complete(p.job, status, why);
+  }
+  pending_.clear();
+  first_tag_ = next_tag_;
+}
+
+void Publisher::ProcessInbox(Connection* conn) {
+  inbox_.Drain(batch_);
+  for (PublishJob& job : batch_) {
+    if (conn == nullptr || !channel_ok_) {
+      Complete(job, PublishResult::FAILED,
+               util::StrCat("broker unavailable (", LinkStateName(state()), "): not sent"));
+      continue;
+    }
+    Send(*conn, std::move(job));
+  }
+  batch_.clear();
+}
+
+void Publisher::Send(Connection& conn, PublishJob&& job) {
+  if (conn.dead()) {
+    Complete(job, PublishResult::FAILED, "broker connection lost: not sent");
+    return;
+  }
+  const auto& r = job.request;
+  props_.Build(r, r.message_id(), NowSeconds());
+  const int rc = amqp_basic_publish(conn.state(), kChannel, AmqpBytes(job.exchange),
+                                    AmqpBytes(r.routing_key()), /*mandatory=*/1,
+                                    /*immediate=*/0, props_.props(), AmqpBytes(r.payload()));
+  if (rc != AMQP_STATUS_OK) {
+    // Part of the frames may have gone out: the outcome is unknown.
+    conn.MarkDead();
+    Complete(job, PublishResult::UNCONFIRMED,
+             util::StrCat("sending failed: ", amqp_error_string2(rc)));
+    return;
+  }
+  Pending& p = pending_.emplace_back();
+  p.job = std::move(job);
+  ++next_tag_;
+}
+
+void Publisher::Settle(uint64_t tag, bool multiple, PublishResult::Status status) {
+  if (tag < first_tag_ || tag >= next_tag_) {
+    spdlog::warn("[publisher] confirm for unknown delivery tag {} (pending {}..{})", tag,
+                 first_tag_, next_tag_ - 1);
+    return;
+  }
+  const size_t last = tag - first_tag_;
+  const size_t first = multiple ? 0 : last;
+  for (size_t i = first; i <= last; ++i) {
+    Pending& p = pending_[i];
+    if (p.settled) continue;
+    p.settled = true;
+    if (p.returned) {
+      Complete(p.job, PublishResult::UNROUTABLE, p.return_reason);
+    } else if (status == PublishResult::REJECTED) {
+      Complete(p.job, PublishResult::REJECTED, "the broker refused the message (basic.nack)");
+    } else {
+      Complete(p.job, status, "");
+    }
+  }
+  while (!pending_.empty() && pending_.front().settled) {
+    pending_.pop_front();
+    ++first_tag_;
+  }
+}
+
+void Publisher::OnReturn(Connection& conn, const amqp_basic_return_t& ret,
+                         amqp_channel_t channel) {
+  // Copy what we need: the method lives in a pool ReadContent may recycle.
+  const std::string exchange(AmqpText(ret.exchange));
+  const std::string routing_key(AmqpText(ret.routing_key));
+  const std::string reason = util::StrCat("returned by the broker: ", ret.reply_code, " ",
+                                          AmqpText(ret.reply_text));
+  amqp_message_t message;
+  if (absl::Status s = conn.ReadContent(channel, &message); !s.ok()) return;
+  std::string message_id;
+  if (message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+    message_id = std::string(AmqpText(message.properties.message_id));
+  }
+  amqp_destroy_message(&message);
+  // A return carries no delivery tag, but it precedes the confirm of its
+  // message, and returns come in publish order: the earliest pending publish
+  // with the same exchange, routing key and message_id is the one. Two such
+  // publishes route alike, so a duplicate id cannot mislead the match.
+  for (Pending& p : pending_) {
+    if (p.settled || p.returned) continue;
+    if (p.job.request.message_id() == message_id && p.job.exchange == exchange &&
+        p.job.request.routing_key() == routing_key) {
+      p.returned = true;
+      p.return_reason = reason;
+      return;
+    }
+  }
+  spdlog::warn("[publisher] basic.return for message_id '{}' matches no pending publish",
+               message_id);
+}
+
+void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
+  if (frame.frame_type != AMQP_FRAME_METHOD) return;
+  const amqp_method_t& m = frame.payload.method;
+  switch (m.id) {
+    case AMQP_BASIC_ACK_METHOD: {
+      auto* ack = static_cast<amqp_basic_ack_t*>(m.decoded);
+      Settle(ack->delivery_tag, ack->multiple != 0, PublishResult::CONFIRMED);
+      break;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+      auto* nack = static_cast<amqp_basic_nack_t*>(m.decoded);
+      Settle(nack->delivery_tag, nack->multiple != 0, PublishResult::REJECTED);
+      break;
+    }
+    case AMQP_BASIC_RETURN_METHOD:
+      OnReturn(conn, *static_cast<amqp_basic_return_t*>(m.decoded), frame.channel);
+      break;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      // A channel error (e.g. an exchange deleted under us) fails only what
+      // was in flight on the channel; reopen it and carry on.
+      auto* close = static_cast<amqp_channel_close_t*>(m.decoded);
+      const std::string why = util::StrCat("publishing channel closed by the broker: ",
+                                           close->reply_code, " ",
+                                           AmqpText(close->reply_text));
+      spdlog::warn("[publisher] {}", why);
+      conn.SendChannelCloseOk(frame.channel);
+      FailPending(PublishResult::UNCONFIRMED, why);
+      if (absl::Status s = SetUpChannel(conn); !s.ok()) {
+        spdlog::error("[publisher] reopening the channel failed: {}", s.message());
+        conn.MarkDead();
+      }
+      break;
+    }
+    default:
+      spdlog::debug("[publisher] ignoring method 0x{:08x} on channel {}", m.id, frame.channel);
+  }
+}
+
+}  // namespace mqs::amqp

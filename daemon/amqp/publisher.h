@@ -1,0 +1,81 @@
+// Publisher: the publishing connection, in confirm mode.
+//
+// Every PublishJob ends in exactly one call of its `done`, on the publisher
+// thread: CONFIRMED (basic.ack), UNROUTABLE (basic.return, then ack),
+// REJECTED (basic.nack), FAILED (never sent) or UNCONFIRMED (sent, but the
+// channel or connection died before the broker answered).
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "amqp/io_loop.h"
+#include "amqp/properties.h"
+#include "config/topology_plan.h"
+#include "mqsidecar/v1/pubsub.pb.h"
+#include "util/wakeup_queue.h"
+
+namespace mqs::amqp {
+
+struct PublishJob {
+  mqsidecar::v1::PublishRequest request;  // message_id already set
+  std::string exchange;
+  std::function<void(mqsidecar::v1::PublishResult&&)> done;
+};
+
+class Publisher final : public IoLoop {
+ public:
+  Publisher(const config::Config& config, const config::TopologyPlan& plan,
+            std::function<void()> on_state, std::function<void(const absl::Status&)> on_fatal);
+  ~Publisher() override;
+
+  // Submit queues a job for the publisher thread; never blocks.
+  void Submit(PublishJob job) { inbox_.Push(std::move(job)); }
+
+  // Tells whether the topology was declared on the current connection.
+  bool ready() const { return connected(); }
+
+ private:
+  struct Pending {
+    PublishJob job;
+    bool settled = false;
+    bool returned = false;
+    std::string return_reason;
+  };
+
+  absl::Status OnConnected(Connection& conn) override;
+  void OnDisconnected(const absl::Status& why) override;
+  void ProcessInbox(Connection* conn) override;
+  void OnFrame(Connection& conn, const amqp_frame_t& frame) override;
+  bool Drained() const override { return pending_.empty(); }
+  bool IsFatal(const absl::Status& s) const override;
+  int WakeFd() const override { return inbox_.fd(); }
+  void Wake() override { inbox_.Notify(); }
+
+  // Opens the publishing channel, declares the topology, enables confirms.
+  absl::Status SetUpChannel(Connection& conn);
+  void Send(Connection& conn, PublishJob&& job);
+  void Settle(uint64_t tag, bool multiple, mqsidecar::v1::PublishResult::Status status);
+  void OnReturn(Connection& conn, const amqp_basic_return_t& ret, amqp_channel_t channel);
+  // Answers every pending publish with `status` (UNCONFIRMED) and clears.
+  void FailPending(mqsidecar::v1::PublishResult::Status status, std::string_view why);
+  static void Complete(PublishJob& job, mqsidecar::v1::PublishResult::Status status,
+                       std::string_view error);
+
+  const config::TopologyPlan plan_;
+  util::WakeupQueue<PublishJob> inbox_;
+
+  // Loop-thread state.
+  std::vector<PublishJob> batch_;
+  OutgoingProperties props_;
+  std::deque<Pending> pending_;  // pending_[i] has delivery tag first_tag_ + i
+  uint64_t first_tag_ = 1;
+  uint64_t next_tag_ = 1;
+  bool channel_ok_ = false;
+};
+
+}  // namespace mqs::amqp

@@ -1,0 +1,123 @@
+#include "app.h"
+
+#include <signal.h>
+#include <systemd/sd-daemon.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+
+#include "amqp/consumer.h"
+#include "amqp/publisher.h"
+#include "config/topology_plan.h"
+#include "server/grpc_server.h"
+#include "server/pubsub_service.h"
+#include "spdlog/spdlog.h"
+#include "util/strings.h"
+
+namespace mqs {
+
+void BlockShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+namespace {
+
+// Health ties the gRPC health status to both broker links. It is updated from
+// the I/O threads; the mutex serialises updates so the last state wins.
+class Health {
+ public:
+  void Attach(server::GrpcServer* server, const amqp::IoLoop* a, const amqp::IoLoop* b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    server_ = server;
+    a_ = a;
+    b_ = b;
+    UpdateLocked();
+  }
+  void Update() {
+    std::lock_guard<std::mutex> lock(mu_);
+    UpdateLocked();
+  }
+
+ private:
+  void UpdateLocked() {
+    if (server_ == nullptr) return;
+    const bool serving = a_->connected() && b_->connected() && !a_->blocked();
+    if (serving != serving_) {
+      spdlog::info("health: {}", serving ? "SERVING" : "NOT_SERVING");
+      serving_ = serving;
+    }
+    server_->SetServing(serving);
+  }
+  std::mutex mu_;
+  server::GrpcServer* server_ = nullptr;  // guarded by mu_
+  const amqp::IoLoop* a_ = nullptr;
+  const amqp::IoLoop* b_ = nullptr;
+  bool serving_ = false;
+};
+
+}  // namespace
+
+absl::Status Run(const config::Config& config, const RunOptions& options) {
+  const config::TopologyPlan plan = config::PlanTopology(config);
+  Health health;
+  std::mutex fatal_mu;
+  absl::Status fatal;  // guarded by fatal_mu
+  const pid_t self = getpid();
+  auto on_fatal = [&](const absl::Status& s) {
+    {
+      std::lock_guard<std::mutex> lock(fatal_mu);
+      if (fatal.ok()) fatal = s;
+    }
+    kill(self, SIGTERM);  // wakes the sigwait below
+  };
+  auto on_state = [&health] { health.Update(); };
+
+  auto publisher = std::make_unique<amqp::Publisher>(config, plan, on_state, on_fatal);
+  auto consumer = std::make_unique<amqp::Consumer>(config, plan, on_state, on_fatal);
+  server::PubSubService service(config, plan, *publisher, *consumer);
+  absl::StatusOr<std::unique_ptr<server::GrpcServer>> server =
+      server::GrpcServer::Start(config.listen, &service);
+  if (!server.ok()) return server.status();
+  health.Attach(server->get(), publisher.get(), consumer.get());
+  publisher->Start();
+  consumer->Start();
+  sd_notify(0, "READY=1");
+
+  uint64_t watchdog_usec = 0;
+  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  timespec tick{1, 0};
+  if (watchdog) {
+    tick.tv_sec = static_cast<time_t>(watchdog_usec / 2 / 1000000);
+    tick.tv_nsec = static_cast<long>((watchdog_usec / 2 % 1000000) * 1000);
+  }
+  while (true) {
+    const int sig = sigtimedwait(&set, nullptr, &tick);
+    if (sig == SIGINT || sig == SIGTERM) {
+      spdlog::info("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      break;
+    }
+    if (watchdog) sd_notify(0, "WATCHDOG=1");
+  }
+  sd_notify(0, "STOPPING=1");
+  health.Update();
+  // Calls first (their reactors need the I/O threads to finish), then the
+  // broker links: the publisher waits for outstanding confirms.
+  (*server)->SetServing(false);
+  (*server)->Shutdown(std::chrono::system_clock::now() + options.shutdown_grace);
+  publisher->Stop(options.shutdown_grace);
+  consumer->Stop(std::chrono::milliseconds(0));
+  std::lock_guard<std::mutex> lock(fatal_mu);
+  return fatal;
+}
+
+}  // namespace mqs

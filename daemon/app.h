@@ -1,0 +1,30 @@
+// App: wires the daemon together and runs it until a signal or a fatal error.
+//
+//   config -> TopologyPlan -> Publisher thread + Consumer thread -> gRPC server
+//
+// main.cc parses flags and calls App::Run; tests link the same library.
+#pragma once
+
+#include <chrono>
+
+#include "absl/status/status.h"
+#include "config/config.h"
+
+namespace mqs {
+
+struct RunOptions {
+  // How long in-flight calls get to finish at shutdown before cancellation.
+  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(5)};
+};
+
+// Run serves until SIGTERM/SIGINT (OK) or a fatal error, such as a topology
+// conflict on the broker or an address that cannot be bound (the error).
+// SIGINT and SIGTERM must be blocked in every thread before Run is called, so
+// that only Run's sigwait receives them.
+absl::Status Run(const config::Config& config, const RunOptions& options);
+
+// BlockShutdownSignals blocks SIGINT/SIGTERM for the calling thread and the
+// threads it starts later, and ignores SIGPIPE.
+void BlockShutdownSignals();
+
+}  // namespace mqs

@@ -1,0 +1,50 @@
+// mq-sidecar: flags, logging and signals; everything else lives in the library.
+#include <cstdio>
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "app.h"
+#include "config/config.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+#include "util/strings.h"
+
+int main(int argc, char** argv) {
+  CLI::App cli{"mq-sidecar: RabbitMQ publish/subscribe for local services, over gRPC"};
+  std::string config_path = "/etc/mq-sidecar/mq-sidecar.yaml";
+  bool check_config = false;
+  std::string log_level;
+  cli.add_option("-c,--config", config_path, "config file (YAML, or the seed's INI)")
+      ->capture_default_str();
+  cli.add_flag("--check-config", check_config,
+               "validate the config, print the resolved topology and exit");
+  cli.add_option("--log-level", log_level, "override log.level (trace|debug|info|warn|error)");
+  cli.set_version_flag("--version", "mq-sidecar 0.1.0");
+  CLI11_PARSE(cli, argc, argv);
+
+  absl::StatusOr<mqs::config::Config> config = mqs::config::LoadFile(config_path);
+  if (!config.ok()) {
+    std::cerr << "mq-sidecar: invalid config:\n" << config.status().message() << "\n";
+    return 2;
+  }
+  if (check_config) {
+    std::cout << mqs::config::Describe(*config);
+    return 0;
+  }
+
+  // Block SIGINT/SIGTERM before any thread starts, so only Run's sigwait
+  // sees them.
+  mqs::BlockShutdownSignals();
+  auto logger = spdlog::stderr_color_mt("mq-sidecar");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  const std::string level = log_level.empty() ? config->log_level : log_level;
+  spdlog::set_level(spdlog::level::from_str(level));
+
+  absl::Status status = mqs::Run(*config, mqs::RunOptions{});
+  if (!status.ok()) {
+    spdlog::critical("{}", status.message());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,121 @@
+#include "server/pubsub_service.h"
+
+#include "util/strings.h"
+#include "absl/strings/str_join.h"
+#include "amqp/properties.h"
+#include "util/message_id.h"
+
+namespace mqs::server {
+
+using mqsidecar::v1::PublishRequest;
+using mqsidecar::v1::PublishResult;
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+PubSubService::PubSubService(const config::Config& config, const config::TopologyPlan& plan,
+                             amqp::Publisher& publisher, amqp::Consumer& consumer)
+    : config_(config), plan_(plan), publisher_(publisher), consumer_(consumer) {
+  std::vector<std::string> p, c;
+  for (const auto& x : config.producers) p.push_back(x.name);
+  for (const auto& x : config.consumers) c.push_back(x.name);
+  producer_names_ = p.empty() ? "none" : absl::StrJoin(p, ", ");
+  consumer_names_ = c.empty() ? "none" : absl::StrJoin(c, ", ");
+}
+
+absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(PublishRequest&& request) const {
+  const config::Producer* producer = config_.FindProducer(request.business());
+  if (producer == nullptr) {
+    return absl::InvalidArgumentError(util::StrCat("unknown business '", request.business(),
+                                                   "'; configured producers: ", producer_names_));
+  }
+  if (absl::Status s = amqp::ValidatePublish(request); !s.ok()) return s;
+  if (request.message_id().empty()) request.set_message_id(util::NewMessageId());
+  amqp::PublishJob job;
+  job.exchange = producer->exchange;
+  job.request = std::move(request);
+  return job;
+}
+
+grpc::ServerUnaryReactor* PubSubService::Publish(grpc::CallbackServerContext* ctx,
+                                                 const PublishRequest* request,
+                                                 PublishResult* result) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::StatusOr<amqp::PublishJob> job = PreparePublish(PublishRequest(*request));
+  if (!job.ok()) {
+    reactor->Finish(ToGrpc(job.status()));
+    return reactor;
+  }
+  job->done = [reactor, result](PublishResult&& r) {
+    // FAILED means the message was not sent because the broker is out of
+    // reach: that is UNAVAILABLE, and retrying is safe. Every other outcome
+    // is the broker's answer, carried in the result.
+    if (r.status() == PublishResult::FAILED) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, r.error()));
+      return;
+    }
+    *result = std::move(r);
+    reactor->Finish(grpc::Status::OK);
+  };
+  publisher_.Submit(std::move(*job));
+  return reactor;
+}
+
+grpc::ServerBidiReactor<PublishRequest, PublishResult>* PubSubService::PublishStream(
+    grpc::CallbackServerContext* ctx) {
+  return NewPublishStreamReactor(*this, config_.publish.window);
+}
+
+grpc::ServerBidiReactor<mqsidecar::v1::SubscribeRequest, mqsidecar::v1::Delivery>*
+PubSubService::Subscribe(grpc::CallbackServerContext* ctx) {
+  return NewSubscribeReactor(*this, ctx->peer());
+}
+
+grpc::ServerUnaryReactor* PubSubService::GetTopology(grpc::CallbackServerContext* ctx,
+                                                     const mqsidecar::v1::GetTopologyRequest*,
+                                                     mqsidecar::v1::Topology* topology) {
+  for (const auto& p : config_.producers) {
+    auto* b = topology->add_businesses();
+    b->set_name(p.name);
+    b->set_role("producer");
+    b->set_exchange(p.exchange);
+  }
+  for (const auto& c : config_.consumers) {
+    auto* b = topology->add_businesses();
+    b->set_name(c.name);
+    b->set_role("consumer");
+    b->set_exchange(c.exchange);
+    b->set_queue(c.queue);
+  }
+  for (const auto& e : plan_.exchanges) {
+    auto* x = topology->add_exchanges();
+    x->set_name(e.name);
+    x->set_type(e.type);
+    x->set_alternate_exchange(e.alternate_exchange);
+  }
+  for (const auto& b : plan_.bindings) {
+    auto* x = topology->add_bindings();
+    x->set_exchange(b.exchange);
+    x->set_queue(b.queue);
+    x->set_binding_key(b.binding_key);
+  }
+  topology->set_broker_uri(publisher_.broker_uri());
+  topology->set_connected(publisher_.connected() && consumer_.connected());
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  // Queue counts come from the broker, on the consumer's thread.
+  consumer_.Inspect([reactor, topology](std::vector<amqp::QueueInfo>&& queues) {
+    for (const auto& q : queues) {
+      auto* x = topology->add_queues();
+      x->set_name(q.name);
+      x->set_type(std::string(config::QueueTypeName(q.type)));
+      x->set_messages(q.stats.messages);
+      x->set_consumers(q.stats.consumers);
+    }
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+}  // namespace mqs::server

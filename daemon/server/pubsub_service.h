@@ -1,0 +1,63 @@
+// PubSubService: the gRPC face of the sidecar (mqsidecar.v1.PubSub).
+//
+// It validates requests against the config, hands work to the publisher and
+// consumer threads, and maps outcomes to the most specific gRPC status. Its
+// reactors never block: every hand-off is a queue push, every answer comes
+// back as a callback.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "amqp/consumer.h"
+#include "amqp/publisher.h"
+#include "config/config.h"
+#include "config/topology_plan.h"
+#include "mqsidecar/v1/pubsub.grpc.pb.h"
+
+namespace mqs::server {
+
+// ToGrpc maps an absl status to a gRPC status with the same code and message.
+grpc::Status ToGrpc(const absl::Status& s);
+
+class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
+ public:
+  PubSubService(const config::Config& config, const config::TopologyPlan& plan,
+                amqp::Publisher& publisher, amqp::Consumer& consumer);
+
+  grpc::ServerUnaryReactor* Publish(grpc::CallbackServerContext* ctx,
+                                    const mqsidecar::v1::PublishRequest* request,
+                                    mqsidecar::v1::PublishResult* result) override;
+  grpc::ServerBidiReactor<mqsidecar::v1::PublishRequest, mqsidecar::v1::PublishResult>*
+  PublishStream(grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<mqsidecar::v1::SubscribeRequest, mqsidecar::v1::Delivery>* Subscribe(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* GetTopology(grpc::CallbackServerContext* ctx,
+                                        const mqsidecar::v1::GetTopologyRequest* request,
+                                        mqsidecar::v1::Topology* topology) override;
+
+  // PreparePublish resolves the business and checks the request; the job's
+  // `done` is left for the caller to set. InvalidArgument names what is wrong.
+  absl::StatusOr<amqp::PublishJob> PreparePublish(mqsidecar::v1::PublishRequest&& request) const;
+
+  const config::Config& config() const { return config_; }
+  amqp::Publisher& publisher() { return publisher_; }
+  amqp::Consumer& consumer() { return consumer_; }
+
+ private:
+  const config::Config& config_;
+  const config::TopologyPlan& plan_;
+  amqp::Publisher& publisher_;
+  amqp::Consumer& consumer_;
+  std::string producer_names_;  // for error messages
+  std::string consumer_names_;
+};
+
+// Reactor factories, one file each (publish_reactors.cc, subscribe_reactor.cc).
+grpc::ServerBidiReactor<mqsidecar::v1::PublishRequest, mqsidecar::v1::PublishResult>*
+NewPublishStreamReactor(PubSubService& service, uint32_t window);
+grpc::ServerBidiReactor<mqsidecar::v1::SubscribeRequest, mqsidecar::v1::Delivery>*
+NewSubscribeReactor(PubSubService& service, std::string peer);
+
+}  // namespace mqs::server

@@ -1,0 +1,57 @@
+// String helpers that work with both std::string_view and absl::string_view.
+//
+// Debian 12's Abseil is built with its own absl::string_view (not an alias of
+// std::string_view), so absl::StrCat rejects std::string_view arguments. These
+// helpers accept either, and teach fmt/spdlog to print absl::string_view
+// (e.g. absl::Status::message()).
+#pragma once
+
+#include <fmt/format.h>
+
+#include <concepts>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "absl/strings/string_view.h"
+
+namespace mqs::util {
+
+inline std::string_view ToStd(absl::string_view s) { return {s.data(), s.size()}; }
+
+namespace internal {
+inline void AppendOne(std::string& out, std::string_view s) { out.append(s); }
+inline void AppendOne(std::string& out, const char* s) { out.append(s); }
+inline void AppendOne(std::string& out, const std::string& s) { out.append(s); }
+inline void AppendOne(std::string& out, absl::string_view s) { out.append(s.data(), s.size()); }
+inline void AppendOne(std::string& out, char c) { out.push_back(c); }
+template <typename T>
+  requires(std::is_arithmetic_v<T> && !std::same_as<T, char> && !std::same_as<T, bool>)
+void AppendOne(std::string& out, T v) {
+  fmt::format_to(std::back_inserter(out), "{}", v);
+}
+}  // namespace internal
+
+// StrAppend appends the text of each argument (strings, views, numbers).
+template <typename... Args>
+void StrAppend(std::string* out, const Args&... args) {
+  (internal::AppendOne(*out, args), ...);
+}
+
+// StrCat concatenates the text of its arguments.
+template <typename... Args>
+std::string StrCat(const Args&... args) {
+  std::string out;
+  StrAppend(&out, args...);
+  return out;
+}
+
+}  // namespace mqs::util
+
+template <>
+struct fmt::formatter<absl::string_view> : fmt::formatter<std::string_view> {
+  template <typename FormatContext>
+  auto format(absl::string_view s, FormatContext& ctx) const {
+    return fmt::formatter<std::string_view>::format(std::string_view(s.data(), s.size()), ctx);
+  }
+};
