@@ -39,6 +39,11 @@ struct Consumer {
   QueueType queue_type = QueueType::kQuorum;
   uint32_t prefetch = 16;                  // default for Subscribe.open.prefetch == 0
   std::string handle;                      // seed's consume callback name; informational
+  // Poison-message limit: > 0 declares the queue with a delivery limit and a
+  // dead-letter exchange <exchange>.dlx (topic) and queue <queue>.dead, so a
+  // message delivered this many times without an ack, or nacked with
+  // requeue=false, is dead-lettered (at-least-once on quorum queues). 0: none.
+  uint32_t max_deliveries = 0;
 };
 
 struct Broker {
@@ -49,6 +54,20 @@ struct Broker {
 
 struct Publish {
   uint32_t window = 1024;  // PublishStream: requests in flight per stream
+  // At a disconnect, publishes sent but not confirmed are sent again on the
+  // next connection with the same message_id (at-least-once); false answers
+  // them UNCONFIRMED instead.
+  bool republish_unconfirmed = true;
+  // How long a publish waits for a connection (or for the broker to lift a
+  // resource alarm) before it fails; a unary call's own deadline, if sooner,
+  // wins.
+  std::chrono::milliseconds wait_timeout{std::chrono::seconds(30)};
+};
+
+struct Shutdown {
+  // On SIGTERM, how long Subscribe clients get to ack what they hold (no new
+  // deliveries start) and publishes get to be confirmed.
+  std::chrono::milliseconds drain{std::chrono::seconds(10)};
 };
 
 struct Config {
@@ -58,11 +77,29 @@ struct Config {
   std::vector<Producer> producers;  // sorted by name
   std::vector<Consumer> consumers;  // sorted by name
   Publish publish;
+  Shutdown shutdown;
   std::string log_level = "info";   // trace, debug, info, warn, error
 
   const Producer* FindProducer(std::string_view business) const;
   const Consumer* FindConsumer(std::string_view business) const;
 };
+
+// BrokerUri: one broker URI as parsed by rabbitmq-c's amqp_parse_url, with one
+// correction: an empty vhost ("amqp://host:5672/", as in the default and the
+// seed URIs) means the default vhost "/", as in pika and amqp091-go. rabbitmq-c
+// alone yields vhost "", and RabbitMQ refuses the login.
+struct BrokerUri {
+  std::string host;
+  int port = 5672;
+  std::string user;
+  std::string password;
+  std::string vhost;
+  bool tls = false;  // amqps://
+};
+
+// ParseBrokerUri accepts amqp:// and amqps:// URIs with a port in 1..65535.
+// The error message never contains the password.
+absl::StatusOr<BrokerUri> ParseBrokerUri(std::string_view uri);
 
 // LoadFile reads `path`; content starting (after blank/comment lines) with a
 // `[section]` line is the seed's INI, anything else YAML. Errors name the file,

@@ -22,8 +22,10 @@ struct ExchangeSpec {
 struct QueueSpec {
   std::string name;
   QueueType type = QueueType::kQuorum;
-  // Declare arguments besides x-queue-type, as (key, value) strings for
-  // logging; amqp/topology.cc builds the AMQP table from `type`.
+  // Poison-message handling (consumers with max_deliveries > 0): dead-letter
+  // to this exchange, at-least-once, after `delivery_limit` returns.
+  std::string dead_letter_exchange;  // "" when none
+  uint32_t delivery_limit = 0;       // x-delivery-limit; 0: none
 };
 
 struct BindingSpec {
@@ -42,7 +44,11 @@ struct TopologyPlan {
 // durable topic exchange; a producer with a non-empty `handle` gets
 // alternate_exchange=<handle>, plus a fanout exchange <handle> and a classic
 // durable queue <handle>.queue bound with "#". Every consumer queue is bound
-// to its exchange once per binding key. Conflicts (one exchange with two
+// to its exchange once per binding key. A consumer with max_deliveries > 0
+// also gets a topic exchange <exchange>.dlx and a queue <queue>.dead (of the
+// same type) bound to it with "#", and its queue dead-letters there after
+// max_deliveries deliveries (x-delivery-limit = max_deliveries - 1, since the
+// broker counts returns, not deliveries). Conflicts (one exchange with two
 // different alternate exchanges, one queue with two types) are config errors
 // detected by Resolve(), not here.
 TopologyPlan PlanTopology(const Config& config);

@@ -1,0 +1,664 @@
+// mqctl: command-line client for the mq-sidecar daemon.
+//
+// Exit codes: 0 success; 1 gRPC or I/O error; 2 the daemon answered "no" (a
+// publish it did not confirm, a health check other than SERVING); 64 bad usage.
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "google/protobuf/util/json_util.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+
+#include "delivery_json.h"
+#include "health_check.h"
+#include "mqsidecar/v1/pubsub.grpc.pb.h"
+
+namespace mqctl {
+namespace {
+
+namespace v1 = mqsidecar::v1;
+using std::chrono::milliseconds;
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;
+constexpr int kExitNotConfirmed = 2;  // also: health is not SERVING
+constexpr int kExitUsage = 64;        // EX_USAGE from sysexits.h
+
+constexpr char kDefaultAddress[] = "unix:///run/mq-sidecar/mq-sidecar.sock";
+constexpr char kAddressEnv[] = "MQ_SIDECAR_ADDRESS";
+
+// ---------------------------------------------------------------------------
+// Options
+
+struct GlobalOptions {
+  std::string address = kDefaultAddress;
+  std::string timeout_text = "10s";
+  milliseconds timeout{10000};
+  bool wait = false;
+};
+
+struct PublishOptions {
+  std::string business;
+  std::string routing_key;
+  std::string payload = "-";
+  std::string message_id;
+  std::string correlation_id;
+  std::string content_type;
+  std::vector<std::string> headers;
+  uint32_t ttl_ms = 0;
+  std::string reply_to;
+};
+
+enum class Settle { kAck, kNone, kNackRequeue, kNackDrop };
+
+struct SubscribeOptions {
+  std::string business;
+  uint32_t prefetch = 0;
+  bool prefetch_given = false;
+  std::string name;
+  uint64_t count = 0;
+  Settle settle = Settle::kAck;
+};
+
+// "10s", "500ms", "2m", "1h", or a bare number of seconds; fractions allowed.
+std::optional<milliseconds> ParseDuration(std::string_view text) {
+  double value = 0;
+  const char* begin = text.data();
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(begin, end, value);
+  if (ec != std::errc() || ptr == begin || !(value > 0)) return std::nullopt;
+  const std::string_view unit(ptr, static_cast<size_t>(end - ptr));
+  double ms = 0;
+  if (unit.empty() || unit == "s") {
+    ms = value * 1e3;
+  } else if (unit == "ms") {
+    ms = value;
+  } else if (unit == "m") {
+    ms = value * 60e3;
+  } else if (unit == "h") {
+    ms = value * 3600e3;
+  } else {
+    return std::nullopt;
+  }
+  // Cap at a day: gRPC deadlines beyond that are meaningless for a CLI, and the
+  // cap keeps the double -> integer conversion in range.
+  if (ms < 1 || ms > 86400e3) return std::nullopt;
+  return milliseconds(static_cast<int64_t>(ms));
+}
+
+// gRPC accepts "unix:PATH", "unix:///PATH" and "host:port" itself; a bare
+// absolute path is taken to mean a unix socket.
+std::string ChannelTarget(const std::string& address) {
+  if (!address.empty() && address.front() == '/') return "unix:" + address;
+  return address;
+}
+
+// ---------------------------------------------------------------------------
+// gRPC helpers
+
+const char* StatusCodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN_CODE";
+  }
+}
+
+int ReportRpcError(const grpc::Status& status) {
+  std::cerr << "mqctl: " << StatusCodeName(status.error_code()) << ": " << status.error_message()
+            << "\n";
+  return kExitError;
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const GlobalOptions& g) {
+  grpc::ChannelArguments args;
+  // Deliveries can be larger than gRPC's 4 MiB default receive limit; the
+  // daemon and the broker are the ones that bound message size.
+  args.SetMaxReceiveMessageSize(-1);
+  return grpc::CreateCustomChannel(ChannelTarget(g.address), grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
+void ApplyCallOptions(grpc::ClientContext* ctx, const GlobalOptions& g) {
+  ctx->set_deadline(std::chrono::system_clock::now() + g.timeout);
+  ctx->set_wait_for_ready(g.wait);
+}
+
+bool WriteLine(const std::string& line) {
+  // Flushed per line: a consumer reading our stdout must see a delivery before
+  // we ack it, and nothing may sit in a buffer if we are killed.
+  std::cout << line << '\n' << std::flush;
+  if (!std::cout) {
+    std::cerr << "mqctl: writing to stdout failed\n";
+    return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// publish
+
+bool ReadAll(std::FILE* in, std::string* out) {
+  char buf[1 << 16];
+  size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof(buf), in)) > 0) out->append(buf, n);
+  return std::ferror(in) == 0;
+}
+
+int RunPublish(const GlobalOptions& g, const PublishOptions& o) {
+  v1::PublishRequest req;
+  req.set_business(o.business);
+  req.set_routing_key(o.routing_key);
+  req.set_message_id(o.message_id);
+  req.set_correlation_id(o.correlation_id);
+  req.set_content_type(o.content_type);
+  req.set_ttl_ms(o.ttl_ms);
+  req.set_reply_to(o.reply_to);
+  std::set<std::string> seen;
+  for (const std::string& h : o.headers) {
+    const size_t eq = h.find('=');  // validated by the CLI: present, key non-empty
+    std::string key = h.substr(0, eq);
+    if (!seen.insert(key).second) {
+      std::cerr << "mqctl: --header " << key << " given more than once\n";
+      return kExitUsage;
+    }
+    (*req.mutable_headers())[key] = h.substr(eq + 1);
+  }
+  if (o.payload == "-") {
+    if (!ReadAll(stdin, req.mutable_payload())) {
+      std::cerr << "mqctl: reading the payload from stdin: " << std::strerror(errno) << "\n";
+      return kExitError;
+    }
+  } else {
+    req.set_payload(o.payload);
+  }
+
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  v1::PublishResult result;
+  const grpc::Status status = stub->Publish(&ctx, req, &result);
+  if (!status.ok()) return ReportRpcError(status);
+  if (!WriteLine(DumpLine(PublishResultToJson(result)))) return kExitError;
+  return result.status() == v1::PublishResult::CONFIRMED ? kExitOk : kExitNotConfirmed;
+}
+
+// ---------------------------------------------------------------------------
+// subscribe
+
+// Self-pipe: the signal handler only write()s a byte, which is
+// async-signal-safe; a watcher thread turns it into a stream shutdown.
+int g_signal_pipe_write = -1;
+
+void OnStopSignal(int /*signo*/) {
+  const int saved_errno = errno;
+  const char byte = 'S';
+  if (write(g_signal_pipe_write, &byte, 1) < 0) {
+    // Pipe full: a stop is already pending, nothing more to say.
+  }
+  errno = saved_errno;
+}
+
+// One Subscribe stream. The main thread reads, prints and settles deliveries;
+// a watcher thread reacts to SIGINT/SIGTERM and enforces the close deadline.
+//
+// Shutdown is graceful: mqctl half-closes (WritesDone) so the daemon sees every
+// ack written before it, and the daemon is expected to end the stream (and
+// requeue whatever is unsettled). If it has not done so within --timeout, or
+// on a second signal, the call is cancelled.
+class SubscribeSession {
+ public:
+  SubscribeSession(const GlobalOptions& g, const SubscribeOptions& o) : g_(g), o_(o) {}
+  SubscribeSession(const SubscribeSession&) = delete;
+  SubscribeSession& operator=(const SubscribeSession&) = delete;
+
+  int Run() {
+    if (pipe2(pipe_, O_CLOEXEC | O_NONBLOCK) != 0) {
+      std::cerr << "mqctl: pipe: " << std::strerror(errno) << "\n";
+      return kExitError;
+    }
+    g_signal_pipe_write = pipe_[1];
+    struct sigaction sa {};
+    sa.sa_handler = OnStopSignal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+
+    std::thread watcher([this] { Watch(); });
+    const int rc = Stream();
+    Notify('D');
+    watcher.join();
+
+    // The pipe stays open: a late signal must still find a valid descriptor.
+    return rc;
+  }
+
+ private:
+  int Stream() {
+    auto stub = v1::PubSub::NewStub(MakeChannel(g_));
+    ctx_.set_wait_for_ready(g_.wait);
+    auto stream = stub->Subscribe(&ctx_);
+
+    v1::SubscribeRequest open;
+    open.mutable_open()->set_business(o_.business);
+    open.mutable_open()->set_consumer_name(o_.name);
+    uint32_t prefetch = o_.prefetch;
+    // With --count N and no --prefetch, ask for exactly N: the broker then
+    // never hands this stream deliveries it will not print (which would come
+    // back later as redelivered), and --no-ack --count N larger than the
+    // daemon's default prefetch cannot stall.
+    if (!o_.prefetch_given && o_.count > 0) {
+      prefetch = o_.count > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(o_.count);
+    }
+    open.mutable_open()->set_prefetch(prefetch);
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      stream_ = std::move(stream);
+      if (stop_requested_) {
+        // Stopped before anything was asked for: nothing to drain.
+        Cancel();
+      } else if (!stream_->Write(open)) {
+        write_failed_ = true;  // Read() fails next; Finish() says why
+      }
+      if (stop_requested_) HalfCloseLocked();  // the watcher may have found the lock taken
+    }
+
+    uint64_t handled = 0;
+    bool output_failed = false;
+    v1::Delivery delivery;
+    while (stream_->Read(&delivery)) {
+      if (stop_requested_) HalfClose();  // in case the watcher could not take the lock
+      // Deliveries after the close started are neither printed nor settled;
+      // the daemon requeues them when the stream ends.
+      if (closing_ || stop_requested_) continue;
+      if (!WriteLine(DumpLine(DeliveryToJson(delivery)))) {
+        output_failed = true;
+        BeginClose();
+        continue;
+      }
+      ++handled;
+      Settle(delivery.delivery_id());
+      if (o_.count > 0 && handled >= o_.count) BeginClose();
+    }
+    const grpc::Status status = stream_->Finish();
+
+    if (output_failed) return kExitError;
+    const bool we_ended = stop_requested_ || closing_;
+    if (status.ok() || (we_ended && cancelled_ && status.error_code() == grpc::CANCELLED)) {
+      if (we_ended) return kExitOk;
+      std::cerr << "mqctl: the daemon ended the stream after " << handled << " deliveries\n";
+      return kExitError;
+    }
+    return ReportRpcError(status);
+  }
+
+  void Settle(uint64_t delivery_id) {
+    v1::SubscribeRequest req;
+    switch (o_.settle) {
+      case Settle::kNone:
+        return;
+      case Settle::kAck:
+        req.mutable_ack()->set_delivery_id(delivery_id);
+        break;
+      case Settle::kNackRequeue:
+      case Settle::kNackDrop:
+        req.mutable_nack()->set_delivery_id(delivery_id);
+        req.mutable_nack()->set_requeue(o_.settle == Settle::kNackRequeue);
+        break;
+    }
+    std::lock_guard<std::mutex> lock(write_mu_);
+    if (half_closed_ || write_failed_) return;
+    if (!stream_->Write(req)) write_failed_ = true;
+    if (stop_requested_) HalfCloseLocked();  // the watcher may have found the lock taken
+  }
+
+  // Main thread: stop taking deliveries and let the daemon end the stream.
+  void BeginClose() {
+    closing_ = true;
+    HalfClose();
+    Notify('C');
+  }
+
+  void HalfClose() {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    HalfCloseLocked();
+  }
+
+  void HalfCloseLocked() {
+    if (half_closed_ || !stream_) return;
+    half_closed_ = true;
+    if (!write_failed_) stream_->WritesDone();
+  }
+
+  void Cancel() {
+    cancelled_ = true;
+    ctx_.TryCancel();
+  }
+
+  void Notify(char event) {
+    if (write(pipe_[1], &event, 1) < 0) {
+      // Non-blocking pipe full: the watcher has unread events and will wake.
+    }
+  }
+
+  void Watch() {
+    using Clock = std::chrono::steady_clock;
+    std::optional<Clock::time_point> close_deadline;
+    for (;;) {
+      int timeout_ms = -1;
+      if (close_deadline && !cancelled_) {
+        const auto left =
+            std::chrono::duration_cast<milliseconds>(*close_deadline - Clock::now()).count();
+        timeout_ms = left > 0 ? static_cast<int>(left) : 0;
+      }
+      pollfd pfd{pipe_[0], POLLIN, 0};
+      const int n = poll(&pfd, 1, timeout_ms);
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0) {  // the daemon did not end the stream in time
+        Cancel();
+        continue;
+      }
+      char events[64];
+      const ssize_t got = read(pipe_[0], events, sizeof(events));
+      for (ssize_t i = 0; i < got; ++i) {
+        switch (events[i]) {
+          case 'D':
+            return;
+          case 'C':
+            if (!close_deadline) close_deadline = Clock::now() + g_.timeout;
+            break;
+          case 'S':
+            if (stop_requested_) {
+              Cancel();  // second signal: the user is not waiting any more
+              break;
+            }
+            stop_requested_ = true;
+            if (!close_deadline) close_deadline = Clock::now() + g_.timeout;
+            // try_lock: the main thread may be blocked in Write() under the
+            // lock; it half-closes itself when it next sees stop_requested_,
+            // and the deadline covers a Write() that never returns.
+            if (std::unique_lock<std::mutex> lock(write_mu_, std::try_to_lock); lock.owns_lock()) {
+              if (!stream_) {
+                Cancel();
+              } else {
+                HalfCloseLocked();
+              }
+            }
+            break;
+          default:
+            break;
+        }
+      }
+    }
+  }
+
+  const GlobalOptions& g_;
+  const SubscribeOptions& o_;
+  grpc::ClientContext ctx_;
+  int pipe_[2] = {-1, -1};
+
+  std::mutex write_mu_;  // serializes Write()/WritesDone() and guards the three below
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::Delivery>> stream_;
+  bool half_closed_ = false;
+  bool write_failed_ = false;
+
+  std::atomic<bool> stop_requested_{false};  // a signal arrived
+  std::atomic<bool> closing_{false};         // the main thread started the close
+  std::atomic<bool> cancelled_{false};       // we called TryCancel()
+};
+
+// ---------------------------------------------------------------------------
+// topology, health
+
+int RunTopology(const GlobalOptions& g, bool pretty) {
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  v1::Topology topology;
+  const grpc::Status status = stub->GetTopology(&ctx, v1::GetTopologyRequest(), &topology);
+  if (!status.ok()) return ReportRpcError(status);
+
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = pretty;
+  options.always_print_primitive_fields = true;  // show connected=false, empty lists
+  options.preserve_proto_field_names = true;     // snake_case, like subscribe's output
+  std::string json;
+  const auto converted = google::protobuf::util::MessageToJsonString(topology, &json, options);
+  if (!converted.ok()) {
+    std::cerr << "mqctl: rendering the topology: " << converted.ToString() << "\n";
+    return kExitError;
+  }
+  while (!json.empty() && json.back() == '\n') json.pop_back();
+  return WriteLine(json) ? kExitOk : kExitError;
+}
+
+int RunHealth(const GlobalOptions& g, const std::string& service) {
+  grpc::GenericStub stub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  const std::string request = EncodeHealthCheckRequest(service);
+  grpc::Slice slice(request);
+  const grpc::ByteBuffer request_buffer(&slice, 1);
+  grpc::ByteBuffer response_buffer;
+  grpc::Status status;
+
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareUnaryCall(&ctx, kHealthCheckMethod, request_buffer, &cq);
+  call->StartCall();
+  call->Finish(&response_buffer, &status, &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  cq.Next(&tag, &ok);  // the only event: Finish
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  if (!status.ok()) return ReportRpcError(status);
+
+  std::vector<grpc::Slice> slices;
+  std::string response;
+  if (response_buffer.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) {
+      response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+  }
+  const std::optional<int> serving = DecodeHealthCheckResponse(response);
+  if (!serving) {
+    std::cerr << "mqctl: malformed grpc.health.v1.HealthCheckResponse\n";
+    return kExitError;
+  }
+  if (!WriteLine(HealthStatusName(*serving))) return kExitError;
+  return *serving == kHealthServing ? kExitOk : kExitNotConfirmed;
+}
+
+// ---------------------------------------------------------------------------
+// command line
+
+int Main(int argc, char** argv) {
+  CLI::App app{
+      "mqctl talks to the local mq-sidecar daemon: publish messages, subscribe to a "
+      "business's queue, and inspect the daemon.",
+      "mqctl"};
+  app.require_subcommand(1, 1);
+  app.fallthrough();  // global options are accepted after the subcommand, too
+  app.set_help_all_flag("--help-all", "Print help for all subcommands and exit");
+  app.set_version_flag("--version", MQS_VERSION);
+  app.footer(
+      "Exit status: 0 success; 1 gRPC or I/O error (printed as 'mqctl: CODE: message');\n"
+      "2 publish not confirmed (UNROUTABLE, REJECTED, FAILED, UNCONFIRMED) or health not\n"
+      "SERVING; 64 bad usage.");
+
+  GlobalOptions g;
+  app.add_option("--address", g.address,
+                 "Daemon address: unix:///path/to.sock, unix:relative.sock, /path/to.sock "
+                 "or host:port")
+      ->envname(kAddressEnv)
+      ->capture_default_str();
+  const CLI::Validator duration_check(
+      [](std::string& text) -> std::string {
+        return ParseDuration(text) ? "" : "expected a positive duration such as 10s, 500ms, 2m";
+      },
+      "DURATION");
+  app.add_option("--timeout", g.timeout_text,
+                 "Deadline for publish, topology and health; for subscribe, how long to wait "
+                 "for the daemon to end the stream after mqctl asked it to")
+      ->check(duration_check)
+      ->capture_default_str();
+  app.add_flag("--wait", g.wait,
+               "Wait (up to --timeout) for the daemon to become reachable instead of failing "
+               "at once with UNAVAILABLE");
+
+  // publish
+  PublishOptions po;
+  CLI::App* publish = app.add_subcommand(
+      "publish",
+      "Publish one message and print its result as JSON: "
+      "{sequence, message_id, status, error}. Exits 0 only when the broker confirmed it.");
+  publish->add_option("business", po.business, "A producer business configured in the daemon")
+      ->required();
+  publish->add_option("routing_key", po.routing_key, "AMQP routing key")->required();
+  publish->add_option("payload", po.payload,
+                      "Message body; '-' or absent: read it from stdin (bytes, unchanged)");
+  publish->add_option("--message-id", po.message_id,
+                      "Idempotency key; the daemon generates one when absent");
+  publish->add_option("--correlation-id", po.correlation_id, "AMQP correlation-id");
+  publish->add_option("--content-type", po.content_type, "AMQP content-type");
+  const CLI::Validator header_check(
+      [](std::string& kv) -> std::string {
+        const size_t eq = kv.find('=');
+        return eq == std::string::npos || eq == 0 ? "expected KEY=VALUE" : "";
+      },
+      "KEY=VALUE");
+  publish->add_option("--header", po.headers, "Message header; repeat for more")
+      ->check(header_check)
+      ->allow_extra_args(false)
+      ->take_all();
+  publish->add_option("--ttl-ms", po.ttl_ms, "Per-message expiry in milliseconds; 0: none")
+      ->check(CLI::Range(uint32_t{0}, UINT32_MAX));
+  publish->add_option("--reply-to", po.reply_to, "Business name replies should go to");
+
+  // subscribe
+  SubscribeOptions so;
+  CLI::App* subscribe = app.add_subcommand(
+      "subscribe",
+      "Consume a business's queue, printing one JSON line per delivery and acking it after "
+      "printing. The payload is in \"payload\" when it is UTF-8, else in \"payload_base64\". "
+      "SIGINT/SIGTERM end it cleanly (exit 0); unacked deliveries go back to the queue.");
+  subscribe->add_option("business", so.business, "A consumer business configured in the daemon")
+      ->required();
+  CLI::Option* prefetch_opt =
+      subscribe->add_option("--prefetch", so.prefetch,
+                            "Unacked deliveries allowed in flight; 0: the daemon's default "
+                            "(default: 0, or N when --count N is given)");
+  subscribe->add_option("--name", so.name, "Consumer name shown to operators");
+  subscribe->add_option("--count", so.count, "Exit 0 after handling N deliveries; 0: run forever")
+      ->capture_default_str();
+  bool no_ack_flag = false;
+  bool nack_requeue_flag = false;
+  bool nack_drop_flag = false;
+  CLI::Option* no_ack = subscribe->add_flag("--no-ack", no_ack_flag,
+                                            "Print deliveries but never settle them (for tests)");
+  CLI::Option* nack_requeue = subscribe->add_flag(
+      "--nack-requeue", nack_requeue_flag, "Nack each delivery with requeue instead of acking");
+  CLI::Option* nack_drop =
+      subscribe->add_flag("--nack-drop", nack_drop_flag,
+                          "Nack each delivery without requeue (dead-letter or drop) instead "
+                          "of acking");
+  no_ack->excludes(nack_requeue)->excludes(nack_drop);
+  nack_requeue->excludes(nack_drop);
+
+  // topology
+  bool pretty = false;
+  CLI::App* topology = app.add_subcommand(
+      "topology", "Print what the daemon declared and its broker connection state, as JSON");
+  topology->add_flag("--pretty", pretty, "Indent the JSON");
+
+  // health
+  std::string health_service;
+  CLI::App* health = app.add_subcommand(
+      "health",
+      "grpc.health.v1 check: print SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN; exit 0 "
+      "only when SERVING");
+  health->add_option("--service", health_service, "Service to check; empty: the whole server");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints help, version or the error
+    return rc == 0 ? kExitOk : kExitUsage;
+  }
+  g.timeout = *ParseDuration(g.timeout_text);  // validated above
+
+  if (publish->parsed()) return RunPublish(g, po);
+  if (subscribe->parsed()) {
+    so.prefetch_given = prefetch_opt->count() > 0;
+    if (no_ack_flag) so.settle = Settle::kNone;
+    if (nack_requeue_flag) so.settle = Settle::kNackRequeue;
+    if (nack_drop_flag) so.settle = Settle::kNackDrop;
+    SubscribeSession session(g, so);
+    return session.Run();
+  }
+  if (topology->parsed()) return RunTopology(g, pretty);
+  if (health->parsed()) return RunHealth(g, health_service);
+  return kExitUsage;  // unreachable: require_subcommand(1, 1)
+}
+
+}  // namespace
+}  // namespace mqctl
+
+int main(int argc, char** argv) { return mqctl::Main(argc, argv); }

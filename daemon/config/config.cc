@@ -1,0 +1,683 @@
+// Config: key table, defaults, validation (Resolve), LoadFile and Describe.
+// The format-specific readers are yaml_loader.cc and ini_loader.cc.
+#include "config/config.h"
+
+#include <amqp.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <system_error>
+#include <utility>
+
+#include "config/loader_internal.h"
+#include "config/topology_plan.h"
+#include "util/uri.h"
+
+namespace mqs::config {
+namespace internal {
+namespace {
+
+// The one table of keys. Order is the order of the docs and of "expected one
+// of" lists. Keep docs/configuration.md in step (a unit test checks).
+constexpr ConfigKey kConfigKeyTable[] = {
+    {"listen", "string or list of strings",
+     R"(["unix:///run/mq-sidecar/mq-sidecar.sock", "127.0.0.1:50051"])",
+     "gRPC listen addresses: `unix:///absolute/path` or `host:port` (`[::1]:50051`, "
+     "`0.0.0.0:50051`)."},
+    {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
+     "Broker URIs, `amqp://` or `amqps://`, tried in order (a cluster). An empty vhost "
+     "(`...:5672/`) means `/`."},
+    {"broker.heartbeat", "duration", "30s",
+     "AMQP heartbeat. `0` disables heartbeats; otherwise whole seconds, 1s..65535s."},
+    {"broker.connect_timeout", "duration", "5s", "Timeout to connect to one broker URI; above 0."},
+    {"producers.<business>", "map or null", "(all defaults)",
+     "A business this sidecar publishes to. Name: letters, digits, `.`, `_`, `-`."},
+    {"producers.<business>.exchange", "name", "`<business>`",
+     "Durable topic exchange that Publish sends to."},
+    {"producers.<business>.handle", "name or empty", R"("")",
+     "Alternate exchange for unroutable messages: if set, the exchange gets "
+     "alternate-exchange=`<handle>`, a fanout exchange `<handle>` and a classic durable queue "
+     "`<handle>.queue` bound with `#` keep them."},
+    {"consumers.<business>", "map or null", "(all defaults)",
+     "A business whose queue this sidecar's clients consume. Name as for producers."},
+    {"consumers.<business>.exchange", "name", "`<business>`",
+     "Durable topic exchange the queue is bound to."},
+    {"consumers.<business>.queue", "name", "`<exchange>.queue`",
+     "Durable queue, shared by all subscribers of the business (competing consumers)."},
+    {"consumers.<business>.binding_keys", "string or list of strings", R"(["#"])",
+     "Binding keys from the exchange to the queue; `#` takes every routing key."},
+    {"consumers.<business>.queue_type", "quorum or classic", "quorum",
+     "`x-queue-type` of the queue. Every consumer of one queue must agree."},
+    {"consumers.<business>.prefetch", "integer 1..65535", "16",
+     "Prefetch (unacknowledged deliveries) for a Subscribe whose `open.prefetch` is 0."},
+    {"consumers.<business>.handle", "string", R"("")",
+     "The seed's consume-callback name; informational only."},
+    {"consumers.<business>.max_deliveries", "integer 0..2147483647", "0",
+     "Poison-message limit (quorum queues only): above 0, the queue gets a delivery limit and "
+     "dead-letter exchange `<exchange>.dlx` (topic) with queue `<queue>.dead`. 0: none."},
+    {"publish.window", "integer 1..65535", "1024",
+     "PublishStream: requests in flight (unconfirmed) per stream."},
+    {"publish.republish_unconfirmed", "boolean", "true",
+     "At a disconnect, publish unconfirmed messages again with the same message_id "
+     "(at-least-once); false answers them UNCONFIRMED."},
+    {"publish.wait_timeout", "duration", "30s",
+     "How long a publish waits for a connection or a lifted resource alarm; above 0."},
+    {"log.level", "trace, debug, info, warn or error", "info", "Log level."},
+    {"shutdown.drain", "duration", "10s",
+     "On SIGTERM, time for subscribers to ack and for publishes to be confirmed."},
+};
+
+constexpr std::string_view kDefaultListen[] = {"unix:///run/mq-sidecar/mq-sidecar.sock",
+                                               "127.0.0.1:50051"};
+constexpr std::string_view kDefaultUri = "amqp://guest:guest@127.0.0.1:5672/";
+
+// The canonical parent of a key path: consumers["a.b"].queue -> consumers["a.b"]
+// -> consumers; broker.uris[0] -> broker.uris -> broker.
+std::string_view ParentPath(std::string_view path) {
+  if (path.empty()) return path;
+  if (path.back() == ']') {
+    const size_t open = path.rfind('[');
+    return open == std::string_view::npos ? std::string_view() : path.substr(0, open);
+  }
+  const size_t dot = path.rfind('.');
+  const size_t close = path.rfind(']');
+  if (dot == std::string_view::npos || (close != std::string_view::npos && dot < close)) {
+    return std::string_view();
+  }
+  return path.substr(0, dot);
+}
+
+bool IsNameChar(char c, bool allow_colon) {
+  return IsAlnum(c) || c == '.' || c == '_' || c == '-' || (allow_colon && c == ':');
+}
+
+// "" if `name` is a usable exchange or queue name; else what was expected.
+std::string CheckAmqpName(std::string_view name, std::string_view what) {
+  if (name.empty()) return Cat("expected a non-empty ", what, " name");
+  if (name.size() > 255) {
+    return Cat("expected a ", what, " name of at most 255 bytes, got ", name.size(), " bytes");
+  }
+  if (!std::all_of(name.begin(), name.end(), [](char c) { return IsNameChar(c, true); })) {
+    return Cat("expected a ", what, " name of letters, digits, '.', '_', '-' and ':', got ",
+               Quote(name));
+  }
+  if (name.starts_with("amq.")) {
+    return Cat("expected a ", what, " name not starting with \"amq.\" (reserved), got ",
+               Quote(name));
+  }
+  return "";
+}
+
+// "" if `addr` is a listen address gRPC and we both understand.
+bool ValidListen(std::string_view addr) {
+  if (addr.starts_with("unix:")) {
+    if (!addr.starts_with("unix:///")) return false;
+    const std::string_view path = addr.substr(7);
+    // sockaddr_un.sun_path holds 108 bytes including the NUL.
+    return path.size() > 1 && path.size() <= 107 && path.find('\0') == std::string_view::npos;
+  }
+  std::string_view host;
+  std::string_view port;
+  if (addr.starts_with("[")) {
+    const size_t close = addr.find(']');
+    if (close == std::string_view::npos || close + 1 >= addr.size() || addr[close + 1] != ':') {
+      return false;
+    }
+    host = addr.substr(1, close - 1);
+    port = addr.substr(close + 2);
+    if (host.find(':') == std::string_view::npos) return false;
+    if (!std::all_of(host.begin(), host.end(), [](char c) {
+          return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
+        })) {
+      return false;
+    }
+  } else {
+    const size_t colon = addr.rfind(':');
+    if (colon == std::string_view::npos) return false;
+    host = addr.substr(0, colon);
+    port = addr.substr(colon + 1);
+    if (!std::all_of(host.begin(), host.end(),
+                     [](char c) { return IsAlnum(c) || c == '.' || c == '-' || c == '_'; })) {
+      return false;
+    }
+  }
+  const std::optional<uint64_t> p = ParseUint(port, 65535);
+  return !host.empty() && p.has_value() && *p >= 1;
+}
+
+}  // namespace
+
+const std::span<const ConfigKey> kConfigKeys(kConfigKeyTable);
+
+std::vector<std::string_view> ChildKeys(std::string_view pattern) {
+  std::vector<std::string_view> out;
+  for (const ConfigKey& key : kConfigKeys) {
+    std::string_view rest = key.path;
+    if (!pattern.empty()) {
+      if (rest.size() <= pattern.size() + 1 || !rest.starts_with(pattern) ||
+          rest[pattern.size()] != '.') {
+        continue;
+      }
+      rest.remove_prefix(pattern.size() + 1);
+    }
+    rest = rest.substr(0, rest.find('.'));
+    if (std::find(out.begin(), out.end(), rest) == out.end()) out.push_back(rest);
+  }
+  return out;
+}
+
+std::string BusinessPath(std::string_view root, std::string_view name) {
+  return Cat(root, "[\"", name, "\"]");
+}
+
+std::string BusinessPath(std::string_view root, std::string_view name, std::string_view key) {
+  return Cat(root, "[\"", name, "\"].", key);
+}
+
+Diagnostics::Diagnostics(std::string_view filename)
+    : filename_(filename.empty() ? "<config>" : filename) {}
+
+void Diagnostics::Note(const std::string& path, int line, std::string display) {
+  origins_.emplace(path, Origin{line, std::move(display)});
+}
+
+int Diagnostics::LineOf(const std::string& path) const {
+  for (std::string_view p = path; !p.empty(); p = ParentPath(p)) {
+    auto it = origins_.find(p);
+    if (it != origins_.end()) return it->second.line;
+  }
+  return 0;
+}
+
+void Diagnostics::Error(int line, std::string_view display_path, std::string_view message) {
+  std::string text = line > 0 ? Cat(filename_, ":", line, ": ") : Cat(filename_, ": ");
+  Append(&text, display_path, ": ", message);
+  errors_.push_back(RedactCredentials(text));
+}
+
+void Diagnostics::ErrorAt(const std::string& path, std::string_view message) {
+  for (std::string_view p = path; !p.empty(); p = ParentPath(p)) {
+    auto it = origins_.find(p);
+    if (it != origins_.end()) {
+      // A defaulted key: the parent's line, but the key's own name.
+      Error(it->second.line, Cat(it->second.display, path.substr(p.size())), message);
+      return;
+    }
+  }
+  Error(0, path, message);
+}
+
+absl::Status Diagnostics::ToStatus() const {
+  if (errors_.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(Join(errors_, "\n"));
+}
+
+std::string RedactCredentials(std::string_view text) {
+  std::string out;
+  size_t pos = 0;
+  while (true) {
+    const size_t scheme = text.find("://", pos);
+    if (scheme == std::string_view::npos) break;
+    const size_t start = scheme + 3;
+    size_t end = text.find_first_of(" \t\r\n\"'", start);
+    if (end == std::string_view::npos) end = text.size();
+    // The last '@' of the token: an unescaped '@' in a password must not
+    // leave its tail visible.
+    const std::string_view token = text.substr(start, end - start);
+    const size_t at = token.rfind('@');
+    const size_t colon = token.find(':');
+    if (at != std::string_view::npos && colon != std::string_view::npos && colon < at) {
+      Append(&out, text.substr(pos, start + colon + 1 - pos), "****");
+      pos = start + at;
+    } else {
+      Append(&out, text.substr(pos, end - pos));
+      pos = end;
+    }
+  }
+  Append(&out, text.substr(pos));
+  return out;
+}
+
+std::string Quote(std::string_view value) {
+  std::string v = RedactCredentials(value);
+  if (v.size() > 80) v = Cat(v.substr(0, 77), "...");
+  std::string out = "\"";
+  for (char c : v) {
+    // Control characters and quotes escaped; UTF-8 bytes kept as they are.
+    if (c == '"' || c == '\\') {
+      Append(&out, "\\", std::string_view(&c, 1));
+    } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "\\x%02x", static_cast<unsigned char>(c));
+      out += hex;
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+  return out;
+}
+
+std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text) {
+  size_t digits = 0;
+  while (digits < text.size() && IsDigit(text[digits])) {
+    ++digits;
+  }
+  if (digits == 0 || digits > 12) return std::nullopt;
+  const std::optional<uint64_t> n = ParseUint(text.substr(0, digits), 999'999'999'999);
+  const std::string_view unit = text.substr(digits);
+  int64_t ms_per_unit;
+  if (unit.empty() || unit == "s") {
+    ms_per_unit = 1000;
+  } else if (unit == "ms") {
+    ms_per_unit = 1;
+  } else if (unit == "m") {
+    ms_per_unit = 60'000;
+  } else if (unit == "h") {
+    ms_per_unit = 3'600'000;
+  } else {
+    return std::nullopt;
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(*n) * ms_per_unit);
+}
+
+std::string FormatDuration(std::chrono::milliseconds d) {
+  const int64_t ms = d.count();
+  if (ms == 0) return "0s";
+  if (ms % 3'600'000 == 0) return Cat(ms / 3'600'000, "h");
+  if (ms % 60'000 == 0) return Cat(ms / 60'000, "m");
+  if (ms % 1000 == 0) return Cat(ms / 1000, "s");
+  return Cat(ms, "ms");
+}
+
+std::optional<uint64_t> ParseUint(std::string_view text, uint64_t max) {
+  if (text.empty() || text.size() > 19) return std::nullopt;
+  uint64_t n = 0;
+  for (char c : text) {
+    if (!IsDigit(c)) return std::nullopt;
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (n > max) return std::nullopt;
+  return n;
+}
+
+std::string_view Trim(std::string_view s) {
+  const size_t begin = s.find_first_not_of(" \t\r\n\f\v");
+  if (begin == std::string_view::npos) return std::string_view();
+  const size_t end = s.find_last_not_of(" \t\r\n\f\v");
+  return s.substr(begin, end - begin + 1);
+}
+
+std::vector<std::string_view> Split(std::string_view s, char separator) {
+  std::vector<std::string_view> out;
+  while (true) {
+    const size_t pos = s.find(separator);
+    out.push_back(s.substr(0, pos));
+    if (pos == std::string_view::npos) return out;
+    s.remove_prefix(pos + 1);
+  }
+}
+
+std::string_view CheckBusinessName(std::string_view name) {
+  if (name.empty()) return "expected a non-empty business name";
+  if (!std::all_of(name.begin(), name.end(), [](char c) { return IsNameChar(c, false); })) {
+    return "expected a business name of letters, digits, '.', '_' and '-'";
+  }
+  return "";
+}
+
+void ApplyDefaults(Config& config) {
+  if (config.listen.empty())
+    config.listen.assign(std::begin(kDefaultListen), std::end(kDefaultListen));
+  if (config.broker.uris.empty()) config.broker.uris.emplace_back(kDefaultUri);
+  for (Producer& p : config.producers) {
+    if (p.exchange.empty()) p.exchange = p.name;
+  }
+  for (Consumer& c : config.consumers) {
+    if (c.exchange.empty()) c.exchange = c.name;
+    if (c.queue.empty()) c.queue = c.exchange + ".queue";
+    if (c.binding_keys.empty()) c.binding_keys = {"#"};
+  }
+  auto by_name = [](const auto& a, const auto& b) { return a.name < b.name; };
+  std::stable_sort(config.producers.begin(), config.producers.end(), by_name);
+  std::stable_sort(config.consumers.begin(), config.consumers.end(), by_name);
+}
+
+namespace {
+
+// Cross-business checks: names reused so that the broker would refuse the
+// declarations (PRECONDITION_FAILED) or would mix unrelated messages.
+void CheckConflicts(const Config& config, Diagnostics& diag) {
+  auto where = [&](const std::string& path) {
+    const int line = diag.LineOf(path);
+    return line > 0 ? Cat(path, " (line ", line, ")") : path;
+  };
+
+  struct ExchangeClaim {
+    std::string type;
+    std::string path;
+  };
+  std::map<std::string, ExchangeClaim> exchanges;
+  auto claim_exchange = [&](const std::string& name, std::string_view type,
+                            const std::string& path) {
+    auto [it, inserted] = exchanges.emplace(name, ExchangeClaim{std::string(type), path});
+    if (!inserted && it->second.type != type) {
+      diag.ErrorAt(path,
+                   Cat("exchange ", Quote(name), " would be a ", type, " exchange here but is a ",
+                       it->second.type, " exchange for ", where(it->second.path),
+                       "; an alternate exchange (handle) needs a name of its own"));
+    }
+  };
+
+  std::map<std::string, std::pair<std::string, std::string>>
+      alternates;  // exchange -> handle, path
+  for (const Producer& p : config.producers) {
+    const std::string handle_path = BusinessPath("producers", p.name, "handle");
+    claim_exchange(p.exchange, "topic", BusinessPath("producers", p.name, "exchange"));
+    if (!p.handle.empty()) claim_exchange(p.handle, "fanout", handle_path);
+    auto [it, inserted] = alternates.emplace(p.exchange, std::make_pair(p.handle, handle_path));
+    if (!inserted && it->second.first != p.handle) {
+      auto show = [](const std::string& h) { return h.empty() ? std::string("none") : Quote(h); };
+      diag.ErrorAt(handle_path,
+                   Cat("exchange ", Quote(p.exchange), " gets alternate exchange ", show(p.handle),
+                       " here but ", show(it->second.first), " from ", where(it->second.second),
+                       "; producers sharing an exchange must use the same handle"));
+    }
+  }
+  for (const Consumer& c : config.consumers) {
+    claim_exchange(c.exchange, "topic", BusinessPath("consumers", c.name, "exchange"));
+  }
+
+  struct QueueClaim {
+    QueueType type;
+    std::string path;
+    bool is_handle;
+    uint32_t max_deliveries = 0;
+  };
+  std::map<std::string, QueueClaim> queues;
+  for (const Producer& p : config.producers) {
+    if (p.handle.empty()) continue;
+    queues.emplace(
+        p.handle + ".queue",
+        QueueClaim{QueueType::kClassic, BusinessPath("producers", p.name, "handle"), true});
+  }
+  for (const Consumer& c : config.consumers) {
+    const std::string path = BusinessPath("consumers", c.name);
+    auto [it, inserted] =
+        queues.emplace(c.queue, QueueClaim{c.queue_type, path, false, c.max_deliveries});
+    if (inserted) continue;
+    if (it->second.is_handle) {
+      diag.ErrorAt(path + ".queue",
+                   Cat("queue ", Quote(c.queue), " is the alternate-exchange queue of ",
+                       where(it->second.path), "; choose another queue name"));
+    } else if (it->second.type != c.queue_type) {
+      diag.ErrorAt(path + ".queue_type",
+                   Cat("queue ", Quote(c.queue), " is ", QueueTypeName(c.queue_type), " here but ",
+                       QueueTypeName(it->second.type), " for ", where(it->second.path),
+                       "; every consumer of one queue must use the same queue_type"));
+    } else if (it->second.max_deliveries != c.max_deliveries) {
+      diag.ErrorAt(path + ".max_deliveries",
+                   Cat("queue ", Quote(c.queue), " has max_deliveries ", c.max_deliveries,
+                       " here but ", it->second.max_deliveries, " for ", where(it->second.path),
+                       "; every consumer of one queue must use the same max_deliveries"));
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
+  ApplyDefaults(config);
+
+  for (size_t i = 0; i < config.listen.size(); ++i) {
+    const std::string path = Cat("listen[", i, "]");
+    if (!ValidListen(config.listen[i])) {
+      diag.ErrorAt(path, Cat("expected unix:///absolute/path or host:port (e.g. "
+                             "127.0.0.1:50051, [::1]:50051, 0.0.0.0:50051), got ",
+                             Quote(config.listen[i])));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (config.listen[j] == config.listen[i]) {
+        diag.ErrorAt(path, Cat("duplicate listen address ", Quote(config.listen[i])));
+        break;
+      }
+    }
+  }
+  for (size_t i = 0; i < config.broker.uris.size(); ++i) {
+    absl::StatusOr<BrokerUri> uri = ParseBrokerUri(config.broker.uris[i]);
+    if (!uri.ok()) diag.ErrorAt(Cat("broker.uris[", i, "]"), std::string(uri.status().message()));
+  }
+  const std::chrono::milliseconds heartbeat = config.broker.heartbeat;
+  if (heartbeat.count() != 0 &&
+      (heartbeat < std::chrono::seconds(1) || heartbeat > std::chrono::seconds(65535) ||
+       heartbeat.count() % 1000 != 0)) {
+    diag.ErrorAt("broker.heartbeat", Cat("expected 0 (disabled) or whole seconds 1s..65535s, got ",
+                                         FormatDuration(heartbeat)));
+  }
+  if (config.publish.wait_timeout.count() <= 0) {
+    diag.ErrorAt("publish.wait_timeout", "expected a duration above 0, got 0s");
+  }
+  if (config.broker.connect_timeout.count() <= 0) {
+    diag.ErrorAt("broker.connect_timeout", "expected a duration above 0, got 0s");
+  }
+
+  for (const Producer& p : config.producers) {
+    if (std::string_view e = CheckBusinessName(p.name); !e.empty()) {
+      diag.ErrorAt(BusinessPath("producers", p.name), Cat(e, ", got ", Quote(p.name)));
+    }
+    if (std::string e = CheckAmqpName(p.exchange, "exchange"); !e.empty()) {
+      diag.ErrorAt(BusinessPath("producers", p.name, "exchange"), e);
+    }
+    if (p.handle.empty()) continue;
+    if (std::string e = CheckAmqpName(p.handle, "alternate exchange"); !e.empty()) {
+      diag.ErrorAt(BusinessPath("producers", p.name, "handle"), e);
+    } else if (p.handle.size() + 6 > 255) {
+      diag.ErrorAt(BusinessPath("producers", p.name, "handle"),
+                   "expected a handle of at most 249 bytes (its queue is <handle>.queue)");
+    }
+  }
+  for (const Consumer& c : config.consumers) {
+    if (std::string_view e = CheckBusinessName(c.name); !e.empty()) {
+      diag.ErrorAt(BusinessPath("consumers", c.name), Cat(e, ", got ", Quote(c.name)));
+    }
+    if (std::string e = CheckAmqpName(c.exchange, "exchange"); !e.empty()) {
+      diag.ErrorAt(BusinessPath("consumers", c.name, "exchange"), e);
+    }
+    if (std::string e = CheckAmqpName(c.queue, "queue"); !e.empty()) {
+      diag.ErrorAt(BusinessPath("consumers", c.name, "queue"), e);
+    }
+    if (c.max_deliveries > 0 && c.queue_type != QueueType::kQuorum) {
+      diag.ErrorAt(BusinessPath("consumers", c.name, "max_deliveries"),
+                   "expected 0 for a classic queue (a delivery limit needs queue_type quorum)");
+    }
+    for (size_t i = 0; i < c.binding_keys.size(); ++i) {
+      if (c.binding_keys[i].size() > 255) {
+        diag.ErrorAt(Cat(BusinessPath("consumers", c.name, "binding_keys"), "[", i, "]"),
+                     "expected a binding key of at most 255 bytes");
+      }
+    }
+  }
+  CheckConflicts(config, diag);
+
+  if (config.producers.empty() && config.consumers.empty()) {
+    diag.Error(0, "producers, consumers",
+               "expected at least one producer or consumer business, got none");
+  }
+  if (!diag.ok()) return diag.ToStatus();
+  return config;
+}
+
+}  // namespace internal
+
+using internal::Append;
+using internal::Cat;
+using internal::Join;
+using internal::Split;
+using internal::Trim;
+
+std::string_view QueueTypeName(QueueType t) {
+  switch (t) {
+    case QueueType::kQuorum:
+      return "quorum";
+    case QueueType::kClassic:
+      return "classic";
+  }
+  return "unknown";
+}
+
+const Producer* Config::FindProducer(std::string_view business) const {
+  // Linear: a handful of businesses, and hand-built configs need not be sorted.
+  for (const Producer& p : producers) {
+    if (p.name == business) return &p;
+  }
+  return nullptr;
+}
+
+const Consumer* Config::FindConsumer(std::string_view business) const {
+  for (const Consumer& c : consumers) {
+    if (c.name == business) return &c;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<BrokerUri> ParseBrokerUri(std::string_view uri) {
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(
+        Cat("expected an amqp:// or amqps:// URI like "
+            "amqp://user:password@host:5672/vhost",
+            why, ", got ", internal::Quote(uri)));
+  };
+  if (!uri.starts_with("amqp://") && !uri.starts_with("amqps://")) return bad("");
+  if (uri.find('\0') != std::string_view::npos) return bad("");
+  // amqp_parse_url writes NULs into its argument and points into it.
+  std::string buffer(uri);
+  amqp_connection_info info;
+  amqp_default_connection_info(&info);
+  if (amqp_parse_url(buffer.data(), &info) != AMQP_STATUS_OK) {
+    return bad(" (percent-encode '@', ':' and '/' in user and password)");
+  }
+  if (info.port < 1 || info.port > 65535) return bad(" (port 1..65535)");
+  if (info.host == nullptr || *info.host == '\0') return bad(" (with a host)");
+  BrokerUri out;
+  out.host = info.host;
+  out.port = info.port;
+  out.user = info.user;
+  out.password = info.password;
+  out.vhost = info.vhost;
+  if (out.vhost.empty()) out.vhost = "/";
+  out.tls = info.ssl != 0;
+  return out;
+}
+
+namespace {
+
+bool LooksLikeIni(std::string_view text) {
+  if (text.starts_with("\xEF\xBB\xBF")) text.remove_prefix(3);  // UTF-8 BOM
+  while (!text.empty()) {
+    const size_t eol = text.find('\n');
+    const std::string_view line = Trim(text.substr(0, eol));
+    text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
+    if (line.empty() || line.front() == '#' || line.front() == ';') continue;
+    return line.size() >= 3 && line.front() == '[' && line.back() == ']';
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::StatusOr<Config> LoadFile(const std::string& path) {
+  auto unreadable = [&](int err) {
+    return absl::NotFoundError(
+        Cat("cannot read config file ", path, ": ", std::generic_category().message(err)));
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return unreadable(errno);
+  std::string text;
+  char buffer[65536];
+  while (true) {
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return unreadable(err);
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  absl::StatusOr<Config> config =
+      LooksLikeIni(text) ? LoadIniText(text, path) : LoadYamlText(text, path);
+  if (config.ok()) config->source = path;
+  return config;
+}
+
+std::string Describe(const Config& input) {
+  using internal::FormatDuration;
+  Config config = input;
+  internal::ApplyDefaults(config);
+  const TopologyPlan plan = PlanTopology(config);
+  auto or_none = [](const std::string& s) { return s.empty() ? std::string("(none)") : s; };
+
+  std::string out;
+  Append(&out, "source: ", config.source.empty() ? "(text)" : config.source, "\n");
+  Append(&out, "listen:\n");
+  for (const std::string& l : config.listen) Append(&out, "  ", l, "\n");
+  Append(&out, "broker:\n  uris (tried in order):\n");
+  for (const std::string& u : config.broker.uris) {
+    Append(&out, "    ", util::MaskPassword(u), "\n");
+  }
+  Append(&out, "  heartbeat: ",
+         config.broker.heartbeat.count() == 0 ? "0 (disabled)"
+                                              : FormatDuration(config.broker.heartbeat),
+         "\n");
+  Append(&out, "  connect_timeout: ", FormatDuration(config.broker.connect_timeout), "\n");
+  Append(&out, "publish:\n  window: ", config.publish.window, "\n");
+  Append(&out, "  republish_unconfirmed: ", config.publish.republish_unconfirmed ? "true" : "false",
+         "\n");
+  Append(&out, "  wait_timeout: ", FormatDuration(config.publish.wait_timeout), "\n");
+  Append(&out, "shutdown:\n  drain: ", FormatDuration(config.shutdown.drain), "\n");
+  Append(&out, "log:\n  level: ", config.log_level, "\n");
+
+  std::set<std::string> names;
+  for (const Producer& p : config.producers) names.insert(p.name);
+  for (const Consumer& c : config.consumers) names.insert(c.name);
+  Append(&out, "businesses:\n");
+  for (const std::string& name : names) {
+    Append(&out, "  ", name, "\n");
+    if (const Producer* p = config.FindProducer(name)) {
+      Append(&out, "    producer: exchange ", p->exchange, ", handle ", or_none(p->handle), "\n");
+    }
+    if (const Consumer* c = config.FindConsumer(name)) {
+      Append(&out, "    consumer: exchange ", c->exchange, ", queue ", c->queue, " (",
+             QueueTypeName(c->queue_type), "), binding keys [", Join(c->binding_keys, ", "),
+             "], prefetch ", c->prefetch, ", max_deliveries ", c->max_deliveries, ", handle ",
+             or_none(c->handle), "\n");
+    }
+  }
+
+  Append(&out, "topology:\n  exchanges (durable):\n");
+  for (const ExchangeSpec& e : plan.exchanges) {
+    Append(&out, "    ", e.name, " ", e.type);
+    if (!e.alternate_exchange.empty()) {
+      Append(&out, " alternate-exchange=", e.alternate_exchange);
+    }
+    Append(&out, "\n");
+  }
+  Append(&out, "  queues (durable):\n");
+  for (const QueueSpec& q : plan.queues) {
+    Append(&out, "    ", q.name, " ", QueueTypeName(q.type), "\n");
+  }
+  Append(&out, "  bindings:\n");
+  for (const BindingSpec& b : plan.bindings) {
+    Append(&out, "    ", b.exchange, " -> ", b.queue, " key \"", b.binding_key, "\"\n");
+  }
+  return out;
+}
+
+}  // namespace mqs::config

@@ -1,0 +1,188 @@
+// Private helpers shared by the YAML and INI loaders and Resolve(). Not part of
+// the config interface; tests include it to check kConfigKeys against the docs.
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <cctype>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "config/config.h"
+
+namespace mqs::config::internal {
+
+// String helpers. Debian's abseil is built with its own absl::string_view
+// (ABSL_OPTION_USE_STD_STRING_VIEW 0), so absl::StrCat and friends do not
+// take std::string_view; these small ones do.
+template <typename T>
+void AppendOne(std::string& out, const T& value) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    out += std::to_string(value);
+  } else {
+    out += std::string_view(value);
+  }
+}
+template <typename... Args>
+void Append(std::string* out, const Args&... args) {
+  (AppendOne(*out, args), ...);
+}
+template <typename... Args>
+std::string Cat(const Args&... args) {
+  std::string out;
+  Append(&out, args...);
+  return out;
+}
+template <typename Range>
+std::string Join(const Range& items, std::string_view separator) {
+  std::string out;
+  for (const auto& item : items) {
+    if (!out.empty()) out += separator;
+    out += std::string_view(item);
+  }
+  return out;
+}
+std::string_view Trim(std::string_view s);
+std::vector<std::string_view> Split(std::string_view s, char separator);
+inline bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
+inline bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+// One row of the key table. `path` is a pattern: "<business>" stands for any
+// business name. docs/configuration.md mirrors this table.
+struct ConfigKey {
+  std::string_view path;
+  std::string_view type;
+  std::string_view default_value;
+  std::string_view description;
+};
+extern const std::span<const ConfigKey> kConfigKeys;
+
+// Direct children of `pattern` in kConfigKeys ("" = top level), in table order:
+// ChildKeys("consumers.<business>") -> exchange, queue, binding_keys, ...
+std::vector<std::string_view> ChildKeys(std::string_view pattern);
+
+// "unknown key; expected one of: a, b (did you mean "b"?)".
+std::string UnknownKeyMessage(std::string_view key, const std::vector<std::string_view>& known);
+
+// Key paths. Business names contain dots, so they are quoted:
+// consumers["usdt.transfer"].prefetch.
+std::string BusinessPath(std::string_view root, std::string_view name);
+std::string BusinessPath(std::string_view root, std::string_view name, std::string_view key);
+
+// Collects errors as "<file>:<line>: <key path>: <message>" and remembers
+// where each key was set, so that Resolve() can point at the right line.
+class Diagnostics {
+ public:
+  explicit Diagnostics(std::string_view filename);
+
+  // Records that canonical key `path` (YAML form) was set at `line`, shown to
+  // the user as `display` (differs for INI). The first record wins.
+  void Note(const std::string& path, int line, std::string display);
+  // The line `path` was recorded at, or 0.
+  int LineOf(const std::string& path) const;
+
+  // line <= 0: unknown line.
+  void Error(int line, std::string_view display_path, std::string_view message);
+  // Error at the recorded location of canonical `path`, else of its nearest
+  // recorded parent (a defaulted key points at its business entry).
+  void ErrorAt(const std::string& path, std::string_view message);
+
+  bool ok() const { return errors_.empty(); }
+  absl::Status ToStatus() const;  // OK, or InvalidArgument with one error per line
+
+ private:
+  struct Origin {
+    int line;
+    std::string display;
+  };
+  std::string filename_;
+  std::vector<std::string> errors_;
+  std::map<std::string, Origin, std::less<>> origins_;
+};
+
+// Masks the password of every "scheme://user:password@" in `text`. Applied to
+// every value echoed in an error, since a URI may be put under the wrong key.
+std::string RedactCredentials(std::string_view text);
+// `value` for an error message: quoted, credentials masked, long values cut.
+std::string Quote(std::string_view value);
+
+// "500ms", "30s", "2m", "1h"; a bare integer is seconds. nullopt if malformed.
+std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text);
+std::string FormatDuration(std::chrono::milliseconds d);
+// Decimal digits only. nullopt if malformed or above `max`.
+std::optional<uint64_t> ParseUint(std::string_view text, uint64_t max);
+
+inline constexpr std::string_view kDurationExpected =
+    "expected a duration like 500ms, 30s or 2m (a bare number is seconds)";
+
+// Reads YAML nodes into a Config. The INI loader uses it too, for its JSON
+// business maps (converted to YAML nodes) and its scalar keys, with every
+// line fixed to the INI line.
+class YamlReader {
+ public:
+  YamlReader(Diagnostics& diag, Config& config) : diag_(diag), config_(config) {}
+
+  // All following reads report this line (INI); 0 = use the nodes' marks.
+  void set_fixed_line(int line) { fixed_line_ = line; }
+
+  // The whole YAML document.
+  void ReadRoot(const YAML::Node& root);
+
+  // `node` is the map business -> settings under canonical root "producers"
+  // or "consumers", shown to the user as `display_root`.
+  void ReadProducers(const YAML::Node& node, std::string_view display_root);
+  void ReadConsumers(const YAML::Node& node, std::string_view display_root);
+
+  // Leaf keys; canonical path (as in kConfigKeys) and display path given.
+  void ReadListen(const YAML::Node& node, const std::string& display);
+  void ReadUris(const YAML::Node& node, const std::string& display);
+  void ReadHeartbeat(const YAML::Node& node, const std::string& display);
+  void ReadConnectTimeout(const YAML::Node& node, const std::string& display);
+  void ReadWindow(const YAML::Node& node, const std::string& display);
+  void ReadLogLevel(const YAML::Node& node, const std::string& display);
+
+ private:
+  int Line(const YAML::Node& node) const;
+  void ReadBroker(const YAML::Node& node);
+  void ReadPublish(const YAML::Node& node);
+  void ReadLog(const YAML::Node& node);
+  // Calls `fn(key, key_node, value)` per key of map `node`; unknown keys
+  // (per kConfigKeys `pattern`) and duplicate keys are errors.
+  template <typename Fn>
+  void ForEachKey(const YAML::Node& node, std::string_view pattern, const std::string& canonical,
+                  const std::string& display, Fn fn);
+  bool ExpectMap(const YAML::Node& node, const std::string& display, std::string_view what);
+  std::optional<std::string> String(const YAML::Node& node, const std::string& display,
+                                    bool allow_empty);
+  std::optional<std::vector<std::string>> StringList(const YAML::Node& node,
+                                                     const std::string& display,
+                                                     std::string_view what);
+  std::optional<std::chrono::milliseconds> Duration(const YAML::Node& node,
+                                                    const std::string& display);
+
+  Diagnostics& diag_;
+  Config& config_;
+  int fixed_line_ = 0;
+};
+
+// Applies defaults (exchange, queue, binding keys, listen, broker URIs) and
+// sorts the business vectors. Idempotent.
+void ApplyDefaults(Config& config);
+
+// ApplyDefaults, then validates values and cross-business conflicts into
+// `diag`. Returns the config if `diag` holds no errors (from the loader either).
+absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag);
+
+// "" if `name` is a valid business name, else what was expected.
+std::string_view CheckBusinessName(std::string_view name);
+
+}  // namespace mqs::config::internal

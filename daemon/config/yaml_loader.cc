@@ -1,0 +1,432 @@
+// YAML loader: walks the document with yaml-cpp, checks every key against
+// kConfigKeys and every value's type, recording lines for Resolve().
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <exception>
+#include <map>
+
+#include "config/config.h"
+#include "config/loader_internal.h"
+
+namespace mqs::config {
+namespace internal {
+namespace {
+
+// What a node is, for "got ..." in errors.
+std::string Got(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Scalar:
+      return Quote(node.Scalar());
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a map";
+    default:
+      return "nothing";
+  }
+}
+
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+std::string UnknownKeyMessage(std::string_view key, const std::vector<std::string_view>& known) {
+  std::string out = Cat("unknown key; expected one of: ", Join(known, ", "));
+  for (std::string_view k : known) {
+    if (EditDistance(key, k) <= 2) {
+      Append(&out, " (did you mean \"", k, "\"?)");
+      break;
+    }
+  }
+  return out;
+}
+
+int YamlReader::Line(const YAML::Node& node) const {
+  if (fixed_line_ > 0) return fixed_line_;
+  const YAML::Mark mark = node.Mark();
+  return mark.line < 0 ? 0 : mark.line + 1;
+}
+
+template <typename Fn>
+void YamlReader::ForEachKey(const YAML::Node& node, std::string_view pattern,
+                            const std::string& canonical, const std::string& display, Fn fn) {
+  const std::vector<std::string_view> known = ChildKeys(pattern);
+  std::map<std::string, int> seen;  // key -> line, for duplicates (yaml-cpp keeps both)
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) {
+      diag_.Error(Line(key), display.empty() ? "(top level)" : display,
+                  Cat("expected a key name, got ", Got(key)));
+      continue;
+    }
+    const std::string& name = key.Scalar();
+    const std::string key_canonical = canonical.empty() ? name : Cat(canonical, ".", name);
+    const std::string key_display = display.empty() ? name : Cat(display, ".", name);
+    if (std::find(known.begin(), known.end(), name) == known.end()) {
+      diag_.Error(Line(key), key_display, UnknownKeyMessage(name, known));
+      continue;
+    }
+    auto [first, inserted] = seen.emplace(name, Line(key));
+    if (!inserted) {
+      diag_.Error(Line(key), key_display, Cat("duplicate key (first at line ", first->second, ")"));
+      continue;
+    }
+    diag_.Note(key_canonical, Line(key), key_display);
+    fn(name, key_display, value);
+  }
+}
+
+bool YamlReader::ExpectMap(const YAML::Node& node, const std::string& display,
+                           std::string_view what) {
+  if (node.IsMap()) return true;
+  if (!node.IsNull()) {
+    diag_.Error(Line(node), display, Cat("expected ", what, ", got ", Got(node)));
+  }
+  return false;
+}
+
+std::optional<std::string> YamlReader::String(const YAML::Node& node, const std::string& display,
+                                              bool allow_empty) {
+  if (node.IsNull()) return std::nullopt;  // `key:` with no value: the default
+  if (!node.IsScalar()) {
+    diag_.Error(Line(node), display, Cat("expected a string, got ", Got(node)));
+    return std::nullopt;
+  }
+  if (!allow_empty && node.Scalar().empty()) {
+    diag_.Error(Line(node), display,
+                "expected a non-empty name, got \"\" (omit the key to get the default)");
+    return std::nullopt;
+  }
+  return node.Scalar();
+}
+
+std::optional<std::vector<std::string>> YamlReader::StringList(const YAML::Node& node,
+                                                               const std::string& display,
+                                                               std::string_view what) {
+  if (node.IsNull()) return std::nullopt;
+  if (node.IsScalar()) return std::vector<std::string>{node.Scalar()};
+  if (!node.IsSequence()) {
+    diag_.Error(Line(node), display,
+                Cat("expected a ", what, " or a list of them, got ", Got(node)));
+    return std::nullopt;
+  }
+  if (node.size() == 0) {
+    diag_.Error(Line(node), display, Cat("expected at least one ", what, ", got []"));
+    return std::nullopt;
+  }
+  std::vector<std::string> out;
+  bool ok = true;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node item = node[i];
+    if (!item.IsScalar()) {
+      diag_.Error(Line(item), Cat(display, "[", i, "]"),
+                  Cat("expected a ", what, ", got ", Got(item)));
+      ok = false;
+      continue;
+    }
+    out.push_back(item.Scalar());
+  }
+  if (!ok) return std::nullopt;
+  return out;
+}
+
+std::optional<std::chrono::milliseconds> YamlReader::Duration(const YAML::Node& node,
+                                                              const std::string& display) {
+  if (node.IsNull()) return std::nullopt;
+  std::optional<std::chrono::milliseconds> d;
+  if (node.IsScalar()) d = ParseDuration(node.Scalar());
+  if (!d) diag_.Error(Line(node), display, Cat(kDurationExpected, ", got ", Got(node)));
+  return d;
+}
+
+namespace {
+
+// Notes each list element's own line, so that Resolve() errors point at it.
+void NoteItems(Diagnostics& diag, const YAML::Node& node, std::string_view canonical,
+               const std::string& display, int fixed_line) {
+  for (size_t i = 0; node.IsSequence() && i < node.size(); ++i) {
+    const YAML::Mark mark = node[i].Mark();
+    const int line = fixed_line > 0 ? fixed_line : mark.line + 1;
+    diag.Note(Cat(canonical, "[", i, "]"), line, Cat(display, "[", i, "]"));
+  }
+}
+
+std::optional<uint32_t> Uint(Diagnostics& diag, int line, const YAML::Node& node,
+                             const std::string& display, uint32_t min, uint32_t max) {
+  if (node.IsNull()) return std::nullopt;
+  std::optional<uint64_t> n;
+  if (node.IsScalar()) n = ParseUint(node.Scalar(), max);
+  if (!n || *n < min) {
+    diag.Error(line, display, Cat("expected an integer ", min, "..", max, ", got ", Got(node)));
+    return std::nullopt;
+  }
+  return static_cast<uint32_t>(*n);
+}
+
+}  // namespace
+
+void YamlReader::ReadRoot(const YAML::Node& root) {
+  if (!ExpectMap(root, "(top level)", "a map of settings (listen, broker, producers, ...)")) {
+    return;
+  }
+  ForEachKey(root, "", "", "",
+             [&](const std::string& key, const std::string& display, const YAML::Node& value) {
+               if (key == "listen") {
+                 ReadListen(value, display);
+               } else if (key == "broker") {
+                 ReadBroker(value);
+               } else if (key == "producers") {
+                 ReadProducers(value, display);
+               } else if (key == "consumers") {
+                 ReadConsumers(value, display);
+               } else if (key == "publish") {
+                 ReadPublish(value);
+               } else if (key == "log") {
+                 ReadLog(value);
+               } else if (key == "shutdown") {
+                 if (!ExpectMap(value, "shutdown", "a map (drain)")) return;
+                 ForEachKey(value, "shutdown", "shutdown", "shutdown",
+                            [&](const std::string& k, const std::string& d, const YAML::Node& v) {
+                              if (k != "drain") return;
+                              if (auto t = Duration(v, d)) config_.shutdown.drain = *t;
+                            });
+               }
+             });
+}
+
+void YamlReader::ReadBroker(const YAML::Node& node) {
+  if (!ExpectMap(node, "broker", "a map (uris, heartbeat, connect_timeout)")) return;
+  ForEachKey(node, "broker", "broker", "broker",
+             [&](const std::string& key, const std::string& display, const YAML::Node& value) {
+               if (key == "uris") {
+                 ReadUris(value, display);
+               } else if (key == "heartbeat") {
+                 ReadHeartbeat(value, display);
+               } else if (key == "connect_timeout") {
+                 ReadConnectTimeout(value, display);
+               }
+             });
+}
+
+void YamlReader::ReadPublish(const YAML::Node& node) {
+  if (!ExpectMap(node, "publish", "a map (window, republish_unconfirmed, wait_timeout)")) return;
+  ForEachKey(node, "publish", "publish", "publish",
+             [&](const std::string& key, const std::string& display, const YAML::Node& value) {
+               if (key == "window") {
+                 ReadWindow(value, display);
+               } else if (key == "republish_unconfirmed") {
+                 if (value.IsNull()) return;
+                 if (value.IsScalar() && (value.Scalar() == "true" || value.Scalar() == "false")) {
+                   config_.publish.republish_unconfirmed = value.Scalar() == "true";
+                 } else {
+                   diag_.Error(Line(value), display,
+                               Cat("expected true or false, got ", Got(value)));
+                 }
+               } else if (key == "wait_timeout") {
+                 if (auto d = Duration(value, display)) config_.publish.wait_timeout = *d;
+               }
+             });
+}
+
+void YamlReader::ReadLog(const YAML::Node& node) {
+  if (!ExpectMap(node, "log", "a map (level)")) return;
+  ForEachKey(node, "log", "log", "log",
+             [&](const std::string& key, const std::string& display, const YAML::Node& value) {
+               if (key == "level") ReadLogLevel(value, display);
+             });
+}
+
+void YamlReader::ReadListen(const YAML::Node& node, const std::string& display) {
+  if (auto list = StringList(node, display, "listen address")) {
+    config_.listen = std::move(*list);
+    NoteItems(diag_, node, "listen", display, fixed_line_);
+  }
+}
+
+void YamlReader::ReadUris(const YAML::Node& node, const std::string& display) {
+  if (auto list = StringList(node, display, "broker URI")) {
+    config_.broker.uris = std::move(*list);
+    NoteItems(diag_, node, "broker.uris", display, fixed_line_);
+  }
+}
+
+void YamlReader::ReadHeartbeat(const YAML::Node& node, const std::string& display) {
+  if (auto d = Duration(node, display)) config_.broker.heartbeat = *d;
+}
+
+void YamlReader::ReadConnectTimeout(const YAML::Node& node, const std::string& display) {
+  if (auto d = Duration(node, display)) config_.broker.connect_timeout = *d;
+}
+
+void YamlReader::ReadWindow(const YAML::Node& node, const std::string& display) {
+  if (auto n = Uint(diag_, Line(node), node, display, 1, 65535)) config_.publish.window = *n;
+}
+
+void YamlReader::ReadLogLevel(const YAML::Node& node, const std::string& display) {
+  if (node.IsNull()) return;
+  static constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn", "error"};
+  if (node.IsScalar() &&
+      std::find(std::begin(kLevels), std::end(kLevels), node.Scalar()) != std::end(kLevels)) {
+    config_.log_level = node.Scalar();
+    return;
+  }
+  diag_.Error(Line(node), display,
+              Cat("expected trace, debug, info, warn or error, got ", Got(node)));
+}
+
+namespace {
+
+// Iterates the business map `node`, calling fn(name, canonical, display, value)
+// once per business; duplicates and non-map entries are errors.
+template <typename Fn>
+void ForEachBusiness(Diagnostics& diag, const YAML::Node& node, std::string_view canonical_root,
+                     std::string_view display_root, int fixed_line, Fn fn) {
+  auto line = [&](const YAML::Node& n) {
+    return fixed_line > 0 ? fixed_line : std::max(n.Mark().line + 1, 0);
+  };
+  if (node.IsNull()) return;
+  if (!node.IsMap()) {
+    diag.Error(line(node), std::string(display_root),
+               Cat("expected a map of business name -> settings, got ", Got(node)));
+    return;
+  }
+  std::map<std::string, int> seen;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) {
+      diag.Error(line(key), std::string(display_root),
+                 Cat("expected a business name, got ", Got(key)));
+      continue;
+    }
+    const std::string& name = key.Scalar();
+    const std::string canonical = BusinessPath(canonical_root, name);
+    const std::string display = BusinessPath(display_root, name);
+    auto [first, inserted] = seen.emplace(name, line(key));
+    if (!inserted) {
+      diag.Error(line(key), display, Cat("duplicate business (first at line ", first->second, ")"));
+      continue;
+    }
+    diag.Note(canonical, line(key), display);
+    if (!value.IsNull() && !value.IsMap()) {
+      diag.Error(line(value), display,
+                 Cat("expected a map of settings (or nothing for all defaults), got ", Got(value)));
+    }
+    fn(name, canonical, display, value);
+  }
+}
+
+}  // namespace
+
+void YamlReader::ReadProducers(const YAML::Node& node, std::string_view display_root) {
+  ForEachBusiness(diag_, node, "producers", display_root, fixed_line_,
+                  [&](const std::string& name, const std::string& canonical,
+                      const std::string& display, const YAML::Node& value) {
+                    Producer p;
+                    p.name = name;
+                    if (value.IsMap()) {
+                      ForEachKey(
+                          value, "producers.<business>", canonical, display,
+                          [&](const std::string& key, const std::string& d, const YAML::Node& v) {
+                            if (key == "exchange") {
+                              if (auto s = String(v, d, false)) p.exchange = *s;
+                            } else if (key == "handle") {
+                              if (auto s = String(v, d, true)) p.handle = *s;
+                            }
+                          });
+                    }
+                    config_.producers.push_back(std::move(p));
+                  });
+}
+
+void YamlReader::ReadConsumers(const YAML::Node& node, std::string_view display_root) {
+  ForEachBusiness(
+      diag_, node, "consumers", display_root, fixed_line_,
+      [&](const std::string& name, const std::string& canonical, const std::string& display,
+          const YAML::Node& value) {
+        Consumer c;
+        c.name = name;
+        if (value.IsMap()) {
+          ForEachKey(value, "consumers.<business>", canonical, display,
+                     [&](const std::string& key, const std::string& d, const YAML::Node& v) {
+                       if (key == "exchange") {
+                         if (auto s = String(v, d, false)) c.exchange = *s;
+                       } else if (key == "queue") {
+                         if (auto s = String(v, d, false)) c.queue = *s;
+                       } else if (key == "binding_keys") {
+                         if (auto list = StringList(v, d, "binding key")) c.binding_keys = *list;
+                       } else if (key == "queue_type") {
+                         if (v.IsNull()) return;
+                         if (v.IsScalar() && v.Scalar() == "quorum") {
+                           c.queue_type = QueueType::kQuorum;
+                         } else if (v.IsScalar() && v.Scalar() == "classic") {
+                           c.queue_type = QueueType::kClassic;
+                         } else {
+                           diag_.Error(Line(v), d, Cat("expected quorum or classic, got ", Got(v)));
+                         }
+                       } else if (key == "prefetch") {
+                         if (auto n = Uint(diag_, Line(v), v, d, 1, 65535)) c.prefetch = *n;
+                       } else if (key == "max_deliveries") {
+                         if (auto n = Uint(diag_, Line(v), v, d, 0, 2147483647))
+                           c.max_deliveries = *n;
+                       } else if (key == "handle") {
+                         if (auto s = String(v, d, true)) c.handle = *s;
+                       }
+                     });
+        }
+        config_.consumers.push_back(std::move(c));
+      });
+}
+
+}  // namespace internal
+
+using internal::Append;
+using internal::Cat;
+using internal::Join;
+using internal::Split;
+using internal::Trim;
+
+absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view filename) {
+  internal::Diagnostics diag(filename);
+  Config config;
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(std::string(text));
+  } catch (const YAML::Exception& e) {
+    diag.Error(e.mark.line < 0 ? 0 : e.mark.line + 1, "invalid YAML", e.msg);
+    return diag.ToStatus();
+  }
+  if (docs.size() > 1) {
+    diag.Error(std::max(docs[1].Mark().line + 1, 0), "invalid YAML",
+               Cat("expected one YAML document, got ", docs.size()));
+    return diag.ToStatus();
+  }
+  try {
+    internal::YamlReader reader(diag, config);
+    if (!docs.empty()) reader.ReadRoot(docs[0]);
+  } catch (const YAML::Exception& e) {  // not expected: reads check types first
+    diag.Error(e.mark.line < 0 ? 0 : e.mark.line + 1, "invalid YAML", e.msg);
+    return diag.ToStatus();
+  } catch (const std::exception& e) {
+    diag.Error(0, "(config)", e.what());
+    return diag.ToStatus();
+  }
+  return internal::Resolve(std::move(config), diag);
+}
+
+}  // namespace mqs::config

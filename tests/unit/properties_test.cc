@@ -1,0 +1,111 @@
+// Header and property conversion between the API and AMQP, without a broker.
+#include <catch2/catch.hpp>
+
+#include "amqp/connection.h"
+#include "amqp/properties.h"
+
+namespace {
+
+using mqs::amqp::AmqpText;
+using mqsidecar::v1::Delivery;
+using mqsidecar::v1::PublishRequest;
+
+std::string Text(amqp_bytes_t b) { return std::string(AmqpText(b)); }
+
+}  // namespace
+
+TEST_CASE("properties: a publish is persistent, timestamped and carries its ids") {
+  PublishRequest r;
+  r.set_routing_key("rk");
+  r.set_correlation_id("corr-1");
+  r.set_content_type("application/json");
+  r.set_reply_to("task.result");
+  r.set_ttl_ms(1500);
+  (*r.mutable_headers())["tenant"] = "acme";
+  (*r.mutable_headers())["x-trace"] = "abc";
+
+  mqs::amqp::OutgoingProperties props;
+  props.Build(r, "mid-1", 1700000000);
+  const amqp_basic_properties_t& p = *props.props();
+  CHECK(p.delivery_mode == 2);
+  CHECK(p.timestamp == 1700000000u);
+  CHECK(Text(p.message_id) == "mid-1");
+  CHECK(Text(p.correlation_id) == "corr-1");
+  CHECK(Text(p.content_type) == "application/json");
+  CHECK(Text(p.reply_to) == "task.result");
+  CHECK(Text(p.expiration) == "1500");
+  REQUIRE((p._flags & AMQP_BASIC_HEADERS_FLAG) != 0);
+  REQUIRE(p.headers.num_entries == 2);
+
+  // The same properties read back as a delivery give the same fields.
+  Delivery d;
+  mqs::amqp::FillDelivery(p, &d);
+  CHECK(d.message_id() == "mid-1");
+  CHECK(d.correlation_id() == "corr-1");
+  CHECK(d.content_type() == "application/json");
+  CHECK(d.reply_to() == "task.result");
+  CHECK(d.published_at_ms() == 1700000000000);
+  CHECK(d.headers().at("tenant") == "acme");
+  CHECK(d.headers().at("x-trace") == "abc");
+  CHECK(d.headers().size() == 2);
+}
+
+TEST_CASE("properties: optional fields stay unset when empty") {
+  PublishRequest r;
+  mqs::amqp::OutgoingProperties props;
+  props.Build(r, "id", 1);
+  const amqp_basic_properties_t& p = *props.props();
+  CHECK((p._flags & AMQP_BASIC_CORRELATION_ID_FLAG) == 0);
+  CHECK((p._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) == 0);
+  CHECK((p._flags & AMQP_BASIC_EXPIRATION_FLAG) == 0);
+  CHECK((p._flags & AMQP_BASIC_HEADERS_FLAG) == 0);
+  CHECK((p._flags & AMQP_BASIC_REPLY_TO_FLAG) == 0);
+}
+
+TEST_CASE("properties: headers from other clients become text; x-delivery-count is lifted") {
+  amqp_table_entry_t entries[5];
+  entries[0].key = amqp_cstring_bytes("n");
+  entries[0].value.kind = AMQP_FIELD_KIND_I64;
+  entries[0].value.value.i64 = -42;
+  entries[1].key = amqp_cstring_bytes("flag");
+  entries[1].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+  entries[1].value.value.boolean = 1;
+  entries[2].key = amqp_cstring_bytes("price");
+  entries[2].value.kind = AMQP_FIELD_KIND_DECIMAL;
+  entries[2].value.value.decimal.decimals = 2;
+  entries[2].value.value.decimal.value = 5;
+  entries[3].key = amqp_cstring_bytes("x-delivery-count");
+  entries[3].value.kind = AMQP_FIELD_KIND_I64;
+  entries[3].value.value.i64 = 3;
+  entries[4].key = amqp_cstring_bytes("raw");
+  entries[4].value.kind = AMQP_FIELD_KIND_BYTES;
+  entries[4].value.value.bytes = amqp_cstring_bytes("bytes");
+
+  amqp_basic_properties_t p{};
+  p._flags = AMQP_BASIC_HEADERS_FLAG;
+  p.headers.num_entries = 5;
+  p.headers.entries = entries;
+  Delivery d;
+  mqs::amqp::FillDelivery(p, &d);
+  CHECK(d.headers().at("n") == "-42");
+  CHECK(d.headers().at("flag") == "true");
+  CHECK(d.headers().at("price") == "0.05");
+  CHECK(d.headers().at("raw") == "bytes");
+  CHECK(d.headers().count("x-delivery-count") == 0);
+  CHECK(d.delivery_count() == 3);
+  CHECK(d.published_at_ms() == 0);
+  CHECK(d.message_id().empty());
+}
+
+TEST_CASE("properties: AMQP short-string limits are checked with the field named") {
+  PublishRequest r;
+  CHECK(mqs::amqp::ValidatePublish(r).ok());
+  r.set_routing_key(std::string(256, 'k'));
+  const absl::Status s = mqs::amqp::ValidatePublish(r);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(s.message()).find("routing_key") != std::string::npos);
+  r.set_routing_key(std::string(255, 'k'));
+  CHECK(mqs::amqp::ValidatePublish(r).ok());
+  (*r.mutable_headers())[""] = "v";
+  CHECK_FALSE(mqs::amqp::ValidatePublish(r).ok());
+}
