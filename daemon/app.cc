@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -109,13 +110,20 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
     if (watchdog) sd_notify(0, "WATCHDOG=1");
   }
   sd_notify(0, "STOPPING=1");
-  health.Update();
-  // Calls first (their reactors need the I/O threads to finish), then the
-  // broker links: the publisher waits for outstanding confirms.
+  // Graceful stop: no new calls (health first, so balancers move away), no
+  // new deliveries, clients get shutdown.drain to settle what they hold and
+  // to collect the results of what they sent; then calls still open are
+  // cancelled, unacked deliveries return to the queue (their channels close),
+  // and the publisher waits for outstanding confirms.
+  const auto drain = config.shutdown.drain;
   (*server)->SetServing(false);
-  (*server)->Shutdown(std::chrono::system_clock::now() + options.shutdown_grace);
-  publisher->Stop(options.shutdown_grace);
+  service.Drain();
+  publisher->Drain();
+  consumer->Drain();
+  (*server)->Shutdown(std::chrono::system_clock::now() + drain);
+  publisher->Stop(std::max(drain, options.shutdown_grace));
   consumer->Stop(std::chrono::milliseconds(0));
+  spdlog::info("stopped");
   std::lock_guard<std::mutex> lock(fatal_mu);
   return fatal;
 }

@@ -13,7 +13,8 @@
 namespace mqs {
 
 struct RunOptions {
-  // How long in-flight calls get to finish at shutdown before cancellation.
+  // The least time the publisher gets to collect outstanding confirms at
+  // shutdown (shutdown.drain, if longer, wins).
   std::chrono::milliseconds shutdown_grace{std::chrono::seconds(5)};
 };
 

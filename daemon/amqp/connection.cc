@@ -3,10 +3,9 @@
 #include <amqp_tcp_socket.h>
 #include <sys/time.h>
 
-#include <cstring>
-#include <vector>
 
 #include "util/strings.h"
+#include "config/config.h"
 #include "spdlog/spdlog.h"
 #include "util/uri.h"
 
@@ -78,19 +77,11 @@ absl::Status StatusFromLibrary(int code, std::string_view what) {
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& uri,
                                                               const ConnectOptions& options) {
   const std::string masked = util::MaskPassword(uri);
-  std::vector<char> buf(uri.begin(), uri.end());
-  buf.push_back('\0');
-  amqp_connection_info info;
-  amqp_default_connection_info(&info);
-  if (amqp_parse_url(buf.data(), &info) != AMQP_STATUS_OK) {
-    return absl::InvalidArgumentError(util::StrCat("broker uri ", masked, " is not a valid AMQP URI"));
-  }
-  // "amqp://host/" has an empty path; like most clients, read it as the
-  // default vhost "/" rather than a vhost named "".
-  char default_vhost[] = "/";
-  if (info.vhost == nullptr || info.vhost[0] == '\0') info.vhost = default_vhost;
-  if (info.ssl) {
-    return absl::UnimplementedError(util::StrCat("broker uri ", masked, ": amqps is not supported yet"));
+  absl::StatusOr<config::BrokerUri> info = config::ParseBrokerUri(uri);
+  if (!info.ok()) return info.status();
+  if (info->tls) {
+    return absl::UnimplementedError(
+        util::StrCat("broker uri ", masked, ": amqps is not supported yet"));
   }
 
   amqp_connection_state_t state = amqp_new_connection();
@@ -100,7 +91,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
   amqp_socket_t* socket = amqp_tcp_socket_new(state);
   if (socket == nullptr) return absl::ResourceExhaustedError("amqp_tcp_socket_new failed");
   timeval connect_tv = ToTimeval(options.connect_timeout);
-  int rc = amqp_socket_open_noblock(socket, info.host, info.port, &connect_tv);
+  int rc = amqp_socket_open_noblock(socket, info->host.c_str(), info->port, &connect_tv);
   if (rc != AMQP_STATUS_OK) {
     conn->dead_ = true;
     return absl::UnavailableError(
@@ -138,8 +129,9 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
 
   const int heartbeat_s = static_cast<int>(options.heartbeat.count() / 1000);
   amqp_rpc_reply_t reply = amqp_login_with_properties(
-      state, info.vhost, 0 /*channel_max: the broker's*/, 131072 /*frame_max*/, heartbeat_s,
-      &client_properties, AMQP_SASL_METHOD_PLAIN, info.user, info.password);
+      state, info->vhost.c_str(), 0 /*channel_max: the broker's*/, 131072 /*frame_max*/, heartbeat_s,
+      &client_properties, AMQP_SASL_METHOD_PLAIN, info->user.c_str(),
+      info->password.c_str());
   if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
     conn->dead_ = true;
     if (reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&

@@ -1,8 +1,10 @@
 #include "amqp/consumer.h"
 
-#include "util/strings.h"
+#include <algorithm>
+
 #include "amqp/properties.h"
 #include "spdlog/spdlog.h"
+#include "util/strings.h"
 
 namespace mqs::amqp {
 namespace {
@@ -27,27 +29,56 @@ absl::Status Consumer::OnConnected(Connection& conn) {
   if (absl::Status s = DeclareTopology(conn, kControlChannel, plan_); !s.ok()) return s;
   control_ok_ = true;
   last_channel_ = kControlChannel;
+  // Streams that lived through the outage consume again.
+  std::vector<uint64_t> failed;
+  for (auto& [id, stream] : streams_) {
+    if (stream.cancelled) continue;
+    if (absl::Status s = StartConsuming(conn, stream); !s.ok()) {
+      if (conn.dead()) return s;
+      spdlog::warn("[consumer] stream {}: resuming failed: {}", id, s.message());
+      failed.push_back(id);
+      continue;
+    }
+    spdlog::info("[consumer] stream {} resumed on channel {} ({} deliveries will come again)",
+                 id, stream.channel, stream.stale.size());
+  }
+  for (uint64_t id : failed) {
+    EndStream(&conn, id, absl::UnavailableError("could not resume consuming after a reconnect"),
+              false);
+  }
   return absl::OkStatus();
 }
 
 void Consumer::OnDisconnected(const absl::Status& why) {
   control_ok_ = false;
-  const absl::Status lost = absl::UnavailableError(
-      util::StrCat("broker connection lost; this stream's unacked deliveries will be "
-                   "redelivered: ",
-                   why.message()));
-  std::vector<uint64_t> ids;
-  ids.reserve(streams_.size());
-  for (const auto& [id, stream] : streams_) ids.push_back(id);
-  for (uint64_t id : ids) EndStream(nullptr, id, lost, /*close_channel=*/false);
   by_channel_.clear();
+  if (stop_requested()) {
+    const absl::Status lost = absl::UnavailableError(
+        util::StrCat("mq-sidecar is shutting down; unacked deliveries are requeued: ",
+                     why.message()));
+    std::vector<uint64_t> ids;
+    for (const auto& [id, stream] : streams_) ids.push_back(id);
+    for (uint64_t id : ids) EndStream(nullptr, id, lost, /*close_channel=*/false);
+    return;
+  }
+  // Streams stay open across a reconnect. What they hold unacked was requeued
+  // by the broker with the connection; acks for those ids are not sent.
+  for (auto& [id, stream] : streams_) {
+    stream.channel = 0;
+    stream.stale.insert(stream.unacked.begin(), stream.unacked.end());
+    stream.unacked.clear();
+    stream.id_offset = stream.max_id;
+  }
 }
 
 void Consumer::OnStopping(Connection* conn) {
   std::vector<uint64_t> ids;
   for (const auto& [id, stream] : streams_) ids.push_back(id);
   for (uint64_t id : ids) {
-    EndStream(conn, id, absl::UnavailableError("mq-sidecar is shutting down"), true);
+    EndStream(conn, id,
+              absl::UnavailableError(
+                  "mq-sidecar is shutting down; unacked deliveries return to the queue"),
+              true);
   }
 }
 
@@ -64,38 +95,35 @@ amqp_channel_t Consumer::AllocateChannel(int channel_max) {
 }
 
 void Consumer::ProcessInbox(Connection* conn) {
+  if (conn != nullptr && conn->dead()) conn = nullptr;
   inbox_.Drain(batch_);
   for (Command& cmd : batch_) {
     if (auto* open = std::get_if<OpenRequest>(&cmd)) {
-      if (conn == nullptr || conn->dead()) {
-        open->sink->OnClosed(absl::UnavailableError(
-            util::StrCat("broker unavailable (", LinkStateName(state()), ")")));
-      } else if (stop_requested()) {
-        open->sink->OnClosed(absl::UnavailableError("mq-sidecar is shutting down"));
-      } else {
-        DoOpen(*conn, std::move(*open));
-      }
+      DoOpen(conn, std::move(*open));
     } else if (auto* settle = std::get_if<SettleCmd>(&cmd)) {
-      if (conn != nullptr && !conn->dead()) DoSettle(*conn, *settle);
+      DoSettle(conn, *settle);
     } else if (auto* close = std::get_if<CloseCmd>(&cmd)) {
       EndStream(conn, close->stream_id, close->why, /*close_channel=*/true);
     } else if (auto* inspect = std::get_if<InspectCmd>(&cmd)) {
       DoInspect(conn, *inspect);
+    } else if (std::holds_alternative<DrainCmd>(cmd)) {
+      DoDrain(conn);
     }
   }
   batch_.clear();
 }
 
-void Consumer::DoOpen(Connection& conn, OpenRequest&& req) {
+absl::Status Consumer::StartConsuming(Connection& conn, Stream& stream) {
   const amqp_channel_t ch = AllocateChannel(conn.channel_max());
   if (ch == 0) {
-    req.sink->OnClosed(absl::ResourceExhaustedError(
-        util::StrCat("no free AMQP channel (channel_max ", conn.channel_max(), ")")));
-    return;
+    return absl::ResourceExhaustedError(
+        util::StrCat("no free AMQP channel (channel_max ", conn.channel_max(), ")"));
   }
+  const OpenRequest& req = stream.open;
   absl::Status s = conn.OpenChannel(ch);
   if (s.ok()) {
-    amqp_basic_qos(conn.state(), ch, 0, static_cast<uint16_t>(std::min<uint32_t>(req.prefetch, 65535)),
+    amqp_basic_qos(conn.state(), ch, 0,
+                   static_cast<uint16_t>(std::min<uint32_t>(req.prefetch, 65535)),
                    /*global=*/0);
     s = conn.RpcStatus("basic.qos", ch);
   }
@@ -104,26 +132,50 @@ void Consumer::DoOpen(Connection& conn, OpenRequest&& req) {
                        /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0, amqp_empty_table);
     s = conn.RpcStatus(util::StrCat("consume from queue '", req.queue, "'"), ch);
   }
-  if (!s.ok()) {
-    // A refused open, qos or consume closed the channel (close-ok sent); a
-    // dead connection needs nothing more.
-    req.sink->OnClosed(s);
-    return;
-  }
-  spdlog::info("[consumer] stream {} consumes '{}' on channel {} (prefetch {}, tag {})",
-               req.stream_id, req.queue, ch, req.prefetch, req.consumer_tag);
+  // A refused open, qos or consume closed the channel (close-ok sent).
+  if (!s.ok()) return s;
+  stream.channel = ch;
   by_channel_[ch] = req.stream_id;
-  const uint64_t id = req.stream_id;
-  streams_.emplace(id, Stream{std::move(req), ch, {}});
+  return absl::OkStatus();
 }
 
-void Consumer::DoSettle(Connection& conn, const SettleCmd& cmd) {
+void Consumer::DoOpen(Connection* conn, OpenRequest&& req) {
+  if (draining_ || stop_requested()) {
+    req.sink->OnClosed(absl::UnavailableError("mq-sidecar is shutting down"));
+    return;
+  }
+  const uint64_t id = req.stream_id;
+  Stream& stream = streams_[id];
+  stream.open = std::move(req);
+  if (conn == nullptr) {
+    // Consuming starts when the connection is back.
+    spdlog::info("[consumer] stream {} waits for the broker ({})", id, LinkStateName(state()));
+    return;
+  }
+  if (absl::Status s = StartConsuming(*conn, stream); !s.ok()) {
+    EndStream(conn, id, s, /*close_channel=*/false);
+    return;
+  }
+  spdlog::info("[consumer] stream {} consumes '{}' on channel {} (prefetch {}, tag {})", id,
+               stream.open.queue, stream.channel, stream.open.prefetch, stream.open.consumer_tag);
+}
+
+void Consumer::DoSettle(Connection* conn, const SettleCmd& cmd) {
   auto it = streams_.find(cmd.stream_id);
   if (it == streams_.end()) return;  // stream already ended: its deliveries are requeued
   Stream& stream = it->second;
-  auto tag = stream.unacked.find(cmd.delivery_id);
-  if (tag == stream.unacked.end()) {
-    EndStream(&conn, cmd.stream_id,
+  if (stream.stale.erase(cmd.delivery_id) > 0) {
+    // Delivered on a connection that has since died: the broker requeued it
+    // and will deliver it again (redelivered=true). Sending this ack on the
+    // new channel would name a foreign tag and close it with 406.
+    spdlog::debug("[consumer] stream {}: {} of stale delivery_id {} ignored; it is redelivered",
+                  cmd.stream_id, cmd.ack ? "ack" : "nack", cmd.delivery_id);
+    MaybeEndDrained(conn, cmd.stream_id);
+    return;
+  }
+  auto live = stream.unacked.find(cmd.delivery_id);
+  if (live == stream.unacked.end()) {
+    EndStream(conn, cmd.stream_id,
               absl::InvalidArgumentError(util::StrCat(
                   cmd.ack ? "ack" : "nack", " of delivery_id ", cmd.delivery_id,
                   ": unknown or already settled on this stream; the stream is closed and its "
@@ -131,11 +183,43 @@ void Consumer::DoSettle(Connection& conn, const SettleCmd& cmd) {
               true);
     return;
   }
-  stream.unacked.erase(tag);
-  const int rc = cmd.ack ? amqp_basic_ack(conn.state(), stream.channel, cmd.delivery_id, 0)
-                         : amqp_basic_nack(conn.state(), stream.channel, cmd.delivery_id, 0,
+  stream.unacked.erase(live);
+  if (conn == nullptr || stream.channel == 0) return;  // cannot happen: ids are live
+  const uint64_t tag = cmd.delivery_id - stream.id_offset;
+  const int rc = cmd.ack ? amqp_basic_ack(conn->state(), stream.channel, tag, 0)
+                         : amqp_basic_nack(conn->state(), stream.channel, tag, 0,
                                            cmd.requeue ? 1 : 0);
-  if (rc != AMQP_STATUS_OK) conn.MarkDead();
+  if (rc != AMQP_STATUS_OK) {
+    conn->MarkDead();
+    return;
+  }
+  MaybeEndDrained(conn, cmd.stream_id);
+}
+
+void Consumer::DoDrain(Connection* conn) {
+  draining_ = true;
+  std::vector<uint64_t> ids;
+  for (auto& [id, stream] : streams_) {
+    ids.push_back(id);
+    if (stream.cancelled) continue;
+    stream.cancelled = true;
+    if (conn != nullptr && stream.channel != 0) {
+      amqp_basic_cancel(conn->state(), stream.channel, AmqpBytes(stream.open.consumer_tag));
+      if (absl::Status s = conn->RpcStatus("basic.cancel", stream.channel); !s.ok()) {
+        spdlog::warn("[consumer] stream {}: {}", id, s.message());
+      }
+    }
+  }
+  spdlog::info("[consumer] draining {} streams: no new deliveries; each ends once acked", ids.size());
+  for (uint64_t id : ids) MaybeEndDrained(conn, id);
+}
+
+void Consumer::MaybeEndDrained(Connection* conn, uint64_t stream_id) {
+  auto it = streams_.find(stream_id);
+  if (it == streams_.end() || !it->second.cancelled || !it->second.unacked.empty()) return;
+  EndStream(conn, stream_id,
+            absl::UnavailableError("mq-sidecar is shutting down; every delivery was settled"),
+            true);
 }
 
 void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Status& why,
@@ -144,27 +228,28 @@ void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Statu
   if (it == streams_.end()) return;
   Stream stream = std::move(it->second);
   streams_.erase(it);
-  by_channel_.erase(stream.channel);
-  if (close_channel && conn != nullptr && !conn->dead()) {
-    if (absl::Status s = conn->CloseChannel(stream.channel); !s.ok()) {
-      spdlog::warn("[consumer] closing channel {}: {}", stream.channel, s.message());
+  if (stream.channel != 0) {
+    by_channel_.erase(stream.channel);
+    if (close_channel && conn != nullptr && !conn->dead()) {
+      if (absl::Status s = conn->CloseChannel(stream.channel); !s.ok()) {
+        spdlog::warn("[consumer] closing channel {}: {}", stream.channel, s.message());
+      }
     }
   }
   spdlog::info("[consumer] stream {} ended ({} unacked returned to '{}'): {}", stream_id,
-               stream.unacked.size(), stream.open.queue, why.ok() ? "closed" : why.message());
+               stream.unacked.size(), stream.open.queue,
+               why.ok() ? std::string("closed by the client") : std::string(why.message()));
   stream.open.sink->OnClosed(why);
 }
 
 void Consumer::OnDeliver(Connection& conn, const amqp_basic_deliver_t& deliver,
                          amqp_channel_t channel) {
   const uint64_t tag = deliver.delivery_tag;
-  const bool redelivered = deliver.redelivered != 0;
-  const std::string consumer_tag(AmqpText(deliver.consumer_tag));
   mqsidecar::v1::Delivery d;
-  d.set_delivery_id(tag);
+  const std::string consumer_tag(AmqpText(deliver.consumer_tag));
   d.set_exchange(std::string(AmqpText(deliver.exchange)));
   d.set_routing_key(std::string(AmqpText(deliver.routing_key)));
-  d.set_redelivered(redelivered);
+  d.set_redelivered(deliver.redelivered != 0);
 
   amqp_message_t message;
   if (absl::Status s = conn.ReadContent(channel, &message); !s.ok()) return;
@@ -176,11 +261,14 @@ void Consumer::OnDeliver(Connection& conn, const amqp_basic_deliver_t& deliver,
     amqp_destroy_message(&message);
     return;
   }
+  const uint64_t id = stream->id_offset + tag;
+  d.set_delivery_id(id);
   d.set_business(stream->open.business);
   d.set_payload(static_cast<const char*>(message.body.bytes), message.body.len);
   FillDelivery(message.properties, &d);
   amqp_destroy_message(&message);
-  stream->unacked.insert(tag);
+  stream->unacked.insert(id);
+  stream->max_id = std::max(stream->max_id, id);
   stream->open.sink->OnDelivery(std::move(d));
 }
 
@@ -192,13 +280,22 @@ void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
       OnDeliver(conn, *static_cast<amqp_basic_deliver_t*>(m.decoded), frame.channel);
       break;
     case AMQP_BASIC_CANCEL_METHOD: {
-      // consumer_cancel_notify: the queue was deleted or its node went away.
+      // consumer_cancel_notify: the queue was deleted (or became unavailable).
       auto it = by_channel_.find(frame.channel);
       if (it != by_channel_.end()) {
         EndStream(&conn, it->second,
-                  absl::UnavailableError("the broker cancelled this consumer (queue deleted or "
-                                         "unavailable); unacked deliveries are requeued"),
+                  absl::UnavailableError("the broker cancelled this consumer: its queue was "
+                                         "deleted or became unavailable; subscribe again"),
                   true);
+      }
+      // Declare again so that the next Subscribe finds the queue.
+      if (control_ok_ && !conn.dead()) {
+        if (absl::Status s = DeclareTopology(conn, kControlChannel, plan_); !s.ok()) {
+          control_ok_ = false;
+          spdlog::error("[consumer] re-declaring the topology failed: {}", s.message());
+        } else {
+          spdlog::info("[consumer] topology declared again after a consumer cancel");
+        }
       }
       break;
     }
@@ -209,7 +306,6 @@ void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
                        AmqpText(close->reply_text)));
       conn.SendChannelCloseOk(frame.channel);
       if (frame.channel == kControlChannel) {
-        control_ok_ = false;
         control_ok_ = conn.OpenChannel(kControlChannel).ok();
         break;
       }
@@ -226,7 +322,7 @@ void Consumer::DoInspect(Connection* conn, InspectCmd& cmd) {
   std::vector<QueueInfo> out;
   for (const auto& q : plan_.queues) {
     QueueInfo info{q.name, q.type, false, {}};
-    if (conn != nullptr && !conn->dead()) {
+    if (conn != nullptr) {
       if (!control_ok_) control_ok_ = conn->OpenChannel(kControlChannel).ok();
       if (control_ok_) {
         auto stats = QueryQueue(*conn, kControlChannel, q.name);

@@ -76,6 +76,10 @@ class Consumer final : public IoLoop {
   }
   // Inspect asks the broker for each planned queue's counts.
   void Inspect(InspectDone done) { inbox_.Push(Command{InspectCmd{std::move(done)}}); }
+  // Drain starts a graceful stop: every consumer is cancelled (no new
+  // deliveries), streams end as soon as they hold no unacked delivery, and
+  // new opens are refused. Stop() later ends what is left.
+  void Drain() { inbox_.Push(Command{DrainCmd{}}); }
 
  private:
   struct SettleCmd {
@@ -91,12 +95,20 @@ class Consumer final : public IoLoop {
   struct InspectCmd {
     InspectDone done;
   };
-  using Command = std::variant<OpenRequest, SettleCmd, CloseCmd, InspectCmd>;
+  struct DrainCmd {};
+  using Command = std::variant<OpenRequest, SettleCmd, CloseCmd, InspectCmd, DrainCmd>;
 
+  // Stream: one Subscribe stream. It outlives connections: after a reconnect
+  // its consumer is started again on a new channel, and delivery ids keep
+  // growing, so ids from the old connection are recognised as stale.
   struct Stream {
     OpenRequest open;
-    amqp_channel_t channel = 0;
-    std::set<uint64_t> unacked;  // delivery tags on `channel` (== delivery ids)
+    amqp_channel_t channel = 0;  // 0: not consuming (no connection yet)
+    uint64_t id_offset = 0;      // delivery_id = id_offset + tag on `channel`
+    uint64_t max_id = 0;         // highest delivery_id handed out
+    std::set<uint64_t> unacked;  // delivery ids live on `channel`
+    std::set<uint64_t> stale;    // ids from a dead channel: the broker requeued them
+    bool cancelled = false;      // draining: basic.cancel sent, no new deliveries
   };
 
   absl::Status OnConnected(Connection& conn) override;
@@ -108,8 +120,14 @@ class Consumer final : public IoLoop {
   int WakeFd() const override { return inbox_.fd(); }
   void Wake() override { inbox_.Notify(); }
 
-  void DoOpen(Connection& conn, OpenRequest&& req);
-  void DoSettle(Connection& conn, const SettleCmd& cmd);
+  // StartConsuming opens the stream's channel, sets its prefetch and
+  // consumes; on failure the channel is left closed.
+  absl::Status StartConsuming(Connection& conn, Stream& stream);
+  void DoOpen(Connection* conn, OpenRequest&& req);
+  void DoDrain(Connection* conn);
+  // Ends a drained stream once it holds nothing unacked.
+  void MaybeEndDrained(Connection* conn, uint64_t stream_id);
+  void DoSettle(Connection* conn, const SettleCmd& cmd);
   void DoInspect(Connection* conn, InspectCmd& cmd);
   void OnDeliver(Connection& conn, const amqp_basic_deliver_t& deliver, amqp_channel_t channel);
   // Ends a stream: closes its channel if `close_channel`, then OnClosed(why).
@@ -127,6 +145,7 @@ class Consumer final : public IoLoop {
   std::unordered_map<amqp_channel_t, uint64_t> by_channel_;
   amqp_channel_t last_channel_ = 1;
   bool control_ok_ = false;  // channel 1: topology and inspection
+  bool draining_ = false;
 };
 
 }  // namespace mqs::amqp

@@ -83,7 +83,9 @@ void IoLoop::WaitDisconnected(milliseconds d) {
     const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) return;
     pollfd pfd{WakeFd(), POLLIN, 0};
-    ::poll(&pfd, 1, static_cast<int>(left.count()));
+    // Short slices while commands wait on deadlines.
+    ::poll(&pfd, 1, static_cast<int>(HasTimers() ? std::min<int64_t>(left.count(), 50)
+                                                     : left.count()));
   }
 }
 
@@ -140,8 +142,13 @@ void IoLoop::Run() {
 absl::Status IoLoop::Pump(Connection& conn) {
   const int hb = conn.heartbeat_seconds();
   // rabbitmq-c only sends heartbeats from inside its calls: wake at least
-  // every heartbeat/2.
+  // every heartbeat/2. The broker sends something at least every
+  // heartbeat/2 too, so silence for 2 x heartbeat means a dead peer (a frozen
+  // node, a cut cable); rabbitmq-c's own check would only fire up to half a
+  // heartbeat later, at our next wake-up.
   const int idle_ms = hb > 0 ? hb * 500 : 1000;
+  const milliseconds dead_after(hb > 0 ? hb * 2000 : 0);
+  Clock::time_point last_rx = Clock::now();
   bool stopping = false;
   Clock::time_point drain_deadline;
   amqp_frame_t frame;
@@ -153,9 +160,26 @@ absl::Status IoLoop::Pump(Connection& conn) {
     }
     if (stopping && (Drained() || Clock::now() >= drain_deadline)) return absl::OkStatus();
     if (conn.dead()) return absl::UnavailableError("connection closed");
-    if (!conn.HasBuffered()) {
+    if (conn.HasBuffered()) {
+      last_rx = Clock::now();
+    } else {
+      int timeout = stopping || HasTimers() ? std::min(idle_ms, 50) : idle_ms;
+      if (dead_after.count() > 0) {
+        const auto left =
+            std::chrono::duration_cast<milliseconds>(last_rx + dead_after - Clock::now());
+        timeout = std::clamp(static_cast<int>(left.count()) + 1, 0, timeout);
+      }
       pollfd pfds[2] = {{conn.fd(), POLLIN, 0}, {WakeFd(), POLLIN, 0}};
-      ::poll(pfds, 2, stopping ? std::min(idle_ms, 50) : idle_ms);
+      ::poll(pfds, 2, timeout);
+      const auto now = Clock::now();
+      if ((pfds[0].revents & (POLLIN | POLLERR | POLLHUP)) != 0) {
+        last_rx = now;
+      } else if (dead_after.count() > 0 && now - last_rx >= dead_after) {
+        conn.MarkDead();
+        return absl::UnavailableError(util::StrCat(
+            "no data from the broker for ", dead_after.count() / 1000,
+            " s (2 x heartbeat): connection presumed dead"));
+      }
     }
     ProcessInbox(&conn);
     // Bounded, so a flood of deliveries cannot starve the inbox (acks).

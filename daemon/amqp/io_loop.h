@@ -60,6 +60,8 @@ class IoLoop {
   virtual void OnStopping(Connection* conn) {}
   virtual bool Drained() const { return true; }
   virtual bool IsFatal(const absl::Status& s) const { return false; }
+  // HasTimers: queued work has deadlines, so the loop wakes every 50 ms.
+  virtual bool HasTimers() const { return false; }
 
   // The eventfd the loop polls; derived classes make it readable when they
   // queue a command.

@@ -23,7 +23,9 @@ int64_t NowSeconds() {
 Publisher::Publisher(const config::Config& config, const config::TopologyPlan& plan,
                      std::function<void()> on_state,
                      std::function<void(const absl::Status&)> on_fatal)
-    : IoLoop("publisher", config.broker, std::move(on_state), std::move(on_fatal)), plan_(plan) {}
+    : IoLoop("publisher", config.broker, std::move(on_state), std::move(on_fatal)),
+      plan_(plan),
+      republish_(config.publish.republish_unconfirmed) {}
 
 Publisher::~Publisher() { Stop(std::chrono::milliseconds(0)); }
 
@@ -44,24 +46,35 @@ absl::Status Publisher::OnConnected(Connection& conn) { return SetUpChannel(conn
 
 void Publisher::OnDisconnected(const absl::Status& why) {
   channel_ok_ = false;
-  FailPending(PublishResult::UNCONFIRMED,
-              util::StrCat("connection to the broker lost before the confirm (the message may or "
-                           "may not be queued): ",
-                           why.message()));
+  RequeueOrFailPending(util::StrCat("connection to the broker lost before the confirm: ",
+                                    why.message()));
 }
 
-void Publisher::Complete(PublishJob& job, PublishResult::Status status, std::string_view error) {
+void Publisher::Complete(PublishJob& job, PublishResult::Status status, std::string_view error,
+                         absl::StatusCode code) {
   PublishResult result;
   result.set_sequence(job.request.sequence());
   result.set_message_id(job.request.message_id());
   result.set_status(status);
   if (!error.empty()) result.set_error(std::string(error));
-  job.done(std::move(result));
+  job.done(std::move(result), code);
 }
 
-void Publisher::FailPending(PublishResult::Status status, std::string_view why) {
-  for (Pending& p : pending_) {
-    if (!p.settled) Complete(p.job, status, why);
+void Publisher::RequeueOrFailPending(std::string_view why) {
+  const bool requeue = republish_ && !stop_requested();
+  // Back to the front of waiting_, in publish order, ahead of newer work.
+  for (auto it = pending_.rbegin(); it != pending_.rend(); ++it) {
+    if (it->settled) continue;
+    if (requeue) {
+      it->job.sent_before = true;
+      waiting_.push_front(std::move(it->job));
+    } else {
+      Complete(it->job, PublishResult::UNCONFIRMED,
+               util::StrCat(why, " (the message may or may not be queued)"));
+    }
+  }
+  if (requeue && !pending_.empty()) {
+    spdlog::info("[publisher] {} unconfirmed publishes will be sent again", waiting_.size());
   }
   pending_.clear();
   first_tag_ = next_tag_;
@@ -69,37 +82,66 @@ void Publisher::FailPending(PublishResult::Status status, std::string_view why) 
 
 void Publisher::ProcessInbox(Connection* conn) {
   inbox_.Drain(batch_);
-  for (PublishJob& job : batch_) {
-    if (conn == nullptr || !channel_ok_) {
-      Complete(job, PublishResult::FAILED,
-               util::StrCat("broker unavailable (", LinkStateName(state()), "): not sent"));
+  for (PublishJob& job : batch_) waiting_.push_back(std::move(job));
+  batch_.clear();
+  Flush(conn);
+}
+
+void Publisher::Flush(Connection* conn) {
+  if (conn != nullptr && !conn->dead() && channel_ok_ && !blocked()) {
+    while (!waiting_.empty() && !conn->dead()) {
+      PublishJob job = std::move(waiting_.front());
+      waiting_.pop_front();
+      Send(*conn, std::move(job));
+    }
+    return;
+  }
+  if (waiting_.empty()) return;
+  // Not sendable: answer what has waited past its deadline, or everything
+  // when the loop is stopping for good.
+  const auto now = std::chrono::steady_clock::now();
+  const bool final =
+      (stop_requested() && conn == nullptr) || draining_.load(std::memory_order_acquire);
+  const bool alarm = conn != nullptr && blocked();
+  std::deque<PublishJob> keep;
+  for (PublishJob& job : waiting_) {
+    if (!final && job.deadline > now) {
+      keep.push_back(std::move(job));
       continue;
     }
-    Send(*conn, std::move(job));
+    const std::string why =
+        final ? std::string("mq-sidecar is shutting down")
+        : alarm
+            ? std::string("the broker has blocked publishing (resource alarm) past the deadline")
+            : util::StrCat("the broker is unavailable (", LinkStateName(state()),
+                           ") past the deadline");
+    if (job.sent_before) {
+      Complete(job, PublishResult::UNCONFIRMED,
+               util::StrCat(why, "; it was sent once before the connection was lost, so it may "
+                                 "or may not be queued"));
+    } else {
+      Complete(job, PublishResult::FAILED, util::StrCat(why, ": not sent"),
+               alarm ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kUnavailable);
+    }
   }
-  batch_.clear();
+  waiting_.swap(keep);
 }
 
 void Publisher::Send(Connection& conn, PublishJob&& job) {
-  if (conn.dead()) {
-    Complete(job, PublishResult::FAILED, "broker connection lost: not sent");
-    return;
-  }
   const auto& r = job.request;
   props_.Build(r, r.message_id(), NowSeconds());
   const int rc = amqp_basic_publish(conn.state(), kChannel, AmqpBytes(job.exchange),
                                     AmqpBytes(r.routing_key()), /*mandatory=*/1,
                                     /*immediate=*/0, props_.props(), AmqpBytes(r.payload()));
-  if (rc != AMQP_STATUS_OK) {
-    // Part of the frames may have gone out: the outcome is unknown.
-    conn.MarkDead();
-    Complete(job, PublishResult::UNCONFIRMED,
-             util::StrCat("sending failed: ", amqp_error_string2(rc)));
-    return;
-  }
   Pending& p = pending_.emplace_back();
   p.job = std::move(job);
   ++next_tag_;
+  if (rc != AMQP_STATUS_OK) {
+    // Part of the frames may have gone out: keep it pending, so the
+    // disconnect republishes it or answers UNCONFIRMED.
+    spdlog::warn("[publisher] sending failed: {}", amqp_error_string2(rc));
+    conn.MarkDead();
+  }
 }
 
 void Publisher::Settle(uint64_t tag, bool multiple, PublishResult::Status status) {
@@ -185,7 +227,7 @@ void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
                                            AmqpText(close->reply_text));
       spdlog::warn("[publisher] {}", why);
       conn.SendChannelCloseOk(frame.channel);
-      FailPending(PublishResult::UNCONFIRMED, why);
+      RequeueOrFailPending(why);
       if (absl::Status s = SetUpChannel(conn); !s.ok()) {
         spdlog::error("[publisher] reopening the channel failed: {}", s.message());
         conn.MarkDead();

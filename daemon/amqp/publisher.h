@@ -6,6 +6,7 @@
 // channel or connection died before the broker answered).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -21,10 +22,17 @@
 
 namespace mqs::amqp {
 
+// PublishDone receives the result and, for FAILED, the most specific code of
+// why (UNAVAILABLE: no connection; RESOURCE_EXHAUSTED: broker alarm).
+using PublishDone = std::function<void(mqsidecar::v1::PublishResult&&, absl::StatusCode)>;
+
 struct PublishJob {
   mqsidecar::v1::PublishRequest request;  // message_id already set
   std::string exchange;
-  std::function<void(mqsidecar::v1::PublishResult&&)> done;
+  // Until when the job may wait for a connection (or an alarm to clear).
+  std::chrono::steady_clock::time_point deadline;
+  PublishDone done;
+  bool sent_before = false;  // republished after a connection loss
 };
 
 class Publisher final : public IoLoop {
@@ -35,6 +43,13 @@ class Publisher final : public IoLoop {
 
   // Submit queues a job for the publisher thread; never blocks.
   void Submit(PublishJob job) { inbox_.Push(std::move(job)); }
+
+  // Drain: shutdown has begun; publishes that cannot be sent right now fail
+  // at once instead of waiting for the broker.
+  void Drain() {
+    draining_.store(true, std::memory_order_release);
+    inbox_.Notify();
+  }
 
   // Tells whether the topology was declared on the current connection.
   bool ready() const { return connected(); }
@@ -51,7 +66,7 @@ class Publisher final : public IoLoop {
   void OnDisconnected(const absl::Status& why) override;
   void ProcessInbox(Connection* conn) override;
   void OnFrame(Connection& conn, const amqp_frame_t& frame) override;
-  bool Drained() const override { return pending_.empty(); }
+  bool Drained() const override { return pending_.empty() && waiting_.empty(); }
   bool IsFatal(const absl::Status& s) const override;
   int WakeFd() const override { return inbox_.fd(); }
   void Wake() override { inbox_.Notify(); }
@@ -61,18 +76,26 @@ class Publisher final : public IoLoop {
   void Send(Connection& conn, PublishJob&& job);
   void Settle(uint64_t tag, bool multiple, mqsidecar::v1::PublishResult::Status status);
   void OnReturn(Connection& conn, const amqp_basic_return_t& ret, amqp_channel_t channel);
-  // Answers every pending publish with `status` (UNCONFIRMED) and clears.
-  void FailPending(mqsidecar::v1::PublishResult::Status status, std::string_view why);
+  // The channel or connection died: unsettled publishes are queued to be sent
+  // again (republish_unconfirmed) or answered UNCONFIRMED.
+  void RequeueOrFailPending(std::string_view why);
   static void Complete(PublishJob& job, mqsidecar::v1::PublishResult::Status status,
-                       std::string_view error);
+                       std::string_view error, absl::StatusCode code = absl::StatusCode::kOk);
+
+  bool HasTimers() const override { return !waiting_.empty(); }
+  // Sends or (while not sendable) expires the jobs in waiting_.
+  void Flush(Connection* conn);
 
   const config::TopologyPlan plan_;
+  const bool republish_;
+  std::atomic<bool> draining_{false};
   util::WakeupQueue<PublishJob> inbox_;
 
   // Loop-thread state.
   std::vector<PublishJob> batch_;
   OutgoingProperties props_;
-  std::deque<Pending> pending_;  // pending_[i] has delivery tag first_tag_ + i
+  std::deque<PublishJob> waiting_;  // not sent yet: no connection, or blocked
+  std::deque<Pending> pending_;     // pending_[i] has delivery tag first_tag_ + i
   uint64_t first_tag_ = 1;
   uint64_t next_tag_ = 1;
   bool channel_ok_ = false;

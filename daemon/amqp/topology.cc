@@ -1,6 +1,8 @@
 #include "amqp/topology.h"
 
 #include "util/strings.h"
+#include <vector>
+
 #include "spdlog/spdlog.h"
 
 namespace mqs::amqp {
@@ -53,26 +55,45 @@ absl::Status DeclareTopology(Connection& conn, amqp_channel_t channel,
     }
   }
   for (const auto& q : plan.queues) {
-    amqp_table_entry_t arg;
-    amqp_table_t args = amqp_empty_table;
     // A classic queue is declared without x-queue-type, so that queues made
     // by other tools (which rarely set it) are equivalent.
-    if (q.type == config::QueueType::kQuorum) {
-      arg.key = amqp_cstring_bytes("x-queue-type");
-      arg.value.kind = AMQP_FIELD_KIND_UTF8;
-      arg.value.value.bytes = amqp_cstring_bytes("quorum");
-      args.num_entries = 1;
-      args.entries = &arg;
+    std::vector<amqp_table_entry_t> entries;
+    std::string ours = "{durable: true";
+    auto add_text = [&](const char* key, std::string_view value) {
+      amqp_table_entry_t e;
+      e.key = amqp_cstring_bytes(key);
+      e.value.kind = AMQP_FIELD_KIND_UTF8;
+      e.value.value.bytes = AmqpBytes(value);
+      entries.push_back(e);
+      util::StrAppend(&ours, ", ", key, ": ", value);
+    };
+    if (q.type == config::QueueType::kQuorum) add_text("x-queue-type", "quorum");
+    if (!q.dead_letter_exchange.empty()) {
+      add_text("x-dead-letter-exchange", q.dead_letter_exchange);
+      if (q.type == config::QueueType::kQuorum) {
+        // At-least-once dead-lettering: a message leaves the queue only once
+        // the dead-letter queue has confirmed it (RabbitMQ 3.10+).
+        add_text("x-dead-letter-strategy", "at-least-once");
+        add_text("x-overflow", "reject-publish");
+      }
     }
+    if (!q.dead_letter_exchange.empty()) {
+      amqp_table_entry_t e;
+      e.key = amqp_cstring_bytes("x-delivery-limit");
+      e.value.kind = AMQP_FIELD_KIND_I64;
+      e.value.value.i64 = q.delivery_limit;
+      entries.push_back(e);
+      util::StrAppend(&ours, ", x-delivery-limit: ", q.delivery_limit);
+    }
+    ours += "}";
+    amqp_table_t args;
+    args.num_entries = static_cast<int>(entries.size());
+    args.entries = entries.data();
     amqp_queue_declare(st, channel, AmqpBytes(q.name), /*passive=*/0, /*durable=*/1,
                        /*exclusive=*/0, /*auto_delete=*/0, args);
     const std::string what = util::StrCat("queue '", q.name, "'");
     absl::Status s = conn.RpcStatus(util::StrCat("declare ", what), channel);
-    if (!s.ok()) {
-      return Conflict(s, what,
-                      util::StrCat("{durable: true, x-queue-type: ",
-                                   config::QueueTypeName(q.type), "}"));
-    }
+    if (!s.ok()) return Conflict(s, what, ours);
   }
   for (const auto& b : plan.bindings) {
     amqp_queue_bind(st, channel, AmqpBytes(b.queue), AmqpBytes(b.exchange),

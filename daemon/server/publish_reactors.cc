@@ -3,7 +3,10 @@
 // Up to `window` requests are in flight (read, not yet answered). When the
 // window is full the reactor stops reading, so backpressure reaches the
 // caller through gRPC flow control and memory stays bounded. Results are
-// written in the order the broker settles them, one write at a time.
+// written in the order the broker settles them, one write at a time. Every
+// request read gets exactly one result; at shutdown the stream stops reading,
+// answers what it holds and ends with UNAVAILABLE, so a request without a
+// result was never read and never sent.
 #include <deque>
 #include <mutex>
 
@@ -15,34 +18,42 @@ namespace {
 using mqsidecar::v1::PublishRequest;
 using mqsidecar::v1::PublishResult;
 
-class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest, PublishResult> {
+class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest, PublishResult>,
+                                   public PubSubService::Drainable {
  public:
   PublishStreamReactor(PubSubService& service, uint32_t window)
       : service_(service), window_(window) {
+    service_.Register(this);
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = service_.draining();
     reading_ = true;
     StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
-      bool finish;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        reading_ = false;
-        reads_done_ = true;
-        finish = ShouldFinishLocked();
-      }
-      if (finish) Finish(grpc::Status::OK);
-      return;
-    }
+    bool draining;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!ok) reads_done_ = true;
+      if (!ok || finished_) {
+        reading_ = false;
+        // A request read after Finish was decided is dropped unsent: the
+        // stream's status tells the client that unanswered means unsent.
+        const bool finish = ShouldFinishLocked();
+        lock.unlock();
+        if (finish) FinishLater();
+        return;
+      }
       ++outstanding_;
+      draining = draining_;
     }
     const uint64_t sequence = request_.sequence();
-    absl::StatusOr<amqp::PublishJob> job = service_.PreparePublish(std::move(request_));
+    absl::StatusOr<amqp::PublishJob> job =
+        draining ? absl::UnavailableError("mq-sidecar is shutting down: not sent")
+                 : service_.PreparePublish(std::move(request_),
+                                           std::chrono::system_clock::time_point::max());
     if (job.ok()) {
-      job->done = [this](PublishResult&& r) { OnResult(std::move(r)); };
+      job->done = [this](PublishResult&& r, absl::StatusCode) { OnResult(std::move(r)); };
       service_.publisher().Submit(std::move(*job));
     } else {
       // Bad business or fields: this request FAILED, the stream goes on.
@@ -55,14 +66,13 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
     bool finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (outstanding_ < window_ && !write_failed_) {
-        StartRead(&request_);
-      } else {
-        reading_ = false;  // resumed by OnWriteDone when the window has room
-      }
+      // Only now is request_ free for the next read: until here reading_
+      // stayed true so that OnWriteDone could not start one into it.
+      reading_ = false;
+      MaybeReadLocked();
       finish = ShouldFinishLocked();
     }
-    if (finish) Finish(grpc::Status::OK);
+    if (finish) FinishLater();
   }
 
   void OnWriteDone(bool ok) override {
@@ -81,16 +91,26 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
         writing_ = true;
         StartWrite(&outbox_.front());
       }
-      if (!reading_ && !reads_done_ && !write_failed_ && outstanding_ < window_) {
-        reading_ = true;
-        StartRead(&request_);
-      }
+      MaybeReadLocked();
       finish = ShouldFinishLocked();
     }
-    if (finish) Finish(grpc::Status::OK);
+    if (finish) FinishLater();
   }
 
-  void OnDone() override { delete this; }
+  void OnDrain() override {
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      draining_ = true;
+      finish = ShouldFinishLocked();
+    }
+    if (finish) FinishLater();
+  }
+
+  void OnDone() override {
+    service_.Unregister(this);
+    delete this;
+  }
 
  private:
   // OnResult: a publish settled (on the publisher thread, or inline).
@@ -109,19 +129,35 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
         }
       }
     }
-    // Finish last: once called, OnDone may delete this on another thread.
-    if (finish) Finish(grpc::Status::OK);
+    if (finish) FinishLater();
   }
 
-  // The stream ends when the client has stopped sending (or vanished) and
-  // every request it sent has been answered.
+  void MaybeReadLocked() {
+    if (reading_ || reads_done_ || write_failed_ || draining_ || finished_) return;
+    if (outstanding_ >= window_) return;  // resumed by OnWriteDone when there is room
+    reading_ = true;
+    StartRead(&request_);
+  }
+
+  // The stream ends once every request read has been answered and either the
+  // client stopped sending (or vanished), or the sidecar is draining.
   bool ShouldFinishLocked() {
     if (finished_ || writing_ || outstanding_ != 0) return false;
-    if (!reads_done_ && !write_failed_) return false;
-    if (reading_) return false;  // a read is pending; it completes with !ok
+    if (draining_ && !reads_done_) {
+      final_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            "mq-sidecar is shutting down: every request read was answered; "
+                            "send the rest to another sidecar");
+    } else if (!(reads_done_ || write_failed_) || reading_) {
+      return false;
+    }
     finished_ = true;
     return true;
   }
+
+  // FinishLater is called without mu_ and as the last use of `this`: once
+  // Finish is called, OnDone may delete the reactor on another thread.
+  // final_ is no longer written once finished_ is set.
+  void FinishLater() { Finish(final_); }
 
   PubSubService& service_;
   const uint32_t window_;
@@ -134,7 +170,9 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
   bool reads_done_ = false;
   bool writing_ = false;
   bool write_failed_ = false;
+  bool draining_ = false;
   bool finished_ = false;
+  grpc::Status final_;
 };
 
 }  // namespace

@@ -25,7 +25,24 @@ PubSubService::PubSubService(const config::Config& config, const config::Topolog
   consumer_names_ = c.empty() ? "none" : absl::StrJoin(c, ", ");
 }
 
-absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(PublishRequest&& request) const {
+void PubSubService::Register(Drainable* d) {
+  std::lock_guard<std::mutex> lock(drainables_mu_);
+  drainables_.insert(d);
+}
+
+void PubSubService::Unregister(Drainable* d) {
+  std::lock_guard<std::mutex> lock(drainables_mu_);
+  drainables_.erase(d);
+}
+
+void PubSubService::Drain() {
+  draining_.store(true, std::memory_order_release);
+  std::lock_guard<std::mutex> lock(drainables_mu_);
+  for (Drainable* d : drainables_) d->OnDrain();
+}
+
+absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(
+    PublishRequest&& request, std::chrono::system_clock::time_point deadline) const {
   const config::Producer* producer = config_.FindProducer(request.business());
   if (producer == nullptr) {
     return absl::InvalidArgumentError(util::StrCat("unknown business '", request.business(),
@@ -34,6 +51,12 @@ absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(PublishRequest&& 
   if (absl::Status s = amqp::ValidatePublish(request); !s.ok()) return s;
   if (request.message_id().empty()) request.set_message_id(util::NewMessageId());
   amqp::PublishJob job;
+  // The caller's deadline, as a steady-clock time, capped by wait_timeout.
+  const auto sys_now = std::chrono::system_clock::now();
+  const auto steady_now = std::chrono::steady_clock::now();
+  const auto wait = std::min<std::chrono::system_clock::duration>(
+      config_.publish.wait_timeout, std::max(deadline - sys_now, std::chrono::system_clock::duration(0)));
+  job.deadline = steady_now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(wait);
   job.exchange = producer->exchange;
   job.request = std::move(request);
   return job;
@@ -43,17 +66,19 @@ grpc::ServerUnaryReactor* PubSubService::Publish(grpc::CallbackServerContext* ct
                                                  const PublishRequest* request,
                                                  PublishResult* result) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::StatusOr<amqp::PublishJob> job = PreparePublish(PublishRequest(*request));
+  absl::StatusOr<amqp::PublishJob> job =
+      PreparePublish(PublishRequest(*request), ctx->deadline());
   if (!job.ok()) {
     reactor->Finish(ToGrpc(job.status()));
     return reactor;
   }
-  job->done = [reactor, result](PublishResult&& r) {
-    // FAILED means the message was not sent because the broker is out of
-    // reach: that is UNAVAILABLE, and retrying is safe. Every other outcome
-    // is the broker's answer, carried in the result.
+  job->done = [reactor, result](PublishResult&& r, absl::StatusCode code) {
+    // FAILED means the message was not sent: the broker stayed out of reach
+    // (UNAVAILABLE) or kept publishing blocked (RESOURCE_EXHAUSTED) past the
+    // deadline; retrying is safe. Every other outcome is the broker's
+    // answer, carried in the result.
     if (r.status() == PublishResult::FAILED) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, r.error()));
+      reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(code), r.error()));
       return;
     }
     *result = std::move(r);

@@ -7,6 +7,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -39,7 +42,25 @@ class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
 
   // PreparePublish resolves the business and checks the request; the job's
   // `done` is left for the caller to set. InvalidArgument names what is wrong.
-  absl::StatusOr<amqp::PublishJob> PreparePublish(mqsidecar::v1::PublishRequest&& request) const;
+  // `deadline` bounds how long it may wait for the broker (capped by
+  // publish.wait_timeout).
+  absl::StatusOr<amqp::PublishJob> PreparePublish(
+      mqsidecar::v1::PublishRequest&& request,
+      std::chrono::system_clock::time_point deadline) const;
+
+  // Drain: shutdown has begun. Open PublishStreams stop reading, answer what
+  // they hold and end; Subscribe streams are drained by the consumer.
+  void Drain();
+  bool draining() const { return draining_.load(std::memory_order_acquire); }
+
+  // Drainable: a stream that must hear about Drain(). Registered for its life.
+  class Drainable {
+   public:
+    virtual ~Drainable() = default;
+    virtual void OnDrain() = 0;
+  };
+  void Register(Drainable* d);
+  void Unregister(Drainable* d);
 
   const config::Config& config() const { return config_; }
   amqp::Publisher& publisher() { return publisher_; }
@@ -52,6 +73,9 @@ class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
   amqp::Consumer& consumer_;
   std::string producer_names_;  // for error messages
   std::string consumer_names_;
+  std::atomic<bool> draining_{false};
+  std::mutex drainables_mu_;
+  std::set<Drainable*> drainables_;  // guarded by drainables_mu_
 };
 
 // Reactor factories, one file each (publish_reactors.cc, subscribe_reactor.cc).

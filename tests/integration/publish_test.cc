@@ -1,0 +1,225 @@
+// Publishing through the sidecar: volume over PublishStream with competing
+// subscribers on two daemons, and a unary Publish's properties round trip.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <iterator>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+
+namespace mqs::it {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST_CASE(
+    "integration: 10000 messages via PublishStream reach 3 subscribers on 2 daemons "
+    "exactly once") {
+  constexpr int kMessages = 10000;
+  IntegrationTest t("tenk");
+  const std::string biz = t.Business("orders");
+  const std::string queue = biz + ".queue";
+  Daemon& d1 = t.StartDaemon({{.name = biz, .prefetch = 64}});
+  Daemon& d2 = t.StartDaemon({{.name = biz, .prefetch = 64}});
+
+  Subscriber s1(d1.stub(),
+                {.business = biz, .prefetch = 64, .consumer_name = "s1", .auto_ack = true});
+  Subscriber s2(d1.stub(),
+                {.business = biz, .prefetch = 64, .consumer_name = "s2", .auto_ack = true});
+  Subscriber s3(d2.stub(),
+                {.business = biz, .prefetch = 64, .consumer_name = "s3", .auto_ack = true});
+  // Publish only once the broker sees all three consumers, so each can get a share.
+  REQUIRE(WaitUntil(
+      [&] {
+        auto q = t.admin().InspectQueue(queue);
+        return q && q->consumers == 3;
+      },
+      10s));
+
+  std::vector<pb::PublishRequest> requests;
+  requests.reserve(kMessages);
+  for (int i = 0; i < kMessages; ++i) {
+    auto r = MakePublish(biz, biz + "-" + std::to_string(i), static_cast<uint64_t>(i) + 1,
+                         "m" + std::to_string(i));
+    r.set_routing_key("order.created");
+    requests.push_back(std::move(r));
+  }
+
+  const auto started = Clock::now();
+  PublishStreamOutcome out = PublishStream(d1.stub(), requests, 60s);
+  INFO("PublishStream took "
+       << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()
+       << " ms");
+  CHECK(out.status.ok());
+  INFO("stream status: " << StatusText(out.status));
+  REQUIRE(out.results.size() == kMessages);
+
+  // Every sequence answered exactly once, CONFIRMED, with the request's message_id.
+  std::vector<int> answered(kMessages + 1, 0);
+  int bad_results = 0, unknown_sequences = 0;
+  std::string first_bad, first_unknown;
+  for (const auto& r : out.results) {
+    const uint64_t seq = r.sequence();
+    if (seq < 1 || seq > kMessages) {
+      if (unknown_sequences++ == 0) first_unknown = ResultText(r);
+      continue;
+    }
+    ++answered[seq];
+    if (r.status() != pb::PublishResult::CONFIRMED ||
+        r.message_id() != requests[seq - 1].message_id()) {
+      if (bad_results++ == 0) first_bad = ResultText(r);
+    }
+  }
+  std::string unanswered;
+  for (int seq = 1; seq <= kMessages; ++seq) {
+    if (answered[seq] != 1 && unanswered.size() < 200) {
+      unanswered += std::to_string(seq) + "(x" + std::to_string(answered[seq]) + ") ";
+    }
+  }
+  INFO("results for sequences never sent: " << unknown_sequences << ", first: " << first_unknown);
+  INFO("bad results: " << bad_results << ", first: " << first_bad);
+  INFO("sequences not answered exactly once: " << unanswered);
+  CHECK(unknown_sequences == 0);
+  CHECK(bad_results == 0);
+  CHECK(unanswered.empty());
+
+  // Subscribers ack as they receive; wait until all messages arrived.
+  const bool all_arrived =
+      WaitUntil([&] { return s1.count() + s2.count() + s3.count() >= kMessages; }, 30s);
+  INFO("received s1=" << s1.count() << " s2=" << s2.count() << " s3=" << s3.count());
+  REQUIRE(all_arrived);
+  // Drained: nothing ready left in the queue.
+  CHECK(WaitUntil(
+      [&] {
+        auto q = t.admin().InspectQueue(queue);
+        return q && q->messages == 0;
+      },
+      10s));
+
+  std::set<std::string> ids;
+  int duplicates = 0, redelivered = 0, wrong_fields = 0;
+  std::string first_wrong;
+  for (Subscriber* s : {&s1, &s2, &s3}) {
+    std::set<uint64_t> delivery_ids;
+    for (const auto& d : s->deliveries()) {
+      if (!ids.insert(d.message_id()).second) ++duplicates;
+      if (!delivery_ids.insert(d.delivery_id()).second) {
+        FAIL_CHECK("delivery_id " << d.delivery_id() << " repeated within one stream");
+      }
+      if (d.redelivered()) ++redelivered;
+      const auto dash = d.message_id().rfind('-');
+      const std::string n = dash == std::string::npos ? "?" : d.message_id().substr(dash + 1);
+      if (d.business() != biz || d.exchange() != biz || d.routing_key() != "order.created" ||
+          d.payload() != "m" + n) {
+        if (wrong_fields++ == 0) first_wrong = d.ShortDebugString();
+      }
+    }
+    CHECK(s->count() > 0);  // every subscriber got a share
+    CHECK_FALSE(s->ended());
+  }
+  CHECK(duplicates == 0);
+  CHECK(redelivered == 0);
+  INFO("first delivery with wrong fields: " << first_wrong);
+  CHECK(wrong_fields == 0);
+  CHECK(ids.size() == static_cast<size_t>(kMessages));
+  // Exactly the published message_ids (diff shown, not 10,000 ids).
+  std::set<std::string> expected;
+  for (const auto& r : requests) expected.insert(r.message_id());
+  std::vector<std::string> missing, unexpected;
+  std::set_difference(expected.begin(), expected.end(), ids.begin(), ids.end(),
+                      std::back_inserter(missing));
+  std::set_difference(ids.begin(), ids.end(), expected.begin(), expected.end(),
+                      std::back_inserter(unexpected));
+  if (missing.size() > 10) missing.resize(10);
+  if (unexpected.size() > 10) unexpected.resize(10);
+  CHECK(missing == std::vector<std::string>{});
+  CHECK(unexpected == std::vector<std::string>{});
+
+  // The acks were real: once all subscribers leave, nothing returns to the queue.
+  for (Subscriber* s : {&s1, &s2, &s3}) {
+    const grpc::Status left = s->Leave();
+    INFO(StatusText(left));
+    CHECK(left.ok());
+  }
+  CHECK(WaitUntil(
+      [&] {
+        auto q = t.admin().InspectQueue(queue);
+        return q && q->consumers == 0;
+      },
+      10s));
+  auto q = t.admin().InspectQueue(queue);
+  REQUIRE(q.has_value());
+  CHECK(q->messages == 0);
+  CHECK(s1.count() + s2.count() + s3.count() == static_cast<size_t>(kMessages));
+}
+
+TEST_CASE("integration: unary Publish round-trips properties and generates message ids") {
+  IntegrationTest t("unary");
+  const std::string biz = t.Business("props");
+  Daemon& d = t.StartDaemon({{.name = biz}});
+  Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "props"});
+
+  pb::PublishRequest req = MakePublish(biz, "fixed-id-1", 7, std::string("bin\0ary", 7));
+  req.set_routing_key("a.b.c");
+  req.set_correlation_id("corr-42");
+  req.set_content_type("application/octet-stream");
+  req.set_reply_to("task.result");
+  (*req.mutable_headers())["tenant"] = "acme";
+  (*req.mutable_headers())["trace-id"] = "abc123";
+  const int64_t before_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+  pb::PublishResult res;
+  grpc::Status s = PublishOne(d.stub(), req, &res);
+  INFO(StatusText(s) << " / " << ResultText(res));
+  REQUIRE(s.ok());
+  CHECK(res.status() == pb::PublishResult::CONFIRMED);
+  CHECK(res.sequence() == 7);
+  CHECK(res.message_id() == "fixed-id-1");
+
+  // Empty message_id: the sidecar makes one, distinct per message.
+  pb::PublishResult gen1, gen2;
+  REQUIRE(PublishOne(d.stub(), MakePublish(biz, "", 8, "g1"), &gen1).ok());
+  REQUIRE(PublishOne(d.stub(), MakePublish(biz, "", 9, "g2"), &gen2).ok());
+  CHECK(gen1.status() == pb::PublishResult::CONFIRMED);
+  CHECK(gen2.status() == pb::PublishResult::CONFIRMED);
+  CHECK_FALSE(gen1.message_id().empty());
+  CHECK_FALSE(gen2.message_id().empty());
+  CHECK(gen1.message_id() != gen2.message_id());
+
+  REQUIRE(sub.WaitForCount(3, 10s));
+  const auto ds = sub.deliveries();
+  std::map<std::string, pb::Delivery> by_payload;
+  for (const auto& d : ds) by_payload[d.payload()] = d;
+  REQUIRE(by_payload.count(req.payload()) == 1);
+  const pb::Delivery& got = by_payload[req.payload()];
+  INFO("delivery: " << got.ShortDebugString());
+  CHECK(got.business() == biz);
+  CHECK(got.exchange() == biz);
+  CHECK(got.routing_key() == "a.b.c");
+  CHECK(got.message_id() == "fixed-id-1");
+  CHECK(got.correlation_id() == "corr-42");
+  CHECK(got.content_type() == "application/octet-stream");
+  CHECK(got.reply_to() == "task.result");
+  const std::map<std::string, std::string> want_headers = {{"tenant", "acme"},
+                                                           {"trace-id", "abc123"}};
+  CHECK(UserHeaders(got) == want_headers);
+  CHECK_FALSE(got.redelivered());
+  CHECK(got.delivery_count() == 0);
+  // AMQP timestamps have 1 s resolution.
+  CHECK(got.published_at_ms() >= before_ms - 1000);
+  CHECK(got.published_at_ms() <= before_ms + 60000);
+  REQUIRE(by_payload.count("g1") == 1);
+  REQUIRE(by_payload.count("g2") == 1);
+  CHECK(by_payload["g1"].message_id() == gen1.message_id());
+  CHECK(by_payload["g2"].message_id() == gen2.message_id());
+  for (const auto& d : ds) CHECK(sub.Ack(d.delivery_id()));
+}
+
+}  // namespace
+}  // namespace mqs::it

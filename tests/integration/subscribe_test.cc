@@ -1,0 +1,118 @@
+// Subscribe semantics: prefetch, dropping a stream with unacked deliveries, nack.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+
+namespace mqs::it {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::set<std::string> AsSet(const std::vector<std::string>& v) { return {v.begin(), v.end()}; }
+
+TEST_CASE(
+    "integration: a dropped stream's unacked deliveries go to another subscriber, "
+    "redelivered") {
+  IntegrationTest t("drop");
+  const std::string biz = t.Business("work");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz}});
+
+  // 20 messages wait in the queue before anyone subscribes.
+  const auto published = PublishConfirmed(d.stub(), biz, 20, biz);
+  REQUIRE(WaitForQueue(t.admin(), queue, 0u, 20u));
+
+  auto a = std::make_unique<Subscriber>(
+      d.stub(), Subscriber::Options{.business = biz, .prefetch = 10, .consumer_name = "a"});
+  REQUIRE(a->WaitForCount(10, 10s));
+  // Prefetch 10 holds: the other 10 stay ready in the queue.
+  CHECK(WaitForQueue(t.admin(), queue, 1u, 10u));
+  const auto a_deliveries = a->deliveries();
+  REQUIRE(a_deliveries.size() == 10);
+  for (const auto& d : a_deliveries) CHECK_FALSE(d.redelivered());
+  const auto a_ids = AsSet(MessageIds(a_deliveries));
+  CHECK(a_ids.size() == 10);
+
+  // B takes the 10 that were still ready and acks them.
+  Subscriber b(d.stub(), {.business = biz, .prefetch = 50, .consumer_name = "b"});
+  REQUIRE(b.WaitForCount(10, 10s));
+  auto first = b.deliveries();
+  for (const auto& d : first) {
+    CHECK_FALSE(d.redelivered());
+    CHECK(a_ids.count(d.message_id()) == 0);
+    CHECK(b.Ack(d.delivery_id()));
+  }
+
+  // A drops its stream without acking anything.
+  a->Cancel();
+  auto a_end = a->WaitEnded(10s);
+  REQUIRE(a_end.has_value());
+  CHECK(a_end->error_code() == grpc::StatusCode::CANCELLED);
+
+  // B gets A's 10, marked redelivered.
+  REQUIRE(b.WaitForCount(20, 15s));
+  auto all = b.deliveries();
+  std::vector<pb::Delivery> second(all.begin() + 10, all.end());
+  std::set<std::string> redelivered_ids;
+  for (const auto& d : second) {
+    INFO(d.ShortDebugString());
+    CHECK(d.redelivered());
+    CHECK(d.delivery_count() >= 1);  // quorum queues keep x-delivery-count
+    redelivered_ids.insert(d.message_id());
+    CHECK(b.Ack(d.delivery_id()));
+  }
+  CHECK(redelivered_ids == a_ids);
+
+  // Nothing lost, nothing twice: B saw each of the 20 exactly once.
+  const auto b_ids = MessageIds(all);
+  CHECK(AsSet(b_ids).size() == b_ids.size());
+  CHECK(AsSet(b_ids) == AsSet(published));
+
+  // B's acks settled everything: after B leaves, the queue is empty.
+  const grpc::Status left = b.Leave();  // graceful: every ack counts
+  INFO(StatusText(left));
+  CHECK(left.ok());
+  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
+  CHECK(b.count() == 20);
+}
+
+TEST_CASE("integration: nack with requeue redelivers, nack without requeue drops") {
+  IntegrationTest t("nack");
+  const std::string biz = t.Business("nack");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz}});
+  Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "n"});
+  REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
+
+  const auto ids = PublishConfirmed(d.stub(), biz, 2, biz);
+  REQUIRE(sub.WaitForCount(2, 10s));
+  auto first = sub.deliveries();
+  for (const auto& d : first) {
+    CHECK_FALSE(d.redelivered());
+    // ids[0]: requeue; ids[1]: drop (no dead-letter exchange configured).
+    CHECK(sub.Nack(d.delivery_id(), d.message_id() == ids[0]));
+  }
+  REQUIRE(sub.WaitForCount(3, 10s));
+  const auto again = sub.deliveries()[2];
+  INFO(again.ShortDebugString());
+  CHECK(again.message_id() == ids[0]);
+  CHECK(again.redelivered());
+  CHECK(again.delivery_count() >= 1);
+  CHECK(sub.Ack(again.delivery_id()));
+
+  // The dropped one never comes back and the acked one is settled.
+  const grpc::Status left = sub.Leave();  // graceful: every ack counts
+  INFO(StatusText(left));
+  CHECK(left.ok());
+  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
+  CHECK(sub.count() == 3);
+}
+
+}  // namespace
+}  // namespace mqs::it

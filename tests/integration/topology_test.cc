@@ -1,0 +1,100 @@
+// Health and GetTopology: what the daemon declared, and that it is connected.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <string>
+
+#include "harness.h"
+
+namespace mqs::it {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST_CASE("integration: health is SERVING and GetTopology lists the configured topology") {
+  IntegrationTest t("topo");
+  const std::string both = t.Business("both");         // producer and consumer
+  const std::string pub_only = t.Business("pubonly");  // producer only
+  const std::string sub_only = t.Business("subonly");  // consumer only
+  Daemon& d = t.StartDaemon({{.name = both},
+                             {.name = pub_only, .consumer = false},
+                             {.name = sub_only, .producer = false, .prefetch = 7}});
+  CHECK(d.Health() == grpc::health::v1::HealthCheckResponse::SERVING);
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+  pb::Topology topo;
+  grpc::Status s = d.stub().GetTopology(&ctx, pb::GetTopologyRequest(), &topo);
+  INFO(StatusText(s));
+  REQUIRE(s.ok());
+  INFO(topo.DebugString());
+  CHECK(topo.connected());
+  CHECK_FALSE(topo.broker_uri().empty());
+  // The password is masked (the test URI's password is "guest" unless overridden).
+  CHECK(topo.broker_uri().find(":guest@") == std::string::npos);
+
+  // A business may be listed once per role or once with a combined role.
+  auto roles_of = [&](const std::string& name) {
+    std::string roles;
+    for (const auto& b : topo.businesses()) {
+      if (b.name() == name) roles += b.role() + ",";
+    }
+    return roles;
+  };
+  auto has_business = [&](const std::string& name, const std::string& queue) {
+    for (const auto& b : topo.businesses()) {
+      if (b.name() == name && b.exchange() == name && (queue.empty() || b.queue() == queue)) {
+        return true;
+      }
+    }
+    return false;
+  };
+  CHECK(roles_of(both).find("produc") != std::string::npos);
+  CHECK(roles_of(both).find("consum") != std::string::npos);
+  CHECK(roles_of(pub_only).find("produc") != std::string::npos);
+  CHECK(roles_of(pub_only).find("consum") == std::string::npos);
+  CHECK(roles_of(sub_only).find("consum") != std::string::npos);
+  CHECK(roles_of(sub_only).find("produc") == std::string::npos);
+  CHECK(has_business(both, both + ".queue"));
+  CHECK(has_business(pub_only, ""));
+  CHECK(has_business(sub_only, sub_only + ".queue"));
+
+  auto has_exchange = [&](const std::string& name) {
+    for (const auto& e : topo.exchanges()) {
+      if (e.name() == name) return true;
+    }
+    return false;
+  };
+  CHECK(has_exchange(both));
+  CHECK(has_exchange(pub_only));
+  CHECK(has_exchange(sub_only));
+
+  auto queue_type = [&](const std::string& name) -> std::string {
+    for (const auto& q : topo.queues()) {
+      if (q.name() == name) return q.type().empty() ? "<empty type>" : q.type();
+    }
+    return "<missing>";
+  };
+  CHECK(queue_type(both + ".queue") == "quorum");
+  CHECK(queue_type(sub_only + ".queue") == "quorum");
+  CHECK(queue_type(pub_only + ".queue") == "<missing>");
+
+  auto has_binding = [&](const std::string& exchange, const std::string& queue) {
+    for (const auto& b : topo.bindings()) {
+      if (b.exchange() == exchange && b.queue() == queue && b.binding_key() == "#") return true;
+    }
+    return false;
+  };
+  CHECK(has_binding(both, both + ".queue"));
+  CHECK(has_binding(sub_only, sub_only + ".queue"));
+
+  // The broker agrees.
+  CHECK(t.admin().ExchangeExists(both));
+  CHECK(t.admin().ExchangeExists(pub_only));
+  CHECK(t.admin().ExchangeExists(sub_only));
+  CHECK(t.admin().InspectQueue(both + ".queue").has_value());
+  CHECK(t.admin().InspectQueue(sub_only + ".queue").has_value());
+  CHECK_FALSE(t.admin().InspectQueue(pub_only + ".queue").has_value());
+}
+
+}  // namespace
+}  // namespace mqs::it
