@@ -88,8 +88,7 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
         outstanding_ -= outbox_.size();
         outbox_.clear();
       } else if (!outbox_.empty()) {
-        writing_ = true;
-        StartWrite(&outbox_.front());
+        StartNextWriteLocked();
       }
       MaybeReadLocked();
       finish = ShouldFinishLocked();
@@ -124,8 +123,7 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
       } else {
         outbox_.push_back(std::move(r));
         if (!writing_) {
-          writing_ = true;
-          StartWrite(&outbox_.front());
+          StartNextWriteLocked();
         }
       }
     }
@@ -158,6 +156,17 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
   // Finish is called, OnDone may delete the reactor on another thread.
   // final_ is no longer written once finished_ is set.
   void FinishLater() { Finish(final_); }
+
+  // StartNextWriteLocked writes outbox_.front(). While more messages wait
+  // behind it, gRPC may hold this one back (buffer hint) and coalesce it with
+  // the next writes into fewer frames and syscalls; the last write of a burst
+  // flushes.
+  void StartNextWriteLocked() {
+    writing_ = true;
+    grpc::WriteOptions options;
+    if (outbox_.size() > 1) options.set_buffer_hint();
+    StartWrite(&outbox_.front(), options);
+  }
 
   PubSubService& service_;
   const uint32_t window_;

@@ -128,6 +128,11 @@ grpc::ServerUnaryReactor* PubSubService::GetTopology(grpc::CallbackServerContext
   }
   topology->set_broker_uri(publisher_.broker_uri());
   topology->set_connected(publisher_.connected() && consumer_.connected());
+  // The worse of the two links says what a caller will experience.
+  const amqp::LinkState p = publisher_.state(), c = consumer_.state();
+  std::string state(amqp::LinkStateName(p != amqp::LinkState::kConnected ? p : c));
+  if (topology->connected() && publisher_.blocked()) state = "blocked";
+  topology->set_state(state);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   // Queue counts come from the broker, on the consumer's thread.
   consumer_.Inspect([reactor, topology](std::vector<amqp::QueueInfo>&& queues) {

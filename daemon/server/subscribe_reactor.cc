@@ -77,8 +77,7 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
       if (!ok) {
         outbox_.clear();
       } else if (!closed_ && !outbox_.empty()) {
-        writing_ = true;
-        StartWrite(&outbox_.front());
+        StartNextWriteLocked();
       }
       finish = ShouldFinishLocked();
     }
@@ -96,8 +95,7 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
     if (closed_) return;  // the channel is closing; the broker requeues it
     outbox_.push_back(std::move(d));
     if (!writing_) {
-      writing_ = true;
-      StartWrite(&outbox_.front());
+      StartNextWriteLocked();
     }
   }
 
@@ -174,6 +172,17 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
     if (!closed_ || writing_ || finished_) return false;
     finished_ = true;
     return true;
+  }
+
+  // StartNextWriteLocked writes outbox_.front(). While more messages wait
+  // behind it, gRPC may hold this one back (buffer hint) and coalesce it with
+  // the next writes into fewer frames and syscalls; the last write of a burst
+  // flushes.
+  void StartNextWriteLocked() {
+    writing_ = true;
+    grpc::WriteOptions options;
+    if (outbox_.size() > 1) options.set_buffer_hint();
+    StartWrite(&outbox_.front(), options);
   }
 
   PubSubService& service_;
