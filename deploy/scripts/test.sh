@@ -20,6 +20,7 @@ run_pass() {
   cmake -S . -B "$dir" -G Ninja -DMQS_WERROR=ON "$@" >/dev/null
   ninja -C "$dir" -j "$JOBS"
   echo "--- $name: built in $((SECONDS - t0)) s"
+  deploy/scripts/broker.sh ensure   # the fault tests stop and start it
   ctest --test-dir "$dir" --output-on-failure --timeout 300
   echo "--- $name: passed in $((SECONDS - t0)) s"
 }
