@@ -63,8 +63,10 @@ void Consumer::OnDisconnected(const absl::Status& why) {
   }
   // Streams stay open across a reconnect. What they hold unacked was requeued
   // by the broker with the connection; acks for those ids are not sent.
+  ack_streams_.clear();
   for (auto& [id, stream] : streams_) {
     stream.channel = 0;
+    stream.to_ack.clear();  // not sent: the broker requeued them with the rest
     stream.stale.insert(stream.unacked.begin(), stream.unacked.end());
     stream.unacked.clear();
     stream.id_offset = stream.max_id;
@@ -98,6 +100,8 @@ void Consumer::ProcessInbox(Connection* conn) {
   if (conn != nullptr && conn->dead()) conn = nullptr;
   inbox_.Drain(batch_);
   for (Command& cmd : batch_) {
+    const auto* settle_cmd = std::get_if<SettleCmd>(&cmd);
+    if (settle_cmd == nullptr || !settle_cmd->ack) FlushAcks(conn);
     if (auto* open = std::get_if<OpenRequest>(&cmd)) {
       DoOpen(conn, std::move(*open));
     } else if (auto* settle = std::get_if<SettleCmd>(&cmd)) {
@@ -110,6 +114,7 @@ void Consumer::ProcessInbox(Connection* conn) {
       DoDrain(conn);
     }
   }
+  FlushAcks(conn);
   batch_.clear();
 }
 
@@ -175,6 +180,7 @@ void Consumer::DoSettle(Connection* conn, const SettleCmd& cmd) {
   }
   auto live = stream.unacked.find(cmd.delivery_id);
   if (live == stream.unacked.end()) {
+    FlushAcks(conn);  // what the client acked before this mistake still counts
     EndStream(conn, cmd.stream_id,
               absl::InvalidArgumentError(util::StrCat(
                   cmd.ack ? "ack" : "nack", " of delivery_id ", cmd.delivery_id,
@@ -185,15 +191,47 @@ void Consumer::DoSettle(Connection* conn, const SettleCmd& cmd) {
   }
   stream.unacked.erase(live);
   if (conn == nullptr || stream.channel == 0) return;  // cannot happen: ids are live
+  if (cmd.ack) {
+    if (stream.to_ack.empty()) ack_streams_.push_back(cmd.stream_id);
+    stream.to_ack.push_back(cmd.delivery_id);
+    return;
+  }
   const uint64_t tag = cmd.delivery_id - stream.id_offset;
-  const int rc = cmd.ack ? amqp_basic_ack(conn->state(), stream.channel, tag, 0)
-                         : amqp_basic_nack(conn->state(), stream.channel, tag, 0,
-                                           cmd.requeue ? 1 : 0);
-  if (rc != AMQP_STATUS_OK) {
+  if (amqp_basic_nack(conn->state(), stream.channel, tag, 0, cmd.requeue ? 1 : 0) !=
+      AMQP_STATUS_OK) {
     conn->MarkDead();
     return;
   }
   MaybeEndDrained(conn, cmd.stream_id);
+}
+
+void Consumer::FlushAcks(Connection* conn) {
+  for (uint64_t stream_id : ack_streams_) {
+    auto it = streams_.find(stream_id);
+    if (it == streams_.end()) continue;
+    Stream& stream = it->second;
+    if (stream.to_ack.empty()) continue;
+    if (conn != nullptr && !conn->dead() && stream.channel != 0) {
+      std::vector<uint64_t>& ids = stream.to_ack;
+      std::sort(ids.begin(), ids.end());
+      // Every id below the lowest unacked one is settled now: tags on a
+      // channel are delivered (and so recorded) in order.
+      const uint64_t low = stream.unacked.empty() ? UINT64_MAX : *stream.unacked.begin();
+      const auto split = std::lower_bound(ids.begin(), ids.end(), low);
+      int rc = AMQP_STATUS_OK;
+      if (split != ids.begin()) {
+        rc = amqp_basic_ack(conn->state(), stream.channel, *(split - 1) - stream.id_offset,
+                            /*multiple=*/1);
+      }
+      for (auto id = split; id != ids.end() && rc == AMQP_STATUS_OK; ++id) {
+        rc = amqp_basic_ack(conn->state(), stream.channel, *id - stream.id_offset, 0);
+      }
+      if (rc != AMQP_STATUS_OK) conn->MarkDead();
+    }
+    stream.to_ack.clear();
+    MaybeEndDrained(conn, stream_id);
+  }
+  ack_streams_.clear();
 }
 
 void Consumer::DoDrain(Connection* conn) {

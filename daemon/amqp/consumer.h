@@ -109,6 +109,7 @@ class Consumer final : public IoLoop {
     std::set<uint64_t> unacked;  // delivery ids live on `channel`
     std::set<uint64_t> stale;    // ids from a dead channel: the broker requeued them
     bool cancelled = false;      // draining: basic.cancel sent, no new deliveries
+    std::vector<uint64_t> to_ack;  // acked by the client, not yet sent (see FlushAcks)
   };
 
   absl::Status OnConnected(Connection& conn) override;
@@ -125,6 +126,11 @@ class Consumer final : public IoLoop {
   absl::Status StartConsuming(Connection& conn, Stream& stream);
   void DoOpen(Connection* conn, OpenRequest&& req);
   void DoDrain(Connection* conn);
+  // FlushAcks sends the acks collected from a run of ack commands: one
+  // basic.ack with multiple=true covers every id below the stream's lowest
+  // still-unacked id, the rest go one by one. Called before any other command
+  // and at the end of each inbox batch, so order against nacks and closes holds.
+  void FlushAcks(Connection* conn);
   // Ends a drained stream once it holds nothing unacked.
   void MaybeEndDrained(Connection* conn, uint64_t stream_id);
   void DoSettle(Connection* conn, const SettleCmd& cmd);
@@ -146,6 +152,7 @@ class Consumer final : public IoLoop {
   amqp_channel_t last_channel_ = 1;
   bool control_ok_ = false;  // channel 1: topology and inspection
   bool draining_ = false;
+  std::vector<uint64_t> ack_streams_;  // streams with a non-empty to_ack
 };
 
 }  // namespace mqs::amqp

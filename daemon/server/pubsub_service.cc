@@ -54,8 +54,14 @@ absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(
   // The caller's deadline, as a steady-clock time, capped by wait_timeout.
   const auto sys_now = std::chrono::system_clock::now();
   const auto steady_now = std::chrono::steady_clock::now();
-  const auto wait = std::min<std::chrono::system_clock::duration>(
-      config_.publish.wait_timeout, std::max(deadline - sys_now, std::chrono::system_clock::duration(0)));
+  // Answer a little before the caller's own deadline, so that it reads our
+  // specific status rather than its generic DEADLINE_EXCEEDED.
+  using Duration = std::chrono::system_clock::duration;
+  Duration left = std::max(deadline - sys_now, Duration(0));
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    left -= std::min<Duration>(left / 10, std::chrono::milliseconds(100));
+  }
+  const auto wait = std::min<Duration>(config_.publish.wait_timeout, left);
   job.deadline = steady_now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(wait);
   job.exchange = producer->exchange;
   job.request = std::move(request);
