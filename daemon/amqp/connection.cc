@@ -113,12 +113,14 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
       BoolEntry("authentication_failure_close", true),
       BoolEntry("exchange_exchange_bindings", true),
   };
+  // The table points into these strings: they must outlive the login call.
   const std::string product = "mq-sidecar";
+  const std::string platform = "C++/rabbitmq-c";
   const std::string name = options.connection_name;
   amqp_table_entry_t props[4];
   props[0] = StringEntry("product", product);
   props[1] = StringEntry("connection_name", name);
-  props[2] = StringEntry("platform", std::string("C++/rabbitmq-c"));
+  props[2] = StringEntry("platform", platform);
   props[3].key = amqp_cstring_bytes("capabilities");
   props[3].value.kind = AMQP_FIELD_KIND_TABLE;
   props[3].value.value.table.num_entries = static_cast<int>(std::size(caps));
