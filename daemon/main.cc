@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "absl/synchronization/mutex.h"
 #include "app.h"
 #include "config/config.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -31,6 +32,12 @@ int main(int argc, char** argv) {
     std::cout << mqs::config::Describe(*config);
     return 0;
   }
+
+  // Debian builds Abseil without NDEBUG, so every absl::Mutex (gRPC's too)
+  // records lock order in a global graph: a measurable cost per message
+  // (docs/benchmarks.md). Our own locks are std::mutex; the check is for
+  // debugging Abseil users, not for production.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // Block SIGINT/SIGTERM before any thread starts, so only Run's sigwait
   // sees them.
