@@ -18,29 +18,19 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "config/config.h"
+#include "util/strings.h"
 
 namespace mqs::config::internal {
 
-// String helpers. Debian's abseil is built with its own absl::string_view
-// (ABSL_OPTION_USE_STD_STRING_VIEW 0), so absl::StrCat and friends do not
-// take std::string_view; these small ones do.
-template <typename T>
-void AppendOne(std::string& out, const T& value) {
-  if constexpr (std::is_arithmetic_v<T>) {
-    out += std::to_string(value);
-  } else {
-    out += std::string_view(value);
-  }
-}
+// String helpers: util/strings.h (Debian's Abseil rejects std::string_view in
+// absl::StrCat); the short names keep the loaders readable.
 template <typename... Args>
 void Append(std::string* out, const Args&... args) {
-  (AppendOne(*out, args), ...);
+  util::StrAppend(out, args...);
 }
 template <typename... Args>
 std::string Cat(const Args&... args) {
-  std::string out;
-  Append(&out, args...);
-  return out;
+  return util::StrCat(args...);
 }
 template <typename Range>
 std::string Join(const Range& items, std::string_view separator) {
