@@ -64,7 +64,7 @@ void Publisher::RequeueOrFailPending(std::string_view why) {
   const bool requeue = republish_ && !stop_requested();
   // Back to the front of waiting_, in publish order, ahead of newer work.
   for (auto it = pending_.rbegin(); it != pending_.rend(); ++it) {
-    if (it->settled) continue;
+    if (it->settled || it->answered) continue;
     if (requeue) {
       it->job.sent_before = true;
       waiting_.push_front(std::move(it->job));
@@ -85,6 +85,23 @@ void Publisher::ProcessInbox(Connection* conn) {
   for (PublishJob& job : batch_) waiting_.push_back(std::move(job));
   batch_.clear();
   Flush(conn);
+  ExpirePending();
+}
+
+void Publisher::ExpirePending() {
+  if (pending_.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_expiry_scan_) return;
+  next_expiry_scan_ = now + std::chrono::milliseconds(50);
+  for (Pending& p : pending_) {
+    if (p.answered || p.job.deadline > now) continue;
+    p.answered = true;
+    Complete(p.job, PublishResult::UNCONFIRMED,
+             blocked() ? "sent, but the broker blocked publishing (resource alarm) and did not "
+                         "confirm it before the deadline; it may or may not be queued"
+                       : "sent, but the broker did not confirm it before the deadline; it may "
+                         "or may not be queued");
+  }
 }
 
 void Publisher::Flush(Connection* conn) {
@@ -156,6 +173,8 @@ void Publisher::Settle(uint64_t tag, bool multiple, PublishResult::Status status
     Pending& p = pending_[i];
     if (p.settled) continue;
     p.settled = true;
+    if (p.answered) continue;  // answered UNCONFIRMED at its deadline
+    p.answered = true;
     if (p.returned) {
       Complete(p.job, PublishResult::UNROUTABLE, p.return_reason);
     } else if (status == PublishResult::REJECTED) {

@@ -57,7 +57,8 @@ class Publisher final : public IoLoop {
  private:
   struct Pending {
     PublishJob job;
-    bool settled = false;
+    bool settled = false;   // the broker has answered (ack or nack)
+    bool answered = false;  // the caller has its result (at the latest: its deadline)
     bool returned = false;
     std::string return_reason;
   };
@@ -82,7 +83,11 @@ class Publisher final : public IoLoop {
   static void Complete(PublishJob& job, mqsidecar::v1::PublishResult::Status status,
                        std::string_view error, absl::StatusCode code = absl::StatusCode::kOk);
 
-  bool HasTimers() const override { return !waiting_.empty(); }
+  bool HasTimers() const override { return !waiting_.empty() || !pending_.empty(); }
+  // Answers UNCONFIRMED the sent publishes whose deadline passed without a
+  // confirm (e.g. the broker blocked the connection after they left: it
+  // announces connection.blocked only at the next publish).
+  void ExpirePending();
   // Sends or (while not sendable) expires the jobs in waiting_.
   void Flush(Connection* conn);
 
@@ -99,6 +104,7 @@ class Publisher final : public IoLoop {
   uint64_t first_tag_ = 1;
   uint64_t next_tag_ = 1;
   bool channel_ok_ = false;
+  std::chrono::steady_clock::time_point next_expiry_scan_{};
 };
 
 }  // namespace mqs::amqp

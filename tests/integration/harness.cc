@@ -89,6 +89,60 @@ std::string DaemonPath() {
   return env != nullptr && *env != '\0' ? env : MQS_DAEMON_PATH;
 }
 
+std::string BytesText(const amqp_bytes_t& b) {
+  return b.len == 0 ? std::string() : std::string(static_cast<const char*>(b.bytes), b.len);
+}
+
+std::string FieldText(const amqp_field_value_t& v);
+
+std::string TableText(const amqp_table_t& t) {
+  std::string out = "{";
+  for (int i = 0; i < t.num_entries; ++i) {
+    if (i > 0) out += ",";
+    out += BytesText(t.entries[i].key) + "=" + FieldText(t.entries[i].value);
+  }
+  return out + "}";
+}
+
+std::string FieldText(const amqp_field_value_t& v) {
+  switch (v.kind) {
+    case AMQP_FIELD_KIND_UTF8:
+    case AMQP_FIELD_KIND_BYTES:
+      return BytesText(v.value.bytes);
+    case AMQP_FIELD_KIND_BOOLEAN:
+      return v.value.boolean ? "true" : "false";
+    case AMQP_FIELD_KIND_I8:
+      return std::to_string(v.value.i8);
+    case AMQP_FIELD_KIND_U8:
+      return std::to_string(v.value.u8);
+    case AMQP_FIELD_KIND_I16:
+      return std::to_string(v.value.i16);
+    case AMQP_FIELD_KIND_U16:
+      return std::to_string(v.value.u16);
+    case AMQP_FIELD_KIND_I32:
+      return std::to_string(v.value.i32);
+    case AMQP_FIELD_KIND_U32:
+      return std::to_string(v.value.u32);
+    case AMQP_FIELD_KIND_I64:
+    case AMQP_FIELD_KIND_TIMESTAMP:
+      return std::to_string(v.value.i64);
+    case AMQP_FIELD_KIND_U64:
+      return std::to_string(v.value.u64);
+    case AMQP_FIELD_KIND_TABLE:
+      return TableText(v.value.table);
+    case AMQP_FIELD_KIND_ARRAY: {
+      std::string out = "[";
+      for (int i = 0; i < v.value.array.num_entries; ++i) {
+        if (i > 0) out += ",";
+        out += FieldText(v.value.array.entries[i]);
+      }
+      return out + "]";
+    }
+    default:
+      return "?";
+  }
+}
+
 }  // namespace
 
 std::string AmqpUri() {
@@ -363,39 +417,83 @@ void AmqpAdmin::DeleteExchange(const std::string& exchange) {
   });
 }
 
+std::optional<AmqpAdmin::Message> AmqpAdmin::Get(const std::string& queue) {
+  std::optional<Message> got;
+  OnChannel([&](void* conn, uint16_t ch) {
+    auto c = static_cast<amqp_connection_state_t>(conn);
+    amqp_rpc_reply_t r = amqp_basic_get(c, ch, amqp_cstring_bytes(queue.c_str()), /*no_ack=*/1);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) return false;
+    if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) return true;
+    if (r.reply.id != AMQP_BASIC_GET_OK_METHOD) return false;
+    const bool redelivered = static_cast<amqp_basic_get_ok_t*>(r.reply.decoded)->redelivered != 0;
+    amqp_message_t m;
+    if (amqp_read_message(c, ch, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) return false;
+    Message msg;
+    msg.redelivered = redelivered;
+    msg.body = BytesText(m.body);
+    if (m.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+      msg.message_id = BytesText(m.properties.message_id);
+    }
+    if (m.properties._flags & AMQP_BASIC_HEADERS_FLAG) {
+      const amqp_table_t& h = m.properties.headers;
+      for (int i = 0; i < h.num_entries; ++i) {
+        msg.headers[BytesText(h.entries[i].key)] = FieldText(h.entries[i].value);
+      }
+    }
+    amqp_destroy_message(&m);
+    got = std::move(msg);
+    return true;
+  });
+  return got;
+}
+
 // ---------------------------------------------------------------------------
 // Daemon
 
 Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
-               std::vector<BusinessSpec> businesses)
+               std::vector<BusinessSpec> businesses, DaemonOptions options)
     : dir_(std::move(dir)),
       name_(std::move(name)),
       uri_(std::move(amqp_uri)),
-      businesses_(std::move(businesses)) {
+      businesses_(std::move(businesses)),
+      options_(std::move(options)) {
   address_ = "unix://" + dir_ + "/" + name_ + ".sock";
   config_path_ = dir_ + "/" + name_ + ".yaml";
   log_path_ = dir_ + "/" + name_ + ".log";
 
+  std::vector<std::string> uris = options_.uris;
+  if (uris.empty()) uris.push_back(uri_);
   std::ostringstream y;
   y << "listen: [\"" << address_ << "\"]\n"
     << "broker:\n"
-    << "  uris: [\"" << uri_ << "\"]\n"
-    << "  heartbeat: 10s\n"
+    << "  uris: [";
+  for (size_t i = 0; i < uris.size(); ++i) y << (i ? ", " : "") << "\"" << uris[i] << "\"";
+  y << "]\n"
+    << "  heartbeat: " << options_.heartbeat.count() << "s\n"
     << "  connect_timeout: 5s\n";
   std::ostringstream producers, consumers;
   for (const auto& b : businesses_) {
-    if (b.producer) producers << "  " << b.name << ": { exchange: " << b.name << " }\n";
+    const std::string exchange = b.exchange.empty() ? b.name : b.exchange;
+    if (b.producer) producers << "  " << b.name << ": { exchange: " << exchange << " }\n";
     if (b.consumer) {
-      consumers << "  " << b.name << ": { exchange: " << b.name
-                << ", queue_type: quorum, prefetch: " << b.prefetch << " }\n";
+      consumers << "  " << b.name << ": { exchange: " << exchange
+                << ", queue_type: " << b.queue_type << ", prefetch: " << b.prefetch;
+      if (!b.queue.empty()) consumers << ", queue: " << b.queue;
+      if (b.max_deliveries > 0) consumers << ", max_deliveries: " << b.max_deliveries;
+      consumers << " }\n";
     }
   }
   y << (producers.str().empty() ? "producers: {}\n" : "producers:\n" + producers.str());
   y << (consumers.str().empty() ? "consumers: {}\n" : "consumers:\n" + consumers.str());
-  y << "publish: { window: 1024 }\n"
+  y << "publish: { window: 1024";
+  if (options_.wait_timeout) y << ", wait_timeout: " << options_.wait_timeout->count() << "ms";
+  if (options_.republish_unconfirmed) {
+    y << ", republish_unconfirmed: " << (*options_.republish_unconfirmed ? "true" : "false");
+  }
+  y << " }\n"
     // Tests stop daemons when done; the 10 s default drain would only slow the suite.
-    << "shutdown: { drain: 1s }\n"
-    << "log: { level: info }\n";
+    << "shutdown: { drain: " << options_.drain.count() << "ms }\n"
+    << "log: { level: " << options_.log_level << " }\n";
   std::ofstream(config_path_) << y.str();
 }
 
@@ -446,6 +544,23 @@ void Daemon::Stop() {
 
 void Daemon::Kill() {
   if (process_) process_->Kill();
+}
+
+void Daemon::Signal(int sig) {
+  if (process_ && process_->Running()) kill(process_->pid(), sig);
+}
+
+bool Daemon::WaitExit(Clock::duration timeout) { return !process_ || process_->WaitExit(timeout); }
+
+std::string Daemon::Log() const { return ReadFile(log_path_); }
+
+std::optional<pb::Topology> Daemon::Topology(Clock::duration timeout) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(timeout));
+  pb::GetTopologyRequest req;
+  pb::Topology topology;
+  if (!stub_->GetTopology(&ctx, req, &topology).ok()) return std::nullopt;
+  return topology;
 }
 
 std::shared_ptr<grpc::Channel> Daemon::channel() { return channel_; }
@@ -526,9 +641,10 @@ std::string IntegrationTest::Business(const std::string& suffix) {
   return name;
 }
 
-Daemon& IntegrationTest::StartDaemon(std::vector<BusinessSpec> businesses) {
+Daemon& IntegrationTest::StartDaemon(std::vector<BusinessSpec> businesses, DaemonOptions options) {
   const std::string name = "d" + std::to_string(daemons_.size() + 1);
-  daemons_.push_back(std::make_unique<Daemon>(dir_, name, uri_, std::move(businesses)));
+  daemons_.push_back(
+      std::make_unique<Daemon>(dir_, name, uri_, std::move(businesses), std::move(options)));
   daemons_.back()->Start();
   return *daemons_.back();
 }
@@ -560,6 +676,7 @@ void Subscriber::ReadLoop() {
       deliveries_.push_back(d);
     }
     cv_.notify_all();
+    if (options_.on_delivery) options_.on_delivery(d);
     if (options_.auto_ack) Ack(id);
   }
   grpc::Status status;
@@ -689,6 +806,96 @@ PublishStreamOutcome PublishStream(pb::PubSub::Stub& stub,
   return out;
 }
 
+AsyncPublishStream::AsyncPublishStream(pb::PubSub::Stub& stub, Options options)
+    : options_(std::move(options)), rate_(options_.rate) {
+  context_.set_deadline(DeadlineIn(options_.timeout));
+  stream_ = stub.PublishStream(&context_);
+  writer_ = std::thread([this] { WriteLoop(); });
+  reader_ = std::thread([this] { ReadLoop(); });
+}
+
+AsyncPublishStream::~AsyncPublishStream() {
+  context_.TryCancel();
+  if (writer_.joinable()) writer_.join();
+  if (reader_.joinable()) reader_.join();
+}
+
+void AsyncPublishStream::WriteLoop() {
+  auto next = Clock::now();
+  for (const auto& request : options_.requests) {
+    const double rate = rate_.load();
+    if (rate > 0) {
+      // On schedule, not "sleep after each": the rate holds whatever Write costs.
+      std::this_thread::sleep_until(next);
+      next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1 / rate));
+    } else {
+      next = Clock::now();
+    }
+    if (!stream_->Write(request)) break;
+    if (options_.on_written) options_.on_written(request);
+    std::lock_guard<std::mutex> lock(mu_);
+    ++written_;
+  }
+  stream_->WritesDone();
+  std::lock_guard<std::mutex> lock(mu_);
+  writer_done_ = true;
+  cv_.notify_all();
+}
+
+void AsyncPublishStream::ReadLoop() {
+  pb::PublishResult result;
+  while (stream_->Read(&result)) {
+    if (options_.on_result) options_.on_result(result);
+    std::lock_guard<std::mutex> lock(mu_);
+    results_.push_back(result);
+    cv_.notify_all();
+  }
+  // Finish only once the writer is done with the stream.
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return writer_done_; });
+  }
+  grpc::Status status = stream_->Finish();
+  std::lock_guard<std::mutex> lock(mu_);
+  status_ = status;
+  ended_ = true;
+  cv_.notify_all();
+}
+
+size_t AsyncPublishStream::written() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return written_;
+}
+
+size_t AsyncPublishStream::answered() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return results_.size();
+}
+
+bool AsyncPublishStream::WaitAnswered(size_t n, Clock::duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return results_.size() >= n || ended_; });
+  return results_.size() >= n;
+}
+
+std::optional<grpc::Status> AsyncPublishStream::WaitEnded(Clock::duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return ended_; })) return std::nullopt;
+  return status_;
+}
+
+std::vector<pb::PublishResult> AsyncPublishStream::results() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return results_;
+}
+
+bool AsyncPublishStream::ended() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ended_;
+}
+
+void AsyncPublishStream::Cancel() { context_.TryCancel(); }
+
 pb::PublishRequest MakePublish(const std::string& business, const std::string& message_id,
                                uint64_t sequence, const std::string& payload) {
   pb::PublishRequest r;
@@ -755,6 +962,172 @@ bool WaitForQueue(AmqpAdmin& admin, const std::string& queue, std::optional<uint
                                     : std::string("missing or broker unreachable")));
   }
   return ok;
+}
+
+// ---------------------------------------------------------------------------
+// BrokerControl
+
+namespace {
+
+std::string FindProgram(const std::string& name) {
+  for (const char* dir : {"/usr/sbin", "/usr/lib/rabbitmq/bin", "/usr/local/sbin", "/usr/bin",
+                          "/usr/local/bin", "/sbin"}) {
+    const std::string path = std::string(dir) + "/" + name;
+    if (access(path.c_str(), X_OK) == 0) return path;
+  }
+  return "";
+}
+
+std::string CommandText(const std::vector<std::string>& argv, const CommandResult& r) {
+  std::string cmd;
+  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+  return "'" + cmd + "' exited " + std::to_string(r.exit_code) + ": " + r.out + r.err;
+}
+
+bool ProcessAlive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
+
+std::string ShortHostname() {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  std::string h = host;
+  return h.substr(0, h.find('.'));
+}
+
+}  // namespace
+
+BrokerControl::BrokerControl(std::string amqp_uri)
+    : BrokerControl(Node{std::move(amqp_uri),
+                         "",
+                         {},
+                         "/var/lib/rabbitmq/mnesia/rabbit@" + ShortHostname() + ".pid"}) {}
+
+BrokerControl::BrokerControl(Node node) : node_(std::move(node)) {}
+
+BrokerControl::~BrokerControl() {
+  const std::string why = Restore();
+  if (!why.empty()) std::cerr << "[harness] BrokerControl: could not restore the broker: " << why;
+}
+
+std::string BrokerControl::CheckControllable() const {
+  if (geteuid() != 0) return "fault tests control the local RabbitMQ node and must run as root";
+  if (FindProgram("rabbitmqctl").empty() || FindProgram("rabbitmq-server").empty()) {
+    return "rabbitmqctl/rabbitmq-server not found; fault tests need a local RabbitMQ node";
+  }
+  return "";
+}
+
+CommandResult BrokerControl::Ctl(std::vector<std::string> args, Clock::duration timeout) {
+  std::vector<std::string> argv{FindProgram("rabbitmqctl")};
+  if (!node_.node_name.empty()) {
+    argv.push_back("-n");
+    argv.push_back(node_.node_name);
+  }
+  argv.insert(argv.end(), args.begin(), args.end());
+  CommandResult r = RunCommand(argv, timeout);
+  if (r.exit_code != 0) r.err = CommandText(argv, r);
+  return r;
+}
+
+pid_t BrokerControl::FindPid() {
+  if (!node_.pid_file.empty()) {
+    std::string text = ReadFile(node_.pid_file);
+    const pid_t pid = static_cast<pid_t>(std::atol(text.c_str()));
+    if (pid > 0 && ReadFile("/proc/" + std::to_string(pid) + "/comm").rfind("beam", 0) == 0) {
+      return pid;
+    }
+  }
+  CommandResult r = Ctl({"eval", "list_to_integer(os:getpid())."}, seconds(30));
+  if (r.exit_code != 0) return 0;
+  return static_cast<pid_t>(std::atol(r.out.c_str()));
+}
+
+std::string BrokerControl::StopNode() {
+  const pid_t pid = FindPid();
+  node_stopped_ = true;  // from here on, Restore() starts it again
+  CommandResult r = Ctl({"stop"}, seconds(60));
+  if (r.exit_code != 0) return r.err;
+  // rabbitmqctl stop returns as the VM halts; wait until it is gone, so a
+  // start cannot meet a node of the same name still running.
+  if (pid > 0 && !WaitUntil([&] { return !ProcessAlive(pid); }, seconds(30), milliseconds(50))) {
+    return "the node's VM (pid " + std::to_string(pid) + ") still runs 30 s after rabbitmqctl stop";
+  }
+  return "";
+}
+
+std::string BrokerControl::StartNode(Clock::duration timeout) {
+  std::vector<std::string> argv{"/usr/bin/env"};
+  argv.insert(argv.end(), node_.start_env.begin(), node_.start_env.end());
+  argv.insert(argv.end(),
+              {"/bin/sh", "-c",
+               "exec " + FindProgram("rabbitmq-server") + " -detached </dev/null >/dev/null 2>&1"});
+  CommandResult r = RunCommand(argv, seconds(60));
+  if (r.exit_code != 0) return CommandText(argv, r);
+  if (!WaitAnswers(timeout)) {
+    return "the node does not answer AMQP logins at " + node_.amqp_uri + " " +
+           std::to_string(std::chrono::duration_cast<seconds>(timeout).count()) +
+           " s after rabbitmq-server -detached";
+  }
+  node_stopped_ = false;
+  return "";
+}
+
+std::string BrokerControl::StopApp() {
+  app_stopped_ = true;
+  CommandResult r = Ctl({"stop_app"}, seconds(60));
+  return r.exit_code == 0 ? "" : r.err;
+}
+
+std::string BrokerControl::StartApp(Clock::duration timeout) {
+  CommandResult r = Ctl({"start_app"}, timeout);
+  if (r.exit_code != 0) return r.err;
+  if (!WaitAnswers(timeout)) return "no AMQP login after start_app at " + node_.amqp_uri;
+  app_stopped_ = false;
+  return "";
+}
+
+std::string BrokerControl::Freeze() {
+  const pid_t pid = FindPid();
+  if (pid <= 0) return "cannot find the pid of the node's VM";
+  if (kill(pid, SIGSTOP) != 0) return "kill(SIGSTOP): " + std::string(strerror(errno));
+  frozen_pid_ = pid;
+  return "";
+}
+
+std::string BrokerControl::Thaw() {
+  if (frozen_pid_ == 0) return "";
+  if (kill(frozen_pid_, SIGCONT) != 0 && errno != ESRCH) {
+    return "kill(SIGCONT): " + std::string(strerror(errno));
+  }
+  frozen_pid_ = 0;
+  return "";
+}
+
+std::string BrokerControl::SetMemoryWatermark(const std::string& fraction) {
+  watermark_changed_ = fraction != original_watermark_;
+  CommandResult r = Ctl({"set_vm_memory_high_watermark", fraction}, seconds(30));
+  if (r.exit_code != 0) {
+    watermark_changed_ = true;  // unknown state: restore it
+    return r.err;
+  }
+  return "";
+}
+
+bool BrokerControl::WaitAnswers(Clock::duration timeout) {
+  return WaitUntil([&] { return AmqpAdmin(node_.amqp_uri).Connect().empty(); }, timeout,
+                   milliseconds(200));
+}
+
+std::string BrokerControl::Restore() {
+  std::string errors;
+  auto note = [&](const std::string& e) {
+    if (!e.empty()) errors += e + "\n";
+  };
+  note(Thaw());
+  if (node_stopped_) note(StartNode());
+  if (app_stopped_) note(StartApp());
+  if (watermark_changed_) note(SetMemoryWatermark(original_watermark_));
+  if (!WaitAnswers(seconds(60))) note("the broker at " + node_.amqp_uri + " does not answer");
+  return errors;
 }
 
 std::string StatusText(const grpc::Status& status) {

@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -101,6 +102,16 @@ class AmqpAdmin {
   // Best effort; errors ignored.
   void DeleteQueue(const std::string& queue);
   void DeleteExchange(const std::string& exchange);
+  // One message taken with basic.get (auto-ack): the message_id and the
+  // headers rendered as text (tables as {k=v,...}, arrays as [a,b]).
+  struct Message {
+    std::string message_id;
+    std::string body;
+    bool redelivered = false;
+    std::map<std::string, std::string> headers;
+  };
+  // nullopt when the queue is empty or cannot be read.
+  std::optional<Message> Get(const std::string& queue);
 
  private:
   struct Conn;
@@ -117,13 +128,29 @@ struct BusinessSpec {
   bool producer = true;
   bool consumer = true;
   uint32_t prefetch = 16;
+  // Overrides; empty or 0 takes the daemon's default (exchange <name>, queue
+  // <exchange>.queue, no delivery limit).
+  std::string exchange = {};
+  std::string queue = {};
+  uint32_t max_deliveries = 0;
+  std::string queue_type = "quorum";
+};
+
+// Per-daemon settings; the defaults are what the plain integration tests use.
+struct DaemonOptions {
+  std::vector<std::string> uris = {};  // empty: the test's broker URI
+  std::chrono::seconds heartbeat{10};
+  std::chrono::milliseconds drain{1000};                       // shutdown.drain
+  std::optional<std::chrono::milliseconds> wait_timeout = {};  // publish.wait_timeout
+  std::optional<bool> republish_unconfirmed = {};              // publish.republish_unconfirmed
+  std::string log_level = "info";
 };
 
 // One mq-sidecar process with its own config, unix socket and log file.
 class Daemon {
  public:
   Daemon(std::string dir, std::string name, std::string amqp_uri,
-         std::vector<BusinessSpec> businesses);
+         std::vector<BusinessSpec> businesses, DaemonOptions options = {});
   ~Daemon();
 
   // Launches and waits until health says SERVING; throws (with the log tail)
@@ -132,6 +159,12 @@ class Daemon {
   void Stop();  // SIGTERM, SIGKILL after a deadline
   void Kill();  // SIGKILL
   bool Running() { return process_ && process_->Running(); }
+  // Sends `sig` (e.g. SIGTERM) without waiting.
+  void Signal(int sig);
+  // Waits for the process to exit; true if it did within `timeout`.
+  bool WaitExit(Clock::duration timeout);
+  // waitpid() status once exited.
+  int wait_status() const { return process_ ? process_->wait_status() : 0; }
 
   const std::string& name() const { return name_; }
   const std::string& address() const { return address_; }  // grpc target
@@ -143,10 +176,15 @@ class Daemon {
   std::optional<grpc::health::v1::HealthCheckResponse::ServingStatus> Health(
       Clock::duration timeout = std::chrono::seconds(2));
   std::string LogTail(size_t lines = 80) const;
+  // The whole log.
+  std::string Log() const;
+  // GetTopology (nullopt: the RPC failed).
+  std::optional<pb::Topology> Topology(Clock::duration timeout = std::chrono::seconds(5));
 
  private:
   std::string dir_, name_, uri_;
   std::vector<BusinessSpec> businesses_;
+  DaemonOptions options_;
   std::string address_, config_path_, log_path_;
   std::unique_ptr<ChildProcess> process_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -164,7 +202,10 @@ class IntegrationTest {
   // default queue <name>.queue.
   std::string Business(const std::string& suffix);
   // Starts a daemon serving `businesses` and waits until it is SERVING.
-  Daemon& StartDaemon(std::vector<BusinessSpec> businesses);
+  Daemon& StartDaemon(std::vector<BusinessSpec> businesses, DaemonOptions options = {});
+  // Registers more broker objects for deletion at the end of the test.
+  void CleanUpQueue(const std::string& queue) { queues_.push_back(queue); }
+  void CleanUpExchange(const std::string& exchange) { exchanges_.push_back(exchange); }
   AmqpAdmin& admin() { return *admin_; }
   const std::string& dir() const { return dir_; }
   const std::string& uri() const { return uri_; }
@@ -186,6 +227,9 @@ class Subscriber {
     uint32_t prefetch = 0;
     std::string consumer_name = "it";
     bool auto_ack = false;
+    // Called on the reader thread for every delivery, after it is recorded
+    // and before an auto-ack; may call Ack/Nack.
+    std::function<void(const pb::Delivery&)> on_delivery = nullptr;
   };
   Subscriber(pb::PubSub::Stub& stub, Options options);
   ~Subscriber();  // cancels the stream if still open
@@ -239,6 +283,54 @@ PublishStreamOutcome PublishStream(pb::PubSub::Stub& stub,
                                    const std::vector<pb::PublishRequest>& requests,
                                    Clock::duration timeout = std::chrono::seconds(60));
 
+// A PublishStream run in the background: a writer thread sends `requests`
+// (at most `rate` per second when rate > 0, and only while the stream takes
+// them), a reader thread collects results. The hooks run on those threads.
+class AsyncPublishStream {
+ public:
+  struct Options {
+    std::vector<pb::PublishRequest> requests = {};
+    double rate = 0;  // requests per second; 0: as fast as the stream takes them
+    Clock::duration timeout = std::chrono::seconds(120);
+    // After a request was handed to gRPC (Write returned true).
+    std::function<void(const pb::PublishRequest&)> on_written = nullptr;
+    std::function<void(const pb::PublishResult&)> on_result = nullptr;
+  };
+  AsyncPublishStream(pb::PubSub::Stub& stub, Options options);
+  ~AsyncPublishStream();  // cancels if still open, joins
+  AsyncPublishStream(const AsyncPublishStream&) = delete;
+  AsyncPublishStream& operator=(const AsyncPublishStream&) = delete;
+
+  size_t written() const;
+  size_t answered() const;
+  // True once at least `n` results arrived; false on timeout or stream end.
+  bool WaitAnswered(size_t n, Clock::duration timeout);
+  // The final status once the stream ended; nullopt if still open at timeout.
+  std::optional<grpc::Status> WaitEnded(Clock::duration timeout);
+  std::vector<pb::PublishResult> results() const;
+  bool ended() const;
+  void Cancel();
+  // Changes the pace of the writes still to come (0: unpaced).
+  void SetRate(double rate) { rate_.store(rate); }
+
+ private:
+  void WriteLoop();
+  void ReadLoop();
+
+  Options options_;
+  std::atomic<double> rate_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<pb::PublishRequest, pb::PublishResult>> stream_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  size_t written_ = 0;
+  std::vector<pb::PublishResult> results_;
+  bool writer_done_ = false;
+  bool ended_ = false;
+  grpc::Status status_;
+  std::thread writer_, reader_;
+};
+
 pb::PublishRequest MakePublish(const std::string& business, const std::string& message_id,
                                uint64_t sequence, const std::string& payload = "payload");
 
@@ -267,6 +359,59 @@ bool WaitForQueue(AmqpAdmin& admin, const std::string& queue, std::optional<uint
 
 std::string StatusText(const grpc::Status& status);
 std::string ResultText(const pb::PublishResult& result);
+
+// Control of a local RabbitMQ node through rabbitmqctl and signals (tests run
+// as root on the broker's machine). Every change is undone by Restore(), which
+// the destructor calls: the node is thawed, its memory watermark restored and
+// it is started again if stopped, and Restore waits until AMQP logins work.
+// rabbitmqctl boots an Erlang VM per call (~1-3 s): use it sparingly.
+class BrokerControl {
+ public:
+  struct Node {
+    std::string amqp_uri;        // how to reach it, e.g. amqp://guest:guest@127.0.0.1:5672/
+    std::string node_name = {};  // rabbitmqctl -n; "" = the default node
+    // Environment for starting it (RABBITMQ_NODENAME=..., RABBITMQ_NODE_PORT=...).
+    std::vector<std::string> start_env = {};
+    std::string pid_file = {};  // "" = ask the node (rabbitmqctl eval)
+  };
+  // The default local node serving `amqp_uri`.
+  explicit BrokerControl(std::string amqp_uri);
+  explicit BrokerControl(Node node);
+  ~BrokerControl();
+  BrokerControl(const BrokerControl&) = delete;
+  BrokerControl& operator=(const BrokerControl&) = delete;
+
+  // "" when this process can control the node (root, rabbitmqctl installed).
+  std::string CheckControllable() const;
+  // Stops the whole node (rabbitmqctl stop: the Erlang VM exits).
+  std::string StopNode();
+  // Starts it (rabbitmq-server -detached) and waits until AMQP logins work.
+  std::string StartNode(Clock::duration timeout = std::chrono::seconds(90));
+  // rabbitmqctl stop_app / start_app: the VM stays, RabbitMQ stops.
+  std::string StopApp();
+  std::string StartApp(Clock::duration timeout = std::chrono::seconds(60));
+  // SIGSTOP / SIGCONT on the node's VM (beam.smp).
+  std::string Freeze();
+  std::string Thaw();
+  // rabbitmqctl set_vm_memory_high_watermark <fraction>; "0" raises the memory alarm.
+  std::string SetMemoryWatermark(const std::string& fraction);
+  // AMQP login works within `timeout`.
+  bool WaitAnswers(Clock::duration timeout);
+  // Undoes every change; "" on success, else what could not be restored.
+  std::string Restore();
+  const Node& node() const { return node_; }
+
+ private:
+  CommandResult Ctl(std::vector<std::string> args, Clock::duration timeout);
+  pid_t FindPid();
+
+  Node node_;
+  pid_t frozen_pid_ = 0;
+  bool watermark_changed_ = false;
+  std::string original_watermark_ = "0.4";
+  bool node_stopped_ = false;
+  bool app_stopped_ = false;
+};
 
 // Incremented by a Catch listener on every failed assertion; lets scopes know
 // whether the test failed so they print daemon logs.

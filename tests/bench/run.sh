@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# run.sh: the issue-4 benchmark matrix, sidecar beside a direct rabbitmq-c client.
+#
+#   tests/bench/run.sh [--quick|--key|--full] [--daemon PATH] [--bench PATH] [--out DIR]
+#
+#   --quick  smoke: every scenario once, small (seconds; the ctest bench-smoke)
+#   --key    the rows issue 4 sets targets for, each run 3 times (median kept), ~10 min
+#   --full   the whole matrix once, ~15 min
+#
+# Starts a RabbitMQ node when none answers (deploy/scripts/broker.sh ensure) and
+# its own mq-sidecar on a private config (exchanges/queues named bench.<pid>.*,
+# deleted at the end), runs the matrix with mqs_bench, and prints one table with
+# the sidecar/direct ratio per row. Writes DIR/results.jsonl (raw rows),
+# DIR/table.md, DIR/table.csv and, when gnuplot is present (--key/--full install it),
+# DIR/benchmarks-throughput.png and DIR/benchmarks-latency.png.
+# Without --daemon/--bench it builds both into build/bench (RelWithDebInfo).
+# Exits non-zero on errors (failed publishes, lost messages, timeouts), never on speed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+MODE=quick
+DAEMON="" BENCH="" OUT=""
+while (($#)); do
+  case "$1" in
+    --quick) MODE=quick ;;
+    --full) MODE=full ;;
+    --key) MODE=key ;;
+    --daemon) DAEMON="$2"; shift ;;
+    --bench) BENCH="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; exit 64 ;;
+  esac
+  shift
+done
+OUT="${OUT:-$ROOT/build/bench-results/$MODE}"
+if [[ -z "$DAEMON" || -z "$BENCH" ]]; then
+  cmake -S "$ROOT" -B "$ROOT/build/bench" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  ninja -C "$ROOT/build/bench" mq-sidecar mqs_bench
+  DAEMON="${DAEMON:-$ROOT/build/bench/daemon/mq-sidecar}"
+  BENCH="${BENCH:-$ROOT/build/bench/tests/bench/mqs_bench}"
+fi
+mkdir -p "$OUT"
+rm -f "$OUT/results.jsonl"
+
+"$ROOT/deploy/scripts/broker.sh" ensure >&2
+AMQP_URI="${MQS_BENCH_AMQP_URI:-amqp://guest:guest@127.0.0.1:5672/}"
+
+# A private daemon: unique names, a unix socket in a temp dir, a free TCP port.
+PFX="bench.$$"
+WORK="$(mktemp -d /tmp/mqs-bench.XXXXXX)"
+PORT=$((50100 + $$ % 800))
+while timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; do PORT=$((PORT + 1)); done
+cat >"$WORK/mq-sidecar.yaml" <<EOF
+listen: ["unix://$WORK/sock", "127.0.0.1:$PORT"]
+broker: { uris: ["$AMQP_URI"], heartbeat: 30s }
+producers:
+  $PFX.classic: { exchange: $PFX.classic }
+  $PFX.quorum: { exchange: $PFX.quorum }
+consumers:
+  $PFX.classic:
+    { exchange: $PFX.classic, queue: $PFX.classic.queue, queue_type: classic, prefetch: 64 }
+  $PFX.quorum:
+    { exchange: $PFX.quorum, queue: $PFX.quorum.queue, queue_type: quorum, prefetch: 64 }
+publish: { window: 1024 }
+log: { level: warn }
+EOF
+start_daemon() {
+  "$DAEMON" --config "$WORK/mq-sidecar.yaml" >>"$WORK/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+}
+start_daemon
+cleanup() {
+  local rc=$?
+  kill -TERM "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
+  "$BENCH" --scenario cleanup --amqp-uri "$AMQP_URI" \
+    --queue "$PFX.classic.queue,$PFX.quorum.queue" --exchange "$PFX.classic,$PFX.quorum" \
+    >/dev/null 2>&1 || echo "run.sh: cleanup of $PFX.* failed" >&2
+  if ((rc != 0)); then
+    echo "run.sh: failed (exit $rc); daemon log:" >&2
+    tail -n 20 "$WORK/daemon.log" >&2 || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# bench QUEUE_TYPE MODE [args...]: one mqs_bench run; MODE direct|unix|tcp.
+bench() {
+  local qt="$1" via="$2"; shift 2
+  local mode=(--mode direct)
+  case "$via" in
+    unix) mode=(--mode sidecar --transport unix --target "unix://$WORK/sock") ;;
+    tcp) mode=(--mode sidecar --transport tcp --target "127.0.0.1:$PORT") ;;
+  esac
+  local attempt
+  for attempt in 1 2; do
+    echo "== $qt $via $*" >&2
+    # The broker's Erlang VM, to report its CPU too (measurement only).
+    BROKER_PID="$(pgrep -o beam.smp || echo 0)"
+    if "$BENCH" "${mode[@]}" --amqp-uri "$AMQP_URI" --business "$PFX.$qt" \
+      --exchange "$PFX.$qt" --queue "$PFX.$qt.queue" --queue-type "$qt" \
+      --daemon-pid "$DAEMON_PID" --broker-pid "$BROKER_PID" --json "$OUT/results.jsonl" \
+      "$@" >/dev/null; then
+      return 0
+    fi
+    # The full run takes minutes on a broker others may restart: retry a
+    # failed row once. The smoke run reports every error.
+    [[ $MODE != quick && $attempt == 1 ]] || return 1
+    echo "run.sh: the row failed; retrying it once" >&2
+    # Another test may have stopped the broker on purpose: give it a minute to
+    # come back before starting one ourselves.
+    for ((i = 0; i < 60; i++)); do
+      "$ROOT/deploy/scripts/broker.sh" status && break
+      sleep 1
+    done
+    "$ROOT/deploy/scripts/broker.sh" ensure >&2
+    # Something on a shared machine may have stopped our daemon: start another.
+    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+      echo "run.sh: the daemon (pid $DAEMON_PID) is gone; starting it again" >&2
+      start_daemon
+    fi
+  done
+}
+# each QUEUE_TYPE [args...]: direct, then the sidecar over each transport in $VIAS.
+each() {
+  local qt="$1"; shift
+  bench "$qt" direct "$@"
+  for via in $VIAS; do bench "$qt" "$via" "$@"; done
+}
+
+if [[ $MODE == quick ]]; then
+  # Smoke: every scenario once, small, seconds in all.
+  VIAS="unix"
+  each classic --scenario publish --window 64 --size 256 --duration 1 --count 2000
+  bench classic direct --scenario ceiling --window 64 --size 256 --duration 1 --count 2000
+  each classic --scenario consume --prefetch 64 --size 256 --count 1000
+  each classic --scenario competing --consumers 2 --prefetch 64 --size 256 --count 1000
+  each classic --scenario e2e --rate 1000 --window 64 --prefetch 64 --size 256 --duration 1
+  each classic --scenario streams --consumers 20 --rate 500 --window 64 --prefetch 1 \
+    --size 256 --duration 1
+  VIAS="tcp"
+  each quorum --scenario publish --window 64 --size 256 --duration 1 --count 2000
+elif [[ $MODE == key ]]; then
+  # The rows the targets of issue 4 name, three times each, interleaved so
+  # that a burst of other load hits one repetition, not one mode.
+  VIAS="unix"
+  for rep in 1 2 3; do
+    for qt in classic quorum; do
+      each "$qt" --scenario publish --window 64 --size 256 --duration 4 --count 10000000
+      each "$qt" --scenario publish --window 512 --size 256 --duration 4 --count 10000000
+      each "$qt" --scenario consume --prefetch 64 --size 256 --count 20000 --duration 8
+      each "$qt" --scenario consume --prefetch 512 --size 256 --count 20000 --duration 8
+    done
+    each classic --scenario e2e --rate 1000 --window 64 --prefetch 64 --size 256 --duration 8
+    each classic --scenario e2e --rate 10000 --window 64 --prefetch 64 --size 256 --duration 4
+  done
+  each classic --scenario streams --consumers 1000 --rate 1000 --window 64 --prefetch 1 \
+    --size 256 --duration 8
+else
+  D="${MQS_BENCH_SECONDS:-4}"      # seconds per publish row
+  N="${MQS_BENCH_MESSAGES:-20000}" # messages per consume row
+  for qt in classic quorum; do
+    for win in 1 64 512; do
+      for size in 16 256 4096; do
+        # TCP beside the unix socket for one representative row.
+        VIAS="unix"
+        [[ $win == 64 && $size == 256 ]] && VIAS="unix tcp"
+        each "$qt" --scenario publish --window "$win" --size "$size" --duration "$D" \
+          --count 10000000
+      done
+    done
+    VIAS="unix"
+    for size in 16 256 4096; do
+      bench "$qt" direct --scenario ceiling --window 512 --size "$size" --duration "$D" \
+        --count 10000000
+    done
+    for pf in 1 64 512; do
+      each "$qt" --scenario consume --prefetch "$pf" --size 256 --count "$N" --duration "$((D * 2))"
+    done
+    for c in 1 2 3 6; do
+      each "$qt" --scenario competing --consumers "$c" --prefetch 64 --size 256 --count "$N" \
+        --duration "$((D * 2))"
+    done
+    VIAS="unix tcp"
+    for rate in 1000 10000; do
+      each "$qt" --scenario e2e --rate "$rate" --window 64 --prefetch 64 --size 256 \
+        --duration "$((D * 2))"
+    done
+  done
+  VIAS="unix"
+  # 1,000 Subscribe streams (AMQP channels in direct mode) on one daemon.
+  each classic --scenario streams --consumers 1000 --rate 1000 --window 64 --prefetch 1 \
+    --size 256 --duration "$((D * 2))"
+fi
+
+"$BENCH" --report "$OUT/results.jsonl" --md "$OUT/table.md" --csv "$OUT/table.csv" \
+  --plot-dir "$OUT"
+
+# The chart: gnuplot from Debian (the full run installs it when missing).
+if ! command -v gnuplot >/dev/null && [[ $MODE != quick ]]; then
+  apt-get install -y gnuplot-nox >/dev/null 2>&1 || echo "run.sh: could not install gnuplot" >&2
+fi
+if command -v gnuplot >/dev/null && [[ -s "$OUT/throughput.dat" ]]; then
+  gnuplot -e "dir='$OUT'" "$ROOT/tests/bench/plot.gnuplot" ||
+    echo "run.sh: gnuplot failed; the table is still in $OUT" >&2
+fi
+{
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
+    "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM," \
+    "load before the report: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "results: $OUT (results.jsonl, table.md, table.csv)"
+} >&2
