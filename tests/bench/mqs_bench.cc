@@ -1288,6 +1288,12 @@ int Run(const Options& o) {
     Cleanup(o);
     return 0;
   }
+  if (o.scenario == "ready") {
+    // run.sh waits for its daemon (connected, topology declared) before the
+    // first row: a direct row needs the queue the daemon declares.
+    WaitSidecarReady(o);
+    return 0;
+  }
   if (o.mode != "direct" && o.mode != "sidecar") throw std::runtime_error("--mode direct|sidecar");
   if (o.mode == "sidecar") WaitSidecarReady(o);
   std::vector<Json> rows;
@@ -1320,7 +1326,7 @@ int main(int argc, char** argv) {
   CLI::App app{"mqs_bench: mq-sidecar against a direct rabbitmq-c client, same workload"};
   app.add_option("--mode", o.mode, "direct or sidecar");
   app.add_option("--scenario", o.scenario,
-                 "publish, ceiling, consume, competing, e2e, streams or cleanup");
+                 "publish, ceiling, consume, competing, e2e, streams, ready or cleanup");
   app.add_option("--amqp-uri", o.amqp_uri, "broker (direct mode, fill, purge, checks)");
   app.add_option("--target", o.target, "daemon gRPC address (sidecar mode)");
   app.add_option("--transport", o.transport, "label of the target: unix or tcp");

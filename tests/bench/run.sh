@@ -67,8 +67,11 @@ EOF
 start_daemon() {
   "$DAEMON" --config "$WORK/mq-sidecar.yaml" >>"$WORK/daemon.log" 2>&1 &
   DAEMON_PID=$!
+  # Connected and topology declared (a slow start, e.g. under ASan, must not
+  # make the first direct row find no queue); fails after --timeout.
+  "$BENCH" --mode sidecar --scenario ready --target "unix://$WORK/sock" --timeout 60 >&2
 }
-start_daemon
+DAEMON_PID=""
 cleanup() {
   local rc=$?
   kill -TERM "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
@@ -82,6 +85,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+start_daemon
 
 # bench QUEUE_TYPE MODE [args...]: one mqs_bench run; MODE direct|unix|tcp.
 bench() {
