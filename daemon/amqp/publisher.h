@@ -51,8 +51,6 @@ class Publisher final : public IoLoop {
     inbox_.Notify();
   }
 
-  // Tells whether the topology was declared on the current connection.
-  bool ready() const { return connected(); }
 
  private:
   struct Pending {

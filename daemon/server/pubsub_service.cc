@@ -101,7 +101,7 @@ grpc::ServerBidiReactor<PublishRequest, PublishResult>* PubSubService::PublishSt
 
 grpc::ServerBidiReactor<mqsidecar::v1::SubscribeRequest, mqsidecar::v1::Delivery>*
 PubSubService::Subscribe(grpc::CallbackServerContext* ctx) {
-  return NewSubscribeReactor(*this, ctx->peer());
+  return NewSubscribeReactor(*this);
 }
 
 grpc::ServerUnaryReactor* PubSubService::GetTopology(grpc::CallbackServerContext* ctx,

@@ -82,6 +82,6 @@ class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
 grpc::ServerBidiReactor<mqsidecar::v1::PublishRequest, mqsidecar::v1::PublishResult>*
 NewPublishStreamReactor(PubSubService& service, uint32_t window);
 grpc::ServerBidiReactor<mqsidecar::v1::SubscribeRequest, mqsidecar::v1::Delivery>*
-NewSubscribeReactor(PubSubService& service, std::string peer);
+NewSubscribeReactor(PubSubService& service);
 
 }  // namespace mqs::server

@@ -21,8 +21,7 @@ using mqsidecar::v1::SubscribeRequest;
 class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, Delivery>,
                                public amqp::DeliverySink {
  public:
-  SubscribeReactor(PubSubService& service, std::string peer)
-      : service_(service), peer_(std::move(peer)) {
+  explicit SubscribeReactor(PubSubService& service) : service_(service) {
     StartRead(&request_);
   }
 
@@ -186,7 +185,6 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
   }
 
   PubSubService& service_;
-  const std::string peer_;
   SubscribeRequest request_;  // owned by the read in flight
   uint64_t stream_id_ = 0;    // set once by the reading side
 
@@ -202,9 +200,8 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
 
 }  // namespace
 
-grpc::ServerBidiReactor<SubscribeRequest, Delivery>* NewSubscribeReactor(PubSubService& service,
-                                                                         std::string peer) {
-  return new SubscribeReactor(service, std::move(peer));
+grpc::ServerBidiReactor<SubscribeRequest, Delivery>* NewSubscribeReactor(PubSubService& service) {
+  return new SubscribeReactor(service);
 }
 
 }  // namespace mqs::server
