@@ -1,12 +1,14 @@
 #include "amqp/connection.h"
 
 #include <amqp_tcp_socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
-
-#include "util/strings.h"
 #include "config/config.h"
 #include "spdlog/spdlog.h"
+#include "util/strings.h"
 #include "util/uri.h"
 
 namespace mqs::amqp {
@@ -75,7 +77,7 @@ absl::Status StatusFromLibrary(int code, std::string_view what) {
 }
 
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& uri,
-                                                              const ConnectOptions& options) {
+                                                             const ConnectOptions& options) {
   const std::string masked = util::MaskPassword(uri);
   absl::StatusOr<config::BrokerUri> info = config::ParseBrokerUri(uri);
   if (!info.ok()) return info.status();
@@ -131,17 +133,17 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
 
   const int heartbeat_s = static_cast<int>(options.heartbeat.count() / 1000);
   amqp_rpc_reply_t reply = amqp_login_with_properties(
-      state, info->vhost.c_str(), 0 /*channel_max: the broker's*/, 131072 /*frame_max*/, heartbeat_s,
-      &client_properties, AMQP_SASL_METHOD_PLAIN, info->user.c_str(),
+      state, info->vhost.c_str(), 0 /*channel_max: the broker's*/, 131072 /*frame_max*/,
+      heartbeat_s, &client_properties, AMQP_SASL_METHOD_PLAIN, info->user.c_str(),
       info->password.c_str());
   if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
     conn->dead_ = true;
     if (reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
         reply.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
       auto* close = static_cast<amqp_connection_close_t*>(reply.reply.decoded);
-      return absl::Status(CodeForReply(close->reply_code),
-                          util::StrCat("login to ", masked, " refused: ",
-                                       AmqpText(close->reply_text)));
+      return absl::Status(
+          CodeForReply(close->reply_code),
+          util::StrCat("login to ", masked, " refused: ", AmqpText(close->reply_text)));
     }
     if (reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
         reply.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
@@ -206,9 +208,9 @@ absl::Status Connection::ReplyStatus(const amqp_rpc_reply_t& reply, std::string_
     auto* close = static_cast<amqp_connection_close_t*>(reply.reply.decoded);
     SendConnectionCloseOk();
     dead_ = true;
-    return absl::UnavailableError(util::StrCat(what, ": broker closed the connection: ",
-                                               close->reply_code, " ",
-                                               AmqpText(close->reply_text)));
+    return absl::UnavailableError(
+        util::StrCat(what, ": broker closed the connection: ", close->reply_code, " ",
+                     AmqpText(close->reply_text)));
   }
   if (reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
     auto* close = static_cast<amqp_channel_close_t*>(reply.reply.decoded);
@@ -241,6 +243,11 @@ absl::Status Connection::ReadContent(amqp_channel_t channel, amqp_message_t* mes
     return StatusFromLibrary(reply.library_error, "reading message content");
   }
   return absl::InternalError("reading message content: unexpected frame");
+}
+
+void Connection::SetCork(bool on) {
+  const int value = on ? 1 : 0;
+  ::setsockopt(fd(), IPPROTO_TCP, TCP_CORK, &value, sizeof value);
 }
 
 void Connection::SendChannelCloseOk(amqp_channel_t channel) {

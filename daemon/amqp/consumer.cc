@@ -39,8 +39,8 @@ absl::Status Consumer::OnConnected(Connection& conn) {
       failed.push_back(id);
       continue;
     }
-    spdlog::info("[consumer] stream {} resumed on channel {} ({} deliveries will come again)",
-                 id, stream.channel, stream.stale.size());
+    spdlog::info("[consumer] stream {} resumed on channel {} ({} deliveries will come again)", id,
+                 stream.channel, stream.stale.size());
   }
   for (uint64_t id : failed) {
     EndStream(&conn, id, absl::UnavailableError("could not resume consuming after a reconnect"),
@@ -52,10 +52,10 @@ absl::Status Consumer::OnConnected(Connection& conn) {
 void Consumer::OnDisconnected(const absl::Status& why) {
   control_ok_ = false;
   by_channel_.clear();
+  incoming_.clear();  // half-received deliveries: the broker requeues them
   if (stop_requested()) {
-    const absl::Status lost = absl::UnavailableError(
-        util::StrCat("mq-sidecar is shutting down; unacked deliveries are requeued: ",
-                     why.message()));
+    const absl::Status lost = absl::UnavailableError(util::StrCat(
+        "mq-sidecar is shutting down; unacked deliveries are requeued: ", why.message()));
     std::vector<uint64_t> ids;
     for (const auto& [id, stream] : streams_) ids.push_back(id);
     for (uint64_t id : ids) EndStream(nullptr, id, lost, /*close_channel=*/false);
@@ -141,6 +141,7 @@ absl::Status Consumer::StartConsuming(Connection& conn, Stream& stream) {
   if (!s.ok()) return s;
   stream.channel = ch;
   by_channel_[ch] = req.stream_id;
+  incoming_.erase(ch);  // nothing half-assembled from an earlier consumer on this number
   return absl::OkStatus();
 }
 
@@ -248,7 +249,8 @@ void Consumer::DoDrain(Connection* conn) {
       }
     }
   }
-  spdlog::info("[consumer] draining {} streams: no new deliveries; each ends once acked", ids.size());
+  spdlog::info("[consumer] draining {} streams: no new deliveries; each ends once acked",
+               ids.size());
   for (uint64_t id : ids) MaybeEndDrained(conn, id);
 }
 
@@ -280,42 +282,83 @@ void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Statu
   stream.open.sink->OnClosed(why);
 }
 
-void Consumer::OnDeliver(Connection& conn, const amqp_basic_deliver_t& deliver,
-                         amqp_channel_t channel) {
-  const uint64_t tag = deliver.delivery_tag;
-  mqsidecar::v1::Delivery d;
-  const std::string consumer_tag(AmqpText(deliver.consumer_tag));
-  d.set_exchange(std::string(AmqpText(deliver.exchange)));
-  d.set_routing_key(std::string(AmqpText(deliver.routing_key)));
-  d.set_redelivered(deliver.redelivered != 0);
+void Consumer::OnDeliver(const amqp_basic_deliver_t& deliver, amqp_channel_t channel) {
+  Incoming& in = incoming_[channel];
+  if (in.have_header || in.tag != 0) {
+    // The broker never interleaves contents on one channel; if it did, the
+    // half-assembled delivery cannot be trusted. Drop it: it is requeued
+    // when its channel closes.
+    spdlog::error("[consumer] channel {}: delivery {} started before {} was complete; dropped",
+                  channel, deliver.delivery_tag, in.tag);
+    in = Incoming{};
+  }
+  in.tag = deliver.delivery_tag;
+  in.consumer_tag.assign(AmqpText(deliver.consumer_tag));
+  in.delivery.set_exchange(std::string(AmqpText(deliver.exchange)));
+  in.delivery.set_routing_key(std::string(AmqpText(deliver.routing_key)));
+  in.delivery.set_redelivered(deliver.redelivered != 0);
+}
 
-  amqp_message_t message;
-  if (absl::Status s = conn.ReadContent(channel, &message); !s.ok()) return;
+void Consumer::OnContentHeader(amqp_channel_t channel, const amqp_basic_properties_t& props,
+                               uint64_t body_size) {
+  auto it = incoming_.find(channel);
+  if (it == incoming_.end() || it->second.have_header) return;  // not after a deliver: ignore
+  Incoming& in = it->second;
+  in.have_header = true;
+  in.body_left = body_size;
+  FillDelivery(props, &in.delivery);
+  if (body_size == 0) {
+    Incoming done = std::move(in);
+    incoming_.erase(it);
+    Deliver(channel, std::move(done));
+    return;
+  }
+  in.delivery.mutable_payload()->reserve(body_size);
+}
+
+void Consumer::OnContentBody(amqp_channel_t channel, const amqp_bytes_t& fragment) {
+  auto it = incoming_.find(channel);
+  if (it == incoming_.end() || !it->second.have_header) return;
+  Incoming& in = it->second;
+  const uint64_t n = std::min<uint64_t>(fragment.len, in.body_left);
+  in.delivery.mutable_payload()->append(static_cast<const char*>(fragment.bytes), n);
+  in.body_left -= n;
+  if (in.body_left > 0) return;
+  Incoming done = std::move(in);
+  incoming_.erase(it);
+  Deliver(channel, std::move(done));
+}
+
+void Consumer::Deliver(amqp_channel_t channel, Incoming&& in) {
   auto it = by_channel_.find(channel);
   Stream* stream = it == by_channel_.end() ? nullptr : &streams_.at(it->second);
   // A delivery for a channel being closed, or for an earlier consumer on a
   // reused channel number, is dropped: the broker requeues it.
-  if (stream == nullptr || stream->open.consumer_tag != consumer_tag) {
-    amqp_destroy_message(&message);
-    return;
-  }
-  const uint64_t id = stream->id_offset + tag;
-  d.set_delivery_id(id);
-  d.set_business(stream->open.business);
-  d.set_payload(static_cast<const char*>(message.body.bytes), message.body.len);
-  FillDelivery(message.properties, &d);
-  amqp_destroy_message(&message);
+  if (stream == nullptr || stream->open.consumer_tag != in.consumer_tag) return;
+  const uint64_t id = stream->id_offset + in.tag;
+  in.delivery.set_delivery_id(id);
+  in.delivery.set_business(stream->open.business);
   stream->unacked.insert(id);
   stream->max_id = std::max(stream->max_id, id);
-  stream->open.sink->OnDelivery(std::move(d));
+  stream->open.sink->OnDelivery(std::move(in.delivery));
 }
 
 void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
+  if (frame.frame_type == AMQP_FRAME_HEADER) {
+    OnContentHeader(frame.channel,
+                    *static_cast<const amqp_basic_properties_t*>(frame.payload.properties.decoded),
+                    frame.payload.properties.body_size);
+    return;
+  }
+  if (frame.frame_type == AMQP_FRAME_BODY) {
+    OnContentBody(frame.channel, frame.payload.body_fragment);
+    return;
+  }
   if (frame.frame_type != AMQP_FRAME_METHOD) return;
   const amqp_method_t& m = frame.payload.method;
   switch (m.id) {
     case AMQP_BASIC_DELIVER_METHOD:
-      OnDeliver(conn, *static_cast<amqp_basic_deliver_t*>(m.decoded), frame.channel);
+      OnDeliver(*static_cast<amqp_basic_deliver_t*>(m.decoded), frame.channel);
       break;
     case AMQP_BASIC_CANCEL_METHOD: {
       // consumer_cancel_notify: the queue was deleted (or became unavailable).

@@ -103,12 +103,12 @@ class Consumer final : public IoLoop {
   // growing, so ids from the old connection are recognised as stale.
   struct Stream {
     OpenRequest open;
-    amqp_channel_t channel = 0;  // 0: not consuming (no connection yet)
-    uint64_t id_offset = 0;      // delivery_id = id_offset + tag on `channel`
-    uint64_t max_id = 0;         // highest delivery_id handed out
-    std::set<uint64_t> unacked;  // delivery ids live on `channel`
-    std::set<uint64_t> stale;    // ids from a dead channel: the broker requeued them
-    bool cancelled = false;      // draining: basic.cancel sent, no new deliveries
+    amqp_channel_t channel = 0;    // 0: not consuming (no connection yet)
+    uint64_t id_offset = 0;        // delivery_id = id_offset + tag on `channel`
+    uint64_t max_id = 0;           // highest delivery_id handed out
+    std::set<uint64_t> unacked;    // delivery ids live on `channel`
+    std::set<uint64_t> stale;      // ids from a dead channel: the broker requeued them
+    bool cancelled = false;        // draining: basic.cancel sent, no new deliveries
     std::vector<uint64_t> to_ack;  // acked by the client, not yet sent (see FlushAcks)
   };
 
@@ -135,10 +135,26 @@ class Consumer final : public IoLoop {
   void MaybeEndDrained(Connection* conn, uint64_t stream_id);
   void DoSettle(Connection* conn, const SettleCmd& cmd);
   void DoInspect(Connection* conn, InspectCmd& cmd);
-  void OnDeliver(Connection& conn, const amqp_basic_deliver_t& deliver, amqp_channel_t channel);
+  // A delivery arrives as three kinds of frames on its channel: basic.deliver,
+  // a content header (properties, body size), then body frames. Frames of
+  // other channels may come in between, so each channel assembles its own
+  // (Incoming) as the frames pass through the loop; nothing blocks, and the
+  // body is copied once, from rabbitmq-c's frame buffer into the Delivery.
+  struct Incoming {
+    mqsidecar::v1::Delivery delivery;
+    std::string consumer_tag;
+    uint64_t tag = 0;
+    uint64_t body_left = 0;
+    bool have_header = false;
+  };
+  void OnDeliver(const amqp_basic_deliver_t& deliver, amqp_channel_t channel);
+  void OnContentHeader(amqp_channel_t channel, const amqp_basic_properties_t& props,
+                       uint64_t body_size);
+  void OnContentBody(amqp_channel_t channel, const amqp_bytes_t& fragment);
+  // Hands a complete delivery to its stream (or drops it, see the .cc).
+  void Deliver(amqp_channel_t channel, Incoming&& in);
   // Ends a stream: closes its channel if `close_channel`, then OnClosed(why).
-  void EndStream(Connection* conn, uint64_t stream_id, const absl::Status& why,
-                 bool close_channel);
+  void EndStream(Connection* conn, uint64_t stream_id, const absl::Status& why, bool close_channel);
   amqp_channel_t AllocateChannel(int channel_max);
 
   const config::TopologyPlan plan_;
@@ -152,7 +168,8 @@ class Consumer final : public IoLoop {
   amqp_channel_t last_channel_ = 1;
   bool control_ok_ = false;  // channel 1: topology and inspection
   bool draining_ = false;
-  std::vector<uint64_t> ack_streams_;  // streams with a non-empty to_ack
+  std::vector<uint64_t> ack_streams_;                      // streams with a non-empty to_ack
+  std::unordered_map<amqp_channel_t, Incoming> incoming_;  // deliveries being assembled
 };
 
 }  // namespace mqs::amqp

@@ -2,9 +2,9 @@
 
 #include <chrono>
 
-#include "util/strings.h"
 #include "amqp/topology.h"
 #include "spdlog/spdlog.h"
+#include "util/strings.h"
 
 namespace mqs::amqp {
 namespace {
@@ -46,8 +46,8 @@ absl::Status Publisher::OnConnected(Connection& conn) { return SetUpChannel(conn
 
 void Publisher::OnDisconnected(const absl::Status& why) {
   channel_ok_ = false;
-  RequeueOrFailPending(util::StrCat("connection to the broker lost before the confirm: ",
-                                    why.message()));
+  RequeueOrFailPending(
+      util::StrCat("connection to the broker lost before the confirm: ", why.message()));
 }
 
 void Publisher::Complete(PublishJob& job, PublishResult::Status status, std::string_view error,
@@ -106,11 +106,14 @@ void Publisher::ExpirePending() {
 
 void Publisher::Flush(Connection* conn) {
   if (conn != nullptr && !conn->dead() && channel_ok_ && !blocked()) {
+    const bool batch = waiting_.size() > 1;
+    if (batch) conn->SetCork(true);
     while (!waiting_.empty() && !conn->dead()) {
       PublishJob job = std::move(waiting_.front());
       waiting_.pop_front();
       Send(*conn, std::move(job));
     }
+    if (batch && !conn->dead()) conn->SetCork(false);
     return;
   }
   if (waiting_.empty()) return;
@@ -134,8 +137,9 @@ void Publisher::Flush(Connection* conn) {
                            ") past the deadline");
     if (job.sent_before) {
       Complete(job, PublishResult::UNCONFIRMED,
-               util::StrCat(why, "; it was sent once before the connection was lost, so it may "
-                                 "or may not be queued"));
+               util::StrCat(why,
+                            "; it was sent once before the connection was lost, so it may "
+                            "or may not be queued"));
     } else {
       Complete(job, PublishResult::FAILED, util::StrCat(why, ": not sent"),
                alarm ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kUnavailable);
@@ -189,13 +193,12 @@ void Publisher::Settle(uint64_t tag, bool multiple, PublishResult::Status status
   }
 }
 
-void Publisher::OnReturn(Connection& conn, const amqp_basic_return_t& ret,
-                         amqp_channel_t channel) {
+void Publisher::OnReturn(Connection& conn, const amqp_basic_return_t& ret, amqp_channel_t channel) {
   // Copy what we need: the method lives in a pool ReadContent may recycle.
   const std::string exchange(AmqpText(ret.exchange));
   const std::string routing_key(AmqpText(ret.routing_key));
-  const std::string reason = util::StrCat("returned by the broker: ", ret.reply_code, " ",
-                                          AmqpText(ret.reply_text));
+  const std::string reason =
+      util::StrCat("returned by the broker: ", ret.reply_code, " ", AmqpText(ret.reply_text));
   amqp_message_t message;
   if (absl::Status s = conn.ReadContent(channel, &message); !s.ok()) return;
   std::string message_id;
@@ -241,9 +244,9 @@ void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
       // A channel error (e.g. an exchange deleted under us) fails only what
       // was in flight on the channel; reopen it and carry on.
       auto* close = static_cast<amqp_channel_close_t*>(m.decoded);
-      const std::string why = util::StrCat("publishing channel closed by the broker: ",
-                                           close->reply_code, " ",
-                                           AmqpText(close->reply_text));
+      const std::string why =
+          util::StrCat("publishing channel closed by the broker: ", close->reply_code, " ",
+                       AmqpText(close->reply_text));
       spdlog::warn("[publisher] {}", why);
       conn.SendChannelCloseOk(frame.channel);
       RequeueOrFailPending(why);
