@@ -3,7 +3,6 @@
 #include <cinttypes>
 #include <cstdio>
 
-#include "util/strings.h"
 #include "amqp/connection.h"
 #include "util/strings.h"
 
@@ -14,8 +13,8 @@ constexpr size_t kShortStrMax = 255;
 
 absl::Status CheckShort(std::string_view field, std::string_view value) {
   if (value.size() <= kShortStrMax) return absl::OkStatus();
-  return absl::InvalidArgumentError(util::StrCat(field, " is ", value.size(),
-                                                 " bytes; AMQP allows at most 255"));
+  return absl::InvalidArgumentError(
+      util::StrCat(field, " is ", value.size(), " bytes; AMQP allows at most 255"));
 }
 
 }  // namespace
@@ -34,11 +33,11 @@ absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& r) {
   return s;
 }
 
-void OutgoingProperties::Build(const mqsidecar::v1::PublishRequest& r,
-                               std::string_view message_id, int64_t timestamp_seconds) {
+void OutgoingProperties::Build(const mqsidecar::v1::PublishRequest& r, std::string_view message_id,
+                               int64_t timestamp_seconds, bool republished) {
   props_ = amqp_basic_properties_t{};
-  props_._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-                  AMQP_BASIC_MESSAGE_ID_FLAG;
+  props_._flags =
+      AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG;
   props_.delivery_mode = 2;  // persistent: survives a broker restart
   props_.timestamp = static_cast<uint64_t>(timestamp_seconds);
   props_.message_id = AmqpBytes(message_id);
@@ -60,14 +59,21 @@ void OutgoingProperties::Build(const mqsidecar::v1::PublishRequest& r,
     props_.expiration = AmqpBytes(expiration_);
   }
   headers_.clear();
-  if (!r.headers().empty()) {
-    for (const auto& [key, value] : r.headers()) {
-      amqp_table_entry_t e;
-      e.key = AmqpBytes(key);
-      e.value.kind = AMQP_FIELD_KIND_UTF8;
-      e.value.value.bytes = AmqpBytes(value);
-      headers_.push_back(e);
-    }
+  for (const auto& [key, value] : r.headers()) {
+    amqp_table_entry_t e;
+    e.key = AmqpBytes(key);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = AmqpBytes(value);
+    headers_.push_back(e);
+  }
+  if (republished && r.headers().count(std::string(kRepublishedHeader)) == 0) {
+    amqp_table_entry_t e;
+    e.key = AmqpBytes(kRepublishedHeader);
+    e.value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    e.value.value.boolean = 1;
+    headers_.push_back(e);
+  }
+  if (!headers_.empty()) {
     props_._flags |= AMQP_BASIC_HEADERS_FLAG;
     props_.headers.num_entries = static_cast<int>(headers_.size());
     props_.headers.entries = headers_.data();
@@ -158,6 +164,10 @@ void FillDelivery(const amqp_basic_properties_t& p, mqsidecar::v1::Delivery* d) 
       if (key == "x-delivery-count") {
         const std::string n = FieldToString(e.value);
         d->set_delivery_count(static_cast<uint32_t>(std::strtoul(n.c_str(), nullptr, 10)));
+        continue;
+      }
+      if (key == kRepublishedHeader) {
+        if (FieldToString(e.value) == "true") d->set_redelivered(true);
         continue;
       }
       (*headers)[std::string(key)] = FieldToString(e.value);

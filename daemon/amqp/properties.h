@@ -20,6 +20,12 @@ namespace mqs::amqp {
 // 255 bytes); the message names the offending field.
 absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& request);
 
+// kRepublishedHeader marks a copy the daemon published again after losing the
+// connection before the broker confirmed the first send. The first copy may
+// have reached the queue too, so the consumer side reports this one as
+// `redelivered`: every possible duplicate is visible (docs/reliability.md).
+inline constexpr std::string_view kRepublishedHeader = "x-mq-sidecar-republished";
+
 // OutgoingProperties builds the properties of one publish: persistent,
 // timestamp, message_id, and the caller's optional fields. It owns the
 // storage the amqp_basic_properties_t points into; reuse one instance per
@@ -28,8 +34,9 @@ class OutgoingProperties {
  public:
   // Build points into `request` and `message_id`: both must outlive the use
   // of props().
+  // `republished` adds kRepublishedHeader.
   void Build(const mqsidecar::v1::PublishRequest& request, std::string_view message_id,
-             int64_t timestamp_seconds);
+             int64_t timestamp_seconds, bool republished = false);
   const amqp_basic_properties_t* props() const { return &props_; }
 
  private:
@@ -43,7 +50,8 @@ class OutgoingProperties {
 std::string FieldToString(const amqp_field_value_t& value);
 
 // FillDelivery copies the message properties into `delivery`. x-delivery-count
-// (kept by quorum queues) becomes delivery_count rather than a header.
+// (kept by quorum queues) becomes delivery_count rather than a header, and
+// kRepublishedHeader sets `redelivered` instead of showing as a header.
 void FillDelivery(const amqp_basic_properties_t& props, mqsidecar::v1::Delivery* delivery);
 
 }  // namespace mqs::amqp

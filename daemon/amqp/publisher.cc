@@ -150,7 +150,7 @@ void Publisher::Flush(Connection* conn) {
 
 void Publisher::Send(Connection& conn, PublishJob&& job) {
   const auto& r = job.request;
-  props_.Build(r, r.message_id(), NowSeconds());
+  props_.Build(r, r.message_id(), NowSeconds(), job.sent_before);
   const int rc = amqp_basic_publish(conn.state(), kChannel, AmqpBytes(job.exchange),
                                     AmqpBytes(r.routing_key()), /*mandatory=*/1,
                                     /*immediate=*/0, props_.props(), AmqpBytes(r.payload()));

@@ -1,5 +1,6 @@
 #include "checker.h"
 
+#include <algorithm>
 #include <sstream>
 
 namespace mqs::it {
@@ -51,9 +52,7 @@ void History::Unknown(const std::string& message_id) {
 void History::Delivered(const std::string& /*consumer*/, const mqsidecar::v1::Delivery& delivery) {
   std::lock_guard<std::mutex> lock(mu_);
   Entry& e = entries_[delivery.message_id()];
-  if (e.deliveries > 0 && (delivery.redelivered() || delivery.delivery_count() > 0)) {
-    ++e.visible_redeliveries;
-  }
+  if (delivery.redelivered() || delivery.delivery_count() > 0) ++e.marked;
   ++e.deliveries;
   confirmed_undelivered_.erase(delivery.message_id());
 }
@@ -82,7 +81,10 @@ History::Report History::Check() const {
     if (e.deliveries > 1) {
       ++r.duplicated;
       r.extra_copies += static_cast<size_t>(e.deliveries - 1);
-      r.extra_visible += static_cast<size_t>(e.visible_redeliveries);
+      // Consumers process copies in any order (the marked copy may be
+      // processed first), so a duplicate is visible when all copies but one
+      // are marked.
+      r.extra_visible += static_cast<size_t>(std::min(e.deliveries - 1, e.marked));
     }
     if (!published) {
       if (delivered) {
@@ -125,11 +127,13 @@ History::Report History::Check() const {
                 "or never answered");
     }
   }
+  r.invisible = r.extra_copies - r.extra_visible;
   return r;
 }
 
 bool History::Report::ok() const {
-  return lost == 0 && never_sent_delivered == 0 && unexpected == 0 && answered_twice == 0;
+  return lost == 0 && never_sent_delivered == 0 && unexpected == 0 && answered_twice == 0 &&
+         invisible == 0;
 }
 
 std::string History::Report::Summary() const {
@@ -139,8 +143,8 @@ std::string History::Report::Summary() const {
     << " rejected=" << rejected << " unanswered=" << unanswered << " | deliveries=" << deliveries
     << " distinct=" << delivered_ids << " | LOST=" << lost << " duplicated=" << duplicated
     << " (extra copies " << extra_copies << ", marked redelivered " << extra_visible
-    << ") unexpected=" << unexpected << " never-sent-but-delivered=" << never_sent_delivered
-    << " answered-twice=" << answered_twice;
+    << ", INVISIBLE " << invisible << ") unexpected=" << unexpected
+    << " never-sent-but-delivered=" << never_sent_delivered << " answered-twice=" << answered_twice;
   if (!lost_examples.empty()) {
     s << "\n  lost, e.g.:";
     for (const auto& id : lost_examples) s << " " << id;

@@ -15,8 +15,9 @@
 //
 // It also counts duplicates (a message_id processed more than once) and
 // splits them into visible ones (the copy said redelivered or carried a
-// delivery_count) and invisible ones (a second copy of a republished message:
-// only message_id deduplication catches those). Message ids delivered that the
+// delivery_count; the daemon marks its republished copies so) and invisible
+// ones (nothing told the consumer: only message_id deduplication would catch
+// those). Message ids delivered that the
 // test never published are "unexpected".
 #pragma once
 
@@ -64,13 +65,15 @@ class History {
     size_t duplicated = 0;                   // message ids processed more than once
     size_t extra_copies = 0;                 // deliveries beyond the first, summed
     size_t extra_visible = 0;                // of which marked redelivered / delivery_count > 0
+    size_t invisible = 0;                    // extra copies nothing marked: a violation
     size_t recovered = 0;                    // UNCONFIRMED but delivered
     size_t never_sent_delivered = 0;         // FAILED/UNROUTABLE/REJECTED/unanswered, yet delivered
     size_t unexpected = 0;                   // delivered, never published
     std::vector<std::string> lost_examples;  // up to 10
     std::vector<std::string> violation_examples;
 
-    // No lost, never-sent-delivered, unexpected or twice-answered messages.
+    // No lost, never-sent-delivered, unexpected, twice-answered messages or
+    // invisible duplicates.
     bool ok() const;
     std::string Summary() const;
   };
@@ -83,7 +86,7 @@ class History {
     Outcome outcome = Outcome::kNone;
     int results = 0;
     int deliveries = 0;
-    int visible_redeliveries = 0;  // copies after the first marked as redelivered
+    int marked = 0;  // deliveries marked redelivered or with a delivery_count
   };
   mutable std::mutex mu_;
   std::map<std::string, Entry> entries_;

@@ -1,8 +1,9 @@
 // Header and property conversion between the API and AMQP, without a broker.
+#include "amqp/properties.h"
+
 #include <catch2/catch.hpp>
 
 #include "amqp/connection.h"
-#include "amqp/properties.h"
 
 namespace {
 
@@ -108,4 +109,37 @@ TEST_CASE("properties: AMQP short-string limits are checked with the field named
   CHECK(mqs::amqp::ValidatePublish(r).ok());
   (*r.mutable_headers())[""] = "v";
   CHECK_FALSE(mqs::amqp::ValidatePublish(r).ok());
+}
+
+TEST_CASE("properties: a republished copy is marked and reads back as redelivered") {
+  PublishRequest r;
+  (*r.mutable_headers())["tenant"] = "acme";
+  mqs::amqp::OutgoingProperties props;
+
+  props.Build(r, "id", 1, /*republished=*/true);
+  const amqp_basic_properties_t& p = *props.props();
+  REQUIRE((p._flags & AMQP_BASIC_HEADERS_FLAG) != 0);
+  REQUIRE(p.headers.num_entries == 2);
+  Delivery d;
+  mqs::amqp::FillDelivery(p, &d);
+  CHECK(d.redelivered());
+  // The marker is not one of the caller's headers.
+  CHECK(d.headers().size() == 1);
+  CHECK(d.headers().at("tenant") == "acme");
+
+  // The first send carries no marker.
+  props.Build(r, "id", 1, /*republished=*/false);
+  Delivery first;
+  mqs::amqp::FillDelivery(*props.props(), &first);
+  CHECK_FALSE(first.redelivered());
+  CHECK(props.props()->headers.num_entries == 1);
+
+  // Without headers of its own, a republished copy still gets the marker.
+  PublishRequest bare;
+  props.Build(bare, "id", 1, /*republished=*/true);
+  CHECK((props.props()->_flags & AMQP_BASIC_HEADERS_FLAG) != 0);
+  Delivery again;
+  mqs::amqp::FillDelivery(*props.props(), &again);
+  CHECK(again.redelivered());
+  CHECK(again.headers().empty());
 }
