@@ -1,9 +1,6 @@
 #include "amqp/connection.h"
 
 #include <amqp_tcp_socket.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
 #include <sys/time.h>
 
 #include "config/config.h"
@@ -245,10 +242,7 @@ absl::Status Connection::ReadContent(amqp_channel_t channel, amqp_message_t* mes
   return absl::InternalError("reading message content: unexpected frame");
 }
 
-void Connection::SetCork(bool on) {
-  const int value = on ? 1 : 0;
-  ::setsockopt(fd(), IPPROTO_TCP, TCP_CORK, &value, sizeof value);
-}
+uint32_t Connection::frame_max() const { return static_cast<uint32_t>(amqp_get_frame_max(state_)); }
 
 void Connection::SendChannelCloseOk(amqp_channel_t channel) {
   amqp_channel_close_ok_t ok;

@@ -72,11 +72,8 @@ class Connection {
 
   bool dead() const { return dead_; }
   void MarkDead() { dead_ = true; }
-  // SetCork holds (true) or releases (false) partial TCP segments. Corked
-  // around a batch of publishes, the batch leaves as a few full segments
-  // instead of one segment per message: fewer packets for the kernel and
-  // fewer reads for the broker. Best effort: errors are ignored.
-  void SetCork(bool on);
+  // The negotiated maximum frame size (bodies are split to fit).
+  uint32_t frame_max() const;
 
  private:
   explicit Connection(amqp_connection_state_t state) : state_(state) {}

@@ -11,6 +11,8 @@ namespace {
 
 using mqsidecar::v1::PublishResult;
 constexpr amqp_channel_t kChannel = 1;
+// A batch is written once it holds this much (bounded memory, early first bytes).
+constexpr size_t kMaxBatchBytes = 256 * 1024;
 
 int64_t NowSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
@@ -106,14 +108,27 @@ void Publisher::ExpirePending() {
 
 void Publisher::Flush(Connection* conn) {
   if (conn != nullptr && !conn->dead() && channel_ok_ && !blocked()) {
-    const bool batch = waiting_.size() > 1;
-    if (batch) conn->SetCork(true);
-    while (!waiting_.empty() && !conn->dead()) {
+    const uint32_t frame_max = conn->frame_max();
+    const int64_t now = NowSeconds();
+    while (!waiting_.empty()) {
       PublishJob job = std::move(waiting_.front());
       waiting_.pop_front();
-      Send(*conn, std::move(job));
+      const auto& r = job.request;
+      props_.Build(r, r.message_id(), now, job.sent_before);
+      absl::Status s = out_.Add(kChannel, job.exchange, r.routing_key(), /*mandatory=*/true,
+                                *props_.props(), r.payload(), frame_max);
+      if (!s.ok()) {
+        Complete(job, PublishResult::FAILED, util::StrCat(s.message(), ": not sent"),
+                 absl::StatusCode::kInvalidArgument);
+        continue;
+      }
+      // Tags follow the order of the frames in the batch.
+      Pending& p = pending_.emplace_back();
+      p.job = std::move(job);
+      ++next_tag_;
+      if (out_.bytes() >= kMaxBatchBytes && !WriteBatch(*conn)) return;
     }
-    if (batch && !conn->dead()) conn->SetCork(false);
+    WriteBatch(*conn);
     return;
   }
   if (waiting_.empty()) return;
@@ -148,21 +163,21 @@ void Publisher::Flush(Connection* conn) {
   waiting_.swap(keep);
 }
 
-void Publisher::Send(Connection& conn, PublishJob&& job) {
-  const auto& r = job.request;
-  props_.Build(r, r.message_id(), NowSeconds(), job.sent_before);
-  const int rc = amqp_basic_publish(conn.state(), kChannel, AmqpBytes(job.exchange),
-                                    AmqpBytes(r.routing_key()), /*mandatory=*/1,
-                                    /*immediate=*/0, props_.props(), AmqpBytes(r.payload()));
-  Pending& p = pending_.emplace_back();
-  p.job = std::move(job);
-  ++next_tag_;
-  if (rc != AMQP_STATUS_OK) {
-    // Part of the frames may have gone out: keep it pending, so the
+bool Publisher::WriteBatch(Connection& conn) {
+  if (out_.empty()) return true;
+  // A broker that takes nothing for 2 x heartbeat is as good as dead (the
+  // same rule as for reading); without heartbeats, give it 30 s.
+  const int hb = conn.heartbeat_seconds();
+  const std::chrono::milliseconds timeout(hb > 0 ? hb * 2000 : 30000);
+  if (absl::Status s = out_.WriteTo(conn.fd(), timeout); !s.ok()) {
+    // Part of the batch may be out: everything in it stays pending, so the
     // disconnect republishes it or answers UNCONFIRMED.
-    spdlog::warn("[publisher] sending failed: {}", amqp_error_string2(rc));
+    spdlog::warn("[publisher] {}", s.message());
+    out_.Clear();
     conn.MarkDead();
+    return false;
   }
+  return true;
 }
 
 void Publisher::Settle(uint64_t tag, bool multiple, PublishResult::Status status) {

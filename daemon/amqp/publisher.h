@@ -16,6 +16,7 @@
 
 #include "amqp/io_loop.h"
 #include "amqp/properties.h"
+#include "amqp/publish_batch.h"
 #include "config/topology_plan.h"
 #include "mqsidecar/v1/pubsub.pb.h"
 #include "util/wakeup_queue.h"
@@ -51,7 +52,6 @@ class Publisher final : public IoLoop {
     inbox_.Notify();
   }
 
-
  private:
   struct Pending {
     PublishJob job;
@@ -72,7 +72,8 @@ class Publisher final : public IoLoop {
 
   // Opens the publishing channel, declares the topology, enables confirms.
   absl::Status SetUpChannel(Connection& conn);
-  void Send(Connection& conn, PublishJob&& job);
+  // Writes out_ to the broker; false (connection marked dead) on failure.
+  bool WriteBatch(Connection& conn);
   void Settle(uint64_t tag, bool multiple, mqsidecar::v1::PublishResult::Status status);
   void OnReturn(Connection& conn, const amqp_basic_return_t& ret, amqp_channel_t channel);
   // The channel or connection died: unsettled publishes are queued to be sent
@@ -97,6 +98,7 @@ class Publisher final : public IoLoop {
   // Loop-thread state.
   std::vector<PublishJob> batch_;
   OutgoingProperties props_;
+  PublishBatch out_;                // frames encoded by Flush, written by WriteBatch
   std::deque<PublishJob> waiting_;  // not sent yet: no connection, or blocked
   std::deque<Pending> pending_;     // pending_[i] has delivery tag first_tag_ + i
   uint64_t first_tag_ = 1;
