@@ -29,6 +29,10 @@ void BlockShutdownSignals() {
 
 namespace {
 
+// After the last call has ended: time for gRPC to send the final statuses
+// before Server::Shutdown cancels what is left.
+constexpr std::chrono::milliseconds kFinalFlush{250};
+
 // Health ties the gRPC health status to both broker links. It is updated from
 // the I/O threads; the mutex serialises updates so the last state wins.
 class Health {
@@ -120,7 +124,11 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   service.Drain();
   publisher->Drain();
   consumer->Drain();
-  (*server)->Shutdown(std::chrono::system_clock::now() + drain);
+  // Every call ends by itself (streams once settled), or the drain period
+  // ends. Then gRPC gets a moment to flush the last statuses before it
+  // cancels what is left and closes the connections.
+  service.WaitIdle(std::chrono::steady_clock::now() + drain);
+  (*server)->Shutdown(std::chrono::system_clock::now() + kFinalFlush);
   publisher->Stop(std::max(drain, options.shutdown_grace));
   consumer->Stop(std::chrono::milliseconds(0));
   spdlog::info("stopped");

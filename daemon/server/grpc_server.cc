@@ -7,8 +7,8 @@
 #include <system_error>
 
 #include "absl/strings/match.h"
-#include "util/strings.h"
 #include "spdlog/spdlog.h"
+#include "util/strings.h"
 
 namespace mqs::server {
 
@@ -42,10 +42,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   std::unique_ptr<GrpcServer> out(new GrpcServer());
   out->server_ = builder.BuildAndStart();
   if (out->server_ == nullptr) {
-    return absl::UnavailableError(util::StrCat(
-        "cannot listen on ", listen.empty() ? "(no address)" : listen[0],
-        listen.size() > 1 ? " (or another listen address)" : "",
-        ": address in use, permission denied or malformed"));
+    return absl::UnavailableError(
+        util::StrCat("cannot listen on ", listen.empty() ? "(no address)" : listen[0],
+                     listen.size() > 1 ? " (or another listen address)" : "",
+                     ": address in use, permission denied or malformed"));
   }
   for (size_t i = 0; i < listen.size(); ++i) {
     if (ports[i] == 0) {

@@ -18,7 +18,7 @@ class GrpcServer {
   // socket's directory is created when missing. Fails naming the address
   // that could not be bound.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::vector<std::string>& listen,
-                                                          grpc::Service* service);
+                                                           grpc::Service* service);
   ~GrpcServer();
 
   // SetServing reports SERVING or NOT_SERVING for "" and mqsidecar.v1.PubSub.

@@ -23,6 +23,7 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
  public:
   PublishStreamReactor(PubSubService& service, uint32_t window)
       : service_(service), window_(window) {
+    service_.CallStarted();
     service_.Register(this);
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = service_.draining();
@@ -107,8 +108,10 @@ class PublishStreamReactor final : public grpc::ServerBidiReactor<PublishRequest
   }
 
   void OnDone() override {
-    service_.Unregister(this);
+    PubSubService& service = service_;
+    service.Unregister(this);
     delete this;
+    service.CallEnded();  // last: shutdown may proceed once this reaches zero
   }
 
  private:

@@ -1,9 +1,9 @@
 #include "server/pubsub_service.h"
 
-#include "util/strings.h"
 #include "absl/strings/str_join.h"
 #include "amqp/properties.h"
 #include "util/message_id.h"
+#include "util/strings.h"
 
 namespace mqs::server {
 
@@ -33,6 +33,21 @@ void PubSubService::Register(Drainable* d) {
 void PubSubService::Unregister(Drainable* d) {
   std::lock_guard<std::mutex> lock(drainables_mu_);
   drainables_.erase(d);
+}
+
+void PubSubService::CallStarted() {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  ++open_calls_;
+}
+
+void PubSubService::CallEnded() {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  if (--open_calls_ == 0) calls_cv_.notify_all();
+}
+
+bool PubSubService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(calls_mu_);
+  return calls_cv_.wait_until(lock, deadline, [this] { return open_calls_ == 0; });
 }
 
 void PubSubService::Drain() {
@@ -72,23 +87,24 @@ grpc::ServerUnaryReactor* PubSubService::Publish(grpc::CallbackServerContext* ct
                                                  const PublishRequest* request,
                                                  PublishResult* result) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::StatusOr<amqp::PublishJob> job =
-      PreparePublish(PublishRequest(*request), ctx->deadline());
+  absl::StatusOr<amqp::PublishJob> job = PreparePublish(PublishRequest(*request), ctx->deadline());
   if (!job.ok()) {
     reactor->Finish(ToGrpc(job.status()));
     return reactor;
   }
-  job->done = [reactor, result](PublishResult&& r, absl::StatusCode code) {
+  CallStarted();
+  job->done = [this, reactor, result](PublishResult&& r, absl::StatusCode code) {
     // FAILED means the message was not sent: the broker stayed out of reach
     // (UNAVAILABLE) or kept publishing blocked (RESOURCE_EXHAUSTED) past the
     // deadline; retrying is safe. Every other outcome is the broker's
     // answer, carried in the result.
     if (r.status() == PublishResult::FAILED) {
       reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(code), r.error()));
-      return;
+    } else {
+      *result = std::move(r);
+      reactor->Finish(grpc::Status::OK);
     }
-    *result = std::move(r);
-    reactor->Finish(grpc::Status::OK);
+    CallEnded();
   };
   publisher_.Submit(std::move(*job));
   return reactor;
@@ -140,8 +156,9 @@ grpc::ServerUnaryReactor* PubSubService::GetTopology(grpc::CallbackServerContext
   if (topology->connected() && publisher_.blocked()) state = "blocked";
   topology->set_state(state);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  CallStarted();
   // Queue counts come from the broker, on the consumer's thread.
-  consumer_.Inspect([reactor, topology](std::vector<amqp::QueueInfo>&& queues) {
+  consumer_.Inspect([this, reactor, topology](std::vector<amqp::QueueInfo>&& queues) {
     for (const auto& q : queues) {
       auto* x = topology->add_queues();
       x->set_name(q.name);
@@ -150,6 +167,7 @@ grpc::ServerUnaryReactor* PubSubService::GetTopology(grpc::CallbackServerContext
       x->set_consumers(q.stats.consumers);
     }
     reactor->Finish(grpc::Status::OK);
+    CallEnded();
   });
   return reactor;
 }

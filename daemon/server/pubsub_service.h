@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <string>
@@ -62,6 +63,16 @@ class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
   void Register(Drainable* d);
   void Unregister(Drainable* d);
 
+  // CallStarted / CallEnded bracket every call this service serves (a
+  // stream from its reactor's construction to OnDone; a unary call until it
+  // has finished). Shutdown waits on them: gRPC's own Server::Shutdown waits
+  // out its whole deadline while any client is merely connected, even with
+  // no call open.
+  void CallStarted();
+  void CallEnded();
+  // WaitIdle returns true once no call is open, false at `deadline`.
+  bool WaitIdle(std::chrono::steady_clock::time_point deadline);
+
   const config::Config& config() const { return config_; }
   amqp::Publisher& publisher() { return publisher_; }
   amqp::Consumer& consumer() { return consumer_; }
@@ -76,6 +87,9 @@ class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
   std::atomic<bool> draining_{false};
   std::mutex drainables_mu_;
   std::set<Drainable*> drainables_;  // guarded by drainables_mu_
+  std::mutex calls_mu_;
+  std::condition_variable calls_cv_;
+  int open_calls_ = 0;  // guarded by calls_mu_
 };
 
 // Reactor factories, one file each (publish_reactors.cc, subscribe_reactor.cc).

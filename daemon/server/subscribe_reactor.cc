@@ -8,9 +8,9 @@
 #include <deque>
 #include <mutex>
 
-#include "util/strings.h"
 #include "server/pubsub_service.h"
 #include "spdlog/spdlog.h"
+#include "util/strings.h"
 
 namespace mqs::server {
 namespace {
@@ -22,6 +22,7 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
                                public amqp::DeliverySink {
  public:
   explicit SubscribeReactor(PubSubService& service) : service_(service) {
+    service_.CallStarted();
     StartRead(&request_);
   }
 
@@ -46,8 +47,8 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
       case SubscribeRequest::kAck:
       case SubscribeRequest::kNack:
         if (stream_id_ == 0) {
-          RequestClose(absl::InvalidArgumentError(
-              "the first request of a Subscribe stream must be open"));
+          RequestClose(
+              absl::InvalidArgumentError("the first request of a Subscribe stream must be open"));
           return;
         }
         if (request_.has_ack()) {
@@ -86,7 +87,11 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
 
   void OnCancel() override { RequestClose(absl::CancelledError("the client cancelled")); }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    PubSubService& service = service_;
+    delete this;
+    service.CallEnded();  // last: shutdown may proceed once this reaches zero
+  }
 
   // DeliverySink, on the consumer thread.
   void OnDelivery(Delivery&& d) override {
@@ -125,9 +130,9 @@ class SubscribeReactor final : public grpc::ServerBidiReactor<SubscribeRequest, 
       for (const auto& c : service_.config().consumers) {
         util::StrAppend(&names, names.empty() ? "" : ", ", c.name);
       }
-      return absl::InvalidArgumentError(util::StrCat("unknown business '", open.business(),
-                                                     "'; configured consumers: ",
-                                                     names.empty() ? "none" : names));
+      return absl::InvalidArgumentError(
+          util::StrCat("unknown business '", open.business(),
+                       "'; configured consumers: ", names.empty() ? "none" : names));
     }
     amqp::OpenRequest req;
     {
