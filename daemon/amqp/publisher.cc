@@ -10,7 +10,6 @@ namespace mqs::amqp {
 namespace {
 
 using mqsidecar::v1::PublishResult;
-constexpr amqp_channel_t kChannel = 1;
 // A batch is written once it holds this much (bounded memory, early first bytes).
 constexpr size_t kMaxBatchBytes = 256 * 1024;
 
@@ -35,19 +34,23 @@ bool Publisher::IsFatal(const absl::Status& s) const { return IsTopologyConflict
 
 absl::Status Publisher::SetUpChannel(Connection& conn) {
   channel_ok_ = false;
-  if (absl::Status s = conn.OpenChannel(kChannel); !s.ok()) return s;
-  if (absl::Status s = DeclareTopology(conn, kChannel, plan_); !s.ok()) return s;
-  amqp_confirm_select(conn.state(), kChannel);
-  if (absl::Status s = conn.RpcStatus("confirm.select", kChannel); !s.ok()) return s;
+  if (absl::Status s = conn.OpenChannel(channel_); !s.ok()) return s;
+  if (absl::Status s = DeclareTopology(conn, channel_, plan_); !s.ok()) return s;
+  amqp_confirm_select(conn.state(), channel_);
+  if (absl::Status s = conn.RpcStatus("confirm.select", channel_); !s.ok()) return s;
   first_tag_ = next_tag_ = 1;
   channel_ok_ = true;
   return absl::OkStatus();
 }
 
-absl::Status Publisher::OnConnected(Connection& conn) { return SetUpChannel(conn); }
+absl::Status Publisher::OnConnected(Connection& conn) {
+  channel_ = 1;
+  return SetUpChannel(conn);
+}
 
 void Publisher::OnDisconnected(const absl::Status& why) {
   channel_ok_ = false;
+  reset_channel_ = false;  // the next connection opens a fresh channel anyway
   RequeueOrFailPending(
       util::StrCat("connection to the broker lost before the confirm: ", why.message()));
 }
@@ -86,8 +89,32 @@ void Publisher::ProcessInbox(Connection* conn) {
   inbox_.Drain(batch_);
   for (PublishJob& job : batch_) waiting_.push_back(std::move(job));
   batch_.clear();
-  Flush(conn);
   ExpirePending();
+  if (conn != nullptr) MaybeResetChannel(*conn);
+  Flush(conn);
+}
+
+void Publisher::MaybeResetChannel(Connection& conn) {
+  if (!reset_channel_ || conn.dead()) return;
+  // Wait until everything in flight is settled or answered (at its deadline
+  // at the latest), so the reset turns no publish into a republished copy.
+  for (const Pending& p : pending_) {
+    if (!p.settled && !p.answered) return;
+  }
+  reset_channel_ = false;
+  if (absl::Status s = conn.CloseChannel(channel_); !s.ok()) {
+    spdlog::warn("[publisher] closing the publishing channel: {}", s.message());
+  }
+  RequeueOrFailPending("the publishing channel was renewed after a basic.nack");
+  // A new number: a late confirm for the old channel's tags, still queued in
+  // rabbitmq-c, must not settle the new channel's publishes.
+  channel_ = channel_ == 1 ? 2 : 1;
+  if (absl::Status s = SetUpChannel(conn); !s.ok()) {
+    spdlog::error("[publisher] reopening the publishing channel failed: {}", s.message());
+    conn.MarkDead();
+    return;
+  }
+  spdlog::info("[publisher] publishing channel renewed after a basic.nack");
 }
 
 void Publisher::ExpirePending() {
@@ -107,7 +134,7 @@ void Publisher::ExpirePending() {
 }
 
 void Publisher::Flush(Connection* conn) {
-  if (conn != nullptr && !conn->dead() && channel_ok_ && !blocked()) {
+  if (conn != nullptr && !conn->dead() && channel_ok_ && !blocked() && !reset_channel_) {
     const uint32_t frame_max = conn->frame_max();
     const int64_t now = NowSeconds();
     while (!waiting_.empty()) {
@@ -115,7 +142,7 @@ void Publisher::Flush(Connection* conn) {
       waiting_.pop_front();
       const auto& r = job.request;
       props_.Build(r, r.message_id(), now, job.sent_before);
-      absl::Status s = out_.Add(kChannel, job.exchange, r.routing_key(), /*mandatory=*/true,
+      absl::Status s = out_.Add(channel_, job.exchange, r.routing_key(), /*mandatory=*/true,
                                 *props_.props(), r.payload(), frame_max);
       if (!s.ok()) {
         Complete(job, PublishResult::FAILED, util::StrCat(s.message(), ": not sent"),
@@ -196,6 +223,12 @@ void Publisher::Settle(uint64_t tag, bool multiple, PublishResult::Status status
     p.answered = true;
     if (p.returned) {
       Complete(p.job, PublishResult::UNROUTABLE, p.return_reason);
+    } else if (status == PublishResult::REJECTED && p.job.sent_before) {
+      // This copy was refused, but the first send, whose confirm was lost
+      // with its connection, may be queued: the outcome is unknown.
+      Complete(p.job, PublishResult::UNCONFIRMED,
+               "the broker refused this copy (basic.nack), but an earlier send of it, whose "
+               "confirm was lost with the connection, may be queued");
     } else if (status == PublishResult::REJECTED) {
       Complete(p.job, PublishResult::REJECTED, "the broker refused the message (basic.nack)");
     } else {
@@ -240,6 +273,13 @@ void Publisher::OnReturn(Connection& conn, const amqp_basic_return_t& ret, amqp_
 
 void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
   if (frame.frame_type != AMQP_FRAME_METHOD) return;
+  if (frame.channel != channel_) {
+    // From a publishing channel renewed after a nack: its publishes were all
+    // answered before it closed.
+    spdlog::debug("[publisher] ignoring method 0x{:08x} on old channel {}", frame.payload.method.id,
+                  frame.channel);
+    return;
+  }
   const amqp_method_t& m = frame.payload.method;
   switch (m.id) {
     case AMQP_BASIC_ACK_METHOD: {
@@ -250,6 +290,18 @@ void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
     case AMQP_BASIC_NACK_METHOD: {
       auto* nack = static_cast<amqp_basic_nack_t*>(m.decoded);
       Settle(nack->delivery_tag, nack->multiple != 0, PublishResult::REJECTED);
+      // RabbitMQ 3.10 binds a channel's quorum-queue publishing to the leader
+      // it first looked up: a channel that met a dead leader nacks every later
+      // publish. Send nothing more on it; once what is in flight has settled,
+      // MaybeResetChannel opens a fresh one, which finds the current leader.
+      if (!reset_channel_) {
+        spdlog::warn(
+            "[publisher] basic.nack: the publishing channel is renewed once the {} "
+            "publishes in flight settle",
+            next_tag_ - first_tag_);
+      }
+      reset_channel_ = true;
+      MaybeResetChannel(conn);
       break;
     }
     case AMQP_BASIC_RETURN_METHOD:

@@ -89,6 +89,10 @@ class Publisher final : public IoLoop {
   void ExpirePending();
   // Sends or (while not sendable) expires the jobs in waiting_.
   void Flush(Connection* conn);
+  // After a basic.nack (reset_channel_): once nothing in flight is
+  // unsettled and unanswered, closes the publishing channel and opens a new
+  // one; until then Flush sends nothing.
+  void MaybeResetChannel(Connection& conn);
 
   const config::TopologyPlan plan_;
   const bool republish_;
@@ -103,7 +107,9 @@ class Publisher final : public IoLoop {
   std::deque<Pending> pending_;     // pending_[i] has delivery tag first_tag_ + i
   uint64_t first_tag_ = 1;
   uint64_t next_tag_ = 1;
+  amqp_channel_t channel_ = 1;  // 1, or 2 after a renewal (see MaybeResetChannel)
   bool channel_ok_ = false;
+  bool reset_channel_ = false;  // a nack came: renew the channel when quiet
   std::chrono::steady_clock::time_point next_expiry_scan_{};
 };
 

@@ -410,10 +410,29 @@ void RunFailover(Leader placement) {
          << s1.count() << "/" << s2.count() << "/" << s3.count());
     CHECK(r.lost == 0);
     CHECK(r.ok());
-    // With a wait_timeout far longer than the failover every publish is confirmed.
-    CHECK(r.confirmed == static_cast<size_t>(kMessages));
     CHECK(r.unanswered == 0);
     CHECK(r.failed == 0);
+    if (!leader_on_victim) {
+      // With a wait_timeout far longer than the failover every publish is confirmed.
+      CHECK(r.confirmed == static_cast<size_t>(kMessages));
+    } else {
+      // When the daemon's new channel publishes before the surviving nodes
+      // have elected a leader, RabbitMQ 3.10 nacks what that channel carries
+      // (rabbit_fifo_client asks the dead node). Those are answered REJECTED
+      // (UNCONFIRMED for a republished copy whose first send may be queued:
+      // the checker counts one delivered as recovered, never as a violation),
+      // and the daemon renews the channel once they have settled: at most one
+      // publish window (1,024 in flight) is refused, then publishing recovers.
+      CHECK(r.rejected + r.unconfirmed <= 1024);
+      CHECK(r.confirmed + r.rejected + r.unconfirmed == static_cast<size_t>(kMessages));
+      const auto results = stream.results();
+      REQUIRE(results.size() == static_cast<size_t>(kMessages));
+      size_t tail_confirmed = 0;
+      for (size_t i = results.size() - 1000; i < results.size(); ++i) {
+        if (results[i].status() == pb::PublishResult::CONFIRMED) ++tail_confirmed;
+      }
+      CHECK(tail_confirmed == 1000);  // the last 1,000 answers: recovered
+    }
   }
 
   const auto stop_at = Clock::now();
@@ -436,17 +455,17 @@ TEST_CASE(
   RunFailover(Leader::kElsewhere);
 }
 
-// Not run by ctest (hidden): with RabbitMQ 3.10.8 it failed 4 of 10
-// runs. When the daemon's new channel publishes before the remaining nodes
-// have elected a new leader, RabbitMQ's quorum queue client on that channel
+// When the daemon's new channel publishes before the remaining nodes have
+// elected a new leader, RabbitMQ 3.10's quorum queue client on that channel
 // keeps asking the stopped node and nacks every publish for the channel's
-// life (rabbit_fifo_client:enqueue, {badrpc, nodedown} -> reject_publish),
-// and the daemon answers REJECTED even for republished messages whose first
-// copy is queued. See docs/reliability.md, test 8.
+// life (rabbit_fifo_client:enqueue, {badrpc, nodedown} -> reject_publish).
+// The daemon renews the channel after a nack, so at most the publishes in
+// flight are refused. See docs/reliability.md, test 8.
 TEST_CASE(
     "cluster: the node the daemon is connected to, with the quorum queue's leader, is stopped "
-    "during a 15000-message PublishStream",
-    "[.][cluster-leader]") {
+    "during a 15000-message PublishStream: at most one window is refused, then publishing "
+    "recovers, 0 confirmed lost",
+    "[cluster]") {
   RunFailover(Leader::kOnStoppedNode);
 }
 
