@@ -285,6 +285,7 @@ void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
     case AMQP_BASIC_ACK_METHOD: {
       auto* ack = static_cast<amqp_basic_ack_t*>(m.decoded);
       Settle(ack->delivery_tag, ack->multiple != 0, PublishResult::CONFIRMED);
+      MaybeResetChannel(conn);  // a nack earlier may be waiting for this
       break;
     }
     case AMQP_BASIC_NACK_METHOD: {
