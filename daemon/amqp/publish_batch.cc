@@ -5,7 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
+#include <system_error>
 
 #include "util/strings.h"
 
@@ -21,13 +21,15 @@ void PutU16(std::string& out, uint16_t v) {
 }
 
 void PutU32(std::string& out, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8)
+  for (int shift = 24; shift >= 0; shift -= 8) {
     out.push_back(static_cast<char>((v >> shift) & 0xff));
+  }
 }
 
 void PutU64(std::string& out, uint64_t v) {
-  for (int shift = 56; shift >= 0; shift -= 8)
+  for (int shift = 56; shift >= 0; shift -= 8) {
     out.push_back(static_cast<char>((v >> shift) & 0xff));
+  }
 }
 
 }  // namespace
@@ -119,7 +121,8 @@ absl::Status PublishBatch::WriteTo(int fd, std::chrono::milliseconds timeout) {
           util::StrCat("the broker took no data for ", timeout.count(), " ms while publishing"));
     }
     return absl::UnavailableError(
-        util::StrCat("writing to the broker: ", n == 0 ? "no progress" : std::strerror(errno)));
+        util::StrCat("writing to the broker: ",
+                     n == 0 ? std::string("no progress") : std::system_category().message(errno)));
   }
   buffer_.clear();
   return absl::OkStatus();

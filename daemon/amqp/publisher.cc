@@ -11,7 +11,7 @@ namespace {
 
 using mqsidecar::v1::PublishResult;
 // A batch is written once it holds this much (bounded memory, early first bytes).
-constexpr size_t kMaxBatchBytes = 256 * 1024;
+constexpr size_t kMaxBatchBytes = size_t{256} * 1024;
 
 int64_t NowSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
