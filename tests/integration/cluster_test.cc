@@ -23,14 +23,13 @@
 
 #include "checker.h"
 #include "harness.h"
+#include "recorded.h"
 
 namespace mqs::it {
 namespace {
 
 using namespace std::chrono_literals;
 using grpc::health::v1::HealthCheckResponse;
-using std::chrono::duration_cast;
-using std::chrono::milliseconds;
 
 constexpr auto kHeartbeat = 2s;
 // Must match cluster.sh.
@@ -45,16 +44,6 @@ std::string NodeUri(size_t i) {
 std::string ClusterDir() {
   const char* env = std::getenv("MQS_CLUSTER_DIR");
   return env != nullptr && *env != '\0' ? env : "/tmp/mqs-cluster";
-}
-
-double Seconds(Clock::duration d) { return duration_cast<milliseconds>(d).count() / 1000.0; }
-
-std::string Fixed(double v, int digits = 1) {
-  std::ostringstream s;
-  s.setf(std::ios::fixed);
-  s.precision(digits);
-  s << v;
-  return s.str();
 }
 
 std::string Rabbitmqctl() {
@@ -184,37 +173,6 @@ bool Alive(pid_t pid) {
   return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z';
 }
 
-std::vector<pb::PublishRequest> MakeRequests(const std::string& business, int n) {
-  std::vector<pb::PublishRequest> requests;
-  requests.reserve(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    const std::string id = business + "-" + std::to_string(i);
-    requests.push_back(MakePublish(business, id, static_cast<uint64_t>(i) + 1, "payload-" + id));
-  }
-  return requests;
-}
-
-// Options for an AsyncPublishStream that records into `h`.
-AsyncPublishStream::Options Recorded(History& h, std::vector<pb::PublishRequest> requests,
-                                     double rate) {
-  AsyncPublishStream::Options o;
-  o.requests = std::move(requests);
-  o.rate = rate;
-  o.timeout = 150s;
-  o.on_written = [&h](const pb::PublishRequest& r) { h.Sent(r.message_id()); };
-  o.on_result = [&h](const pb::PublishResult& r) { h.Result(r); };
-  return o;
-}
-
-// A subscriber that acks every delivery and records it as processed.
-Subscriber::Options Recording(History& h, const std::string& business, const std::string& name) {
-  return {.business = business,
-          .prefetch = 64,
-          .consumer_name = name,
-          .auto_ack = true,
-          .on_delivery = [&h, name](const pb::Delivery& d) { h.Delivered(name, d); }};
-}
-
 std::string Join(const std::vector<int>& v) {
   std::string out;
   for (int x : v) out += (out.empty() ? "" : ",") + std::to_string(x);
@@ -326,7 +284,8 @@ void RunFailover(Leader placement) {
             std::string::npos);
 
     // Paced until the node is down so that the stop lands mid-stream; unpaced after.
-    AsyncPublishStream stream(sidecar->stub(), Recorded(h, MakeRequests(biz, kMessages), 800));
+    AsyncPublishStream stream(sidecar->stub(),
+                              Recorded(h, MakeRequests(biz, biz, kMessages), 800, 150s));
     REQUIRE(stream.WaitAnswered(1000, 30s));
 
     const pid_t victim_pid = NodePid(kVictim);
@@ -406,8 +365,9 @@ void RunFailover(Leader placement) {
          << "; rabbitmqctl stop took " << Fixed(Seconds(node_down - stop_at), 2)
          << " s; daemon SERVING on " << uri_now << " " << Fixed(Seconds(serving_at - stop_at), 2)
          << " s after the stop began; its connections were away (log):" << gaps << "; stream done "
-         << Fixed(Seconds(stream_done - stop_at)) << " s after the stop began; deliveries s1/s2/s3 "
-         << s1.count() << "/" << s2.count() << "/" << s3.count());
+         << Fixed(Seconds(stream_done - stop_at), 1)
+         << " s after the stop began; deliveries s1/s2/s3 " << s1.count() << "/" << s2.count()
+         << "/" << s3.count());
     CHECK(r.lost == 0);
     CHECK(r.ok());
     CHECK(r.unanswered == 0);
@@ -439,10 +399,10 @@ void RunFailover(Leader placement) {
   const CommandResult stopped = cluster.Stop();
   INFO("cluster.sh stop: " << Output(stopped));
   CHECK(stopped.exit_code == 0);
-  WARN("[cluster] timings: cluster.sh start " << Fixed(Seconds(cluster_up - cluster_start))
-                                              << " s, test " << Fixed(Seconds(stop_at - cluster_up))
-                                              << " s, cluster.sh stop "
-                                              << Fixed(Seconds(Clock::now() - stop_at)) << " s");
+  WARN("[cluster] timings: cluster.sh start "
+       << Fixed(Seconds(cluster_up - cluster_start), 1) << " s, test "
+       << Fixed(Seconds(stop_at - cluster_up), 1) << " s, cluster.sh stop "
+       << Fixed(Seconds(Clock::now() - stop_at), 1) << " s");
 }
 
 // ---------------------------------------------------------------------------

@@ -14,33 +14,21 @@
 #include <chrono>
 #include <map>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "checker.h"
 #include "harness.h"
+#include "recorded.h"
 
 namespace mqs::it {
 namespace {
 
 using namespace std::chrono_literals;
 using grpc::health::v1::HealthCheckResponse;
-using std::chrono::duration_cast;
-using std::chrono::milliseconds;
 
 constexpr auto kHeartbeat = 2s;
-
-double Seconds(Clock::duration d) { return duration_cast<milliseconds>(d).count() / 1000.0; }
-
-std::string Fixed(double v, int digits = 2) {
-  std::ostringstream s;
-  s.setf(std::ios::fixed);
-  s.precision(digits);
-  s << v;
-  return s.str();
-}
 
 // Waits until the daemon's health is `want`; the time it took, or nullopt.
 std::optional<Clock::duration> WaitHealth(Daemon& d, HealthCheckResponse::ServingStatus want,
@@ -48,40 +36,6 @@ std::optional<Clock::duration> WaitHealth(Daemon& d, HealthCheckResponse::Servin
   const auto start = Clock::now();
   if (!WaitUntil([&] { return d.Health(1s) == want; }, timeout, 20ms)) return std::nullopt;
   return Clock::now() - start;
-}
-
-std::vector<pb::PublishRequest> MakeRequests(const std::string& business, const std::string& tag,
-                                             int n, uint64_t first_sequence = 1) {
-  std::vector<pb::PublishRequest> requests;
-  requests.reserve(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    const std::string id = tag + "-" + std::to_string(i);
-    requests.push_back(
-        MakePublish(business, id, first_sequence + static_cast<uint64_t>(i), "payload-" + id));
-  }
-  return requests;
-}
-
-// Options for an AsyncPublishStream that records into `h`.
-AsyncPublishStream::Options Recorded(History& h, std::vector<pb::PublishRequest> requests,
-                                     double rate = 0) {
-  AsyncPublishStream::Options o;
-  o.requests = std::move(requests);
-  o.rate = rate;
-  o.timeout = 240s;
-  o.on_written = [&h](const pb::PublishRequest& r) { h.Sent(r.message_id()); };
-  o.on_result = [&h](const pb::PublishResult& r) { h.Result(r); };
-  return o;
-}
-
-// A subscriber that acks every delivery and records it as processed.
-Subscriber::Options Recording(History& h, const std::string& business, const std::string& name,
-                              uint32_t prefetch = 64) {
-  return {.business = business,
-          .prefetch = prefetch,
-          .consumer_name = name,
-          .auto_ack = true,
-          .on_delivery = [&h, name](const pb::Delivery& d) { h.Delivered(name, d); }};
 }
 
 // Publishes `requests` over one stream, recorded, and waits for its end.
