@@ -87,7 +87,7 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   auto consumer = std::make_unique<amqp::Consumer>(config, plan, on_state, on_fatal);
   server::PubSubService service(config, plan, *publisher, *consumer);
   absl::StatusOr<std::unique_ptr<server::GrpcServer>> server =
-      server::GrpcServer::Start(config.listen, &service);
+      server::GrpcServer::Start(config.listen, &service, &service);
   if (!server.ok()) return server.status();
   health.Attach(server->get(), publisher.get(), consumer.get());
   publisher->Start();

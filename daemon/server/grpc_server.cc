@@ -1,7 +1,7 @@
 #include "server/grpc_server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
 
 #include <filesystem>
 #include <system_error>
@@ -18,9 +18,12 @@ constexpr int kMaxMessageBytes = 16 * 1024 * 1024;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
-    const std::vector<std::string>& listen, grpc::Service* service) {
-  grpc::EnableDefaultHealthCheckService(true);
+    const std::vector<std::string>& listen, grpc::Service* service, AsyncService* async) {
+  // Our own health service (health_service.h says why not gRPC's).
+  grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::unique_ptr<GrpcServer> out(new GrpcServer());
+  out->health_ = std::make_unique<HealthService>(kServiceName);
   grpc::ServerBuilder builder;
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -39,7 +42,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &ports[i]);
   }
   builder.RegisterService(service);
-  std::unique_ptr<GrpcServer> out(new GrpcServer());
+  builder.RegisterService(out->health_.get());
+  out->cq_ = builder.AddCompletionQueue();
   out->server_ = builder.BuildAndStart();
   if (out->server_ == nullptr) {
     return absl::UnavailableError(
@@ -54,25 +58,53 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     spdlog::info("listening on {}", listen[i]);
   }
   out->SetServing(false);
+  out->async_ = async;
+  for (AsyncService* a : out->async_services()) a->StartAccepting(out->cq_.get());
+  out->cq_thread_ = std::thread([s = out.get()] { s->ServeCompletions(); });
   return out;
 }
 
 GrpcServer::~GrpcServer() {
-  if (server_ != nullptr && !shut_down_) Shutdown(std::chrono::system_clock::now());
-}
-
-void GrpcServer::SetServing(bool serving) {
-  if (auto* health = server_->GetHealthCheckService()) {
-    health->SetServingStatus(serving);
-    health->SetServingStatus(kServiceName, serving);
+  if (server_ != nullptr && !shut_down_ && cq_thread_.joinable()) {
+    Shutdown(std::chrono::system_clock::now());
+  }
+  // A server that failed to start still has a queue to shut down and drain.
+  if (cq_ != nullptr && !cq_thread_.joinable()) {
+    if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+    cq_->Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_->Next(&tag, &ok)) {
+    }
   }
 }
+
+void GrpcServer::ServeCompletions() {
+  pthread_setname_np(pthread_self(), "mqs-grpc");
+  void* tag;
+  bool ok;
+  while (cq_->Next(&tag, &ok)) static_cast<Completion*>(tag)->Complete(ok);
+}
+
+void GrpcServer::SetServing(bool serving) { health_->SetServing(serving); }
 
 void GrpcServer::Shutdown(std::chrono::system_clock::time_point deadline) {
   if (shut_down_) return;
   shut_down_ = true;
+  health_->EndWatches();  // Watch streams never end by themselves
   server_->Shutdown(deadline);
   server_->Wait();
+  // gRPC has cancelled what was left; the calls end once their last
+  // operations complete (on the thread below) and the consumer has closed
+  // their channels. Only then may the queue shut down.
+  for (AsyncService* a : async_services()) {
+    a->StopAccepting();
+    if (!a->WaitIdle(std::chrono::steady_clock::now() + std::chrono::seconds(10))) {
+      spdlog::error("gRPC calls still open 10 s after shutdown; stopping anyway");
+    }
+  }
+  cq_->Shutdown();
+  cq_thread_.join();
 }
 
 }  // namespace mqs::server

@@ -1,14 +1,19 @@
 // GrpcServer: builds and runs the gRPC server on the configured addresses,
-// with the standard health service and server reflection.
+// with the standard health service (health_service.h), server reflection,
+// and the one thread that serves every async method's completion queue
+// ("mqs-grpc").
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/async_call.h"
+#include "server/health_service.h"
 
 namespace mqs::server {
 
@@ -17,18 +22,33 @@ class GrpcServer {
   // Start listens on every address (`unix:///path` or `host:port`); a unix
   // socket's directory is created when missing. Fails naming the address
   // that could not be bound.
+  // `async` is `service` seen as a service with async methods.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::vector<std::string>& listen,
-                                                           grpc::Service* service);
+                                                           grpc::Service* service,
+                                                           AsyncService* async);
   ~GrpcServer();
 
   // SetServing reports SERVING or NOT_SERVING for "" and mqsidecar.v1.PubSub.
   void SetServing(bool serving);
   // Shutdown stops accepting calls; calls still running after `deadline` are
-  // cancelled. Blocks until all have finished.
+  // cancelled. Blocks until all have finished and the completion-queue
+  // thread has ended.
   void Shutdown(std::chrono::system_clock::time_point deadline);
 
  private:
+  // ServeCompletions runs on the "mqs-grpc" thread: every completion of the
+  // async methods, handled inline, until the queue is shut down and empty.
+  void ServeCompletions();
+
+  // The async services, in the order they stop: PubSub, then health.
+  std::vector<AsyncService*> async_services() { return {async_, health_.get()}; }
+
+  // Destroyed in reverse: the server before its queue and its services.
+  std::unique_ptr<HealthService> health_;
+  std::unique_ptr<grpc::ServerCompletionQueue> cq_;
   std::unique_ptr<grpc::Server> server_;
+  AsyncService* async_ = nullptr;
+  std::thread cq_thread_;
   bool shut_down_ = false;
 };
 

@@ -83,46 +83,23 @@ absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(
   return job;
 }
 
-grpc::ServerUnaryReactor* PubSubService::Publish(grpc::CallbackServerContext* ctx,
-                                                 const PublishRequest* request,
-                                                 PublishResult* result) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::StatusOr<amqp::PublishJob> job = PreparePublish(PublishRequest(*request), ctx->deadline());
-  if (!job.ok()) {
-    reactor->Finish(ToGrpc(job.status()));
-    return reactor;
+void PubSubService::StartAccepting(grpc::ServerCompletionQueue* cq) {
+  {
+    std::lock_guard<std::mutex> lock(accept_mu_);
+    cq_ = cq;
   }
-  CallStarted();
-  job->done = [this, reactor, result](PublishResult&& r, absl::StatusCode code) {
-    // FAILED means the message was not sent: the broker stayed out of reach
-    // (UNAVAILABLE) or kept publishing blocked (RESOURCE_EXHAUSTED) past the
-    // deadline; retrying is safe. Every other outcome is the broker's
-    // answer, carried in the result.
-    if (r.status() == PublishResult::FAILED) {
-      reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(code), r.error()));
-    } else {
-      *result = std::move(r);
-      reactor->Finish(grpc::Status::OK);
-    }
-    CallEnded();
-  };
-  publisher_.Submit(std::move(*job));
-  return reactor;
+  AcceptPublish();
+  AcceptGetTopology();
+  AcceptPublishStream();
+  AcceptSubscribe();
 }
 
-grpc::ServerBidiReactor<PublishRequest, PublishResult>* PubSubService::PublishStream(
-    grpc::CallbackServerContext* ctx) {
-  return NewPublishStreamReactor(*this, config_.publish.window);
+void PubSubService::StopAccepting() {
+  std::lock_guard<std::mutex> lock(accept_mu_);
+  cq_ = nullptr;
 }
 
-grpc::ServerBidiReactor<mqsidecar::v1::SubscribeRequest, mqsidecar::v1::Delivery>*
-PubSubService::Subscribe(grpc::CallbackServerContext* ctx) {
-  return NewSubscribeReactor(*this);
-}
-
-grpc::ServerUnaryReactor* PubSubService::GetTopology(grpc::CallbackServerContext* ctx,
-                                                     const mqsidecar::v1::GetTopologyRequest*,
-                                                     mqsidecar::v1::Topology* topology) {
+void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
   for (const auto& p : config_.producers) {
     auto* b = topology->add_businesses();
     b->set_name(p.name);
@@ -155,21 +132,6 @@ grpc::ServerUnaryReactor* PubSubService::GetTopology(grpc::CallbackServerContext
   std::string state(amqp::LinkStateName(p != amqp::LinkState::kConnected ? p : c));
   if (topology->connected() && publisher_.blocked()) state = "blocked";
   topology->set_state(state);
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  CallStarted();
-  // Queue counts come from the broker, on the consumer's thread.
-  consumer_.Inspect([this, reactor, topology](std::vector<amqp::QueueInfo>&& queues) {
-    for (const auto& q : queues) {
-      auto* x = topology->add_queues();
-      x->set_name(q.name);
-      x->set_type(std::string(config::QueueTypeName(q.type)));
-      x->set_messages(q.stats.messages);
-      x->set_consumers(q.stats.consumers);
-    }
-    reactor->Finish(grpc::Status::OK);
-    CallEnded();
-  });
-  return reactor;
 }
 
 }  // namespace mqs::server

@@ -2,8 +2,10 @@
 //
 // It validates requests against the config, hands work to the publisher and
 // consumer threads, and maps outcomes to the most specific gRPC status. Its
-// reactors never block: every hand-off is a queue push, every answer comes
-// back as a callback.
+// handlers never block: every hand-off is a queue push, every answer comes
+// back as a callback. Every method runs on gRPC's async API, on one thread of
+// ours (async_call.h says why): unary_calls.cc, publish_stream.cc,
+// subscribe_stream.cc.
 #pragma once
 
 #include <atomic>
@@ -19,27 +21,17 @@
 #include "config/config.h"
 #include "config/topology_plan.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
+#include "server/async_call.h"
 
 namespace mqs::server {
 
 // ToGrpc maps an absl status to a gRPC status with the same code and message.
 grpc::Status ToGrpc(const absl::Status& s);
 
-class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
+class PubSubService final : public mqsidecar::v1::PubSub::AsyncService, public AsyncService {
  public:
   PubSubService(const config::Config& config, const config::TopologyPlan& plan,
                 amqp::Publisher& publisher, amqp::Consumer& consumer);
-
-  grpc::ServerUnaryReactor* Publish(grpc::CallbackServerContext* ctx,
-                                    const mqsidecar::v1::PublishRequest* request,
-                                    mqsidecar::v1::PublishResult* result) override;
-  grpc::ServerBidiReactor<mqsidecar::v1::PublishRequest, mqsidecar::v1::PublishResult>*
-  PublishStream(grpc::CallbackServerContext* ctx) override;
-  grpc::ServerBidiReactor<mqsidecar::v1::SubscribeRequest, mqsidecar::v1::Delivery>* Subscribe(
-      grpc::CallbackServerContext* ctx) override;
-  grpc::ServerUnaryReactor* GetTopology(grpc::CallbackServerContext* ctx,
-                                        const mqsidecar::v1::GetTopologyRequest* request,
-                                        mqsidecar::v1::Topology* topology) override;
 
   // PreparePublish resolves the business and checks the request; the job's
   // `done` is left for the caller to set. InvalidArgument names what is wrong.
@@ -71,7 +63,21 @@ class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
   void CallStarted();
   void CallEnded();
   // WaitIdle returns true once no call is open, false at `deadline`.
-  bool WaitIdle(std::chrono::steady_clock::time_point deadline);
+  bool WaitIdle(std::chrono::steady_clock::time_point deadline) override;
+
+  // StartAccepting posts one request for each streaming method; each call,
+  // once accepted, posts the next (AcceptPublishStream, AcceptSubscribe, in
+  // publish_stream.cc and subscribe_stream.cc).
+  void StartAccepting(grpc::ServerCompletionQueue* cq) override;
+  void StopAccepting() override;
+  void AcceptPublish();
+  void AcceptGetTopology();
+  void AcceptPublishStream();
+  void AcceptSubscribe();
+
+  // FillTopology: what GetTopology answers before the queue counts, which
+  // come from the broker (consumer().Inspect).
+  void FillTopology(mqsidecar::v1::Topology* topology) const;
 
   const config::Config& config() const { return config_; }
   amqp::Publisher& publisher() { return publisher_; }
@@ -90,12 +96,8 @@ class PubSubService final : public mqsidecar::v1::PubSub::CallbackService {
   std::mutex calls_mu_;
   std::condition_variable calls_cv_;
   int open_calls_ = 0;  // guarded by calls_mu_
+  std::mutex accept_mu_;
+  grpc::ServerCompletionQueue* cq_ = nullptr;  // guarded by accept_mu_
 };
-
-// Reactor factories, one file each (publish_reactors.cc, subscribe_reactor.cc).
-grpc::ServerBidiReactor<mqsidecar::v1::PublishRequest, mqsidecar::v1::PublishResult>*
-NewPublishStreamReactor(PubSubService& service, uint32_t window);
-grpc::ServerBidiReactor<mqsidecar::v1::SubscribeRequest, mqsidecar::v1::Delivery>*
-NewSubscribeReactor(PubSubService& service);
 
 }  // namespace mqs::server

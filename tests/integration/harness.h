@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-#include "health.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 
 namespace mqs::it {

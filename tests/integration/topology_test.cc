@@ -1,6 +1,7 @@
 // Health and GetTopology: what the daemon declared, and that it is connected.
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <csignal>
 #include <string>
 
 #include "harness.h"
@@ -94,6 +95,44 @@ TEST_CASE("integration: health is SERVING and GetTopology lists the configured t
   CHECK(t.admin().InspectQueue(both + ".queue").has_value());
   CHECK(t.admin().InspectQueue(sub_only + ".queue").has_value());
   CHECK_FALSE(t.admin().InspectQueue(pub_only + ".queue").has_value());
+}
+
+TEST_CASE(
+    "integration: health Check knows two services; Watch sees NOT_SERVING, then ends at SIGTERM") {
+  using grpc::health::v1::HealthCheckRequest;
+  using grpc::health::v1::HealthCheckResponse;
+  IntegrationTest t("health");
+  Daemon& d = t.StartDaemon({{.name = t.Business("b")}});
+  auto health = grpc::health::v1::Health::NewStub(d.channel());
+  auto check = [&](const std::string& service, HealthCheckResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+    HealthCheckRequest req;
+    req.set_service(service);
+    return health->Check(&ctx, req, resp);
+  };
+  HealthCheckResponse resp;
+  REQUIRE(check("mqsidecar.v1.PubSub", &resp).ok());
+  CHECK(resp.status() == HealthCheckResponse::SERVING);
+  grpc::Status unknown = check("no.such.Service", &resp);
+  CHECK(unknown.error_code() == grpc::StatusCode::NOT_FOUND);
+  CHECK(unknown.error_message().find("no.such.Service") != std::string::npos);
+
+  // Watch: the current status at once; at shutdown NOT_SERVING, then the end.
+  grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + 30s);
+  HealthCheckRequest wreq;
+  auto watch = health->Watch(&wctx, wreq);
+  REQUIRE(watch->Read(&resp));
+  CHECK(resp.status() == HealthCheckResponse::SERVING);
+  d.Signal(SIGTERM);
+  REQUIRE(watch->Read(&resp));
+  CHECK(resp.status() == HealthCheckResponse::NOT_SERVING);
+  CHECK_FALSE(watch->Read(&resp));  // the stream ends: no hang until the deadline
+  grpc::Status end = watch->Finish();
+  INFO(StatusText(end));
+  CHECK(end.error_code() == grpc::StatusCode::UNAVAILABLE);
+  CHECK(d.WaitExit(10s));
 }
 
 }  // namespace
