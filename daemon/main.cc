@@ -1,6 +1,4 @@
 // mq-sidecar: flags, logging and signals; everything else lives in the library.
-#include <malloc.h>
-
 #include <cstdio>
 #include <iostream>
 
@@ -13,10 +11,6 @@
 #include "util/strings.h"
 
 int main(int argc, char** argv) {
-  // One malloc arena: the daemon's few threads allocate little and mostly
-  // through per-thread caches; an arena per thread cost ~1 MiB of resident
-  // memory at 10,000 msg/s for no measurable speed (docs/benchmarks.md).
-  mallopt(M_ARENA_MAX, 1);
   CLI::App cli{"mq-sidecar: RabbitMQ publish/subscribe for local services, over gRPC"};
   std::string config_path = "/etc/mq-sidecar/mq-sidecar.yaml";
   bool check_config = false;
