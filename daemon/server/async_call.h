@@ -14,6 +14,7 @@
 #pragma once
 
 #include <grpcpp/completion_queue.h>
+#include <grpcpp/support/async_stream.h>
 
 #include <chrono>
 
@@ -41,6 +42,17 @@ class Op final : public Completion {
  private:
   Call* call_;
 };
+
+// WriteFront writes outbox.front() on `stream`. While more messages wait
+// behind it, gRPC may hold this one back (buffer hint) and coalesce it with
+// the next writes into fewer frames and syscalls; the last write of a burst
+// flushes. The caller keeps front() alive until the write completes.
+template <class Stream, class Outbox>
+void WriteFront(Stream& stream, const Outbox& outbox, void* tag) {
+  grpc::WriteOptions options;
+  if (outbox.size() > 1) options.set_buffer_hint();
+  stream.Write(outbox.front(), options, tag);
+}
 
 // AsyncService: what GrpcServer needs of a service with async methods.
 class AsyncService {

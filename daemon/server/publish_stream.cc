@@ -28,9 +28,9 @@ using mqsidecar::v1::PublishResult;
 class PublishStreamCall final : public PubSubService::Drainable {
  public:
   PublishStreamCall(PubSubService& service, grpc::ServerCompletionQueue* cq)
-      : service_(service), cq_(cq), window_(service.config().publish.window) {
+      : service_(service), window_(service.config().publish.window) {
     ctx_.AsyncNotifyWhenDone(done_op_.tag());
-    service_.RequestPublishStream(&ctx_, &stream_, cq_, cq_, accept_op_.tag());
+    service_.RequestPublishStream(&ctx_, &stream_, cq, cq, accept_op_.tag());
   }
 
   void OnDrain() override {
@@ -219,20 +219,13 @@ class PublishStreamCall final : public PubSubService::Drainable {
     service.CallEnded();  // last: shutdown may proceed once this reaches zero
   }
 
-  // StartNextWriteLocked writes outbox_.front(). While more messages wait
-  // behind it, gRPC may hold this one back (buffer hint) and coalesce it with
-  // the next writes into fewer frames and syscalls; the last write of a burst
-  // flushes.
   void StartNextWriteLocked() {
     writing_ = true;
     ++ops_;
-    grpc::WriteOptions options;
-    if (outbox_.size() > 1) options.set_buffer_hint();
-    stream_.Write(outbox_.front(), options, write_op_.tag());
+    WriteFront(stream_, outbox_, write_op_.tag());
   }
 
   PubSubService& service_;
-  grpc::ServerCompletionQueue* const cq_;
   const uint32_t window_;
   grpc::ServerContext ctx_;
   grpc::ServerAsyncReaderWriter<PublishResult, PublishRequest> stream_{&ctx_};

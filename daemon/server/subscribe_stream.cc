@@ -23,10 +23,9 @@ using mqsidecar::v1::SubscribeRequest;
 
 class SubscribeCall final : public amqp::DeliverySink {
  public:
-  SubscribeCall(PubSubService& service, grpc::ServerCompletionQueue* cq)
-      : service_(service), cq_(cq) {
+  SubscribeCall(PubSubService& service, grpc::ServerCompletionQueue* cq) : service_(service) {
     ctx_.AsyncNotifyWhenDone(done_op_.tag());
-    service_.RequestSubscribe(&ctx_, &stream_, cq_, cq_, accept_op_.tag());
+    service_.RequestSubscribe(&ctx_, &stream_, cq, cq, accept_op_.tag());
   }
 
   // DeliverySink, on the consumer thread.
@@ -238,20 +237,13 @@ class SubscribeCall final : public amqp::DeliverySink {
     service.CallEnded();  // last: shutdown may proceed once this reaches zero
   }
 
-  // StartNextWriteLocked writes outbox_.front(). While more messages wait
-  // behind it, gRPC may hold this one back (buffer hint) and coalesce it with
-  // the next writes into fewer frames and syscalls; the last write of a burst
-  // flushes.
   void StartNextWriteLocked() {
     writing_ = true;
     ++ops_;
-    grpc::WriteOptions options;
-    if (outbox_.size() > 1) options.set_buffer_hint();
-    stream_.Write(outbox_.front(), options, write_op_.tag());
+    WriteFront(stream_, outbox_, write_op_.tag());
   }
 
   PubSubService& service_;
-  grpc::ServerCompletionQueue* const cq_;
   grpc::ServerContext ctx_;
   grpc::ServerAsyncReaderWriter<Delivery, SubscribeRequest> stream_{&ctx_};
   SubscribeRequest request_;  // owned by the read in flight
