@@ -17,6 +17,8 @@
 #include <grpcpp/support/async_stream.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 
 namespace mqs::server {
 
@@ -53,6 +55,32 @@ void WriteFront(Stream& stream, const Outbox& outbox, void* tag) {
   if (outbox.size() > 1) options.set_buffer_hint();
   stream.Write(outbox.front(), options, tag);
 }
+
+// CallCount: the calls a service has open. Shutdown waits for zero: gRPC's
+// own Server::Shutdown waits out its whole deadline while any client is
+// merely connected, and the completion queue may shut down only once no call
+// can start an operation.
+class CallCount {
+ public:
+  void Started() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++open_;
+  }
+  void Ended() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--open_ == 0) zero_.notify_all();
+  }
+  // WaitZero returns true once no call is open, false at `deadline`.
+  bool WaitZero(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return zero_.wait_until(lock, deadline, [this] { return open_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable zero_;
+  int open_ = 0;  // guarded by mu_
+};
 
 // AsyncService: what GrpcServer needs of a service with async methods.
 class AsyncService {

@@ -1,6 +1,5 @@
 #include "server/health_service.h"
 
-#include <condition_variable>
 #include <deque>
 
 namespace mqs::server {
@@ -87,7 +86,6 @@ class WatchCall final : public HealthService::Watcher {
     service_.CallStarted();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      accepted_ = true;
       known_ = request_.service().empty() || request_.service() == service_.name();
     }
     // Register writes the first status (OnChange), under the service's lock,
@@ -136,7 +134,7 @@ class WatchCall final : public HealthService::Watcher {
   // One write at a time: the latest status when it changed, then the
   // finish once the server is ending.
   void MaybeWriteLocked() {
-    if (!accepted_ || writing_ || finished_ || done_) return;
+    if (writing_ || finished_ || done_) return;
     if (current_ != last_) {
       last_ = current_;
       response_.set_status(current_);
@@ -175,7 +173,6 @@ class WatchCall final : public HealthService::Watcher {
   int ops_ = 0;
   HealthService::Status current_ = HealthCheckResponse::UNKNOWN;
   HealthService::Status last_ = HealthCheckResponse::UNKNOWN;  // last written
-  bool accepted_ = false;
   bool known_ = false;  // the service asked for is one we report
   bool ending_ = false;
   bool writing_ = false;
@@ -240,19 +237,12 @@ void HealthService::AcceptWatch() {
   if (cq_ != nullptr) new WatchCall(*this, cq_);
 }
 
-void HealthService::CallStarted() {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++open_calls_;
-}
+void HealthService::CallStarted() { calls_.Started(); }
 
-void HealthService::CallEnded() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (--open_calls_ == 0) idle_cv_.notify_all();
-}
+void HealthService::CallEnded() { calls_.Ended(); }
 
 bool HealthService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_until(lock, deadline, [this] { return open_calls_ == 0; });
+  return calls_.WaitZero(deadline);
 }
 
 }  // namespace mqs::server

@@ -6,7 +6,6 @@
 // every message to our thread (async_call.h).
 #pragma once
 
-#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <string>
@@ -63,8 +62,7 @@ class HealthService final : public grpc::health::v1::Health::AsyncService, publi
   bool ended_ = false;                         // guarded by mu_
   std::set<Watcher*> watchers_;                // guarded by mu_
   grpc::ServerCompletionQueue* cq_ = nullptr;  // guarded by mu_
-  int open_calls_ = 0;                         // guarded by mu_
-  std::condition_variable idle_cv_;
+  CallCount calls_;
 };
 
 }  // namespace mqs::server

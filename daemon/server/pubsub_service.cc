@@ -8,7 +8,6 @@
 namespace mqs::server {
 
 using mqsidecar::v1::PublishRequest;
-using mqsidecar::v1::PublishResult;
 
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
@@ -35,19 +34,12 @@ void PubSubService::Unregister(Drainable* d) {
   drainables_.erase(d);
 }
 
-void PubSubService::CallStarted() {
-  std::lock_guard<std::mutex> lock(calls_mu_);
-  ++open_calls_;
-}
+void PubSubService::CallStarted() { calls_.Started(); }
 
-void PubSubService::CallEnded() {
-  std::lock_guard<std::mutex> lock(calls_mu_);
-  if (--open_calls_ == 0) calls_cv_.notify_all();
-}
+void PubSubService::CallEnded() { calls_.Ended(); }
 
 bool PubSubService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(calls_mu_);
-  return calls_cv_.wait_until(lock, deadline, [this] { return open_calls_ == 0; });
+  return calls_.WaitZero(deadline);
 }
 
 void PubSubService::Drain() {

@@ -10,7 +10,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <string>
@@ -93,9 +92,7 @@ class PubSubService final : public mqsidecar::v1::PubSub::AsyncService, public A
   std::atomic<bool> draining_{false};
   std::mutex drainables_mu_;
   std::set<Drainable*> drainables_;  // guarded by drainables_mu_
-  std::mutex calls_mu_;
-  std::condition_variable calls_cv_;
-  int open_calls_ = 0;  // guarded by calls_mu_
+  CallCount calls_;
   std::mutex accept_mu_;
   grpc::ServerCompletionQueue* cq_ = nullptr;  // guarded by accept_mu_
 };

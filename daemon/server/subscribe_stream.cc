@@ -68,7 +68,6 @@ class SubscribeCall final : public amqp::DeliverySink {
     service_.AcceptSubscribe();  // the next caller
     service_.CallStarted();
     std::lock_guard<std::mutex> lock(mu_);
-    accepted_ = true;
     StartReadLocked();
   }
 
@@ -258,7 +257,6 @@ class SubscribeCall final : public amqp::DeliverySink {
   std::mutex mu_;
   std::deque<Delivery> outbox_;  // front() is being written while writing_
   int ops_ = 0;                  // operations started, not yet completed
-  bool accepted_ = false;
   bool opened_ = false;
   bool close_requested_ = false;
   bool closed_ = false;  // the consumer thread will call no more
