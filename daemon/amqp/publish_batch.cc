@@ -102,30 +102,37 @@ absl::Status PublishBatch::Add(amqp_channel_t channel, std::string_view exchange
   return absl::OkStatus();
 }
 
-absl::Status PublishBatch::WriteTo(int fd, std::chrono::milliseconds timeout) {
-  size_t sent = 0;
-  while (sent < buffer_.size()) {
-    const ssize_t n = ::send(fd, buffer_.data() + sent, buffer_.size() - sent, MSG_NOSIGNAL);
+absl::StatusOr<bool> PublishBatch::TryWrite(int fd) {
+  while (sent_ < buffer_.size()) {
+    const ssize_t n = ::send(fd, buffer_.data() + sent_, buffer_.size() - sent_,
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
-      sent += static_cast<size_t>(n);
+      sent_ += static_cast<size_t>(n);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      // The broker is not reading (a resource alarm blocks publishers'
-      // sockets) or is slow: wait for room, but not forever.
-      pollfd p{fd, POLLOUT, 0};
-      const int r = ::poll(&p, 1, static_cast<int>(timeout.count()));
-      if (r > 0 || (r < 0 && errno == EINTR)) continue;
-      return absl::UnavailableError(
-          util::StrCat("the broker took no data for ", timeout.count(), " ms while publishing"));
-    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
     return absl::UnavailableError(
         util::StrCat("writing to the broker: ",
                      n == 0 ? std::string("no progress") : std::system_category().message(errno)));
   }
-  buffer_.clear();
-  return absl::OkStatus();
+  Clear();
+  return true;
+}
+
+absl::Status PublishBatch::WriteTo(int fd, std::chrono::milliseconds timeout) {
+  while (true) {
+    absl::StatusOr<bool> done = TryWrite(fd);
+    if (!done.ok()) return done.status();
+    if (*done) return absl::OkStatus();
+    // The broker is not reading (a resource alarm blocks publishers'
+    // sockets) or is slow: wait for room, but not forever.
+    pollfd p{fd, POLLOUT, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(timeout.count()));
+    if (r > 0 || (r < 0 && errno == EINTR)) continue;
+    return absl::UnavailableError(
+        util::StrCat("the broker took no data for ", timeout.count(), " ms while publishing"));
+  }
 }
 
 }  // namespace mqs::amqp
