@@ -79,21 +79,7 @@ void IoLoop::SetState(LinkState s) {
   if (state_.exchange(s, std::memory_order_acq_rel) != s && on_state_) on_state_();
 }
 
-bool IoLoop::ServeInline() {
-  std::unique_lock<std::mutex> lock(loop_mu_, std::try_to_lock);
-  if (!lock.owns_lock() || live_ == nullptr || live_->dead() || stop_requested() ||
-      !CanServeInline()) {
-    return false;
-  }
-  ProcessInbox(live_);
-  // The sleeping loop must look again if the connection died under the
-  // inline work, if work with deadlines appeared while it sleeps long, or if
-  // a stop came meanwhile (ProcessInbox may have reset its wake-up).
-  if (live_->dead() || (HasTimers() && !polling_short_) || stop_requested()) Wake();
-  return true;
-}
-
-void IoLoop::WaitDisconnected(milliseconds d, std::unique_lock<std::mutex>& lock) {
+void IoLoop::WaitDisconnected(milliseconds d) {
   const auto deadline = Clock::now() + d;
   while (!stop_requested()) {
     ProcessInbox(nullptr);
@@ -101,11 +87,8 @@ void IoLoop::WaitDisconnected(milliseconds d, std::unique_lock<std::mutex>& lock
     if (left.count() <= 0) return;
     pollfd pfd{WakeFd(), POLLIN, 0};
     // Short slices while commands wait on deadlines.
-    const int timeout =
-        static_cast<int>(HasTimers() ? std::min<int64_t>(left.count(), 50) : left.count());
-    lock.unlock();
-    ::poll(&pfd, 1, timeout);
-    lock.lock();
+    ::poll(&pfd, 1,
+           static_cast<int>(HasTimers() ? std::min<int64_t>(left.count(), 50) : left.count()));
   }
 }
 
@@ -119,8 +102,6 @@ void IoLoop::Run() {
   options.heartbeat = broker_.heartbeat;
   options.connect_timeout = broker_.connect_timeout;
   options.connection_name = name_;
-  std::unique_lock<std::mutex> lock(loop_mu_);
-  loop_id_ = std::this_thread::get_id();
 
   while (!stop_requested()) {
     const std::string& uri = broker_.uris[next_uri];
@@ -143,7 +124,7 @@ void IoLoop::Run() {
       SetState(LinkState::kReconnecting);
       // Move on to the next node of a cluster; back off once per full round.
       next_uri = (next_uri + 1) % broker_.uris.size();
-      WaitDisconnected(Jitter(backoff), lock);
+      WaitDisconnected(Jitter(backoff));
       backoff = std::min(backoff * 2, kBackoffMax);
       continue;
     }
@@ -151,9 +132,7 @@ void IoLoop::Run() {
                  (*conn)->heartbeat_seconds());
     backoff = kBackoffMin;
     SetState(LinkState::kConnected);
-    live_ = conn->get();
-    status = Pump(**conn, lock);
-    live_ = nullptr;
+    status = Pump(**conn);
     if (status.ok()) break;  // stopped and drained
     spdlog::warn("[{}] connection lost: {}", name_, status.message());
     blocked_.store(false, std::memory_order_release);
@@ -166,7 +145,7 @@ void IoLoop::Run() {
   SetState(LinkState::kStopped);
 }
 
-absl::Status IoLoop::Pump(Connection& conn, std::unique_lock<std::mutex>& lock) {
+absl::Status IoLoop::Pump(Connection& conn) {
   const int hb = conn.heartbeat_seconds();
   // rabbitmq-c only sends heartbeats from inside its calls: wake at least
   // every heartbeat/2. The broker sends something at least every
@@ -176,10 +155,6 @@ absl::Status IoLoop::Pump(Connection& conn, std::unique_lock<std::mutex>& lock) 
   const int idle_ms = hb > 0 ? hb * 500 : 1000;
   const milliseconds dead_after(hb > 0 ? hb * 2000 : 0);
   Clock::time_point last_rx = Clock::now();
-  // Work with deadlines comes and goes with every message at a steady low
-  // rate; sleeping in short slices for a while after it goes lets inline
-  // work (ServeInline) start deadlines without waking the loop each time.
-  Clock::time_point timers_seen;
   bool stopping = false;
   Clock::time_point drain_deadline;
   amqp_frame_t frame;
@@ -194,19 +169,14 @@ absl::Status IoLoop::Pump(Connection& conn, std::unique_lock<std::mutex>& lock) 
     if (conn.HasBuffered()) {
       last_rx = Clock::now();
     } else {
-      const auto before = Clock::now();
-      if (HasTimers()) timers_seen = before;
-      polling_short_ = stopping || before - timers_seen < std::chrono::seconds(1);
-      int timeout = polling_short_ ? std::min(idle_ms, 50) : idle_ms;
+      int timeout = stopping || HasTimers() ? std::min(idle_ms, 50) : idle_ms;
       if (dead_after.count() > 0) {
         const auto left =
-            std::chrono::duration_cast<milliseconds>(last_rx + dead_after - before);
+            std::chrono::duration_cast<milliseconds>(last_rx + dead_after - Clock::now());
         timeout = std::clamp(static_cast<int>(left.count()) + 1, 0, timeout);
       }
       pollfd pfds[2] = {{conn.fd(), POLLIN, 0}, {WakeFd(), POLLIN, 0}};
-      lock.unlock();
       ::poll(pfds, 2, timeout);
-      lock.lock();
       const auto now = Clock::now();
       if ((pfds[0].revents & (POLLIN | POLLERR | POLLHUP)) != 0) {
         last_rx = now;

@@ -6,11 +6,6 @@
 // half the heartbeat, and does everything on that connection: the commands
 // other threads queue (publishes, acks, opens) and the frames the broker sends.
 // Publisher and Consumer derive from it and fill in the hooks.
-//
-// The loop thread holds loop_mu_ whenever it is not asleep in poll(). While
-// it sleeps, another thread may take loop_mu_ and serve the inbox itself
-// (ServeInline): a command then costs no thread hand-off, and rabbitmq-c is
-// still used by one thread at a time.
 #pragma once
 
 #include <atomic>
@@ -73,19 +68,6 @@ class IoLoop {
   virtual int WakeFd() const = 0;
   virtual void Wake() = 0;
 
-  // ServeInline runs ProcessInbox on the calling thread when the loop thread
-  // is asleep in poll() on a live connection and CanServeInline() agrees;
-  // it never blocks. False: the loop is busy or disconnected, and the caller
-  // must Wake() it. Wakes the loop itself when the inline work needs it (a
-  // dead connection, new deadlines while the loop sleeps long).
-  bool ServeInline();
-  // CanServeInline (called under loop_mu_): nothing needs the loop thread's
-  // blocking calls (broker RPCs, waits for socket room).
-  virtual bool CanServeInline() const { return false; }
-  // serving_inline: the hooks run on a caller's thread (under loop_mu_), not
-  // the loop thread; they must not block.
-  bool serving_inline() const { return std::this_thread::get_id() != loop_id_; }
-
   bool stop_requested() const { return stop_.load(std::memory_order_acquire); }
   const std::string& name() const { return name_; }
 
@@ -93,12 +75,12 @@ class IoLoop {
   void Run();
   // Pump runs one connection until it dies (returns why) or the loop has
   // drained after a stop (returns OK).
-  absl::Status Pump(Connection& conn, std::unique_lock<std::mutex>& lock);
+  absl::Status Pump(Connection& conn);
   void SetState(LinkState s);
   // Handles channel-0 methods: connection.close, connection.(un)blocked.
   absl::Status OnConnectionMethod(Connection& conn, const amqp_method_t& method);
   // Sleeps up to `d`, still serving the inbox (with no connection).
-  void WaitDisconnected(std::chrono::milliseconds d, std::unique_lock<std::mutex>& lock);
+  void WaitDisconnected(std::chrono::milliseconds d);
 
   const std::string name_;
   const config::Broker broker_;
@@ -110,11 +92,6 @@ class IoLoop {
   std::atomic<int64_t> drain_ms_{0};
   mutable std::mutex uri_mu_;
   std::string broker_uri_;  // guarded by uri_mu_
-  // Held by the loop thread except while it sleeps in poll(); see the top.
-  std::mutex loop_mu_;
-  std::thread::id loop_id_;         // guarded by loop_mu_
-  Connection* live_ = nullptr;      // guarded by loop_mu_: the pumped connection
-  bool polling_short_ = false;      // guarded by loop_mu_: the sleep ends within 50 ms
   std::thread thread_;
 };
 

@@ -102,37 +102,30 @@ absl::Status PublishBatch::Add(amqp_channel_t channel, std::string_view exchange
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> PublishBatch::TryWrite(int fd) {
-  while (sent_ < buffer_.size()) {
-    const ssize_t n = ::send(fd, buffer_.data() + sent_, buffer_.size() - sent_,
-                             MSG_NOSIGNAL | MSG_DONTWAIT);
+absl::Status PublishBatch::WriteTo(int fd, std::chrono::milliseconds timeout) {
+  size_t sent = 0;
+  while (sent < buffer_.size()) {
+    const ssize_t n = ::send(fd, buffer_.data() + sent, buffer_.size() - sent, MSG_NOSIGNAL);
     if (n > 0) {
-      sent_ += static_cast<size_t>(n);
+      sent += static_cast<size_t>(n);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // The broker is not reading (a resource alarm blocks publishers'
+      // sockets) or is slow: wait for room, but not forever.
+      pollfd p{fd, POLLOUT, 0};
+      const int r = ::poll(&p, 1, static_cast<int>(timeout.count()));
+      if (r > 0 || (r < 0 && errno == EINTR)) continue;
+      return absl::UnavailableError(
+          util::StrCat("the broker took no data for ", timeout.count(), " ms while publishing"));
+    }
     return absl::UnavailableError(
         util::StrCat("writing to the broker: ",
                      n == 0 ? std::string("no progress") : std::system_category().message(errno)));
   }
-  Clear();
-  return true;
-}
-
-absl::Status PublishBatch::WriteTo(int fd, std::chrono::milliseconds timeout) {
-  while (true) {
-    absl::StatusOr<bool> done = TryWrite(fd);
-    if (!done.ok()) return done.status();
-    if (*done) return absl::OkStatus();
-    // The broker is not reading (a resource alarm blocks publishers'
-    // sockets) or is slow: wait for room, but not forever.
-    pollfd p{fd, POLLOUT, 0};
-    const int r = ::poll(&p, 1, static_cast<int>(timeout.count()));
-    if (r > 0 || (r < 0 && errno == EINTR)) continue;
-    return absl::UnavailableError(
-        util::StrCat("the broker took no data for ", timeout.count(), " ms while publishing"));
-  }
+  buffer_.clear();
+  return absl::OkStatus();
 }
 
 }  // namespace mqs::amqp

@@ -26,7 +26,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
 
 namespace mqs::amqp {
 
@@ -43,23 +42,13 @@ class PublishBatch {
   bool empty() const { return buffer_.empty(); }
   size_t bytes() const { return buffer_.size(); }
   const std::string& data() const { return buffer_; }
-  // partly_sent: a TryWrite left the rest of the buffer for later; nothing
-  // else may be written to the socket until WriteTo has sent it.
-  bool partly_sent() const { return sent_ > 0; }
-  void Clear() {
-    buffer_.clear();
-    sent_ = 0;
-  }
+  void Clear() { buffer_.clear(); }
 
   // WriteTo sends the whole buffer on the non-blocking socket `fd`, waiting
   // for room when the socket is full, at most `timeout` without progress.
   // Clears the buffer on success. An error means part of it may have been
   // sent: the connection must be dropped.
   absl::Status WriteTo(int fd, std::chrono::milliseconds timeout);
-  // TryWrite sends what the socket takes without waiting: true when the
-  // whole buffer is out (and cleared), false when the rest waits for a later
-  // WriteTo or TryWrite. An error means the connection must be dropped.
-  absl::StatusOr<bool> TryWrite(int fd);
 
  private:
   // Appends a frame header (type, channel, payload size) and returns the
@@ -70,7 +59,6 @@ class PublishBatch {
   void EndFrame(size_t payload_at);
 
   std::string buffer_;
-  size_t sent_ = 0;            // bytes of buffer_ already on the socket
   std::vector<char> scratch_;  // encoder output, reused
 };
 

@@ -153,9 +153,7 @@ void Publisher::Flush(Connection* conn) {
       Pending& p = pending_.emplace_back();
       p.job = std::move(job);
       ++next_tag_;
-      if (out_.bytes() >= kMaxBatchBytes && (!WriteBatch(*conn) || out_.partly_sent())) {
-        return;  // dead, or the socket is full: the publisher thread goes on
-      }
+      if (out_.bytes() >= kMaxBatchBytes && !WriteBatch(*conn)) return;
     }
     WriteBatch(*conn);
     return;
@@ -198,17 +196,6 @@ bool Publisher::WriteBatch(Connection& conn) {
   // same rule as for reading); without heartbeats, give it 30 s.
   const int hb = conn.heartbeat_seconds();
   const std::chrono::milliseconds timeout(hb > 0 ? hb * 2000 : 30000);
-  if (serving_inline()) {
-    absl::StatusOr<bool> all_out = out_.TryWrite(conn.fd());
-    if (all_out.ok()) {
-      if (!*all_out) Wake();  // the publisher thread sends the rest (CanServeInline is false)
-      return true;
-    }
-    spdlog::warn("[publisher] {}", all_out.status().message());
-    out_.Clear();
-    conn.MarkDead();
-    return false;
-  }
   if (absl::Status s = out_.WriteTo(conn.fd(), timeout); !s.ok()) {
     // Part of the batch may be out: everything in it stays pending, so the
     // disconnect republishes it or answers UNCONFIRMED.

@@ -1,7 +1,7 @@
 // Publisher: the publishing connection, in confirm mode.
 //
 // Every PublishJob ends in exactly one call of its `done`, on the publisher
-// thread or inline in Submit: CONFIRMED (basic.ack), UNROUTABLE (basic.return, then ack),
+// thread: CONFIRMED (basic.ack), UNROUTABLE (basic.return, then ack),
 // REJECTED (basic.nack), FAILED (never sent) or UNCONFIRMED (sent, but the
 // channel or connection died before the broker answered).
 #pragma once
@@ -42,13 +42,8 @@ class Publisher final : public IoLoop {
             std::function<void()> on_state, std::function<void(const absl::Status&)> on_fatal);
   ~Publisher() override;
 
-  // Submit queues a job and never blocks. While the publisher thread sleeps
-  // with nothing to send, the caller encodes and writes the job itself
-  // (IoLoop::ServeInline): at a low rate this saves a thread wake-up per
-  // message. `done` may then run before Submit returns.
-  void Submit(PublishJob job) {
-    if (inbox_.PushQuiet(std::move(job)) && !ServeInline()) inbox_.Notify();
-  }
+  // Submit queues a job for the publisher thread; never blocks.
+  void Submit(PublishJob job) { inbox_.Push(std::move(job)); }
 
   // Drain: shutdown has begun; publishes that cannot be sent right now fail
   // at once instead of waiting for the broker.
@@ -74,17 +69,10 @@ class Publisher final : public IoLoop {
   bool IsFatal(const absl::Status& s) const override;
   int WakeFd() const override { return inbox_.fd(); }
   void Wake() override { inbox_.Notify(); }
-  // Inline work must not block: no channel renewal (a broker RPC) and no
-  // wait for socket room (see WriteBatch).
-  bool CanServeInline() const override {
-    return channel_ok_ && !reset_channel_ && !blocked() && !out_.partly_sent();
-  }
 
   // Opens the publishing channel, declares the topology, enables confirms.
   absl::Status SetUpChannel(Connection& conn);
   // Writes out_ to the broker; false (connection marked dead) on failure.
-  // Off the publisher thread it only sends what the socket takes at once and
-  // leaves the rest to the woken publisher thread.
   bool WriteBatch(Connection& conn);
   void Settle(uint64_t tag, bool multiple, mqsidecar::v1::PublishResult::Status status);
   void OnReturn(Connection& conn, const amqp_basic_return_t& ret, amqp_channel_t channel);
@@ -111,8 +99,7 @@ class Publisher final : public IoLoop {
   std::atomic<bool> draining_{false};
   util::WakeupQueue<PublishJob> inbox_;
 
-  // Loop state: used under IoLoop's loop_mu_, by the publisher thread or an
-  // inline caller.
+  // Loop-thread state.
   std::vector<PublishJob> batch_;
   OutgoingProperties props_;
   PublishBatch out_;                // frames encoded by Flush, written by WriteBatch

@@ -32,17 +32,13 @@ class WakeupQueue {
   bool ok() const { return fd_ >= 0; }
 
   void Push(T item) {
-    if (PushQuiet(std::move(item))) Notify();
-  }
-
-  // PushQuiet queues without waking the consumer and tells whether the queue
-  // was empty: then the caller must see the item taken (served inline) or
-  // Notify(); otherwise whoever pushed first has done so.
-  bool PushQuiet(T item) {
-    std::lock_guard<std::mutex> lock(mu_);
-    const bool was_empty = items_.empty();
-    items_.push_back(std::move(item));
-    return was_empty;
+    bool was_empty;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      was_empty = items_.empty();
+      items_.push_back(std::move(item));
+    }
+    if (was_empty) Notify();
   }
 
   // Wakes the consumer without an item (e.g. to stop it).

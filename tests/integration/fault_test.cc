@@ -231,6 +231,44 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "fault: broker frozen while the daemon idles: a unary Publish is answered UNCONFIRMED at its "
+    "deadline, not left to the caller's DEADLINE_EXCEEDED",
+    "[fault]") {
+  // A long heartbeat lets the idle publisher thread sleep 10 s at a time; the
+  // publish is then written inline by the gRPC thread, and the sleeping loop
+  // must still wake in time to answer it at its deadline.
+  constexpr auto kLongHeartbeat = 20s;
+  constexpr auto kDeadline = 2s;
+  IntegrationTest t("idlefreeze");
+  BrokerControl broker(t.uri());
+  RequireControllable(broker);
+  const std::string biz = t.Business("idlefreeze");
+  Daemon& d = t.StartDaemon({{.name = biz, .prefetch = 1}},
+                            {.heartbeat = kLongHeartbeat, .wait_timeout = 30s});
+  REQUIRE(PublishConfirmed(d.stub(), biz, 1, biz + "-warm").size() == 1);
+  // Idle past the loop's one second of short sleeps (the scenario, not a wait
+  // for a condition).
+  std::this_thread::sleep_for(1500ms);
+  const std::string froze = broker.Freeze();
+  INFO(froze);
+  REQUIRE(froze.empty());
+  pb::PublishResult res;
+  const auto start = Clock::now();
+  const grpc::Status s = PublishOne(d.stub(), MakePublish(biz, biz + "-frozen", 2), &res, kDeadline);
+  const auto took = Clock::now() - start;
+  const std::string thawed = broker.Thaw();
+  INFO(thawed);
+  INFO("Publish took " << Fixed(Seconds(took)) << " s: " << StatusText(s) << " "
+                       << pb::PublishResult::Status_Name(res.status()) << " " << res.error());
+  CHECK(thawed.empty());
+  REQUIRE(s.ok());
+  CHECK(res.status() == pb::PublishResult::UNCONFIRMED);
+  CHECK_THAT(res.error(), Catch::Contains("did not confirm it before the deadline"));
+  CHECK(took < kDeadline);
+  CHECK(WaitHealth(d, HealthCheckResponse::SERVING, 60s).has_value());
+}
+
+TEST_CASE(
     "fault: acks of deliveries from before a broker reconnect cause no channel error and the "
     "deliveries come again redelivered to be acked",
     "[fault]") {

@@ -11,7 +11,6 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -181,50 +180,4 @@ TEST_CASE("publish batch: WriteTo delivers everything, and gives up on a peer th
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
   close(fds[0]);
   close(fds[1]);
-}
-
-TEST_CASE("publish batch: TryWrite never waits; what the socket did not take goes out later, in order") {
-  int fds[2];
-  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
-  // fds[0] stays blocking: TryWrite must not wait even so.
-  PublishBatch batch;
-  for (int i = 0; i < 16; ++i) {
-    REQUIRE(
-        batch.Add(1, "ex", "rk", true, Props("try"), std::string(256 * 1024, 'a' + i), 131072).ok());
-  }
-  const std::string expected = batch.data();
-  absl::StatusOr<bool> all_out = batch.TryWrite(fds[0]);
-  REQUIRE(all_out.ok());
-  CHECK_FALSE(*all_out);  // 4 MiB do not fit a socket buffer nobody reads
-  CHECK(batch.partly_sent());
-  // A reader drains the other end while WriteTo sends the rest.
-  std::string got;
-  std::thread reader([&] {
-    std::vector<char> buf(65536);
-    while (got.size() < expected.size()) {
-      const ssize_t n = read(fds[1], buf.data(), buf.size());
-      if (n <= 0) break;
-      got.append(buf.data(), static_cast<size_t>(n));
-    }
-  });
-  const absl::Status s = batch.WriteTo(fds[0], std::chrono::milliseconds(5000));
-  reader.join();
-  REQUIRE(s.ok());
-  CHECK(batch.empty());
-  CHECK_FALSE(batch.partly_sent());
-  CHECK(got == expected);  // no byte lost or sent twice
-
-  // An empty socket buffer takes a small batch whole.
-  REQUIRE(batch.Add(1, "ex", "rk", true, Props("small"), "x", 131072).ok());
-  all_out = batch.TryWrite(fds[0]);
-  REQUIRE(all_out.ok());
-  CHECK(*all_out);
-  CHECK(batch.empty());
-
-  // A closed peer is an error, not a retry.
-  close(fds[1]);
-  REQUIRE(batch.Add(1, "ex", "rk", true, Props("gone"), "x", 131072).ok());
-  all_out = batch.TryWrite(fds[0]);
-  CHECK_FALSE(all_out.ok());
-  close(fds[0]);
 }
