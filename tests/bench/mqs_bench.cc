@@ -536,7 +536,11 @@ void DirectConsume(const Options& o, uint32_t channels, ConsumeGoal* goal, Laten
 }
 
 // ---------------------------------------------------------------------------
-// Sidecar: the daemon's gRPC API with callback reactors (no thread per stream).
+// Sidecar: the daemon's gRPC API on the async (completion-queue) API, all
+// streams served by one client thread that polls its own queue. gRPC 1.51's
+// callback API would hand every completion from its poller to another
+// thread first, a thread wake-up per message read or written (the same
+// reason the daemon itself uses the completion-queue API).
 
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, int index) {
   grpc::ChannelArguments args;
@@ -547,12 +551,71 @@ std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, int index) 
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
-// PublishStream with up to `window` requests unanswered; results are matched
-// by sequence. Latency: StartWrite -> the result.
-class PublishReactor final : public grpc::ClientBidiReactor<PublishRequest, PublishResult> {
+// A completion-queue tag: calls the handler `Fn` of `Call` with ok.
+struct Tag {
+  virtual void Done(bool ok) = 0;
+  virtual ~Tag() = default;
+};
+template <typename Call, void (Call::*Fn)(bool)>
+struct OpTag final : Tag {
+  explicit OpTag(Call* c) : call(c) {}
+  void Done(bool ok) override { (call->*Fn)(ok); }
+  Call* call;
+};
+
+// ClientQueue: one completion queue and the thread that serves it.
+class ClientQueue {
  public:
-  PublishReactor(mqsidecar::v1::PubSub::Stub* stub, const Options& o, uint64_t count,
-                 double duration)
+  ClientQueue() : thread_([this] { Serve(); }) {}
+  ~ClientQueue() {
+    cq_.Shutdown();
+    thread_.join();
+  }
+  grpc::CompletionQueue* cq() { return &cq_; }
+
+ private:
+  void Serve() {
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) static_cast<Tag*>(tag)->Done(ok);
+  }
+  grpc::CompletionQueue cq_;
+  std::thread thread_;
+};
+
+// StreamOps: the bookkeeping both streams share: operations in flight, the
+// end of the call, and a wait for both.
+class StreamOps {
+ protected:
+  // Waits until the call has finished and no operation is pending; false on
+  // timeout (the call is then cancelled and still waited for).
+  bool WaitFinished(std::unique_lock<std::mutex>& lock, grpc::ClientContext& ctx,
+                    double timeout_s) {
+    auto over = [&] { return finished_ && ops_ == 0; };
+    if (cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), over)) return true;
+    lock.unlock();
+    ctx.TryCancel();
+    lock.lock();
+    cv_.wait(lock, over);
+    return false;
+  }
+  void OpDoneLocked() {
+    if (--ops_ == 0 && finished_) cv_.notify_all();
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int ops_ = 0;  // started, not completed
+  bool finished_ = false;
+  grpc::Status status_;
+};
+
+// PublishStream with up to `window` requests unanswered; results are matched
+// by sequence. Latency: Write -> the result.
+class PublishCall final : StreamOps {
+ public:
+  PublishCall(mqsidecar::v1::PubSub::Stub* stub, grpc::CompletionQueue* cq, const Options& o,
+              uint64_t count, double duration)
       : window_(o.window), count_(count) {
     request_.set_business(o.business);
     request_.set_routing_key(o.routing_key);
@@ -560,13 +623,10 @@ class PublishReactor final : public grpc::ClientBidiReactor<PublishRequest, Publ
     start_ = NowNs();
     end_ = duration > 0 ? start_ + static_cast<int64_t>(duration * 1e9) : INT64_MAX;
     pacer_ = Pacer{o.rate, start_};
-    stub->async()->PublishStream(&ctx_, this);
-    StartRead(&result_);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      MaybeWriteLocked();
-    }
-    StartCall();
+    stream_ = stub->PrepareAsyncPublishStream(&ctx_, cq);
+    std::lock_guard<std::mutex> lock(mu_);
+    ++ops_;
+    stream_->StartCall(&start_tag_);
   }
 
   // Paced runs: called by the pacing thread to release due sends.
@@ -575,55 +635,9 @@ class PublishReactor final : public grpc::ClientBidiReactor<PublishRequest, Publ
     MaybeWriteLocked();
   }
 
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    if (!ok) {
-      done_writing_ = true;
-      return;
-    }
-    MaybeWriteLocked();
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // the stream ended; OnDone follows
-    const int64_t now = NowNs();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      const uint64_t seq = result_.sequence();
-      if (seq < send_ns_.size() && send_ns_[seq] >= 0) {
-        lat_.ns.push_back(now - send_ns_[seq]);
-        send_ns_[seq] = -1;
-      }
-      if (result_.status() == PublishResult::CONFIRMED) {
-        ++confirmed_;
-      } else {
-        if (errors_++ < 5) {
-          std::cerr << "mqs_bench: publish " << seq << ": "
-                    << PublishResult::Status_Name(result_.status()) << " " << result_.error()
-                    << "\n";
-        }
-      }
-      --outstanding_;
-      MaybeWriteLocked();
-    }
-    StartRead(&result_);
-  }
-
-  void OnDone(const grpc::Status& s) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = s;
-    done_ = true;
-    cv_.notify_all();
-  }
-
   PublishOutcome Wait(double timeout_s) {
     std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return done_; })) {
-      lock.unlock();
-      ctx_.TryCancel();
-      lock.lock();
-      cv_.wait(lock, [&] { return done_; });
+    if (!WaitFinished(lock, ctx_, timeout_s)) {
       throw std::runtime_error("PublishStream did not end within the timeout");
     }
     if (!status_.ok()) {
@@ -639,12 +653,74 @@ class PublishReactor final : public grpc::ClientBidiReactor<PublishRequest, Publ
   }
 
  private:
+  void OnStarted(bool ok) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ok) {
+      started_ = true;
+      ++ops_;
+      stream_->Read(&result_, &read_tag_);
+      MaybeWriteLocked();
+    } else {
+      done_writing_ = true;
+      ++ops_;
+      stream_->Finish(&status_, &finish_tag_);
+    }
+    OpDoneLocked();
+  }
+
+  void OnWriteDone(bool ok) {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      done_writing_ = true;  // the stream is over; the failed read finishes it
+    } else {
+      MaybeWriteLocked();
+    }
+    OpDoneLocked();
+  }
+
+  void OnReadDone(bool ok) {
+    const int64_t now = NowNs();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ok) {
+      // The daemon ended the stream (every result written, or an error).
+      ++ops_;
+      stream_->Finish(&status_, &finish_tag_);
+      OpDoneLocked();
+      return;
+    }
+    const uint64_t seq = result_.sequence();
+    if (seq < send_ns_.size() && send_ns_[seq] >= 0) {
+      lat_.ns.push_back(now - send_ns_[seq]);
+      send_ns_[seq] = -1;
+    }
+    if (result_.status() == PublishResult::CONFIRMED) {
+      ++confirmed_;
+    } else if (errors_++ < 5) {
+      std::cerr << "mqs_bench: publish " << seq << ": "
+                << PublishResult::Status_Name(result_.status()) << " " << result_.error() << "\n";
+    }
+    --outstanding_;
+    MaybeWriteLocked();
+    stream_->Read(&result_, &read_tag_);  // the read op stays counted
+  }
+
+  void OnFinished(bool /*ok*/) {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_ = true;
+    OpDoneLocked();
+  }
+
   void MaybeWriteLocked() {
-    if (writing_ || done_writing_) return;
+    // gRPC 1.51 refuses a write before the call has started (TOO_MANY_OPERATIONS).
+    if (!started_ || writing_ || done_writing_) return;
     const int64_t now = NowNs();
     if (sent_ >= count_ || now >= end_) {
+      // The daemon ends the stream once every result is written.
       done_writing_ = true;
-      StartWritesDone();  // the daemon ends the stream once every result is written
+      ++ops_;
+      writing_ = true;
+      stream_->WritesDone(&write_tag_);
       return;
     }
     if (outstanding_ >= window_ || sent_ >= pacer_.Allowed(now)) return;
@@ -655,81 +731,43 @@ class PublishReactor final : public grpc::ClientBidiReactor<PublishRequest, Publ
     ++sent_;
     ++outstanding_;
     writing_ = true;
-    StartWrite(&request_);
+    ++ops_;
+    stream_->Write(request_, &write_tag_);
   }
 
   const uint32_t window_;
   const uint64_t count_;
   grpc::ClientContext ctx_;
-  PublishRequest request_;  // owned by the write in flight
+  std::unique_ptr<grpc::ClientAsyncReaderWriter<PublishRequest, PublishResult>> stream_;
+  OpTag<PublishCall, &PublishCall::OnStarted> start_tag_{this};
+  OpTag<PublishCall, &PublishCall::OnWriteDone> write_tag_{this};
+  OpTag<PublishCall, &PublishCall::OnReadDone> read_tag_{this};
+  OpTag<PublishCall, &PublishCall::OnFinished> finish_tag_{this};
+  PublishRequest request_;  // serialized by Write
   PublishResult result_;    // owned by the read in flight
   std::string payload_;
   int64_t start_ = 0, end_ = 0;
   Pacer pacer_;
-
-  std::mutex mu_;
-  std::condition_variable cv_;
   std::vector<int64_t> send_ns_;  // by sequence; -1 once answered
   uint64_t sent_ = 0, confirmed_ = 0, errors_ = 0, outstanding_ = 0;
-  bool writing_ = false, done_writing_ = false, done_ = false;
-  grpc::Status status_;
+  bool started_ = false, writing_ = false, done_writing_ = false;
   Latencies lat_;
 };
 
 // One Subscribe stream: acks every delivery, one write at a time.
-class SubscribeReactor final : public grpc::ClientBidiReactor<SubscribeRequest, Delivery> {
+class SubscribeCall final : StreamOps {
  public:
-  SubscribeReactor(mqsidecar::v1::PubSub::Stub* stub, const Options& o, int index,
-                   ConsumeGoal* goal)
+  SubscribeCall(mqsidecar::v1::PubSub::Stub* stub, grpc::CompletionQueue* cq, const Options& o,
+                int index, ConsumeGoal* goal)
       : goal_(goal) {
     auto* open = out_.mutable_open();
     open->set_business(o.business);
     open->set_prefetch(o.prefetch);
     open->set_consumer_name("bench" + std::to_string(index));
-    stub->async()->Subscribe(&ctx_, this);
-    writing_ = true;
-    StartWrite(&out_);
-    StartRead(&delivery_);
-    StartCall();
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) return;
-    const int64_t now = NowNs();
-    const std::string& p = delivery_.payload();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      lat_.ns.push_back(now - SendNsOf(p.data(), p.size()));
-      goal_->See(p.data(), p.size(), delivery_.redelivered());
-      acks_.push_back(delivery_.delivery_id());
-      MaybeWriteLocked();
-    }
-    goal_->Add();
-    StartRead(&delivery_);
-  }
-
-  void OnWriteDone(bool ok) override {
+    stream_ = stub->PrepareAsyncSubscribe(&ctx_, cq);
     std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    if (!ok) {
-      failed_ = true;
-      return;
-    }
-    MaybeWriteLocked();
-  }
-
-  void OnDone(const grpc::Status& s) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = s;
-    done_ = true;
-    if (!closing_) {
-      // Ended before we closed it: wake the waiting run instead of timing out.
-      std::cerr << "mqs_bench: a Subscribe stream ended early: " << s.error_message() << "\n";
-      goal_->errors.fetch_add(1);
-      std::lock_guard<std::mutex> glock(goal_->mu);
-      goal_->cv.notify_all();
-    }
-    cv_.notify_all();
+    ++ops_;
+    stream_->StartCall(&start_tag_);
   }
 
   // Half-closes once every ack is written; the daemon then ends the stream.
@@ -742,13 +780,7 @@ class SubscribeReactor final : public grpc::ClientBidiReactor<SubscribeRequest, 
   // Waits for the end of the stream; returns an error text or "".
   std::string Wait(double timeout_s, Latencies* lat) {
     std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return done_; })) {
-      lock.unlock();
-      ctx_.TryCancel();
-      lock.lock();
-      cv_.wait(lock, [&] { return done_; });
-      return "Subscribe did not end within the timeout";
-    }
+    if (!WaitFinished(lock, ctx_, timeout_s)) return "Subscribe did not end within the timeout";
     lat->Merge(lat_);
     if (failed_) return "an ack could not be written";
     if (!status_.ok()) {
@@ -759,30 +791,105 @@ class SubscribeReactor final : public grpc::ClientBidiReactor<SubscribeRequest, 
   }
 
  private:
+  void OnStarted(bool ok) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ok) {
+      started_ = true;
+      writing_ = true;
+      ops_ += 2;
+      stream_->Write(out_, &write_tag_);
+      stream_->Read(&delivery_, &read_tag_);
+    } else {
+      failed_ = true;
+      ++ops_;
+      stream_->Finish(&status_, &finish_tag_);
+    }
+    OpDoneLocked();
+  }
+
+  void OnReadDone(bool ok) {
+    const int64_t now = NowNs();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!ok) {
+        ended_ = true;
+        ++ops_;
+        stream_->Finish(&status_, &finish_tag_);
+        OpDoneLocked();
+        return;
+      }
+      const std::string& p = delivery_.payload();
+      lat_.ns.push_back(now - SendNsOf(p.data(), p.size()));
+      goal_->See(p.data(), p.size(), delivery_.redelivered());
+      acks_.push_back(delivery_.delivery_id());
+      MaybeWriteLocked();
+    }
+    goal_->Add();
+    std::lock_guard<std::mutex> lock(mu_);
+    stream_->Read(&delivery_, &read_tag_);  // the read op stays counted
+  }
+
+  void OnWriteDone(bool ok) {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      failed_ = true;
+    } else {
+      MaybeWriteLocked();
+    }
+    OpDoneLocked();
+  }
+
+  void OnFinished(bool /*ok*/) {
+    bool early;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      early = !closing_;
+      finished_ = true;
+      if (early) {
+        // Ended before we closed it: wake the waiting run instead of timing out.
+        std::cerr << "mqs_bench: a Subscribe stream ended early: " << status_.error_message()
+                  << "\n";
+      }
+      OpDoneLocked();
+    }
+    if (early) {
+      goal_->errors.fetch_add(1);
+      std::lock_guard<std::mutex> glock(goal_->mu);
+      goal_->cv.notify_all();
+    }
+  }
+
   void MaybeWriteLocked() {
-    // No operation after OnDone: the call is over (the daemon may end it first).
-    if (writing_ || half_closed_ || failed_ || done_) return;
+    // Nothing before the call has started, nothing more once the stream has
+    // ended (the daemon may end it first).
+    if (!started_ || writing_ || half_closed_ || failed_ || ended_) return;
     if (!acks_.empty()) {
       out_.mutable_ack()->set_delivery_id(acks_.front());
       acks_.pop_front();
       writing_ = true;
-      StartWrite(&out_);
+      ++ops_;
+      stream_->Write(out_, &write_tag_);
     } else if (closing_) {
       half_closed_ = true;
-      StartWritesDone();
+      writing_ = true;
+      ++ops_;
+      stream_->WritesDone(&write_tag_);
     }
   }
 
   ConsumeGoal* goal_;
   grpc::ClientContext ctx_;
-  SubscribeRequest out_;  // owned by the write in flight
+  std::unique_ptr<grpc::ClientAsyncReaderWriter<SubscribeRequest, Delivery>> stream_;
+  OpTag<SubscribeCall, &SubscribeCall::OnStarted> start_tag_{this};
+  OpTag<SubscribeCall, &SubscribeCall::OnWriteDone> write_tag_{this};
+  OpTag<SubscribeCall, &SubscribeCall::OnReadDone> read_tag_{this};
+  OpTag<SubscribeCall, &SubscribeCall::OnFinished> finish_tag_{this};
+  SubscribeRequest out_;  // serialized by Write
   Delivery delivery_;     // owned by the read in flight
-
-  std::mutex mu_;
-  std::condition_variable cv_;
   std::deque<uint64_t> acks_;
-  bool writing_ = false, closing_ = false, half_closed_ = false, failed_ = false, done_ = false;
-  grpc::Status status_;
+  bool started_ = false, writing_ = false, closing_ = false, half_closed_ = false, failed_ = false,
+       ended_ = false;
   Latencies lat_;
 };
 
@@ -821,9 +928,10 @@ class ConsumerGroup {
     for (uint32_t c = 0; c < conns; ++c) {
       stubs_.push_back(mqsidecar::v1::PubSub::NewStub(NewChannel(o_.target, 1000 + c)));
     }
+    queue_ = std::make_unique<ClientQueue>();
     for (uint32_t i = 0; i < n; ++i) {
-      reactors_.push_back(
-          std::make_unique<SubscribeReactor>(stubs_[i % conns].get(), o_, i, goal_));
+      calls_.push_back(
+          std::make_unique<SubscribeCall>(stubs_[i % conns].get(), queue_->cq(), o_, i, goal_));
     }
   }
 
@@ -833,8 +941,8 @@ class ConsumerGroup {
     goal_->stop.store(true);
     for (auto& t : threads_) t.join();
     for (auto& l : lats_) lat_.Merge(l);
-    for (auto& r : reactors_) r->Close();
-    for (auto& r : reactors_) {
+    for (auto& r : calls_) r->Close();
+    for (auto& r : calls_) {
       std::string err = r->Wait(o_.timeout, &lat_);
       if (!err.empty() && error_.empty()) error_ = err;
     }
@@ -855,7 +963,8 @@ class ConsumerGroup {
   std::vector<std::thread> threads_;
   std::vector<Latencies> lats_;
   std::vector<std::unique_ptr<mqsidecar::v1::PubSub::Stub>> stubs_;
-  std::vector<std::unique_ptr<SubscribeReactor>> reactors_;
+  std::unique_ptr<ClientQueue> queue_;  // outlives the calls (declared first)
+  std::vector<std::unique_ptr<SubscribeCall>> calls_;
   std::mutex err_mu_;
   std::string error_;
   Latencies lat_;
@@ -865,7 +974,8 @@ class ConsumerGroup {
 PublishOutcome Publish(const Options& o, uint64_t count, double duration) {
   if (o.mode == "direct") return DirectPublish(o, o.window, true, count, duration, o.rate);
   auto stub = mqsidecar::v1::PubSub::NewStub(NewChannel(o.target, 1));
-  PublishReactor reactor(stub.get(), o, count, duration);
+  ClientQueue queue;
+  PublishCall reactor(stub.get(), queue.cq(), o, count, duration);
   std::atomic<bool> done{false};
   std::thread pacer;
   if (o.rate > 0) {
