@@ -1125,12 +1125,20 @@ std::vector<Json> RunConsume(const Options& o, const std::string& name) {
     throw std::runtime_error(name + ": received " + std::to_string(received) + " of " +
                              std::to_string(o.count));
   }
-  // Stopped on time: the rest (and deliveries unacked at the close) is back in the queue.
+  // Stopped on time: the rest (and deliveries unacked at the close) is back
+  // in the queue. Counted once every consumer has stopped: they go on
+  // receiving and acking after the row's figures are taken.
+  const uint64_t consumed = goal.received.load();
   AmqpConn conn(o.amqp_uri);
   conn.OpenChannel(1);
   const auto deadline = SteadyClock::now() + std::chrono::seconds(10);
-  while (conn.QueueStats(1, o.queue).first + received < o.count) {
-    if (SteadyClock::now() > deadline) throw std::runtime_error(name + ": messages lost");
+  uint32_t ready = 0;
+  while ((ready = conn.QueueStats(1, o.queue).first) + consumed < o.count) {
+    if (SteadyClock::now() > deadline) {
+      throw std::runtime_error(name + ": messages lost: " + std::to_string(consumed) +
+                               " consumed and " + std::to_string(ready) + " back in the queue of " +
+                               std::to_string(o.count));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   conn.Purge(1, o.queue);
