@@ -234,9 +234,9 @@ TEST_CASE(
     "fault: broker frozen while the daemon idles: a unary Publish is answered UNCONFIRMED at its "
     "deadline, not left to the caller's DEADLINE_EXCEEDED",
     "[fault]") {
-  // A long heartbeat lets the idle publisher thread sleep 10 s at a time; the
-  // publish is then written inline by the gRPC thread, and the sleeping loop
-  // must still wake in time to answer it at its deadline.
+  // A long heartbeat lets the idle publisher thread sleep 10 s at a time; a
+  // publish that then meets a frozen broker must still be answered at its
+  // own deadline, whatever the thread's sleep.
   constexpr auto kLongHeartbeat = 20s;
   constexpr auto kDeadline = 2s;
   IntegrationTest t("idlefreeze");
@@ -246,8 +246,8 @@ TEST_CASE(
   Daemon& d = t.StartDaemon({{.name = biz, .prefetch = 1}},
                             {.heartbeat = kLongHeartbeat, .wait_timeout = 30s});
   REQUIRE(PublishConfirmed(d.stub(), biz, 1, biz + "-warm").size() == 1);
-  // Idle past the loop's one second of short sleeps (the scenario, not a wait
-  // for a condition).
+  // Idle a moment, so the publisher thread is in its long sleep when the
+  // publish comes (the scenario, not a wait for a condition).
   std::this_thread::sleep_for(1500ms);
   const std::string froze = broker.Freeze();
   INFO(froze);
