@@ -823,10 +823,9 @@ class SubscribeCall final : StreamOps {
       goal_->See(p.data(), p.size(), delivery_.redelivered());
       acks_.push_back(delivery_.delivery_id());
       MaybeWriteLocked();
+      stream_->Read(&delivery_, &read_tag_);  // the read op stays counted
     }
     goal_->Add();
-    std::lock_guard<std::mutex> lock(mu_);
-    stream_->Read(&delivery_, &read_tag_);  // the read op stays counted
   }
 
   void OnWriteDone(bool ok) {
@@ -975,14 +974,14 @@ PublishOutcome Publish(const Options& o, uint64_t count, double duration) {
   if (o.mode == "direct") return DirectPublish(o, o.window, true, count, duration, o.rate);
   auto stub = mqsidecar::v1::PubSub::NewStub(NewChannel(o.target, 1));
   ClientQueue queue;
-  PublishCall reactor(stub.get(), queue.cq(), o, count, duration);
+  PublishCall call(stub.get(), queue.cq(), o, count, duration);
   std::atomic<bool> done{false};
   std::thread pacer;
   if (o.rate > 0) {
     // A tick every 100 µs releases the sends that are due.
     pacer = std::thread([&] {
       while (!done.load()) {
-        reactor.Tick();
+        call.Tick();
         std::this_thread::sleep_for(std::chrono::microseconds(100));
       }
     });
@@ -993,12 +992,12 @@ PublishOutcome Publish(const Options& o, uint64_t count, double duration) {
       while (!done.load() && SteadyClock::now() < end) {
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
       }
-      reactor.Tick();
+      call.Tick();
     });
   }
   PublishOutcome out;
   try {
-    out = reactor.Wait(duration + o.timeout);
+    out = call.Wait(duration + o.timeout);
   } catch (...) {
     done.store(true);
     if (pacer.joinable()) pacer.join();

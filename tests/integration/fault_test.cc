@@ -254,7 +254,8 @@ TEST_CASE(
   REQUIRE(froze.empty());
   pb::PublishResult res;
   const auto start = Clock::now();
-  const grpc::Status s = PublishOne(d.stub(), MakePublish(biz, biz + "-frozen", 2), &res, kDeadline);
+  const grpc::Status s =
+      PublishOne(d.stub(), MakePublish(biz, biz + "-frozen", 2), &res, kDeadline);
   const auto took = Clock::now() - start;
   const std::string thawed = broker.Thaw();
   INFO(thawed);
