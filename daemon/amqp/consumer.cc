@@ -178,7 +178,11 @@ void Consumer::DoSettle(Connection* conn, const SettleCmd& cmd) {
   if (stream.stale.erase(cmd.delivery_id) > 0) {
     // Delivered on a connection that has since died: the broker requeued it
     // and will deliver it again (redelivered=true). Sending this ack on the
-    // new channel would name a foreign tag and close it with 406.
+    // new channel would name a foreign tag and close it with 406. Live ids
+    // are all higher than stale ones, so `multiple` covers stale ones only.
+    if (cmd.multiple) {
+      stream.stale.erase(stream.stale.begin(), stream.stale.upper_bound(cmd.delivery_id));
+    }
     spdlog::debug("[consumer] stream {}: {} of stale delivery_id {} ignored; it is redelivered",
                   cmd.stream_id, cmd.ack ? "ack" : "nack", cmd.delivery_id);
     MaybeEndDrained(conn, cmd.stream_id);
@@ -195,15 +199,27 @@ void Consumer::DoSettle(Connection* conn, const SettleCmd& cmd) {
               true);
     return;
   }
-  stream.unacked.erase(live);
+  if (cmd.multiple) {
+    // Like AMQP's `multiple`: the id must be unacked, and it settles every
+    // lower one too (stale ones included: the broker has requeued those).
+    stream.unacked.erase(stream.unacked.begin(), std::next(live));
+    stream.stale.clear();
+  } else {
+    stream.unacked.erase(live);
+  }
   if (conn == nullptr || stream.channel == 0) return;  // cannot happen: ids are live
   if (cmd.ack) {
+    // FlushAcks sends one basic.ack with multiple=true up to the highest
+    // acked id below the lowest unacked one, which covers this whole range.
     if (stream.to_ack.empty()) ack_streams_.push_back(cmd.stream_id);
     stream.to_ack.push_back(cmd.delivery_id);
     return;
   }
+  // Pending acks were flushed before this command, so the broker's unacked
+  // tags up to this one are exactly the range erased above.
   const uint64_t tag = cmd.delivery_id - stream.id_offset;
-  if (amqp_basic_nack(conn->state(), stream.channel, tag, 0, cmd.requeue ? 1 : 0) !=
+  if (amqp_basic_nack(conn->state(), stream.channel, tag, cmd.multiple ? 1 : 0,
+                      cmd.requeue ? 1 : 0) !=
       AMQP_STATUS_OK) {
     conn->MarkDead();
     return;

@@ -64,11 +64,13 @@ class Consumer final : public IoLoop {
 
   // All of these queue a command and return at once; results reach the sink.
   void Open(OpenRequest request) { inbox_.Push(Command{std::move(request)}); }
-  void Ack(uint64_t stream_id, uint64_t delivery_id) {
-    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, true, false}});
+  // multiple: also settles every unacked delivery of the stream with a lower
+  // id (AMQP's `multiple`): one request for a whole batch.
+  void Ack(uint64_t stream_id, uint64_t delivery_id, bool multiple = false) {
+    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, true, false, multiple}});
   }
-  void Nack(uint64_t stream_id, uint64_t delivery_id, bool requeue) {
-    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, false, requeue}});
+  void Nack(uint64_t stream_id, uint64_t delivery_id, bool requeue, bool multiple = false) {
+    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, false, requeue, multiple}});
   }
   // Close ends a stream's consumer; its sink then gets OnClosed(`why`).
   void Close(uint64_t stream_id, absl::Status why) {
@@ -87,6 +89,7 @@ class Consumer final : public IoLoop {
     uint64_t delivery_id;
     bool ack;
     bool requeue;
+    bool multiple;
   };
   struct CloseCmd {
     uint64_t stream_id;

@@ -109,10 +109,11 @@ class SubscribeCall final : public amqp::DeliverySink {
           return absl::InvalidArgumentError("the first request of a Subscribe stream must be open");
         }
         if (request_.has_ack()) {
-          service_.consumer().Ack(stream_id_, request_.ack().delivery_id());
+          service_.consumer().Ack(stream_id_, request_.ack().delivery_id(),
+                                  request_.ack().multiple());
         } else {
           service_.consumer().Nack(stream_id_, request_.nack().delivery_id(),
-                                   request_.nack().requeue());
+                                   request_.nack().requeue(), request_.nack().multiple());
         }
         return absl::OkStatus();
       case SubscribeRequest::KIND_NOT_SET:

@@ -698,16 +698,18 @@ bool Subscriber::Write(const pb::SubscribeRequest& request) {
   return stream_->Write(request);
 }
 
-bool Subscriber::Ack(uint64_t delivery_id) {
+bool Subscriber::Ack(uint64_t delivery_id, bool multiple) {
   pb::SubscribeRequest r;
   r.mutable_ack()->set_delivery_id(delivery_id);
+  r.mutable_ack()->set_multiple(multiple);
   return Write(r);
 }
 
-bool Subscriber::Nack(uint64_t delivery_id, bool requeue) {
+bool Subscriber::Nack(uint64_t delivery_id, bool requeue, bool multiple) {
   pb::SubscribeRequest r;
   r.mutable_nack()->set_delivery_id(delivery_id);
   r.mutable_nack()->set_requeue(requeue);
+  r.mutable_nack()->set_multiple(multiple);
   return Write(r);
 }
 

@@ -236,8 +236,9 @@ class Subscriber {
   Subscriber(const Subscriber&) = delete;
   Subscriber& operator=(const Subscriber&) = delete;
 
-  bool Ack(uint64_t delivery_id);
-  bool Nack(uint64_t delivery_id, bool requeue);
+  // multiple: also every unacked delivery of the stream with a lower id.
+  bool Ack(uint64_t delivery_id, bool multiple = false);
+  bool Nack(uint64_t delivery_id, bool requeue, bool multiple = false);
   // True once at least `n` deliveries arrived; false on timeout or stream end.
   bool WaitForCount(size_t n, Clock::duration timeout);
   size_t count() const;

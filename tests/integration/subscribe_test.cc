@@ -114,5 +114,63 @@ TEST_CASE("integration: nack with requeue redelivers, nack without requeue drops
   CHECK(sub.count() == 3);
 }
 
+TEST_CASE(
+    "integration: ack and nack with multiple settle every lower unacked delivery of the "
+    "stream") {
+  IntegrationTest t("multi");
+  const std::string biz = t.Business("multi");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz}});
+  Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "m"});
+  REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
+
+  const auto ids = PublishConfirmed(d.stub(), biz, 6, biz);
+  REQUIRE(sub.WaitForCount(6, 10s));
+  const auto first = sub.deliveries();
+  REQUIRE(MessageIds(first) == ids);  // one consumer: queue order
+
+  // Ack up to the third: the first three are settled by one request. Nack up
+  // to the fifth with requeue: the fourth and fifth come back, the sixth stays.
+  REQUIRE(sub.Ack(first[2].delivery_id(), /*multiple=*/true));
+  REQUIRE(sub.Nack(first[4].delivery_id(), /*requeue=*/true, /*multiple=*/true));
+  REQUIRE(sub.WaitForCount(8, 10s));
+  const auto all = sub.deliveries();
+  std::vector<std::string> again;
+  for (size_t i = 6; i < all.size(); ++i) {
+    INFO(all[i].ShortDebugString());
+    CHECK(all[i].redelivered());
+    again.push_back(all[i].message_id());
+  }
+  CHECK(AsSet(again) == AsSet({ids[3], ids[4]}));
+
+  // An id a multiple ack already settled is unknown now, as in AMQP: the
+  // stream ends INVALID_ARGUMENT and returns what it still holds (the sixth
+  // and the two redelivered), so the first three were acked and nothing else.
+  REQUIRE(sub.Ack(first[1].delivery_id()));
+  auto end = sub.WaitEnded(10s);
+  REQUIRE(end.has_value());
+  INFO(StatusText(*end));
+  CHECK(end->error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(end->error_message().find("already settled") != std::string::npos);
+  CHECK(WaitForQueue(t.admin(), queue, 0u, 3u));
+  CHECK(sub.count() == 8);
+
+  // A second stream takes those three and settles them with one multiple ack.
+  Subscriber next(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "n"});
+  REQUIRE(next.WaitForCount(3, 10s));
+  const auto rest = next.deliveries();
+  CHECK(AsSet(MessageIds(rest)) == AsSet({ids[3], ids[4], ids[5]}));
+  const uint64_t last =
+      std::max_element(rest.begin(), rest.end(), [](const auto& a, const auto& b) {
+        return a.delivery_id() < b.delivery_id();
+      })->delivery_id();
+  REQUIRE(next.Ack(last, /*multiple=*/true));
+  const grpc::Status left = next.Leave();  // graceful: every ack counts
+  INFO(StatusText(left));
+  CHECK(left.ok());
+  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
+  CHECK(next.count() == 3);
+}
+
 }  // namespace
 }  // namespace mqs::it
