@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 
 namespace mqs::bench {
@@ -70,6 +71,9 @@ struct Options {
   size_t size = 256;
   uint32_t window = 64;
   uint32_t prefetch = 64;
+  // Acks coalesced: what is pending at once goes as one ack with `multiple`
+  // (sidecar: while an ack is being written; direct: while more is buffered).
+  bool ack_multiple = false;
   uint32_t consumers = 1;
   uint64_t count = 100000;
   double duration = 5;  // publish scenarios stop at count or duration, whichever is first
@@ -174,6 +178,7 @@ class Row {
            {"size", o_.size},
            {"window", o_.window},
            {"prefetch", o_.prefetch},
+           {"ack_multiple", o_.ack_multiple},
            {"consumers", o_.consumers},
            {"rate", o_.rate},
            {"messages", messages},
@@ -498,7 +503,9 @@ PublishOutcome DirectPublish(const Options& o, uint32_t window, bool confirms, u
 }
 
 // One consumer connection with `channels` channels, each a consumer of the
-// queue with basic.qos(prefetch); acks every delivery (as the sidecar does).
+// queue with basic.qos(prefetch); acks every delivery (as the sidecar does),
+// or with --ack-multiple one basic.ack (multiple) for what it has handled
+// once nothing more is buffered.
 void DirectConsume(const Options& o, uint32_t channels, ConsumeGoal* goal, Latencies* lat,
                    std::atomic<uint32_t>* ready) {
   AmqpConn conn(o.amqp_uri);
@@ -513,6 +520,15 @@ void DirectConsume(const Options& o, uint32_t channels, ConsumeGoal* goal, Laten
     conn.Check(amqp_get_rpc_reply(st), "basic.consume");
   }
   ready->fetch_add(1);
+  std::map<amqp_channel_t, uint64_t> unsent;  // --ack-multiple: highest tag to ack per channel
+  auto flush = [&] {
+    for (const auto& [ch, tag] : unsent) {
+      if (amqp_basic_ack(st, ch, tag, /*multiple=*/1) != AMQP_STATUS_OK) {
+        AmqpConn::Fail("basic.ack failed");
+      }
+    }
+    unsent.clear();
+  };
   while (!goal->stop.load(std::memory_order_relaxed)) {
     amqp_maybe_release_buffers(st);
     amqp_envelope_t env;
@@ -522,17 +538,25 @@ void DirectConsume(const Options& o, uint32_t channels, ConsumeGoal* goal, Laten
       const int64_t now = NowNs();
       lat->ns.push_back(now - SendNsOf(env.message.body.bytes, env.message.body.len));
       goal->See(env.message.body.bytes, env.message.body.len, env.redelivered != 0);
-      const int rc = amqp_basic_ack(st, env.channel, env.delivery_tag, 0);
+      int rc = AMQP_STATUS_OK;
+      if (o.ack_multiple) {
+        unsent[env.channel] = env.delivery_tag;
+        if (amqp_data_in_buffer(st) == 0 && amqp_frames_enqueued(st) == 0) flush();
+      } else {
+        rc = amqp_basic_ack(st, env.channel, env.delivery_tag, 0);
+      }
       amqp_destroy_envelope(&env);
       if (rc != AMQP_STATUS_OK) AmqpConn::Fail("basic.ack failed");
       goal->Add();
       continue;
     }
     if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) {
+      flush();
       continue;
     }
     AmqpConn::Fail("consuming: the connection failed");
   }
+  flush();
 }
 
 // ---------------------------------------------------------------------------
@@ -754,12 +778,13 @@ class PublishCall final : StreamOps {
   Latencies lat_;
 };
 
-// One Subscribe stream: acks every delivery, one write at a time.
+// One Subscribe stream: acks every delivery, one write at a time; with
+// --ack-multiple, the acks that piled up during a write go as one (multiple).
 class SubscribeCall final : StreamOps {
  public:
   SubscribeCall(mqsidecar::v1::PubSub::Stub* stub, grpc::CompletionQueue* cq, const Options& o,
                 int index, ConsumeGoal* goal)
-      : goal_(goal) {
+      : goal_(goal), ack_multiple_(o.ack_multiple) {
     auto* open = out_.mutable_open();
     open->set_business(o.business);
     open->set_prefetch(o.prefetch);
@@ -864,8 +889,17 @@ class SubscribeCall final : StreamOps {
     // ended (the daemon may end it first).
     if (!started_ || writing_ || half_closed_ || failed_ || ended_) return;
     if (!acks_.empty()) {
-      out_.mutable_ack()->set_delivery_id(acks_.front());
-      acks_.pop_front();
+      // Delivery ids grow in delivery order, so the last one pending covers
+      // every one before it.
+      auto* ack = out_.mutable_ack();
+      ack->set_multiple(ack_multiple_ && acks_.size() > 1);
+      if (ack->multiple()) {
+        ack->set_delivery_id(acks_.back());
+        acks_.clear();
+      } else {
+        ack->set_delivery_id(acks_.front());
+        acks_.pop_front();
+      }
       writing_ = true;
       ++ops_;
       stream_->Write(out_, &write_tag_);
@@ -878,6 +912,7 @@ class SubscribeCall final : StreamOps {
   }
 
   ConsumeGoal* goal_;
+  const bool ack_multiple_;
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientAsyncReaderWriter<SubscribeRequest, Delivery>> stream_;
   OpTag<SubscribeCall, &SubscribeCall::OnStarted> start_tag_{this};
@@ -1168,6 +1203,33 @@ std::vector<Json> RunEndToEnd(const Options& o) {
   return {j};
 }
 
+// The floor under e2e's added latency: a unary health check (answered by the
+// daemon's gRPC thread alone, no AMQP) at o.rate for o.duration seconds. One
+// round trip is one hop to the daemon and one back, as many as a publish to
+// the daemon and a delivery from it add to a message's path.
+std::vector<Json> RunRoundTrip(const Options& o) {
+  if (o.mode != "sidecar") throw std::runtime_error("rtt: sidecar mode only");
+  auto stub = grpc::health::v1::Health::NewStub(NewChannel(o.target, 0));
+  Latencies lat;
+  Row row(o);
+  row.Start();
+  const int64_t start = NowNs();
+  const int64_t step = o.rate > 0 ? static_cast<int64_t>(1e9 / o.rate) : 0;
+  uint64_t n = 0;
+  for (; n < o.count && NowNs() - start < static_cast<int64_t>(o.duration * 1e9); ++n) {
+    const int64_t due = start + static_cast<int64_t>(n) * step;
+    while (NowNs() < due) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckResponse res;
+    const int64_t t = NowNs();
+    grpc::Status s = stub->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &res);
+    lat.ns.push_back(NowNs() - t);
+    if (!s.ok()) throw std::runtime_error("rtt: Health.Check failed: " + s.error_message());
+  }
+  return {row.Finish("rtt", n, 0, &lat)};
+}
+
 // o.consumers Subscribe streams (or channels) held open: memory idle, then
 // latency while publishing at o.rate.
 std::vector<Json> RunStreams(const Options& o) {
@@ -1235,6 +1297,7 @@ std::string Key(const Json& r) {
   std::ostringstream k;
   k << s << "|" << r["queue_type"].get<std::string>() << "|" << r["size"] << "|" << r["window"]
     << "|" << r["prefetch"] << "|" << r["consumers"] << "|" << r["rate"];
+  if (r.value("ack_multiple", false)) k << "|ack-multiple";
   return k.str();
 }
 
@@ -1265,9 +1328,12 @@ std::string Params(const Json& r) {
   } else if (s == "e2e") {
     p << r["rate"].get<double>() << " msg/s, win " << r["window"] << ", prefetch "
       << r["prefetch"];
+  } else if (s == "rtt") {
+    p << "Health.Check, " << r["rate"].get<double>() << " calls/s";
   } else {
     p << r["consumers"] << " streams, " << r["rate"].get<double>() << " msg/s";
   }
+  if (r.value("ack_multiple", false)) p << ", acks multiple";
   return p.str();
 }
 
@@ -1284,9 +1350,12 @@ std::string ShortLabel(const Json& r) {
     p << r["consumers"] << " cons";
   } else if (s == "e2e") {
     p << "e2e " << static_cast<int>(r["rate"].get<double>()) << "/s";
+  } else if (s == "rtt") {
+    p << "rtt " << static_cast<int>(r["rate"].get<double>()) << "/s";
   } else {
     p << r["consumers"] << " streams";
   }
+  if (r.value("ack_multiple", false)) p << " m";
   return p.str() + q;
 }
 
@@ -1420,6 +1489,8 @@ int Run(const Options& o) {
     rows = RunCeiling(o);
   } else if (o.scenario == "consume" || o.scenario == "competing") {
     rows = RunConsume(o, o.scenario);
+  } else if (o.scenario == "rtt") {
+    rows = RunRoundTrip(o);
   } else if (o.scenario == "e2e") {
     rows = RunEndToEnd(o);
   } else if (o.scenario == "streams") {
@@ -1443,7 +1514,7 @@ int main(int argc, char** argv) {
   CLI::App app{"mqs_bench: mq-sidecar against a direct rabbitmq-c client, same workload"};
   app.add_option("--mode", o.mode, "direct or sidecar");
   app.add_option("--scenario", o.scenario,
-                 "publish, ceiling, consume, competing, e2e, streams, ready or cleanup");
+                 "publish, ceiling, consume, competing, e2e, rtt, streams, ready or cleanup");
   app.add_option("--amqp-uri", o.amqp_uri, "broker (direct mode, fill, purge, checks)");
   app.add_option("--target", o.target, "daemon gRPC address (sidecar mode)");
   app.add_option("--transport", o.transport, "label of the target: unix or tcp");
@@ -1455,6 +1526,8 @@ int main(int argc, char** argv) {
   app.add_option("--size", o.size, "payload bytes (>= 16: timestamp + sequence)");
   app.add_option("--window", o.window, "publishes unconfirmed at once");
   app.add_option("--prefetch", o.prefetch, "unacked deliveries per consumer");
+  app.add_flag("--ack-multiple", o.ack_multiple,
+               "coalesce acks: what is pending at once goes as one ack with multiple");
   app.add_option("--consumers", o.consumers, "consumers (Subscribe streams or AMQP channels)");
   app.add_option("--count", o.count, "messages (publish: at most)");
   app.add_option("--duration", o.duration, "publish: seconds at most (0: until count)");

@@ -144,8 +144,10 @@ if [[ $MODE == quick ]]; then
   each classic --scenario publish --window 64 --size 256 --duration 1 --count 2000
   bench classic direct --scenario ceiling --window 64 --size 256 --duration 1 --count 2000
   each classic --scenario consume --prefetch 64 --size 256 --count 1000
+  each classic --scenario consume --prefetch 64 --size 256 --count 1000 --ack-multiple
   each classic --scenario competing --consumers 2 --prefetch 64 --size 256 --count 1000
   each classic --scenario e2e --rate 1000 --window 64 --prefetch 64 --size 256 --duration 1
+  bench classic unix --scenario rtt --rate 1000 --duration 0.5
   each classic --scenario streams --consumers 20 --rate 500 --window 64 --prefetch 1 \
     --size 256 --duration 1
   VIAS="tcp"
@@ -163,6 +165,8 @@ elif [[ $MODE == key ]]; then
     done
     each classic --scenario e2e --rate 1000 --window 64 --prefetch 64 --size 256 --duration 8
     each classic --scenario e2e --rate 10000 --window 64 --prefetch 64 --size 256 --duration 4
+    # The gRPC round trip alone (no AMQP): the floor under e2e's added latency.
+    bench classic unix --scenario rtt --rate 1000 --duration 4
   done
   each classic --scenario streams --consumers 1000 --rate 1000 --window 64 --prefetch 1 \
     --size 256 --duration 8
@@ -187,6 +191,11 @@ else
     for pf in 1 64 512; do
       each "$qt" --scenario consume --prefetch "$pf" --size 256 --count "$N" --duration "$((D * 2))"
     done
+    # Acks coalesced with `multiple` (both modes): what is pending at once goes as one.
+    for pf in 64 512; do
+      each "$qt" --scenario consume --prefetch "$pf" --size 256 --count "$N" --duration "$((D * 2))" \
+        --ack-multiple
+    done
     for c in 1 2 3 6; do
       each "$qt" --scenario competing --consumers "$c" --prefetch 64 --size 256 --count "$N" \
         --duration "$((D * 2))"
@@ -201,6 +210,8 @@ else
   # 1,000 Subscribe streams (AMQP channels in direct mode) on one daemon.
   each classic --scenario streams --consumers 1000 --rate 1000 --window 64 --prefetch 1 \
     --size 256 --duration "$((D * 2))"
+  # The gRPC round trip alone (no AMQP): the floor under e2e's added latency.
+  bench classic unix --scenario rtt --rate 1000 --duration "$D"
 fi
 
 "$BENCH" --report "$OUT/results.jsonl" --md "$OUT/table.md" --csv "$OUT/table.csv" \
