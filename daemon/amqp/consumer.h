@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <set>
@@ -113,6 +114,13 @@ class Consumer final : public IoLoop {
     std::set<uint64_t> stale;      // ids from a dead channel: the broker requeued them
     bool cancelled = false;        // draining: basic.cancel sent, no new deliveries
     std::vector<uint64_t> to_ack;  // acked by the client, not yet sent (see FlushAcks)
+    std::chrono::steady_clock::time_point last_settle;  // last basic.ack/nack sent
+  };
+  // A channel whose stream has ended but which stays open a little (see
+  // kSettleLinger in the .cc): its consumer is cancelled, it gets no stream.
+  struct Lingering {
+    amqp_channel_t channel;
+    std::chrono::steady_clock::time_point close_at;
   };
 
   absl::Status OnConnected(Connection& conn) override;
@@ -120,7 +128,9 @@ class Consumer final : public IoLoop {
   void ProcessInbox(Connection* conn) override;
   void OnFrame(Connection& conn, const amqp_frame_t& frame) override;
   void OnStopping(Connection* conn) override;
+  bool Drained() const override { return lingering_.empty(); }
   bool IsFatal(const absl::Status& s) const override;
+  bool HasTimers() const override { return !lingering_.empty(); }
   int WakeFd() const override { return inbox_.fd(); }
   void Wake() override { inbox_.Notify(); }
 
@@ -156,8 +166,11 @@ class Consumer final : public IoLoop {
   void OnContentBody(amqp_channel_t channel, const amqp_bytes_t& fragment);
   // Hands a complete delivery to its stream (or drops it, see the .cc).
   void Deliver(amqp_channel_t channel, Incoming&& in);
-  // Ends a stream: closes its channel if `close_channel`, then OnClosed(why).
+  // Ends a stream: closes its channel if `close_channel` (or lets it linger
+  // when it has just sent acks), then OnClosed(why).
   void EndStream(Connection* conn, uint64_t stream_id, const absl::Status& why, bool close_channel);
+  // Closes the lingering channels whose time has come.
+  void CloseLingering(Connection* conn);
   amqp_channel_t AllocateChannel(int channel_max);
 
   const config::TopologyPlan plan_;
@@ -173,6 +186,7 @@ class Consumer final : public IoLoop {
   bool draining_ = false;
   std::vector<uint64_t> ack_streams_;                      // streams with a non-empty to_ack
   std::unordered_map<amqp_channel_t, Incoming> incoming_;  // deliveries being assembled
+  std::vector<Lingering> lingering_;                       // in close_at order
 };
 
 }  // namespace mqs::amqp

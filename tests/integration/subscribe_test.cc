@@ -172,5 +172,45 @@ TEST_CASE(
   CHECK(next.count() == 3);
 }
 
+TEST_CASE(
+    "integration: a stream that ends right after acking: the acked stay settled, the rest go "
+    "to another subscriber") {
+  // The ending stream's channel lingers a moment after its last ack (quorum
+  // queues can drop acks that arrive just before a channel close): its
+  // consumer is cancelled at once and the unacked come back when it closes.
+  IntegrationTest t("linger");
+  const std::string biz = t.Business("linger");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz}});  // a quorum queue
+  const auto ids = PublishConfirmed(d.stub(), biz, 200, biz);
+  REQUIRE(WaitForQueue(t.admin(), queue, 0u, 200u));
+
+  auto a = std::make_unique<Subscriber>(
+      d.stub(), Subscriber::Options{.business = biz, .prefetch = 200, .consumer_name = "a"});
+  REQUIRE(a->WaitForCount(200, 10s));
+  const auto got = a->deliveries();
+  REQUIRE(MessageIds(got) == ids);
+  // Ack the first 150 one by one, then leave at once, holding the other 50.
+  for (size_t i = 0; i < 150; ++i) REQUIRE(a->Ack(got[i].delivery_id()));
+  const grpc::Status left = a->Leave();
+  INFO(StatusText(left));
+  CHECK(left.ok());
+
+  Subscriber b(d.stub(), {.business = biz, .prefetch = 200, .consumer_name = "b"});
+  REQUIRE(b.WaitForCount(50, 10s));
+  const auto again = b.deliveries();
+  for (const auto& dl : again) {
+    CHECK(dl.redelivered());
+    REQUIRE(b.Ack(dl.delivery_id()));
+  }
+  CHECK(AsSet(MessageIds(again)) == AsSet({ids.begin() + 150, ids.end()}));
+  const grpc::Status b_left = b.Leave();
+  INFO(StatusText(b_left));
+  CHECK(b_left.ok());
+  // Nothing acked came back: the queue is empty and b got only the 50.
+  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
+  CHECK(b.count() == 50);
+}
+
 }  // namespace
 }  // namespace mqs::it
