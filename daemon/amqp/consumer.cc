@@ -108,8 +108,9 @@ amqp_channel_t Consumer::AllocateChannel(int channel_max) {
   for (int tries = 0; tries < max; ++tries) {
     last_channel_ = static_cast<amqp_channel_t>(last_channel_ >= max ? 2 : last_channel_ + 1);
     if (last_channel_ == kControlChannel) continue;
-    const bool lingers = std::any_of(lingering_.begin(), lingering_.end(),
-                                     [&](const Lingering& l) { return l.channel == last_channel_; });
+    const bool lingers = std::any_of(lingering_.begin(), lingering_.end(), [&](const Lingering& l) {
+      return l.channel == last_channel_;
+    });
     if (!by_channel_.contains(last_channel_) && !lingers) return last_channel_;
   }
   return 0;
@@ -315,8 +316,8 @@ void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Statu
         // requeued by the close.
         if (!stream.cancelled) {
           amqp_basic_cancel_t cancel{AmqpBytes(stream.open.consumer_tag), /*nowait=*/0};
-          if (amqp_send_method(conn->state(), stream.channel, AMQP_BASIC_CANCEL_METHOD,
-                               &cancel) != AMQP_STATUS_OK) {
+          if (amqp_send_method(conn->state(), stream.channel, AMQP_BASIC_CANCEL_METHOD, &cancel) !=
+              AMQP_STATUS_OK) {
             conn->MarkDead();
           }
         }
@@ -334,21 +335,15 @@ void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Statu
 
 void Consumer::CloseLingering(Connection* conn) {
   if (lingering_.empty()) return;
-  if (conn == nullptr || conn->dead()) {
-    lingering_.clear();  // the connection is gone, and its channels with it
-    return;
-  }
   const auto now = std::chrono::steady_clock::now();
-  size_t n = 0;
-  // close_at grows along the list (kSettleLinger after a time taken earlier).
-  while (n < lingering_.size() && lingering_[n].close_at <= now && !conn->dead()) {
-    if (absl::Status s = conn->CloseChannel(lingering_[n].channel); !s.ok()) {
-      spdlog::warn("[consumer] closing channel {}: {}", lingering_[n].channel, s.message());
+  std::erase_if(lingering_, [&](const Lingering& l) {
+    if (conn == nullptr || conn->dead()) return true;  // gone with the connection
+    if (l.close_at > now) return false;
+    if (absl::Status s = conn->CloseChannel(l.channel); !s.ok()) {
+      spdlog::warn("[consumer] closing channel {}: {}", l.channel, s.message());
     }
-    ++n;
-  }
-  if (conn->dead()) n = lingering_.size();
-  lingering_.erase(lingering_.begin(), lingering_.begin() + static_cast<std::ptrdiff_t>(n));
+    return true;
+  });
 }
 
 void Consumer::OnDeliver(const amqp_basic_deliver_t& deliver, amqp_channel_t channel) {

@@ -186,7 +186,7 @@ class Consumer final : public IoLoop {
   bool draining_ = false;
   std::vector<uint64_t> ack_streams_;                      // streams with a non-empty to_ack
   std::unordered_map<amqp_channel_t, Incoming> incoming_;  // deliveries being assembled
-  std::vector<Lingering> lingering_;                       // in close_at order
+  std::vector<Lingering> lingering_;                       // see kSettleLinger
 };
 
 }  // namespace mqs::amqp
