@@ -16,6 +16,16 @@ using namespace std::chrono_literals;
 
 std::set<std::string> AsSet(const std::vector<std::string>& v) { return {v.begin(), v.end()}; }
 
+// Leaves gracefully (the daemon reads every ack sent so far), then checks that
+// the queue is empty and that `sub` got exactly `count` deliveries.
+void LeaveSettled(IntegrationTest& t, const std::string& queue, Subscriber& sub, size_t count) {
+  const grpc::Status left = sub.Leave();
+  INFO(StatusText(left));
+  CHECK(left.ok());
+  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
+  CHECK(sub.count() == count);
+}
+
 TEST_CASE(
     "integration: a dropped stream's unacked deliveries go to another subscriber, "
     "redelivered") {
@@ -75,11 +85,7 @@ TEST_CASE(
   CHECK(AsSet(b_ids) == AsSet(published));
 
   // B's acks settled everything: after B leaves, the queue is empty.
-  const grpc::Status left = b.Leave();  // graceful: every ack counts
-  INFO(StatusText(left));
-  CHECK(left.ok());
-  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
-  CHECK(b.count() == 20);
+  LeaveSettled(t, queue, b, 20);
 }
 
 TEST_CASE("integration: nack with requeue redelivers, nack without requeue drops") {
@@ -107,11 +113,7 @@ TEST_CASE("integration: nack with requeue redelivers, nack without requeue drops
   CHECK(sub.Ack(again.delivery_id()));
 
   // The dropped one never comes back and the acked one is settled.
-  const grpc::Status left = sub.Leave();  // graceful: every ack counts
-  INFO(StatusText(left));
-  CHECK(left.ok());
-  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
-  CHECK(sub.count() == 3);
+  LeaveSettled(t, queue, sub, 3);
 }
 
 TEST_CASE(
@@ -165,11 +167,7 @@ TEST_CASE(
         return a.delivery_id() < b.delivery_id();
       })->delivery_id();
   REQUIRE(next.Ack(last, /*multiple=*/true));
-  const grpc::Status left = next.Leave();  // graceful: every ack counts
-  INFO(StatusText(left));
-  CHECK(left.ok());
-  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
-  CHECK(next.count() == 3);
+  LeaveSettled(t, queue, next, 3);
 }
 
 TEST_CASE(
@@ -204,12 +202,8 @@ TEST_CASE(
     REQUIRE(b.Ack(dl.delivery_id()));
   }
   CHECK(AsSet(MessageIds(again)) == AsSet({ids.begin() + 150, ids.end()}));
-  const grpc::Status b_left = b.Leave();
-  INFO(StatusText(b_left));
-  CHECK(b_left.ok());
-  // Nothing acked came back: the queue is empty and b got only the 50.
-  CHECK(WaitForQueue(t.admin(), queue, 0u, 0u));
-  CHECK(b.count() == 50);
+  // Nothing acked came back: the queue ends empty and b got only the 50.
+  LeaveSettled(t, queue, b, 50);
 }
 
 }  // namespace
