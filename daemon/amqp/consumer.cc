@@ -99,11 +99,14 @@ constexpr std::chrono::milliseconds kSettleLinger(100);
 amqp_channel_t Consumer::AllocateChannel(int channel_max) {
   // Round-robin, so a just-closed channel number is not reused while frames
   // queued for its old consumer may still be waiting to be discarded; but
-  // over a window of twice the open streams (at least 32), not all of
+  // over a window of twice the open channels (at least 32), not all of
   // channel_max: rabbitmq-c keeps a decoding pool (a frame_max page, 128 KiB)
   // per channel number ever used until the connection closes, so numbers
   // used once and never again add up (measured: ~110 KiB per new stream).
-  const int window = std::max<int>(32, 2 * (static_cast<int>(by_channel_.size()) + 1));
+  // Lingering channels count as open: a burst of ending streams must not
+  // fill the window.
+  const int open = static_cast<int>(by_channel_.size() + lingering_.size());
+  const int window = std::max<int>(32, 2 * (open + 1));
   const int max = std::min({channel_max, 65535, window});
   for (int tries = 0; tries < max; ++tries) {
     last_channel_ = static_cast<amqp_channel_t>(last_channel_ >= max ? 2 : last_channel_ + 1);

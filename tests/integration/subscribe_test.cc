@@ -206,5 +206,39 @@ TEST_CASE(
   LeaveSettled(t, queue, b, 50);
 }
 
+TEST_CASE(
+    "integration: many streams ending at once right after acking leave channel numbers for "
+    "new streams") {
+  // Each ending stream's channel lingers after its last ack; a new stream
+  // must still find a free channel number at once.
+  IntegrationTest t("churn");
+  const std::string biz = t.Business("churn");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz}});
+  constexpr size_t kStreams = 48;
+  std::vector<std::unique_ptr<Subscriber>> subs;
+  for (size_t i = 0; i < kStreams; ++i) {
+    subs.push_back(std::make_unique<Subscriber>(
+        d.stub(), Subscriber::Options{
+                      .business = biz, .prefetch = 1, .consumer_name = "c" + std::to_string(i)}));
+  }
+  REQUIRE(WaitForQueue(t.admin(), queue, static_cast<uint32_t>(kStreams), std::nullopt));
+  // Prefetch 1 each: every stream holds exactly one of these.
+  PublishConfirmed(d.stub(), biz, kStreams, biz);
+  for (auto& sub : subs) {
+    REQUIRE(sub->WaitForCount(1, 10s));
+    REQUIRE(sub->Ack(sub->deliveries()[0].delivery_id()));
+  }
+  for (auto& sub : subs) sub->Cancel();  // all end within a few ms of their acks
+  for (auto& sub : subs) REQUIRE(sub->WaitEnded(10s).has_value());
+
+  Subscriber next(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "next"});
+  const auto ids = PublishConfirmed(d.stub(), biz, 1, biz + "-next");
+  REQUIRE(next.WaitForCount(1, 10s));
+  CHECK(next.deliveries()[0].message_id() == ids[0]);
+  REQUIRE(next.Ack(next.deliveries()[0].delivery_id()));
+  LeaveSettled(t, queue, next, 1);
+}
+
 }  // namespace
 }  // namespace mqs::it
