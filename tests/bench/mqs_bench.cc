@@ -1401,7 +1401,8 @@ int Report(const Options& o) {
      << "|---|---|---|---|--:|--:|--:|--:|--:|--:|---|---|\n";
   csv << "scenario,queue_type,size,window,prefetch,consumers,rate,mode,transport,messages,"
          "seconds,msgs_per_s,ratio_to_direct,daemon_cpu_s,daemon_cpu_us_per_msg,"
-         "daemon_hwm_mib,client_cpu_s,broker_cpu_s,p50_us,p90_us,p99_us,p999_us,max_us\n";
+         "daemon_hwm_mib,client_cpu_s,broker_cpu_s,p50_us,p90_us,p99_us,p999_us,max_us,"
+         "ack_multiple\n";
   int index = 0;
   for (const auto& r : rows) {
     const bool is_direct = r["mode"] == "direct" && r["scenario"] != "ceiling";
@@ -1427,7 +1428,7 @@ int Report(const Options& o) {
     for (const char* p : {"p50", "p90", "p99", "p999", "max"}) {
       csv << "," << (l.is_null() ? "" : Fmt(l[p], 1));
     }
-    csv << "\n";
+    csv << "," << (r.value("ack_multiple", false) ? 1 : 0) << "\n";
     if (is_direct) continue;  // shown beside its sidecar row
     const std::string scen = r["scenario"];
     const bool idle = scen == "streams-idle";
