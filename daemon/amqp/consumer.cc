@@ -111,10 +111,9 @@ amqp_channel_t Consumer::AllocateChannel(int channel_max) {
   for (int tries = 0; tries < max; ++tries) {
     last_channel_ = static_cast<amqp_channel_t>(last_channel_ >= max ? 2 : last_channel_ + 1);
     if (last_channel_ == kControlChannel) continue;
-    const bool lingers = std::any_of(lingering_.begin(), lingering_.end(), [&](const Lingering& l) {
-      return l.channel == last_channel_;
-    });
-    if (!by_channel_.contains(last_channel_) && !lingers) return last_channel_;
+    if (!by_channel_.contains(last_channel_) && !lingering_.contains(last_channel_)) {
+      return last_channel_;
+    }
   }
   return 0;
 }
@@ -324,7 +323,7 @@ void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Statu
             conn->MarkDead();
           }
         }
-        lingering_.push_back({stream.channel, close_at});
+        lingering_.emplace(stream.channel, close_at);
       } else if (absl::Status s = conn->CloseChannel(stream.channel); !s.ok()) {
         spdlog::warn("[consumer] closing channel {}: {}", stream.channel, s.message());
       }
@@ -339,11 +338,12 @@ void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Statu
 void Consumer::CloseLingering(Connection* conn) {
   if (lingering_.empty()) return;
   const auto now = std::chrono::steady_clock::now();
-  std::erase_if(lingering_, [&](const Lingering& l) {
+  std::erase_if(lingering_, [&](const auto& entry) {
+    const auto& [channel, close_at] = entry;
     if (conn == nullptr || conn->dead()) return true;  // gone with the connection
-    if (l.close_at > now) return false;
-    if (absl::Status s = conn->CloseChannel(l.channel); !s.ok()) {
-      spdlog::warn("[consumer] closing channel {}: {}", l.channel, s.message());
+    if (close_at > now) return false;
+    if (absl::Status s = conn->CloseChannel(channel); !s.ok()) {
+      spdlog::warn("[consumer] closing channel {}: {}", channel, s.message());
     }
     return true;
   });
@@ -457,7 +457,7 @@ void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
         control_ok_ = conn.OpenChannel(kControlChannel).ok();
         break;
       }
-      std::erase_if(lingering_, [&](const Lingering& l) { return l.channel == frame.channel; });
+      lingering_.erase(frame.channel);
       auto it = by_channel_.find(frame.channel);
       if (it != by_channel_.end()) EndStream(&conn, it->second, why, /*close_channel=*/false);
       break;

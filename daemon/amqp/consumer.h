@@ -116,12 +116,6 @@ class Consumer final : public IoLoop {
     std::vector<uint64_t> to_ack;  // acked by the client, not yet sent (see FlushAcks)
     std::chrono::steady_clock::time_point last_settle;  // last basic.ack/nack sent
   };
-  // A channel whose stream has ended but which stays open a little (see
-  // kSettleLinger in the .cc): its consumer is cancelled, it gets no stream.
-  struct Lingering {
-    amqp_channel_t channel;
-    std::chrono::steady_clock::time_point close_at;
-  };
 
   absl::Status OnConnected(Connection& conn) override;
   void OnDisconnected(const absl::Status& why) override;
@@ -186,7 +180,10 @@ class Consumer final : public IoLoop {
   bool draining_ = false;
   std::vector<uint64_t> ack_streams_;                      // streams with a non-empty to_ack
   std::unordered_map<amqp_channel_t, Incoming> incoming_;  // deliveries being assembled
-  std::vector<Lingering> lingering_;                       // see kSettleLinger
+  // Channels whose stream has ended but which stay open a little (see
+  // kSettleLinger in the .cc), with the time each closes: their consumers
+  // are cancelled and they get no stream.
+  std::unordered_map<amqp_channel_t, std::chrono::steady_clock::time_point> lingering_;
 };
 
 }  // namespace mqs::amqp
