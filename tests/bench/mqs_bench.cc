@@ -1213,12 +1213,13 @@ std::vector<Json> RunRoundTrip(const Options& o) {
   Latencies lat;
   Row row(o);
   row.Start();
-  const int64_t start = NowNs();
-  const int64_t step = o.rate > 0 ? static_cast<int64_t>(1e9 / o.rate) : 0;
+  const Pacer pacer{o.rate, NowNs()};
   uint64_t n = 0;
-  for (; n < o.count && NowNs() - start < static_cast<int64_t>(o.duration * 1e9); ++n) {
-    const int64_t due = start + static_cast<int64_t>(n) * step;
-    while (NowNs() < due) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  for (; n < o.count && NowNs() - pacer.start_ns < static_cast<int64_t>(o.duration * 1e9); ++n) {
+    if (o.rate > 0) {
+      std::this_thread::sleep_until(
+          SteadyClock::time_point(std::chrono::nanoseconds(pacer.NextSlotNs(n))));
+    }
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     grpc::health::v1::HealthCheckResponse res;
