@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <concepts>
 #include <string>
 #include <string_view>
@@ -44,6 +45,37 @@ std::string StrCat(const Args&... args) {
   std::string out;
   StrAppend(&out, args...);
   return out;
+}
+
+// ForLog: `s` made safe for one log line. Client-supplied names (consumer
+// names, message ids, routing keys) reach the logs; a control character in
+// one could forge or break a line. Bytes below 0x20 and 0x7f become \xNN;
+// the result is cut at `max` bytes (marked "...").
+inline std::string ForLog(std::string_view s, size_t max = 200) {
+  std::string out;
+  out.reserve(std::min(s.size(), max) + 8);
+  for (const char c : s) {
+    if (out.size() >= max) {
+      out.append("...");
+      break;
+    }
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      fmt::format_to(std::back_inserter(out), "\\x{:02x}", u);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// HasControlChars: true if `s` holds a byte below 0x20 or 0x7f.
+inline bool HasControlChars(std::string_view s) {
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) return true;
+  }
+  return false;
 }
 
 }  // namespace mqs::util

@@ -46,3 +46,11 @@ TEST_CASE("util: WakeupQueue hands every item from many producers to one consume
   q.Drain(out);
   CHECK(out.empty());
 }
+
+TEST_CASE("util: ForLog escapes control characters and bounds the length") {
+  CHECK(mqs::util::ForLog("plain name") == "plain name");
+  CHECK(mqs::util::ForLog(std::string("a\nb\x7f\0c", 6)) == "a\\x0ab\\x7f\\x00c");
+  CHECK(mqs::util::ForLog(std::string(300, 'x'), 10) == "xxxxxxxxxx...");
+  CHECK(mqs::util::HasControlChars("a\tb"));
+  CHECK_FALSE(mqs::util::HasControlChars("usdtsvr-0 (ü)"));
+}
