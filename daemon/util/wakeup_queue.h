@@ -11,9 +11,10 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <mutex>
 #include <utility>
 #include <vector>
+
+#include "util/mutex.h"
 
 namespace mqs::util {
 
@@ -34,7 +35,7 @@ class WakeupQueue {
   void Push(T item) {
     bool was_empty;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       was_empty = items_.empty();
       items_.push_back(std::move(item));
     }
@@ -57,14 +58,14 @@ class WakeupQueue {
     uint64_t count;
     while (::read(fd_, &count, sizeof count) < 0 && errno == EINTR) {
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     out.swap(items_);
   }
 
  private:
   const int fd_;
-  std::mutex mu_;
-  std::vector<T> items_;  // guarded by mu_
+  Mutex mu_;
+  std::vector<T> items_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace mqs::util

@@ -6,6 +6,8 @@ set -euo pipefail
 PACKAGES=(
   # build
   build-essential cmake ninja-build pkg-config git
+  # the TSan pass and the source checks (deploy/scripts/lint.sh)
+  clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14
   librabbitmq-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libsystemd-dev catch2
   # runtime: a local broker for development and tests

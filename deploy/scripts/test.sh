@@ -1,38 +1,58 @@
 #!/usr/bin/env bash
 # test.sh: install what is missing, start a local RabbitMQ when none answers,
-# then build with warnings as errors and run every test; then build again with
-# AddressSanitizer + UndefinedBehaviorSanitizer and run every test again.
-#   deploy/scripts/test.sh            both passes
-#   MQS_TEST_PASSES=werror test.sh    only the first
+# then:
+#   lint    clang-format must leave every C++ file as it is;
+#   werror  build with warnings as errors (g++), clang-tidy on the daemon and
+#           client, and run every test (unit, integration, fault, cluster, bench smoke);
+#   asan    build with AddressSanitizer + UndefinedBehaviorSanitizer and run every
+#           test but the cluster failover (which the werror pass ran);
+#   tsan    build with Clang, ThreadSanitizer and -Wthread-safety, and run the
+#           unit, integration and fault tests.
+#   deploy/scripts/test.sh                   every pass
+#   MQS_TEST_PASSES="werror" test.sh         only some
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 JOBS="${MQS_JOBS:-$(nproc)}"
-PASSES="${MQS_TEST_PASSES:-werror asan}"
+PASSES="${MQS_TEST_PASSES:-lint werror asan tsan}"
 
 deploy/scripts/install-deps.sh
 deploy/scripts/broker.sh ensure
 
+# run_pass NAME CTEST_ARGS CMAKE_ARGS...: configure, build, run the tests
+# ctest selects with CTEST_ARGS (e.g. "-LE cluster").
 run_pass() {
-  local name=$1; shift
+  local name=$1 select=$2; shift 2
   local dir="build/$name"
   echo "=== test pass: $name ==="
   local t0=$SECONDS
   cmake -S . -B "$dir" -G Ninja -DMQS_WERROR=ON "$@" >/dev/null
   ninja -C "$dir" -j "$JOBS"
   echo "--- $name: built in $((SECONDS - t0)) s"
+  if [ "$name" = werror ]; then deploy/scripts/lint.sh tidy "$dir"; fi
   deploy/scripts/broker.sh ensure   # the fault tests stop and start it
-  ctest --test-dir "$dir" --output-on-failure --timeout 300
+  # shellcheck disable=SC2086  # $select is a list of ctest arguments
+  ctest --test-dir "$dir" --output-on-failure --timeout 300 $select
   echo "--- $name: passed in $((SECONDS - t0)) s"
 }
 
 for pass in $PASSES; do
   case "$pass" in
-    werror) run_pass werror -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
+    lint) deploy/scripts/lint.sh format ;;
+    werror) run_pass werror "" -DCMAKE_BUILD_TYPE=RelWithDebInfo ;;
     asan)
-      export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
-      export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
-      export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-      run_pass asan -DCMAKE_BUILD_TYPE=Debug -DMQS_SANITIZE=ON
+      (
+        export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
+        export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
+        export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+        run_pass asan "-LE cluster" -DCMAKE_BUILD_TYPE=Debug -DMQS_SANITIZE=ON
+      )
+      ;;
+    tsan)
+      (
+        export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp"
+        run_pass tsan "-L unit|integration|fault" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQS_TSAN=ON \
+          -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_C_COMPILER=clang-14
+      )
       ;;
     *) echo "unknown pass $pass" >&2; exit 64 ;;
   esac
