@@ -7,9 +7,8 @@
 #include <string>
 #include <string_view>
 
-#include "nlohmann/json.hpp"
-
 #include "mqsidecar/v1/pubsub.pb.h"
+#include "nlohmann/json.hpp"
 
 namespace mqctl {
 

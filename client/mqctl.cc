@@ -23,15 +23,15 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "delivery_json.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
-
-#include "delivery_json.h"
 #include "health_check.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 
@@ -221,7 +221,8 @@ int RunPublish(const GlobalOptions& g, const PublishOptions& o) {
   }
   if (o.payload == "-") {
     if (!ReadAll(stdin, req.mutable_payload())) {
-      std::cerr << "mqctl: reading the payload from stdin: " << std::strerror(errno) << "\n";
+      std::cerr << "mqctl: reading the payload from stdin: "
+                << std::generic_category().message(errno) << "\n";
       return kExitError;
     }
   } else {
@@ -269,7 +270,7 @@ class SubscribeSession {
 
   int Run() {
     if (pipe2(pipe_, O_CLOEXEC | O_NONBLOCK) != 0) {
-      std::cerr << "mqctl: pipe: " << std::strerror(errno) << "\n";
+      std::cerr << "mqctl: pipe: " << std::generic_category().message(errno) << "\n";
       return kExitError;
     }
     g_signal_pipe_write = pipe_[1];
@@ -661,4 +662,13 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace mqctl
 
-int main(int argc, char** argv) { return mqctl::Main(argc, argv); }
+int main(int argc, char** argv) {
+  // CLI11 reports usage errors itself; anything else escaping is a bug, but
+  // it still gets a message and an exit code instead of std::terminate.
+  try {
+    return mqctl::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "mqctl: " << e.what() << "\n";
+    return 1;
+  }
+}

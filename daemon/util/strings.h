@@ -27,8 +27,8 @@ inline void AppendOne(std::string& out, const std::string& s) { out.append(s); }
 inline void AppendOne(std::string& out, absl::string_view s) { out.append(s.data(), s.size()); }
 inline void AppendOne(std::string& out, char c) { out.push_back(c); }
 template <typename T>
-  requires(std::is_arithmetic_v<T> && !std::same_as<T, char> && !std::same_as<T, bool>)
-void AppendOne(std::string& out, T v) {
+requires(std::is_arithmetic_v<T> && !std::same_as<T, char> &&
+         !std::same_as<T, bool>) void AppendOne(std::string& out, T v) {
   fmt::format_to(std::back_inserter(out), "{}", v);
 }
 }  // namespace internal

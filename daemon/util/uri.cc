@@ -8,7 +8,8 @@ std::string MaskPassword(std::string_view uri) {
   // The userinfo ends at the last '@' of the authority, so a raw '@' in a
   // password cannot leak its tail.
   const size_t slash = uri.find('/', start);
-  const std::string_view authority = uri.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
+  const std::string_view authority =
+      uri.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
   const size_t at_rel = authority.rfind('@');
   const size_t at = at_rel == std::string_view::npos ? std::string_view::npos : start + at_rel;
   if (at == std::string_view::npos) return std::string(uri);

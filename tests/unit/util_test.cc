@@ -1,8 +1,7 @@
-#include <catch2/catch.hpp>
-
 #include <poll.h>
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <set>
 #include <thread>
