@@ -49,7 +49,7 @@ for pass in $PASSES; do
       ;;
     tsan)
       (
-        export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp"
+        export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$PWD/tests/tsan.supp"
         run_pass tsan "-L unit|integration|fault" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQS_TSAN=ON \
           -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_C_COMPILER=clang-14
       )
