@@ -5,7 +5,7 @@
 # judges it: 0 confirmed lost, every duplicate accounted for. Reports the RSS
 # of the sidecars (start, peak, end). Result: docs/reliability.md, "Soak".
 #
-#   flock -x /work/broker.lock tests/soak/soak.sh [options]
+#   flock -x -o /work/broker.lock tests/soak/soak.sh [options]
 #     --messages N      default 1000000
 #     --rate R          publishes/s in total (default: N/120 for N <= 50000, else 0 = unpaced)
 #     --fault-min S     seconds between broker/sidecar faults, at least (default 4)
@@ -16,7 +16,10 @@
 #     --out DIR         default /tmp/mqs-soak
 #
 # It stops and starts the local RabbitMQ node: run it under the exclusive broker
-# lock, never beside tests. Needs root and rabbitmqctl. Not a ctest.
+# lock, never beside tests, with `flock -o` (and every process it starts gets
+# its descriptors above 2 closed): a node started by `rabbitmq-server -detached`
+# would otherwise inherit the lock's descriptor and hold the lock for its whole
+# life. Needs root and rabbitmqctl. Not a ctest.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -57,6 +60,16 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 log() { echo "soak: $(date -u +%T) $*" | tee -a "$OUT/events.log" >&2; }
 
+# Runs "$@" with every descriptor above 2 closed (see the note on the lock above).
+closed_fds() {
+  local fd
+  for fd in "/proc/$BASHPID/fd"/*; do
+    fd=${fd##*/}
+    ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+  done
+  exec "$@"
+}
+
 answers() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/5672" 2>/dev/null; }
 wait_amqp() {
   for ((i = 0; i < 180; i++)); do answers && return 0; sleep 0.5; done
@@ -87,7 +100,7 @@ declare -A PID
 start_sidecar() {
   local s="$1"
   rm -f "$OUT/$s.sock"
-  "$DAEMON" --config "$OUT/$s.yaml" >>"$OUT/$s.log" 2>&1 &
+  (closed_fds "$DAEMON" --config "$OUT/$s.yaml" >>"$OUT/$s.log" 2>&1) &
   PID[$s]=$!
   for ((i = 0; i < 100; i++)); do [[ -S "$OUT/$s.sock" ]] && return 0; sleep 0.1; done
   log "sidecar $s did not listen within 10 s (see $OUT/$s.log)"
@@ -109,7 +122,7 @@ cleanup() {
   [[ -n "$SAMPLER_PID" ]] && kill "$SAMPLER_PID" 2>/dev/null
   [[ -n "$DRIVER_PID" ]] && kill "$DRIVER_PID" 2>/dev/null
   if ((BROKER_DOWN)); then
-    if ((NODE_RESTART)); then rabbitmq-server -detached >/dev/null 2>&1; else rabbitmqctl start_app >/dev/null 2>&1; fi
+    if ((NODE_RESTART)); then (closed_fds rabbitmq-server -detached >/dev/null 2>&1); else rabbitmqctl start_app >/dev/null 2>&1; fi
     wait_amqp
   fi
   for s in A B; do [[ -n "${PID[$s]:-}" ]] && kill "${PID[$s]}" 2>/dev/null; done
@@ -135,7 +148,7 @@ echo "${PID[B]}" >"$OUT/B.pid"
 ) >"$OUT/rss.log" &
 SAMPLER_PID=$!
 
-"$DRIVER" --sidecar "unix://$OUT/A.sock" --sidecar "unix://$OUT/B.sock" \
+closed_fds "$DRIVER" --sidecar "unix://$OUT/A.sock" --sidecar "unix://$OUT/B.sock" \
   --business "$BUSINESS" --tag "soak$(date +%s)" --messages "$MESSAGES" --rate "$RATE" \
   --timeout 7200 >"$OUT/driver.out" 2>"$OUT/driver.err" &
 DRIVER_PID=$!
@@ -153,7 +166,7 @@ while kill -0 "$DRIVER_PID" 2>/dev/null; do
       log "broker restart #$broker_restarts: rabbitmqctl stop (whole node)"
       rabbitmqctl stop >/dev/null 2>&1 || log "rabbitmqctl stop failed"
       sleep $((1 + RANDOM % 3))
-      rabbitmq-server -detached >/dev/null 2>&1
+      (closed_fds rabbitmq-server -detached >/dev/null 2>&1)
     else
       log "broker restart #$broker_restarts: rabbitmqctl stop_app"
       rabbitmqctl stop_app >/dev/null 2>&1 || log "rabbitmqctl stop_app failed"
