@@ -49,7 +49,7 @@ if [[ -z "$RATE" ]]; then
   if ((MESSAGES <= 50000)); then RATE=$((MESSAGES / 120)); else RATE=0; fi
 fi
 
-DAEMON="$BUILD/mq-sidecar"
+DAEMON="$BUILD/daemon/mq-sidecar"
 DRIVER="$BUILD/tests/soak/soak_driver"
 for f in "$DAEMON" "$DRIVER"; do
   [[ -x "$f" ]] || { echo "soak: $f missing; ninja -C $BUILD mq-sidecar soak_driver" >&2; exit 1; }
