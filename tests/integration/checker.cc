@@ -5,109 +5,230 @@
 
 namespace mqs::it {
 
+using mqsidecar::v1::Delivery;
 using mqsidecar::v1::PublishResult;
 
+namespace {
+
+bool Marked(const Delivery& d) { return d.redelivered() || d.delivery_count() > 0; }
+
+void Example(std::vector<std::string>& list, const std::string& text) {
+  if (list.size() < 10) list.push_back(text);
+}
+
+}  // namespace
+
+uint32_t History::EntryOf(const std::string& id) {
+  auto [it, inserted] = index_.try_emplace(id, static_cast<uint32_t>(entries_.size()));
+  if (inserted) entries_.push_back(Entry{.id = id});
+  return it->second;
+}
+
+uint32_t History::ConsumerOf(const std::string& name) {
+  auto [it, inserted] = consumer_index_.try_emplace(name, static_cast<uint32_t>(consumers_.size()));
+  if (inserted) consumers_.push_back(name);
+  return it->second;
+}
+
 void History::Sent(const std::string& message_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  entries_[message_id].sent = true;
+  util::MutexLock lock(&mu_);
+  ++entries_[EntryOf(message_id)].attempts;
 }
 
 void History::Result(const PublishResult& result) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Entry& e = entries_[result.message_id()];
+  util::MutexLock lock(&mu_);
+  Entry& e = entries_[EntryOf(result.message_id())];
   ++e.results;
   switch (result.status()) {
     case PublishResult::CONFIRMED:
-      e.outcome = Outcome::kConfirmed;
-      if (e.deliveries == 0) confirmed_undelivered_.insert(result.message_id());
+      if (!e.confirmed && e.handled == 0) ++confirmed_unhandled_;
+      e.confirmed = true;
       break;
     case PublishResult::UNCONFIRMED:
-      e.outcome = Outcome::kUnconfirmed;
+      e.unconfirmed = true;
       break;
     case PublishResult::UNROUTABLE:
-      e.outcome = Outcome::kUnroutable;
+      e.last_refusal = Outcome::kUnroutable;
       break;
     case PublishResult::REJECTED:
-      e.outcome = Outcome::kRejected;
+      e.last_refusal = Outcome::kRejected;
       break;
     default:
-      e.outcome = Outcome::kFailed;
+      e.last_refusal = Outcome::kFailed;
   }
 }
 
 void History::Failed(const std::string& message_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Entry& e = entries_[message_id];
+  util::MutexLock lock(&mu_);
+  Entry& e = entries_[EntryOf(message_id)];
   ++e.results;
-  e.outcome = Outcome::kFailed;
+  e.last_refusal = Outcome::kFailed;
 }
 
 void History::Unknown(const std::string& message_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Entry& e = entries_[message_id];
+  util::MutexLock lock(&mu_);
+  Entry& e = entries_[EntryOf(message_id)];
   ++e.results;
-  e.outcome = Outcome::kUnconfirmed;
+  e.unconfirmed = true;
 }
 
-void History::Delivered(const std::string& /*consumer*/, const mqsidecar::v1::Delivery& delivery) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Entry& e = entries_[delivery.message_id()];
-  if (delivery.redelivered() || delivery.delivery_count() > 0) ++e.marked;
-  ++e.deliveries;
-  confirmed_undelivered_.erase(delivery.message_id());
+void History::Retried(const std::string& message_id, const std::string& cause) {
+  util::MutexLock lock(&mu_);
+  Entry& e = entries_[EntryOf(message_id)];
+  ++e.retries;
+  e.causes.push_back(cause);
+}
+
+void History::ReceivedLocked(const std::string& consumer, const Delivery& delivery) {
+  const uint32_t entry = EntryOf(delivery.message_id());
+  const uint32_t c = ConsumerOf(consumer);
+  open_[{c, delivery.delivery_id()}] = entry;
+  events_.push_back({.entry = entry,
+                     .consumer = c,
+                     .delivery_id = delivery.delivery_id(),
+                     .handle = false,
+                     .marked = Marked(delivery)});
+}
+
+void History::HandledLocked(const std::string& consumer, const Delivery& delivery) {
+  const uint32_t c = ConsumerOf(consumer);
+  auto it = open_.find({c, delivery.delivery_id()});
+  if (it == open_.end()) {
+    ++handled_unreceived_;
+    return;
+  }
+  const uint32_t entry = it->second;
+  open_.erase(it);
+  Entry& e = entries_[entry];
+  if (e.handled++ == 0 && e.confirmed) --confirmed_unhandled_;
+  events_.push_back({.entry = entry,
+                     .consumer = c,
+                     .delivery_id = delivery.delivery_id(),
+                     .handle = true,
+                     .marked = Marked(delivery)});
+}
+
+void History::Received(const std::string& consumer, const Delivery& delivery) {
+  util::MutexLock lock(&mu_);
+  ReceivedLocked(consumer, delivery);
+}
+
+void History::Handled(const std::string& consumer, const Delivery& delivery) {
+  util::MutexLock lock(&mu_);
+  HandledLocked(consumer, delivery);
+}
+
+void History::Delivered(const std::string& consumer, const Delivery& delivery) {
+  util::MutexLock lock(&mu_);
+  ReceivedLocked(consumer, delivery);
+  HandledLocked(consumer, delivery);
 }
 
 size_t History::ConfirmedUndelivered() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return confirmed_undelivered_.size();
+  util::MutexLock lock(&mu_);
+  return confirmed_unhandled_;
 }
 
 History::Report History::Check() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  util::MutexLock lock(&mu_);
   Report r;
-  auto violation = [&r](const std::string& id, const std::string& what) {
-    if (r.violation_examples.size() < 10) r.violation_examples.push_back(id + ": " + what);
+  r.handled_unreceived = handled_unreceived_;
+  if (handled_unreceived_ > 0) {
+    Example(r.violation_examples,
+            std::to_string(handled_unreceived_) + " deliveries handled that were never received");
+  }
+
+  // Replay the timeline: per message id, the copies received so far, how many
+  // of them are still unhandled, whether one was handled, the declared causes
+  // not yet used, and who handled first (for the reports).
+  struct Copies {
+    int received = 0;
+    int in_flight = 0;
+    bool handled = false;
+    size_t causes_used = 0;
+    uint32_t first_consumer = 0;
+    uint32_t handled_by = 0;
   };
-  for (const auto& [id, e] : entries_) {
-    const bool published = e.sent || e.results > 0;
+  std::vector<Copies> copies(entries_.size());
+  for (const Event& ev : events_) {
+    const Entry& e = entries_[ev.entry];
+    Copies& c = copies[ev.entry];
+    if (ev.handle) {
+      --c.in_flight;
+      if (!c.handled) c.handled_by = ev.consumer;
+      c.handled = true;
+      ++r.handled;
+      continue;
+    }
+    ++r.deliveries;
+    const int copy = ++c.received;
+    const std::string where = e.id + ": copy " + std::to_string(copy) + " (" +
+                              (ev.marked ? "marked" : "unmarked") + ") to " +
+                              consumers_[ev.consumer];
+    if (copy == 1) {
+      c.first_consumer = ev.consumer;
+    } else {
+      ++r.extra_copies;
+      const std::string context =
+          c.handled ? "after the copy handled by " + consumers_[c.handled_by]
+                    : "while the copy to " + consumers_[c.first_consumer] + " was unhandled";
+      if (ev.marked) {
+        ++r.extra_visible;
+        if (c.in_flight > 0) ++r.marked_concurrent;
+      } else if (c.causes_used < e.causes.size()) {
+        const std::string& cause = e.causes[c.causes_used++];
+        ++r.accepted;
+        ++r.accepted_by_cause[cause];
+        Example(r.accepted_examples, where + " " + context + "; accounted for: " + cause);
+      } else {
+        ++r.invisible;
+        if (c.handled) {
+          ++r.unmarked_after_handled;
+        } else {
+          ++r.unmarked_concurrent;
+        }
+        Example(r.violation_examples, where + " " + context +
+                                          ", and no declared cause: a consumer trusting "
+                                          "redelivered=false would process it twice");
+      }
+    }
+    ++c.in_flight;
+  }
+
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const Entry& e = entries_[i];
+    const bool published = e.attempts > 0 || e.results > 0;
+    const bool delivered = copies[i].received > 0;
     if (published) ++r.sent;
-    if (e.results > 1) {
+    r.retries += static_cast<size_t>(e.retries);
+    if (e.results > std::max(e.attempts, 1)) {
       ++r.answered_twice;
-      violation(id, std::to_string(e.results) + " results for one publish");
+      Example(r.violation_examples, e.id + ": " + std::to_string(e.results) + " results for " +
+                                        std::to_string(std::max(e.attempts, 1)) + " publish(es)");
     }
-    const bool delivered = e.deliveries > 0;
-    r.deliveries += static_cast<size_t>(e.deliveries);
-    if (delivered) ++r.delivered_ids;
-    if (e.deliveries > 1) {
-      ++r.duplicated;
-      r.extra_copies += static_cast<size_t>(e.deliveries - 1);
-      // Consumers process copies in any order (the marked copy may be
-      // processed first), so a duplicate is visible when all copies but one
-      // are marked.
-      r.extra_visible += static_cast<size_t>(std::min(e.deliveries - 1, e.marked));
-    }
+    if (copies[i].received > 1) ++r.duplicated;
+    if (e.handled > 0) ++r.delivered_ids;
     if (!published) {
       if (delivered) {
         ++r.unexpected;
-        violation(id, "delivered but never published");
+        Example(r.violation_examples, e.id + ": delivered but never published");
       }
       continue;
     }
-    switch (e.outcome) {
-      case Outcome::kConfirmed:
-        ++r.confirmed;
-        if (!delivered) {
-          ++r.lost;
-          if (r.lost_examples.size() < 10) r.lost_examples.push_back(id);
-        }
-        break;
-      case Outcome::kUnconfirmed:
-        ++r.unconfirmed;
-        if (delivered) ++r.recovered;
-        break;
-      case Outcome::kNone:
-        ++r.unanswered;
-        break;
+    if (e.confirmed) {
+      ++r.confirmed;
+      if (e.handled == 0) {
+        ++r.lost;
+        Example(r.lost_examples, e.id);
+      }
+      continue;
+    }
+    if (e.unconfirmed) {
+      ++r.unconfirmed;
+      if (delivered) ++r.recovered;
+      continue;
+    }
+    switch (e.last_refusal) {
       case Outcome::kFailed:
         ++r.failed;
         break;
@@ -117,34 +238,39 @@ History::Report History::Check() const {
       case Outcome::kRejected:
         ++r.rejected;
         break;
+      default:
+        ++r.unanswered;
     }
-    const bool never_sent = e.outcome == Outcome::kNone || e.outcome == Outcome::kFailed ||
-                            e.outcome == Outcome::kUnroutable || e.outcome == Outcome::kRejected;
-    if (never_sent && delivered) {
+    if (delivered) {
       ++r.never_sent_delivered;
-      violation(id,
-                "delivered although its publish was answered FAILED/UNROUTABLE/REJECTED "
-                "or never answered");
+      Example(r.violation_examples,
+              e.id +
+                  ": delivered although its publish was answered FAILED/UNROUTABLE/REJECTED "
+                  "or never answered");
     }
   }
-  r.invisible = r.extra_copies - r.extra_visible;
   return r;
 }
 
 bool History::Report::ok() const {
   return lost == 0 && never_sent_delivered == 0 && unexpected == 0 && answered_twice == 0 &&
-         invisible == 0;
+         invisible == 0 && handled_unreceived == 0;
 }
 
 std::string History::Report::Summary() const {
   std::ostringstream s;
   s << "sent=" << sent << " confirmed=" << confirmed << " unknown(unconfirmed)=" << unconfirmed
     << " (recovered " << recovered << ") failed=" << failed << " unroutable=" << unroutable
-    << " rejected=" << rejected << " unanswered=" << unanswered << " | deliveries=" << deliveries
-    << " distinct=" << delivered_ids << " | LOST=" << lost << " duplicated=" << duplicated
-    << " (extra copies " << extra_copies << ", marked redelivered " << extra_visible
-    << ", INVISIBLE " << invisible << ") unexpected=" << unexpected
-    << " never-sent-but-delivered=" << never_sent_delivered << " answered-twice=" << answered_twice;
+    << " rejected=" << rejected << " unanswered=" << unanswered << " retries=" << retries
+    << " | deliveries=" << deliveries << " handled=" << handled << " distinct=" << delivered_ids
+    << " | LOST=" << lost << " duplicated=" << duplicated << " (extra copies " << extra_copies
+    << ": marked " << extra_visible << " [" << marked_concurrent
+    << " beside an unhandled copy], accepted " << accepted << ", INVISIBLE " << invisible
+    << " [after handled " << unmarked_after_handled << ", concurrent " << unmarked_concurrent
+    << "]) unexpected=" << unexpected << " never-sent-but-delivered=" << never_sent_delivered
+    << " answered-twice=" << answered_twice << " handled-unreceived=" << handled_unreceived;
+  for (const auto& [cause, n] : accepted_by_cause) s << "\n  accepted: " << n << " x " << cause;
+  for (const auto& a : accepted_examples) s << "\n  accepted, e.g.: " << a;
   if (!lost_examples.empty()) {
     s << "\n  lost, e.g.:";
     for (const auto& id : lost_examples) s << " " << id;
