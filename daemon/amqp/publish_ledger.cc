@@ -144,7 +144,8 @@ bool PublishLedger::Return(std::string_view exchange, std::string_view routing_k
 }
 
 void PublishLedger::ChannelOpened() {
-  ClearPending();
+  // Callers report the loss first; should they not, nothing goes unanswered.
+  if (!pending_.empty()) Lost("the publishing channel was reopened before the confirm");
   first_tag_ = next_tag_ = 1;
 }
 

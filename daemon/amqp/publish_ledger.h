@@ -105,7 +105,7 @@ class PublishLedger {
               std::string_view reason);
 
   // ChannelOpened: a fresh publishing channel in confirm mode; tags restart
-  // at 1. Nothing may be pending.
+  // at 1. What is still pending is handled as by Lost().
   void ChannelOpened();
   // ChannelClosed: the broker closed the publishing channel (reply code and
   // text); see the file comment. `stopping`: the loop is stopping, nothing is

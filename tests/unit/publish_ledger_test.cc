@@ -525,3 +525,21 @@ TEST_CASE("ledger: quiet once everything in flight is settled or answered") {
   CHECK(f.ledger.Quiet());
   CHECK(f.answers.status("b") == PublishResult::REJECTED);
 }
+
+TEST_CASE("ledger: a channel opened with publishes still pending handles them as a loss") {
+  Fixture f;
+  f.Enqueue({"a", "b"});
+  f.Send();
+  CHECK(f.ledger.Settle(1, false, kAck));
+  f.ledger.ChannelOpened();  // without Lost(): b goes back, marked
+  CHECK(f.ledger.first_tag() == 1);
+  CHECK(f.ledger.waiting() == 1);
+  f.sink.sent.clear();
+  f.Send();
+  REQUIRE(f.sink.sent.size() == 1);
+  CHECK(f.sink.sent[0].id == "b");
+  CHECK(f.sink.sent[0].republished);
+  CHECK(f.ledger.Settle(1, false, kAck));
+  CHECK(f.answers.status("b") == PublishResult::CONFIRMED);
+  CHECK(f.answers.duplicates == 0);
+}
