@@ -76,6 +76,10 @@ TEST_CASE(
       10s));
   INFO("messages in the queue: " << messages << " (warm-up and after: 2)");
   CHECK(messages == 2);
+  WARN("[fault-deadline] unary Publish (deadline "
+       << Fixed(Seconds(kDeadline)) << " s) while "
+       << "connecting to a frozen node: " << StatusText(s) << " after " << Fixed(Seconds(took))
+       << " s; queue holds " << messages << " (2: the late one was never sent)");
 }
 
 }  // namespace
