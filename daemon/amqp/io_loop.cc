@@ -71,7 +71,7 @@ void IoLoop::Stop(milliseconds drain) {
 }
 
 std::string IoLoop::broker_uri() const {
-  std::lock_guard<std::mutex> lock(uri_mu_);
+  util::MutexLock lock(&uri_mu_);
   return broker_uri_;
 }
 
@@ -92,6 +92,30 @@ void IoLoop::WaitDisconnected(milliseconds d) {
   }
 }
 
+absl::StatusOr<std::unique_ptr<Connection>> IoLoop::OpenWhileServing(
+    const std::string& uri, const ConnectOptions& options) {
+  absl::StatusOr<std::unique_ptr<Connection>> result = absl::UnknownError("not connected");
+  std::atomic<bool> done{false};
+  // The connector only opens the connection; the join hands it (and the
+  // rabbitmq-c state in it) to this thread, which alone uses it from then on.
+  std::thread connector([&] {
+    pthread_setname_np(pthread_self(), util::StrCat("mqs-", name_, "-c").substr(0, 15).c_str());
+    result = Connection::Open(uri, options);
+    done.store(true, std::memory_order_release);
+    Wake();
+  });
+  while (!done.load(std::memory_order_acquire)) {
+    // Publishes that wait for this connection are answered at their
+    // deadline, not after the connect.
+    ProcessInbox(nullptr);
+    if (done.load(std::memory_order_acquire)) break;
+    pollfd pfd{WakeFd(), POLLIN, 0};
+    ::poll(&pfd, 1, HasTimers() ? 50 : 200);
+  }
+  connector.join();
+  return result;
+}
+
 void IoLoop::Run() {
   // Named so that top -H, perf and gdb show which connection a thread owns
   // (the kernel keeps 15 characters).
@@ -106,10 +130,10 @@ void IoLoop::Run() {
   while (!stop_requested()) {
     const std::string& uri = broker_.uris[next_uri];
     {
-      std::lock_guard<std::mutex> lock(uri_mu_);
+      util::MutexLock lock(&uri_mu_);
       broker_uri_ = util::MaskPassword(uri);
     }
-    auto conn = Connection::Open(uri, options);
+    auto conn = OpenWhileServing(uri, options);
     absl::Status status = conn.ok() ? OnConnected(**conn) : conn.status();
     if (!status.ok()) {
       if (IsFatal(status)) {

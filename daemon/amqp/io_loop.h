@@ -12,13 +12,15 @@
 #include <chrono>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "amqp/connection.h"
 #include "config/config.h"
+#include "util/mutex.h"
 
 namespace mqs::amqp {
 
@@ -30,8 +32,8 @@ class IoLoop {
   // on_state: called from the loop thread whenever the link state changes.
   // on_fatal: called once, from the loop thread, when retrying cannot help
   // (e.g. the broker refuses the declared topology); the loop then stops.
-  IoLoop(std::string name, const config::Broker& broker,
-         std::function<void()> on_state, std::function<void(const absl::Status&)> on_fatal);
+  IoLoop(std::string name, const config::Broker& broker, std::function<void()> on_state,
+         std::function<void(const absl::Status&)> on_fatal);
   virtual ~IoLoop();
   IoLoop(const IoLoop&) = delete;
   IoLoop& operator=(const IoLoop&) = delete;
@@ -81,6 +83,12 @@ class IoLoop {
   absl::Status OnConnectionMethod(Connection& conn, const amqp_method_t& method);
   // Sleeps up to `d`, still serving the inbox (with no connection).
   void WaitDisconnected(std::chrono::milliseconds d);
+  // Connection::Open on a short-lived connector thread (joined), while this
+  // thread keeps serving the inbox and its deadlines with no connection:
+  // TCP connect and login can take up to 2 x connect_timeout (a frozen broker
+  // accepts the TCP connection and never answers the login).
+  absl::StatusOr<std::unique_ptr<Connection>> OpenWhileServing(const std::string& uri,
+                                                               const ConnectOptions& options);
 
   const std::string name_;
   const config::Broker broker_;
@@ -90,8 +98,8 @@ class IoLoop {
   std::atomic<bool> stop_{false};
   std::atomic<bool> blocked_{false};
   std::atomic<int64_t> drain_ms_{0};
-  mutable std::mutex uri_mu_;
-  std::string broker_uri_;  // guarded by uri_mu_
+  mutable util::Mutex uri_mu_;
+  std::string broker_uri_ ABSL_GUARDED_BY(uri_mu_);
   std::thread thread_;
 };
 

@@ -1,5 +1,6 @@
 #include "amqp/properties.h"
 
+#include <cctype>
 #include <cinttypes>
 #include <cstdio>
 
@@ -17,7 +18,51 @@ absl::Status CheckShort(std::string_view field, std::string_view value) {
       util::StrCat(field, " is ", value.size(), " bytes; AMQP allows at most 255"));
 }
 
+// Headers the broker, its plugins or mq-sidecar itself read on a message. A
+// client that sets one could forge what a consumer sees (our republished
+// marker, a quorum queue's delivery count, dead-letter history, federation
+// and shovel hops) or change routing (CC/BCC: a string value makes RabbitMQ
+// close the publishing channel, 406). Compared case-insensitively: AMQP
+// table keys are case-sensitive, but a near miss is a client's mistake.
+constexpr std::string_view kReservedHeaders[] = {
+    "cc",                // sender-selected distribution (routing)
+    "bcc",               // same; removed by the broker before delivery
+    "x-delivery-count",  // quorum queues: delivery attempts
+    "x-death",           // dead lettering history
+    "x-received-from",   // federation: hops, for cycle detection
+    "x-delay",           // delayed message exchange plugin
+};
+constexpr std::string_view kReservedPrefixes[] = {
+    "x-mq-sidecar-",   // ours (kRepublishedHeader)
+    "x-first-death-",  // dead lettering
+    "x-last-death-",   // dead lettering
+    "x-shovelled",     // shovel: x-shovelled, x-shovelled-timestamp
+    "x-stream-",       // streams: offset, filter value
+    "x-mqtt-",         // MQTT plugin
+    "x-amqp-1.0-",     // AMQP 1.0 plugin
+    "x-opt-",          // AMQP 1.0 message annotations
+};
+
+bool StartsWithNoCase(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (std::tolower(c) != prefix[i]) return false;
+  }
+  return true;
+}
+
 }  // namespace
+
+bool IsReservedHeader(std::string_view name) {
+  for (std::string_view r : kReservedHeaders) {
+    if (name.size() == r.size() && StartsWithNoCase(name, r)) return true;
+  }
+  for (std::string_view p : kReservedPrefixes) {
+    if (StartsWithNoCase(name, p)) return true;
+  }
+  return false;
+}
 
 absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& r) {
   absl::Status s;
@@ -29,6 +74,14 @@ absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& r) {
   for (const auto& [key, value] : r.headers()) {
     s.Update(CheckShort(util::StrCat("header name '", key.substr(0, 32), "'"), key));
     if (key.empty()) s.Update(absl::InvalidArgumentError("header name is empty"));
+    if (util::HasControlChars(key)) {
+      s.Update(absl::InvalidArgumentError(
+          util::StrCat("header name '", util::ForLog(key, 64), "' contains a control character")));
+    } else if (IsReservedHeader(key)) {
+      s.Update(absl::InvalidArgumentError(
+          util::StrCat("header '", util::ForLog(key, 64),
+                       "' is reserved: the broker or mq-sidecar interprets it on a message")));
+    }
   }
   return s;
 }
@@ -66,7 +119,8 @@ void OutgoingProperties::Build(const mqsidecar::v1::PublishRequest& r, std::stri
     e.value.value.bytes = AmqpBytes(value);
     headers_.push_back(e);
   }
-  if (republished && r.headers().count(std::string(kRepublishedHeader)) == 0) {
+  // ValidatePublish rejects a client's own kRepublishedHeader.
+  if (republished) {
     amqp_table_entry_t e;
     e.key = AmqpBytes(kRepublishedHeader);
     e.value.kind = AMQP_FIELD_KIND_BOOLEAN;

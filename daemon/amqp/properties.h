@@ -17,8 +17,16 @@
 namespace mqs::amqp {
 
 // ValidatePublish checks what AMQP itself limits (short strings are at most
-// 255 bytes); the message names the offending field.
+// 255 bytes), and refuses header names with control characters and reserved
+// headers (IsReservedHeader); the message names the offending field.
 absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& request);
+
+// IsReservedHeader: a header the broker, its plugins or mq-sidecar interpret
+// on a message (CC, BCC, x-delivery-count, x-death, x-first-death-*,
+// x-last-death-*, x-received-from, x-shovelled*, x-delay, x-stream-*,
+// x-mqtt-*, x-amqp-1.0-*, x-opt-*, x-mq-sidecar-*), case-insensitively. A
+// client may not set one: it could forge a marker or a count, or break routing.
+bool IsReservedHeader(std::string_view name);
 
 // kRepublishedHeader marks a copy the daemon published again after losing the
 // connection before the broker confirmed the first send. The first copy may

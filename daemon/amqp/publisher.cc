@@ -21,12 +21,34 @@ int64_t NowSeconds() {
 
 }  // namespace
 
+class Publisher::Sink final : public PublishSink {
+ public:
+  Sink(Publisher& p, Connection& conn)
+      : p_(p), conn_(conn), frame_max_(conn.frame_max()), now_(NowSeconds()) {}
+  absl::Status Add(const PublishJob& job) override {
+    const auto& r = job.request;
+    p_.props_.Build(r, r.message_id(), now_, job.sent_before);
+    return p_.out_.Add(p_.channel_, job.exchange, r.routing_key(), /*mandatory=*/true,
+                       *p_.props_.props(), r.payload(), frame_max_);
+  }
+  bool Write(bool all) override {
+    if (!all && p_.out_.bytes() < kMaxBatchBytes) return true;
+    return p_.WriteBatch(conn_);
+  }
+
+ private:
+  Publisher& p_;
+  Connection& conn_;
+  const uint32_t frame_max_;
+  const int64_t now_;
+};
+
 Publisher::Publisher(const config::Config& config, const config::TopologyPlan& plan,
                      std::function<void()> on_state,
                      std::function<void(const absl::Status&)> on_fatal)
     : IoLoop("publisher", config.broker, std::move(on_state), std::move(on_fatal)),
       plan_(plan),
-      republish_(config.publish.republish_unconfirmed) {}
+      ledger_(config.publish.republish_unconfirmed) {}
 
 Publisher::~Publisher() { Stop(std::chrono::milliseconds(0)); }
 
@@ -38,7 +60,7 @@ absl::Status Publisher::SetUpChannel(Connection& conn) {
   if (absl::Status s = DeclareTopology(conn, channel_, plan_); !s.ok()) return s;
   amqp_confirm_select(conn.state(), channel_);
   if (absl::Status s = conn.RpcStatus("confirm.select", channel_); !s.ok()) return s;
-  first_tag_ = next_tag_ = 1;
+  ledger_.ChannelOpened();
   channel_ok_ = true;
   return absl::OkStatus();
 }
@@ -51,61 +73,38 @@ absl::Status Publisher::OnConnected(Connection& conn) {
 void Publisher::OnDisconnected(const absl::Status& why) {
   channel_ok_ = false;
   reset_channel_ = false;  // the next connection opens a fresh channel anyway
-  RequeueOrFailPending(
-      util::StrCat("connection to the broker lost before the confirm: ", why.message()));
-}
-
-void Publisher::Complete(PublishJob& job, PublishResult::Status status, std::string_view error,
-                         absl::StatusCode code) {
-  PublishResult result;
-  result.set_sequence(job.request.sequence());
-  result.set_message_id(job.request.message_id());
-  result.set_status(status);
-  if (!error.empty()) result.set_error(std::string(error));
-  job.done(std::move(result), code);
-}
-
-void Publisher::RequeueOrFailPending(std::string_view why) {
-  const bool requeue = republish_ && !stop_requested();
-  // Back to the front of waiting_, in publish order, ahead of newer work.
-  for (auto it = pending_.rbegin(); it != pending_.rend(); ++it) {
-    if (it->settled || it->answered) continue;
-    if (requeue) {
-      it->job.sent_before = true;
-      waiting_.push_front(std::move(it->job));
-    } else {
-      Complete(it->job, PublishResult::UNCONFIRMED,
-               util::StrCat(why, " (the message may or may not be queued)"));
-    }
+  const size_t before = ledger_.waiting();
+  ledger_.Lost(util::StrCat("connection to the broker lost before the confirm: ", why.message()),
+               stop_requested());
+  if (ledger_.waiting() > before) {
+    spdlog::info("[publisher] {} unconfirmed publishes will be sent again",
+                 ledger_.waiting() - before);
   }
-  if (requeue && !pending_.empty()) {
-    spdlog::info("[publisher] {} unconfirmed publishes will be sent again", waiting_.size());
-  }
-  pending_.clear();
-  first_tag_ = next_tag_;
 }
 
 void Publisher::ProcessInbox(Connection* conn) {
   inbox_.Drain(batch_);
-  for (PublishJob& job : batch_) waiting_.push_back(std::move(job));
+  for (PublishJob& job : batch_) ledger_.Enqueue(std::move(job));
   batch_.clear();
-  ExpirePending();
+  Expire(conn, false);
   if (conn != nullptr) MaybeResetChannel(*conn);
   Flush(conn);
+}
+
+bool Publisher::Sendable(const Connection* conn) const {
+  return conn != nullptr && !conn->dead() && channel_ok_ && !blocked() && !reset_channel_;
 }
 
 void Publisher::MaybeResetChannel(Connection& conn) {
   if (!reset_channel_ || conn.dead()) return;
   // Wait until everything in flight is settled or answered (at its deadline
   // at the latest), so the reset turns no publish into a republished copy.
-  for (const Pending& p : pending_) {
-    if (!p.settled && !p.answered) return;
-  }
+  if (!ledger_.Quiet()) return;
   reset_channel_ = false;
   if (absl::Status s = conn.CloseChannel(channel_); !s.ok()) {
     spdlog::warn("[publisher] closing the publishing channel: {}", s.message());
   }
-  RequeueOrFailPending("the publishing channel was renewed after a basic.nack");
+  ledger_.Lost("the publishing channel was renewed after a basic.nack", stop_requested());
   // A new number: a late confirm for the old channel's tags, still queued in
   // rabbitmq-c, must not settle the new channel's publishes.
   channel_ = channel_ == 1 ? 2 : 1;
@@ -117,77 +116,43 @@ void Publisher::MaybeResetChannel(Connection& conn) {
   spdlog::info("[publisher] publishing channel renewed after a basic.nack");
 }
 
-void Publisher::ExpirePending() {
-  if (pending_.empty()) return;
+void Publisher::Expire(Connection* conn, bool force) {
+  // Final: the loop is stopping for good, or shutdown has begun; what cannot
+  // be sent now is answered at once.
+  const bool final =
+      (stop_requested() && conn == nullptr) || draining_.load(std::memory_order_acquire);
   const auto now = std::chrono::steady_clock::now();
-  if (now < next_expiry_scan_) return;
-  next_expiry_scan_ = now + std::chrono::milliseconds(50);
-  for (Pending& p : pending_) {
-    if (p.answered || p.job.deadline > now) continue;
-    p.answered = true;
-    Complete(p.job, PublishResult::UNCONFIRMED,
-             blocked() ? "sent, but the broker blocked publishing (resource alarm) and did not "
-                         "confirm it before the deadline; it may or may not be queued"
-                       : "sent, but the broker did not confirm it before the deadline; it may "
-                         "or may not be queued");
+  if (!force && !final && now < next_expiry_scan_) return;
+  next_expiry_scan_ = now + std::chrono::milliseconds(20);
+  ledger_.ExpirePending(now, blocked());
+  // While the channel takes publishes, Flush sends the waiting jobs (or
+  // answers those past their deadline) itself.
+  if (ledger_.waiting() == 0 || (Sendable(conn) && !ledger_.probing())) return;
+  const bool alarm = conn != nullptr && blocked();
+  const absl::StatusCode code =
+      alarm ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kUnavailable;
+  std::string why;
+  if (final) {
+    why = "mq-sidecar is shutting down";
+  } else if (alarm) {
+    why = "the broker has blocked publishing (resource alarm) past the deadline";
+  } else if (Sendable(conn)) {
+    why =
+        "publishing was paused to resend, one at a time, the publishes in flight when the "
+        "broker closed the channel, past the deadline";
+  } else if (conn != nullptr && channel_ok_ && reset_channel_) {
+    why = "the publishing channel was being renewed after a basic.nack past the deadline";
+  } else {
+    why =
+        util::StrCat("the broker is unavailable (", LinkStateName(state()), ") past the deadline");
   }
+  ledger_.ExpireWaiting(now, why, code, final);
 }
 
 void Publisher::Flush(Connection* conn) {
-  if (conn != nullptr && !conn->dead() && channel_ok_ && !blocked() && !reset_channel_) {
-    const uint32_t frame_max = conn->frame_max();
-    const int64_t now = NowSeconds();
-    while (!waiting_.empty()) {
-      PublishJob job = std::move(waiting_.front());
-      waiting_.pop_front();
-      const auto& r = job.request;
-      props_.Build(r, r.message_id(), now, job.sent_before);
-      absl::Status s = out_.Add(channel_, job.exchange, r.routing_key(), /*mandatory=*/true,
-                                *props_.props(), r.payload(), frame_max);
-      if (!s.ok()) {
-        Complete(job, PublishResult::FAILED, util::StrCat(s.message(), ": not sent"),
-                 absl::StatusCode::kInvalidArgument);
-        continue;
-      }
-      // Tags follow the order of the frames in the batch.
-      Pending& p = pending_.emplace_back();
-      p.job = std::move(job);
-      ++next_tag_;
-      if (out_.bytes() >= kMaxBatchBytes && !WriteBatch(*conn)) return;
-    }
-    WriteBatch(*conn);
-    return;
-  }
-  if (waiting_.empty()) return;
-  // Not sendable: answer what has waited past its deadline, or everything
-  // when the loop is stopping for good.
-  const auto now = std::chrono::steady_clock::now();
-  const bool final =
-      (stop_requested() && conn == nullptr) || draining_.load(std::memory_order_acquire);
-  const bool alarm = conn != nullptr && blocked();
-  std::deque<PublishJob> keep;
-  for (PublishJob& job : waiting_) {
-    if (!final && job.deadline > now) {
-      keep.push_back(std::move(job));
-      continue;
-    }
-    const std::string why =
-        final ? std::string("mq-sidecar is shutting down")
-        : alarm
-            ? std::string("the broker has blocked publishing (resource alarm) past the deadline")
-            : util::StrCat("the broker is unavailable (", LinkStateName(state()),
-                           ") past the deadline");
-    if (job.sent_before) {
-      Complete(job, PublishResult::UNCONFIRMED,
-               util::StrCat(why,
-                            "; it was sent once before the connection was lost, so it may "
-                            "or may not be queued"));
-    } else {
-      Complete(job, PublishResult::FAILED, util::StrCat(why, ": not sent"),
-               alarm ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kUnavailable);
-    }
-  }
-  waiting_.swap(keep);
+  if (!Sendable(conn)) return;
+  Sink sink(*this, *conn);
+  ledger_.Send(std::chrono::steady_clock::now(), sink);
 }
 
 bool Publisher::WriteBatch(Connection& conn) {
@@ -208,36 +173,9 @@ bool Publisher::WriteBatch(Connection& conn) {
 }
 
 void Publisher::Settle(uint64_t tag, bool multiple, PublishResult::Status status) {
-  if (tag < first_tag_ || tag >= next_tag_) {
+  if (!ledger_.Settle(tag, multiple, status)) {
     spdlog::warn("[publisher] confirm for unknown delivery tag {} (pending {}..{})", tag,
-                 first_tag_, next_tag_ - 1);
-    return;
-  }
-  const size_t last = tag - first_tag_;
-  const size_t first = multiple ? 0 : last;
-  for (size_t i = first; i <= last; ++i) {
-    Pending& p = pending_[i];
-    if (p.settled) continue;
-    p.settled = true;
-    if (p.answered) continue;  // answered UNCONFIRMED at its deadline
-    p.answered = true;
-    if (p.returned) {
-      Complete(p.job, PublishResult::UNROUTABLE, p.return_reason);
-    } else if (status == PublishResult::REJECTED && p.job.sent_before) {
-      // This copy was refused, but the first send, whose confirm was lost
-      // with its connection, may be queued: the outcome is unknown.
-      Complete(p.job, PublishResult::UNCONFIRMED,
-               "the broker refused this copy (basic.nack), but an earlier send of it, whose "
-               "confirm was lost with the connection, may be queued");
-    } else if (status == PublishResult::REJECTED) {
-      Complete(p.job, PublishResult::REJECTED, "the broker refused the message (basic.nack)");
-    } else {
-      Complete(p.job, status, "");
-    }
-  }
-  while (!pending_.empty() && pending_.front().settled) {
-    pending_.pop_front();
-    ++first_tag_;
+                 ledger_.first_tag(), ledger_.next_tag() - 1);
   }
 }
 
@@ -254,21 +192,10 @@ void Publisher::OnReturn(Connection& conn, const amqp_basic_return_t& ret, amqp_
     message_id = std::string(AmqpText(message.properties.message_id));
   }
   amqp_destroy_message(&message);
-  // A return carries no delivery tag, but it precedes the confirm of its
-  // message, and returns come in publish order: the earliest pending publish
-  // with the same exchange, routing key and message_id is the one. Two such
-  // publishes route alike, so a duplicate id cannot mislead the match.
-  for (Pending& p : pending_) {
-    if (p.settled || p.returned) continue;
-    if (p.job.request.message_id() == message_id && p.job.exchange == exchange &&
-        p.job.request.routing_key() == routing_key) {
-      p.returned = true;
-      p.return_reason = reason;
-      return;
-    }
+  if (!ledger_.Return(exchange, routing_key, message_id, reason)) {
+    spdlog::warn("[publisher] basic.return for message_id '{}' matches no pending publish",
+                 util::ForLog(message_id));
   }
-  spdlog::warn("[publisher] basic.return for message_id '{}' matches no pending publish",
-               message_id);
 }
 
 void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
@@ -285,6 +212,8 @@ void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
     case AMQP_BASIC_ACK_METHOD: {
       auto* ack = static_cast<amqp_basic_ack_t*>(m.decoded);
       Settle(ack->delivery_tag, ack->multiple != 0, PublishResult::CONFIRMED);
+      // Probe mode: the next probe goes as soon as this one is settled.
+      if (ledger_.probing()) Flush(&conn);
       MaybeResetChannel(conn);  // a nack earlier may be waiting for this
       break;
     }
@@ -299,7 +228,7 @@ void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
         spdlog::warn(
             "[publisher] basic.nack: the publishing channel is renewed once the {} "
             "publishes in flight settle",
-            next_tag_ - first_tag_);
+            ledger_.unsettled());
       }
       reset_channel_ = true;
       MaybeResetChannel(conn);
@@ -309,15 +238,21 @@ void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
       OnReturn(conn, *static_cast<amqp_basic_return_t*>(m.decoded), frame.channel);
       break;
     case AMQP_CHANNEL_CLOSE_METHOD: {
-      // A channel error (e.g. an exchange deleted under us) fails only what
-      // was in flight on the channel; reopen it and carry on.
+      // A channel error (a publish the broker refuses, an exchange deleted
+      // under us) concerns only what was in flight on the channel: the
+      // ledger answers the refused publish alone or resends the others one
+      // at a time (publish_ledger.h); reopen the channel (declaring the
+      // topology again) and carry on.
       auto* close = static_cast<amqp_channel_close_t*>(m.decoded);
-      const std::string why =
-          util::StrCat("publishing channel closed by the broker: ", close->reply_code, " ",
-                       AmqpText(close->reply_text));
-      spdlog::warn("[publisher] {}", why);
+      const size_t in_flight = ledger_.unsettled();
+      spdlog::warn(
+          "[publisher] publishing channel closed by the broker: {} {} ({} publishes in flight{})",
+          close->reply_code, util::ForLog(AmqpText(close->reply_text)), in_flight,
+          in_flight == 1  ? ": the one refused, answered alone"
+          : in_flight > 1 ? ": resent one at a time to find the one refused"
+                          : "");
       conn.SendChannelCloseOk(frame.channel);
-      RequeueOrFailPending(why);
+      ledger_.ChannelClosed(close->reply_code, AmqpText(close->reply_text), stop_requested());
       if (absl::Status s = SetUpChannel(conn); !s.ok()) {
         spdlog::error("[publisher] reopening the channel failed: {}", s.message());
         conn.MarkDead();

@@ -3,38 +3,25 @@
 // Every PublishJob ends in exactly one call of its `done`, on the publisher
 // thread: CONFIRMED (basic.ack), UNROUTABLE (basic.return, then ack),
 // REJECTED (basic.nack), FAILED (never sent) or UNCONFIRMED (sent, but the
-// channel or connection died before the broker answered).
+// channel or connection died before the broker answered). The bookkeeping
+// is PublishLedger's; this class does the socket work.
 #pragma once
 
 #include <atomic>
 #include <chrono>
-#include <deque>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "amqp/io_loop.h"
 #include "amqp/properties.h"
 #include "amqp/publish_batch.h"
+#include "amqp/publish_ledger.h"
 #include "config/topology_plan.h"
 #include "mqsidecar/v1/pubsub.pb.h"
 #include "util/wakeup_queue.h"
 
 namespace mqs::amqp {
-
-// PublishDone receives the result and, for FAILED, the most specific code of
-// why (UNAVAILABLE: no connection; RESOURCE_EXHAUSTED: broker alarm).
-using PublishDone = std::function<void(mqsidecar::v1::PublishResult&&, absl::StatusCode)>;
-
-struct PublishJob {
-  mqsidecar::v1::PublishRequest request;  // message_id already set
-  std::string exchange;
-  // Until when the job may wait for a connection (or an alarm to clear).
-  std::chrono::steady_clock::time_point deadline;
-  PublishDone done;
-  bool sent_before = false;  // republished after a connection loss
-};
 
 class Publisher final : public IoLoop {
  public:
@@ -53,22 +40,18 @@ class Publisher final : public IoLoop {
   }
 
  private:
-  struct Pending {
-    PublishJob job;
-    bool settled = false;   // the broker has answered (ack or nack)
-    bool answered = false;  // the caller has its result (at the latest: its deadline)
-    bool returned = false;
-    std::string return_reason;
-  };
+  // Sink: the ledger's way to the socket (properties, frames, writes).
+  class Sink;
 
   absl::Status OnConnected(Connection& conn) override;
   void OnDisconnected(const absl::Status& why) override;
   void ProcessInbox(Connection* conn) override;
   void OnFrame(Connection& conn, const amqp_frame_t& frame) override;
-  bool Drained() const override { return pending_.empty() && waiting_.empty(); }
+  bool Drained() const override { return ledger_.Drained(); }
   bool IsFatal(const absl::Status& s) const override;
   int WakeFd() const override { return inbox_.fd(); }
   void Wake() override { inbox_.Notify(); }
+  bool HasTimers() const override { return ledger_.HasTimers(); }
 
   // Opens the publishing channel, declares the topology, enables confirms.
   absl::Status SetUpChannel(Connection& conn);
@@ -76,37 +59,27 @@ class Publisher final : public IoLoop {
   bool WriteBatch(Connection& conn);
   void Settle(uint64_t tag, bool multiple, mqsidecar::v1::PublishResult::Status status);
   void OnReturn(Connection& conn, const amqp_basic_return_t& ret, amqp_channel_t channel);
-  // The channel or connection died: unsettled publishes are queued to be sent
-  // again (republish_unconfirmed) or answered UNCONFIRMED.
-  void RequeueOrFailPending(std::string_view why);
-  static void Complete(PublishJob& job, mqsidecar::v1::PublishResult::Status status,
-                       std::string_view error, absl::StatusCode code = absl::StatusCode::kOk);
-
-  bool HasTimers() const override { return !waiting_.empty() || !pending_.empty(); }
-  // Answers UNCONFIRMED the sent publishes whose deadline passed without a
-  // confirm (e.g. the broker blocked the connection after they left: it
-  // announces connection.blocked only at the next publish).
-  void ExpirePending();
-  // Sends or (while not sendable) expires the jobs in waiting_.
+  // Answers what has waited or waited for a confirm past its deadline (at
+  // most every few ms: a scan of the queues).
+  void Expire(Connection* conn, bool force);
+  // Sends the waiting jobs, if the channel can take them.
   void Flush(Connection* conn);
   // After a basic.nack (reset_channel_): once nothing in flight is
   // unsettled and unanswered, closes the publishing channel and opens a new
   // one; until then Flush sends nothing.
   void MaybeResetChannel(Connection& conn);
+  // Sendable: connected, channel open, not blocked, no renewal pending.
+  bool Sendable(const Connection* conn) const;
 
   const config::TopologyPlan plan_;
-  const bool republish_;
   std::atomic<bool> draining_{false};
   util::WakeupQueue<PublishJob> inbox_;
 
   // Loop-thread state.
   std::vector<PublishJob> batch_;
   OutgoingProperties props_;
-  PublishBatch out_;                // frames encoded by Flush, written by WriteBatch
-  std::deque<PublishJob> waiting_;  // not sent yet: no connection, or blocked
-  std::deque<Pending> pending_;     // pending_[i] has delivery tag first_tag_ + i
-  uint64_t first_tag_ = 1;
-  uint64_t next_tag_ = 1;
+  PublishBatch out_;  // frames encoded by the Sink, written by WriteBatch
+  PublishLedger ledger_;
   amqp_channel_t channel_ = 1;  // 1, or 2 after a renewal (see MaybeResetChannel)
   bool channel_ok_ = false;
   bool reset_channel_ = false;  // a nack came: renew the channel when quiet

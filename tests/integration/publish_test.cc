@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "recorded.h"
 
 namespace mqs::it {
 namespace {
@@ -271,6 +272,51 @@ TEST_CASE(
   // Both streams took part, so their frames could interleave.
   CHECK(s1.count() > 0);
   CHECK(s2.count() > 0);
+}
+
+TEST_CASE(
+    "integration: reserved headers (CC, our republished marker) are INVALID_ARGUMENT on Publish, "
+    "FAILED on PublishStream, and the stream goes on") {
+  IntegrationTest t("reserved");
+  const std::string biz = t.Business("reserved");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz}});  // no Subscribe: messages stay queued
+
+  // A CC string header makes RabbitMQ close the publishing channel (406);
+  // it must be refused before it reaches the broker.
+  auto cc = MakePublish(biz, biz + "-cc", 1);
+  (*cc.mutable_headers())["CC"] = "elsewhere";
+  pb::PublishResult res;
+  const auto start = Clock::now();
+  grpc::Status s = PublishOne(d.stub(), cc, &res, 10s);
+  INFO("unary: " << StatusText(s) << " after " << Fixed(Seconds(Clock::now() - start)) << " s");
+  CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(s.error_message().find("'CC'") != std::string::npos);
+
+  auto forged = MakePublish(biz, biz + "-forged", 3);
+  (*forged.mutable_headers())["x-mq-sidecar-republished"] = "true";
+  auto bcc = MakePublish(biz, biz + "-bcc", 4);
+  (*bcc.mutable_headers())["bcc"] = "elsewhere";
+  std::vector<pb::PublishRequest> reqs = {MakePublish(biz, biz + "-1", 1), cc, forged, bcc,
+                                          MakePublish(biz, biz + "-5", 5)};
+  reqs[1].set_sequence(2);
+  PublishStreamOutcome out = PublishStream(d.stub(), reqs, 30s);
+  INFO("stream: " << StatusText(out.status));
+  CHECK(out.status.ok());
+  std::map<uint64_t, pb::PublishResult> by_seq;
+  for (const auto& r : out.results) CHECK(by_seq.emplace(r.sequence(), r).second);
+  REQUIRE(by_seq.size() == 5);
+  for (uint64_t seq : {1, 5}) {
+    INFO(ResultText(by_seq[seq]));
+    CHECK(by_seq[seq].status() == pb::PublishResult::CONFIRMED);
+  }
+  for (uint64_t seq : {2, 3, 4}) {
+    INFO(ResultText(by_seq[seq]));
+    CHECK(by_seq[seq].status() == pb::PublishResult::FAILED);
+    CHECK(by_seq[seq].error().find("reserved") != std::string::npos);
+  }
+  // Only the two good messages reached the queue.
+  CHECK(WaitForQueue(t.admin(), queue, std::nullopt, 2u));
 }
 
 }  // namespace

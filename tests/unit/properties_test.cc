@@ -143,3 +143,39 @@ TEST_CASE("properties: a republished copy is marked and reads back as redelivere
   CHECK(again.redelivered());
   CHECK(again.headers().empty());
 }
+
+TEST_CASE("properties: reserved headers are refused, naming the header, in any case") {
+  for (const char* name :
+       {"x-mq-sidecar-republished", "X-MQ-Sidecar-Anything", "x-delivery-count", "X-Delivery-Count",
+        "x-death", "x-first-death-reason", "x-last-death-queue", "CC", "cc", "BCC", "Bcc",
+        "x-received-from", "x-shovelled", "x-shovelled-timestamp", "x-delay", "x-stream-offset",
+        "x-mqtt-publish-qos", "x-amqp-1.0-properties", "x-opt-sequence"}) {
+    INFO(name);
+    PublishRequest r;
+    (*r.mutable_headers())[name] = "forged";
+    const absl::Status s = mqs::amqp::ValidatePublish(r);
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.message()).find(name) != std::string::npos);
+    CHECK(mqs::amqp::IsReservedHeader(name));
+  }
+  // Near misses and ordinary x- headers are the client's own.
+  for (const char* name : {"ccx", "x-cc", "x-deathly", "x-trace", "x-delivery", "tenant", "x-mq"}) {
+    INFO(name);
+    PublishRequest r;
+    (*r.mutable_headers())[name] = "v";
+    CHECK(mqs::amqp::ValidatePublish(r).ok());
+  }
+}
+
+TEST_CASE("properties: a header name with a control character is refused, escaped in the error") {
+  PublishRequest r;
+  (*r.mutable_headers())["bad\nname"] = "v";
+  const absl::Status s = mqs::amqp::ValidatePublish(r);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  const std::string msg(s.message());
+  CHECK(msg.find("bad\\x0aname") != std::string::npos);
+  CHECK(msg.find('\n') == std::string::npos);
+  PublishRequest del;
+  (*del.mutable_headers())[std::string("a\x7f", 2)] = "v";
+  CHECK_FALSE(mqs::amqp::ValidatePublish(del).ok());
+}
