@@ -75,7 +75,7 @@ class PublishStreamCall final : public CallBase, public PubSubService::Drainable
     {
       Lock lock(this);
       if (!ok) reads_done_ = true;
-      if (!parsed.ok()) {
+      if (!parsed.ok() && !finished()) {
         // Nothing after it is read; what was read before is still answered.
         reads_done_ = true;
         final_ = ToGrpc(parsed);

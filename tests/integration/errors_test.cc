@@ -203,7 +203,7 @@ TEST_CASE("integration: a Subscribe stream that does not start with open is refu
 
 TEST_CASE(
     "integration: a request that cannot be parsed ends PublishStream and Subscribe with "
-    "INVALID_ARGUMENT naming it; what was read before is answered") {
+    "INVALID_ARGUMENT naming it, after answering what was read before") {
   IntegrationTest t("unparsable");
   const std::string biz = t.Business("x");
   Daemon& d = t.StartDaemon({{.name = biz}});

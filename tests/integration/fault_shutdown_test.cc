@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -38,12 +39,14 @@ TEST_CASE(
     "daemon exits 0 by itself and every call gets a status",
     "[fault]") {
   constexpr int kPublishes = 6;
-  constexpr auto kCallDeadline = 60s;
+  constexpr auto kCallDeadline = 90s;
   // A long heartbeat: the frozen broker is not found dead before the
   // shutdown gives up on the confirms, so the publishes are still owed an
   // answer when the server's completion queue shuts down.
   constexpr auto kHeartbeat = 30s;
-  constexpr auto kExitLimit = 45s;
+  // Measured: ~36 s, of which ~20 s are the two AMQP connections closing
+  // against the frozen broker.
+  constexpr auto kExitLimit = 75s;
   IntegrationTest t("termfrozen");
   BrokerControl broker(t.uri());
   {
@@ -107,6 +110,76 @@ TEST_CASE(
   }
   WARN("[fault] SIGTERM with " << kPublishes << " unary publishes awaiting a frozen broker: exit "
                                << Seconds(exit_took) << " s after SIGTERM");
+}
+
+// Closes every broker connection named `name` (the daemon names its
+// connections "publisher" and "consumer"); under the fault tests' exclusive
+// lock, only this test's daemon has any. "" on success.
+std::string CloseConnections(const std::string& name) {
+  const CommandResult list = RunCommand(
+      {"rabbitmqctl", "list_connections", "pid", "name", "-q", "--no-table-headers"}, 60s);
+  if (list.exit_code != 0) return "list_connections: " + list.err;
+  int closed = 0;
+  std::istringstream lines(list.out);
+  for (std::string line; std::getline(lines, line);) {
+    const auto tab = line.find('\t');
+    if (tab == std::string::npos || line.substr(tab + 1) != name) continue;
+    const CommandResult close = RunCommand(
+        {"rabbitmqctl", "close_connection", line.substr(0, tab), "mq-sidecar fault test"}, 60s);
+    if (close.exit_code != 0) return "close_connection: " + close.err;
+    ++closed;
+  }
+  return closed > 0 ? "" : "no connection named " + name + " in:\n" + list.out;
+}
+
+size_t Count(const std::string& haystack, const std::string& needle) {
+  size_t n = 0;
+  for (auto at = haystack.find(needle); at != std::string::npos;
+       at = haystack.find(needle, at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+TEST_CASE(
+    "fault: health stays NOT_SERVING once shutdown has begun, also when a broker connection "
+    "comes back during the drain",
+    "[fault]") {
+  IntegrationTest t("termhealth");
+  const std::string biz = t.Business("termhealth");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz, .prefetch = 1}}, {.drain = 30s});
+  // A delivery held unacked keeps the drain going (the stream ends once it
+  // holds nothing unacked).
+  Subscriber holder(d.stub(), {.business = biz, .prefetch = 1, .consumer_name = "holder"});
+  REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
+  PublishConfirmed(d.stub(), biz, 1, biz);
+  REQUIRE(holder.WaitForCount(1, 10s));
+  REQUIRE(d.Health() == HealthCheckResponse::SERVING);
+
+  d.Signal(SIGTERM);
+  REQUIRE(WaitUntil([&] { return d.Health(1s) == HealthCheckResponse::NOT_SERVING; }, 10s));
+  // The publisher's connection drops and comes back while the daemon drains.
+  const std::string log_before = d.Log();
+  const size_t connects = Count(log_before, "[publisher] connected to");
+  const std::string closed = CloseConnections("publisher");
+  INFO(closed);
+  REQUIRE(closed.empty());
+  const bool reconnected =
+      WaitUntil([&] { return Count(d.Log(), "[publisher] connected to") > connects; }, 20s);
+  INFO(d.LogTail(30));
+  REQUIRE(reconnected);
+  // Both links are up again. The state change that would flip health
+  // follows the log line within microseconds; 3 s of NOT_SERVING after it
+  // is a wide margin.
+  CHECK_FALSE(WaitUntil([&] { return d.Health(1s) == HealthCheckResponse::SERVING; }, 3s));
+  CHECK(d.Log().find("health: SERVING", log_before.size()) == std::string::npos);
+  CHECK_FALSE(holder.ended());
+
+  // Settling the delivery ends the stream, and with it the drain.
+  CHECK(holder.Ack(holder.deliveries()[0].delivery_id()));
+  CHECK(d.WaitExit(30s));
+  CHECK(WIFEXITED(d.wait_status()));
 }
 
 }  // namespace
