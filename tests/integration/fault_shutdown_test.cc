@@ -108,6 +108,18 @@ TEST_CASE(
     CHECK(o.status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED);
     CHECK(o.took < kCallDeadline - 5s);
   }
+  // Where the shutdown's time went, for the record.
+  std::string timeline;
+  std::istringstream log(d.Log());
+  for (std::string line; std::getline(log, line);) {
+    if (line.find("SIGTERM") != std::string::npos || line.find("still open") != std::string::npos ||
+        line.find("stopped") != std::string::npos ||
+        line.find("[publisher]") != std::string::npos ||
+        line.find("[consumer]") != std::string::npos) {
+      timeline += line + "\n";
+    }
+  }
+  WARN(timeline);
   WARN("[fault] SIGTERM with " << kPublishes << " unary publishes awaiting a frozen broker: exit "
                                << Seconds(exit_took) << " s after SIGTERM");
 }
