@@ -6,6 +6,7 @@
 // test fails.
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -124,21 +125,32 @@ TEST_CASE(
                                << Seconds(exit_took) << " s after SIGTERM");
 }
 
-// Closes every broker connection named `name` (the daemon names its
-// connections "publisher" and "consumer"); under the fault tests' exclusive
+// Closes every broker connection whose client named it `name` (the daemon
+// names its connections "publisher" and "consumer"); under the fault tests' exclusive
 // lock, only this test's daemon has any. "" on success.
 std::string CloseConnections(const std::string& name) {
+  std::string ctl;
+  for (const char* dir : {"/usr/sbin", "/usr/lib/rabbitmq/bin", "/usr/local/sbin", "/usr/bin"}) {
+    if (access((std::string(dir) + "/rabbitmqctl").c_str(), X_OK) == 0) {
+      ctl = std::string(dir) + "/rabbitmqctl";
+      break;
+    }
+  }
+  if (ctl.empty()) return "rabbitmqctl not found";
   const CommandResult list = RunCommand(
-      {"rabbitmqctl", "list_connections", "pid", "name", "-q", "--no-table-headers"}, 60s);
-  if (list.exit_code != 0) return "list_connections: " + list.err;
+      {ctl, "list_connections", "pid", "client_properties", "-q", "--no-table-headers"}, 60s);
+  if (list.exit_code != 0) {
+    return "list_connections exited " + std::to_string(list.exit_code) + ": " + list.out + list.err;
+  }
   int closed = 0;
   std::istringstream lines(list.out);
   for (std::string line; std::getline(lines, line);) {
     const auto tab = line.find('\t');
-    if (tab == std::string::npos || line.substr(tab + 1) != name) continue;
-    const CommandResult close = RunCommand(
-        {"rabbitmqctl", "close_connection", line.substr(0, tab), "mq-sidecar fault test"}, 60s);
-    if (close.exit_code != 0) return "close_connection: " + close.err;
+    const std::string named = "{\"connection_name\",\"" + name + "\"}";
+    if (tab == std::string::npos || line.find(named, tab) == std::string::npos) continue;
+    const CommandResult close =
+        RunCommand({ctl, "close_connection", line.substr(0, tab), "mq-sidecar fault test"}, 60s);
+    if (close.exit_code != 0) return "close_connection: " + close.out + close.err;
     ++closed;
   }
   return closed > 0 ? "" : "no connection named " + name + " in:\n" + list.out;
