@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
-#include <mutex>
 
 #include "amqp/consumer.h"
 #include "amqp/publisher.h"
@@ -14,6 +13,7 @@
 #include "server/grpc_server.h"
 #include "server/pubsub_service.h"
 #include "spdlog/spdlog.h"
+#include "util/mutex.h"
 #include "util/strings.h"
 
 namespace mqs {
@@ -34,36 +34,62 @@ namespace {
 constexpr std::chrono::milliseconds kFinalFlush{250};
 
 // Health ties the gRPC health status to both broker links. It is updated from
-// the I/O threads; the mutex serialises updates so the last state wins.
+// the I/O threads; the mutex serialises updates so the last state wins. Once
+// shutdown has begun it stays NOT_SERVING, whatever the links do (an I/O
+// thread that reconnects during the drain must not call traffic back).
 class Health {
  public:
   void Attach(server::GrpcServer* server, const amqp::IoLoop* a, const amqp::IoLoop* b) {
-    std::lock_guard<std::mutex> lock(mu_);
+    util::MutexLock lock(&mu_);
     server_ = server;
     a_ = a;
     b_ = b;
     UpdateLocked();
   }
   void Update() {
-    std::lock_guard<std::mutex> lock(mu_);
+    util::MutexLock lock(&mu_);
+    UpdateLocked();
+  }
+  // BeginShutdown: NOT_SERVING from now on.
+  void BeginShutdown() {
+    util::MutexLock lock(&mu_);
+    shutting_down_ = true;
     UpdateLocked();
   }
 
  private:
-  void UpdateLocked() {
+  void UpdateLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (server_ == nullptr) return;
-    const bool serving = a_->connected() && b_->connected() && !a_->blocked();
+    const bool serving = !shutting_down_ && a_->connected() && b_->connected() && !a_->blocked();
     if (serving != serving_) {
       spdlog::info("health: {}", serving ? "SERVING" : "NOT_SERVING");
       serving_ = serving;
     }
     server_->SetServing(serving);
   }
-  std::mutex mu_;
-  server::GrpcServer* server_ = nullptr;  // guarded by mu_
-  const amqp::IoLoop* a_ = nullptr;
-  const amqp::IoLoop* b_ = nullptr;
-  bool serving_ = false;
+  util::Mutex mu_;
+  server::GrpcServer* server_ ABSL_GUARDED_BY(mu_) = nullptr;
+  const amqp::IoLoop* a_ ABSL_GUARDED_BY(mu_) = nullptr;
+  const amqp::IoLoop* b_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool serving_ ABSL_GUARDED_BY(mu_) = false;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// FatalError: the first fatal error an I/O thread reports.
+class FatalError {
+ public:
+  void Set(const absl::Status& s) {
+    util::MutexLock lock(&mu_);
+    if (status_.ok()) status_ = s;
+  }
+  absl::Status Get() {
+    util::MutexLock lock(&mu_);
+    return status_;
+  }
+
+ private:
+  util::Mutex mu_;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
@@ -71,14 +97,10 @@ class Health {
 absl::Status Run(const config::Config& config, const RunOptions& options) {
   const config::TopologyPlan plan = config::PlanTopology(config);
   Health health;
-  std::mutex fatal_mu;
-  absl::Status fatal;  // guarded by fatal_mu
+  FatalError fatal;
   const pid_t self = getpid();
   auto on_fatal = [&](const absl::Status& s) {
-    {
-      std::lock_guard<std::mutex> lock(fatal_mu);
-      if (fatal.ok()) fatal = s;
-    }
+    fatal.Set(s);
     kill(self, SIGTERM);  // wakes the sigwait below
   };
   auto on_state = [&health] { health.Update(); };
@@ -120,7 +142,7 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   // cancelled, unacked deliveries return to the queue (their channels close),
   // and the publisher waits for outstanding confirms.
   const auto drain = config.shutdown.drain;
-  (*server)->SetServing(false);
+  health.BeginShutdown();
   service.Drain();
   publisher->Drain();
   consumer->Drain();
@@ -132,8 +154,7 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   publisher->Stop(std::max(drain, options.shutdown_grace));
   consumer->Stop(std::chrono::milliseconds(0));
   spdlog::info("stopped");
-  std::lock_guard<std::mutex> lock(fatal_mu);
-  return fatal;
+  return fatal.Get();
 }
 
 }  // namespace mqs

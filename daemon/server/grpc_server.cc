@@ -8,13 +8,13 @@
 
 #include "absl/strings/match.h"
 #include "spdlog/spdlog.h"
+#include "util/grpc_limits.h"
 #include "util/strings.h"
 
 namespace mqs::server {
 
 namespace {
 constexpr char kServiceName[] = "mqsidecar.v1.PubSub";
-constexpr int kMaxMessageBytes = 16 * 1024 * 1024;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
@@ -25,8 +25,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   std::unique_ptr<GrpcServer> out(new GrpcServer());
   out->health_ = std::make_unique<HealthService>(kServiceName);
   grpc::ServerBuilder builder;
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  // Sends may be larger than requests: a message published at the request
+  // limit comes back as a Delivery with its properties (grpc_limits.h).
+  builder.SetMaxReceiveMessageSize(static_cast<int>(util::kMaxRequestBytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(util::kMaxSendBytes));
   std::vector<int> ports(listen.size(), 0);
   for (size_t i = 0; i < listen.size(); ++i) {
     const std::string& addr = listen[i];
@@ -59,7 +61,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   }
   out->SetServing(false);
   out->async_ = async;
-  for (AsyncService* a : out->async_services()) a->StartAccepting(out->cq_.get());
+  for (AsyncService* a : out->async_services()) a->StartAccepting(out->cq_.get(), &out->gate_);
   out->cq_thread_ = std::thread([s = out.get()] { s->ServeCompletions(); });
   return out;
 }
@@ -71,6 +73,7 @@ GrpcServer::~GrpcServer() {
   // A server that failed to start still has a queue to shut down and drain.
   if (cq_ != nullptr && !cq_thread_.joinable()) {
     if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+    gate_.Close();
     cq_->Shutdown();
     void* tag;
     bool ok;
@@ -95,14 +98,20 @@ void GrpcServer::Shutdown(std::chrono::system_clock::time_point deadline) {
   server_->Shutdown(deadline);
   server_->Wait();
   // gRPC has cancelled what was left; the calls end once their last
-  // operations complete (on the thread below) and the consumer has closed
-  // their channels. Only then may the queue shut down.
+  // operations complete (on the thread below) and the I/O threads have
+  // answered them (a publish result, a closed channel). Waiting for that
+  // lets the last statuses go out.
   for (AsyncService* a : async_services()) {
     a->StopAccepting();
     if (!a->WaitIdle(std::chrono::steady_clock::now() + std::chrono::seconds(10))) {
-      spdlog::error("gRPC calls still open 10 s after shutdown; stopping anyway");
+      // E.g. a publish still waits for the confirm of a frozen broker. Its
+      // call is cancelled; the answer that comes later starts nothing on the
+      // closed queue (OpGate) and the call deletes itself then.
+      spdlog::warn("gRPC calls still open 10 s after shutdown; closing the queue anyway");
     }
   }
+  // No operation starts after this: the queue may shut down.
+  gate_.Close();
   cq_->Shutdown();
   cq_thread_.join();
 }

@@ -44,6 +44,7 @@ class GrpcServer {
   std::vector<AsyncService*> async_services() { return {async_, health_.get()}; }
 
   // Destroyed in reverse: the server before its queue and its services.
+  OpGate gate_;  // every operation on cq_ starts through it; closed before cq_ shuts down
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
   std::unique_ptr<grpc::Server> server_;

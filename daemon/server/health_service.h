@@ -6,12 +6,13 @@
 // every message to our thread (async_call.h).
 #pragma once
 
-#include <mutex>
 #include <set>
 #include <string>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/async_call.h"
+#include "util/mutex.h"
+#include "util/strings.h"
 
 namespace mqs::server {
 
@@ -32,7 +33,7 @@ class HealthService final : public grpc::health::v1::Health::AsyncService, publi
   // Status of `service`, or SERVICE_UNKNOWN.
   Status StatusOf(const std::string& service);
 
-  void StartAccepting(grpc::ServerCompletionQueue* cq) override;
+  void StartAccepting(grpc::ServerCompletionQueue* cq, OpGate* gate) override;
   void StopAccepting() override;
   bool WaitIdle(std::chrono::steady_clock::time_point deadline) override;
 
@@ -52,16 +53,17 @@ class HealthService final : public grpc::health::v1::Health::AsyncService, publi
 
   void AcceptCheck();
   void AcceptWatch();
-  void CallStarted();
-  void CallEnded();
+  // calls: every Check and Watch, from acceptance until deleted (CallBase).
+  CallCount& calls() { return calls_; }
 
  private:
   const std::string name_;
-  std::mutex mu_;
-  bool serving_ = false;                       // guarded by mu_
-  bool ended_ = false;                         // guarded by mu_
-  std::set<Watcher*> watchers_;                // guarded by mu_
-  grpc::ServerCompletionQueue* cq_ = nullptr;  // guarded by mu_
+  util::Mutex mu_;
+  bool serving_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::set<Watcher*> watchers_ ABSL_GUARDED_BY(mu_);
+  grpc::ServerCompletionQueue* cq_ ABSL_GUARDED_BY(mu_) = nullptr;
+  OpGate* gate_ ABSL_GUARDED_BY(mu_) = nullptr;
   CallCount calls_;
 };
 

@@ -1,5 +1,8 @@
 #include "server/pubsub_service.h"
 
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+
 #include "absl/strings/str_join.h"
 #include "amqp/properties.h"
 #include "util/message_id.h"
@@ -24,19 +27,33 @@ PubSubService::PubSubService(const config::Config& config, const config::Topolog
   consumer_names_ = c.empty() ? "none" : absl::StrJoin(c, ", ");
 }
 
+absl::Status ParseRequest(grpc::ByteBuffer* raw, google::protobuf::Message* out, uint64_t n) {
+  if (grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(raw, out).ok()) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(util::StrCat("request ", n, " could not be parsed as ",
+                                                 out->GetDescriptor()->full_name(),
+                                                 " (malformed, or a string field is not UTF-8)"));
+}
+
+grpc::ByteBuffer Serialize(const google::protobuf::Message& message) {
+  grpc::ByteBuffer out;
+  bool own = false;
+  // Fails only for a message over 2 GiB, far above the send limit.
+  (void)grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(message, &out,
+                                                                                   &own);
+  return out;
+}
+
 void PubSubService::Register(Drainable* d) {
-  std::lock_guard<std::mutex> lock(drainables_mu_);
+  util::MutexLock lock(&drainables_mu_);
   drainables_.insert(d);
 }
 
 void PubSubService::Unregister(Drainable* d) {
-  std::lock_guard<std::mutex> lock(drainables_mu_);
+  util::MutexLock lock(&drainables_mu_);
   drainables_.erase(d);
 }
-
-void PubSubService::CallStarted() { calls_.Started(); }
-
-void PubSubService::CallEnded() { calls_.Ended(); }
 
 bool PubSubService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
   return calls_.WaitZero(deadline);
@@ -44,7 +61,7 @@ bool PubSubService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
 
 void PubSubService::Drain() {
   draining_.store(true, std::memory_order_release);
-  std::lock_guard<std::mutex> lock(drainables_mu_);
+  util::MutexLock lock(&drainables_mu_);
   for (Drainable* d : drainables_) d->OnDrain();
 }
 
@@ -75,10 +92,11 @@ absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(
   return job;
 }
 
-void PubSubService::StartAccepting(grpc::ServerCompletionQueue* cq) {
+void PubSubService::StartAccepting(grpc::ServerCompletionQueue* cq, OpGate* gate) {
   {
-    std::lock_guard<std::mutex> lock(accept_mu_);
+    util::MutexLock lock(&accept_mu_);
     cq_ = cq;
+    gate_ = gate;
   }
   AcceptPublish();
   AcceptGetTopology();
@@ -87,7 +105,7 @@ void PubSubService::StartAccepting(grpc::ServerCompletionQueue* cq) {
 }
 
 void PubSubService::StopAccepting() {
-  std::lock_guard<std::mutex> lock(accept_mu_);
+  util::MutexLock lock(&accept_mu_);
   cq_ = nullptr;
 }
 

@@ -6,11 +6,15 @@
 // back as a callback. Every method runs on gRPC's async API, on one thread of
 // ours (async_call.h says why): unary_calls.cc, publish_stream.cc,
 // subscribe_stream.cc.
+//
+// The two streaming methods are registered raw (grpc::ByteBuffer): the calls
+// parse each request themselves, because gRPC's typed read reports a request
+// that cannot be parsed exactly as a half-close (ok=false), and the stream
+// would end OK with the request unanswered. They end INVALID_ARGUMENT instead.
 #pragma once
 
 #include <atomic>
 #include <chrono>
-#include <mutex>
 #include <set>
 #include <string>
 
@@ -21,13 +25,27 @@
 #include "config/topology_plan.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 #include "server/async_call.h"
+#include "util/mutex.h"
 
 namespace mqs::server {
 
 // ToGrpc maps an absl status to a gRPC status with the same code and message.
 grpc::Status ToGrpc(const absl::Status& s);
 
-class PubSubService final : public mqsidecar::v1::PubSub::AsyncService, public AsyncService {
+// The generated service with Publish and GetTopology typed, PublishStream and
+// Subscribe raw.
+using PubSubAsyncBase = mqsidecar::v1::PubSub::WithAsyncMethod_Publish<
+    mqsidecar::v1::PubSub::WithAsyncMethod_GetTopology<
+        mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
+            mqsidecar::v1::PubSub::WithRawMethod_Subscribe<mqsidecar::v1::PubSub::Service>>>>;
+
+// ParseRequest parses a request read raw into `out`, or says which request
+// (1-based `n`) of the stream could not be parsed (INVALID_ARGUMENT).
+absl::Status ParseRequest(grpc::ByteBuffer* raw, google::protobuf::Message* out, uint64_t n);
+// Serialize turns a response into the bytes a raw stream writes.
+grpc::ByteBuffer Serialize(const google::protobuf::Message& message);
+
+class PubSubService final : public PubSubAsyncBase, public AsyncService {
  public:
   PubSubService(const config::Config& config, const config::TopologyPlan& plan,
                 amqp::Publisher& publisher, amqp::Consumer& consumer);
@@ -54,20 +72,18 @@ class PubSubService final : public mqsidecar::v1::PubSub::AsyncService, public A
   void Register(Drainable* d);
   void Unregister(Drainable* d);
 
-  // CallStarted / CallEnded bracket every call this service serves (a
-  // stream from its reactor's construction to OnDone; a unary call until it
-  // has finished). Shutdown waits on them: gRPC's own Server::Shutdown waits
-  // out its whole deadline while any client is merely connected, even with
-  // no call open.
-  void CallStarted();
-  void CallEnded();
+  // calls: every call this service serves counts from its acceptance until
+  // it deletes itself (CallBase). Shutdown waits on them: gRPC's own
+  // Server::Shutdown waits out its whole deadline while any client is merely
+  // connected, even with no call open.
+  CallCount& calls() { return calls_; }
   // WaitIdle returns true once no call is open, false at `deadline`.
   bool WaitIdle(std::chrono::steady_clock::time_point deadline) override;
 
   // StartAccepting posts one request for each streaming method; each call,
   // once accepted, posts the next (AcceptPublishStream, AcceptSubscribe, in
   // publish_stream.cc and subscribe_stream.cc).
-  void StartAccepting(grpc::ServerCompletionQueue* cq) override;
+  void StartAccepting(grpc::ServerCompletionQueue* cq, OpGate* gate) override;
   void StopAccepting() override;
   void AcceptPublish();
   void AcceptGetTopology();
@@ -90,11 +106,12 @@ class PubSubService final : public mqsidecar::v1::PubSub::AsyncService, public A
   std::string producer_names_;  // for error messages
   std::string consumer_names_;
   std::atomic<bool> draining_{false};
-  std::mutex drainables_mu_;
-  std::set<Drainable*> drainables_;  // guarded by drainables_mu_
+  util::Mutex drainables_mu_;
+  std::set<Drainable*> drainables_ ABSL_GUARDED_BY(drainables_mu_);
   CallCount calls_;
-  std::mutex accept_mu_;
-  grpc::ServerCompletionQueue* cq_ = nullptr;  // guarded by accept_mu_
+  util::Mutex accept_mu_;
+  grpc::ServerCompletionQueue* cq_ ABSL_GUARDED_BY(accept_mu_) = nullptr;
+  OpGate* gate_ ABSL_GUARDED_BY(accept_mu_) = nullptr;
 };
 
 }  // namespace mqs::server

@@ -5,11 +5,11 @@
 // deliveries into a small outbox (bounded by the prefetch, since the broker
 // sends no more than that unacked) and writes them one at a time itself.
 // The stream finishes only after the consumer thread has closed the stream's
-// channel and said so (OnClosed); the call deletes itself once, in addition,
-// gRPC is done with it and no operation is pending, so no callback can
-// outlive it.
+// channel and said so (OnClosed): once the stream is opened, the consumer
+// owes the call that callback (CallBase), so no callback can outlive it.
+// The method is registered raw (pubsub_service.h says why): a request that
+// cannot be parsed ends the stream with INVALID_ARGUMENT.
 #include <deque>
-#include <mutex>
 
 #include "server/async_call.h"
 #include "server/pubsub_service.h"
@@ -21,38 +21,36 @@ namespace {
 using mqsidecar::v1::Delivery;
 using mqsidecar::v1::SubscribeRequest;
 
-class SubscribeCall final : public amqp::DeliverySink {
+class SubscribeCall final : public CallBase, public amqp::DeliverySink {
  public:
-  SubscribeCall(PubSubService& service, grpc::ServerCompletionQueue* cq) : service_(service) {
+  SubscribeCall(PubSubService& service, grpc::ServerCompletionQueue* cq, OpGate& gate)
+      : CallBase(gate, service.calls()), service_(service) {
     ctx_.AsyncNotifyWhenDone(done_op_.tag());
     service_.RequestSubscribe(&ctx_, &stream_, cq, cq, accept_op_.tag());
   }
 
   // DeliverySink, on the consumer thread.
   void OnDelivery(Delivery&& d) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (closed_ || done_) return;  // the channel is closing; the broker requeues it
-    outbox_.push_back(std::move(d));
+    grpc::ByteBuffer bytes = Serialize(d);
+    Lock lock(this);
+    if (closed_ || done()) return;  // the channel is closing; the broker requeues it
+    outbox_.push_back(std::move(bytes));
     if (!writing_) StartNextWriteLocked();
   }
 
   void OnClosed(const absl::Status& status) override {
-    bool release;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      closed_ = true;
-      final_ = status;
-      // Undelivered deliveries are already back in the queue; keep only the
-      // one being written (its buffer is in use).
-      if (writing_) {
-        outbox_.resize(1);
-      } else {
-        outbox_.clear();
-      }
-      MaybeFinishLocked();
-      release = ShouldDeleteLocked();
+    Lock lock(this);
+    PaidLocked();
+    closed_ = true;
+    final_ = status;
+    // Undelivered deliveries are already back in the queue; keep only the
+    // one being written (its buffer is in use).
+    if (writing_) {
+      outbox_.resize(1);
+    } else {
+      outbox_.clear();
     }
-    if (release) Delete();
+    MaybeFinishLocked();
   }
 
  private:
@@ -62,41 +60,38 @@ class SubscribeCall final : public amqp::DeliverySink {
   // down and this request for a call ends unmatched (no done tag follows).
   void OnAccepted(bool ok) {
     if (!ok) {
-      delete this;
+      DeleteUnaccepted();
       return;
     }
     service_.AcceptSubscribe();  // the next caller
-    service_.CallStarted();
-    std::lock_guard<std::mutex> lock(mu_);
+    Accepted();
+    Lock lock(this);
     StartReadLocked();
   }
 
   // Each completion handler ends in one critical section that retires its
-  // operation: until then ops_ holds the call, so the consumer thread
-  // (OnClosed) cannot delete it under the handler's feet.
+  // operation: until then the operation holds the call, so the consumer
+  // thread (OnClosed) cannot delete it under the handler's feet.
   void OnReadDone(bool ok) {
     absl::Status close = Handle(ok);
-    bool release;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --ops_;
-      if (!close.ok() || close_requested_ || !ok) {
-        RequestCloseLocked(close);
-      } else if (!finished_ && !done_) {
-        // No new read once the finish has been decided (the consumer thread
-        // may decide it at any moment) or the call is over.
-        StartReadLocked();
-      }
-      release = ShouldDeleteLocked();
+    Lock lock(this);
+    OpDoneLocked();
+    if (!close.ok() || close_requested_ || !ok) {
+      RequestCloseLocked(close);
+    } else if (!finished() && !done()) {
+      // No new read once the finish has been decided (the consumer thread
+      // may decide it at any moment) or the call is over.
+      StartReadLocked();
     }
-    if (release) Delete();
   }
 
-  // Handle acts on one request read. A non-OK status ends the stream with
-  // it; a failed read (the client half-closed or vanished) ends the consumer
-  // too, which returns its unacked deliveries to the queue at once.
+  // Handle acts on one request read (raw_, owned by the read handler). A
+  // non-OK status ends the stream with it; a failed read (the client
+  // half-closed or vanished) ends the consumer too, which returns its unacked
+  // deliveries to the queue at once.
   absl::Status Handle(bool ok) {
     if (!ok) return absl::OkStatus();
+    if (absl::Status s = ParseRequest(&raw_, &request_, ++reads_); !s.ok()) return s;
     switch (request_.kind_case()) {
       case SubscribeRequest::kOpen:
         if (stream_id_ != 0) {
@@ -123,46 +118,31 @@ class SubscribeCall final : public amqp::DeliverySink {
   }
 
   void OnWriteDone(bool ok) {
-    bool release;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --ops_;
-      outbox_.pop_front();
-      writing_ = false;
-      if (!ok) {
-        // The client is gone: close the consumer (its OnClosed may release us).
-        outbox_.clear();
-        RequestCloseLocked(absl::OkStatus());
-      } else if (!closed_ && !done_ && !outbox_.empty()) {
-        StartNextWriteLocked();
-      }
-      MaybeFinishLocked();
-      release = ShouldDeleteLocked();
+    Lock lock(this);
+    OpDoneLocked();
+    outbox_.pop_front();
+    writing_ = false;
+    if (!ok) {
+      // The client is gone: close the consumer (its OnClosed may release us).
+      outbox_.clear();
+      RequestCloseLocked(absl::OkStatus());
+    } else if (!closed_ && !done() && !outbox_.empty()) {
+      StartNextWriteLocked();
     }
-    if (release) Delete();
+    MaybeFinishLocked();
   }
 
   void OnFinishDone(bool /*ok*/) {
-    bool release;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --ops_;
-      release = ShouldDeleteLocked();
-    }
-    if (release) Delete();
+    Lock lock(this);
+    OpDoneLocked();
   }
 
   // OnDone: gRPC is done with the call (finished, or cancelled by the client
   // or by shutdown). Pending operations still complete, failing.
   void OnDone(bool /*ok*/) {
-    bool release;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-      if (!finished_) RequestCloseLocked(absl::CancelledError("the client cancelled"));
-      release = ShouldDeleteLocked();
-    }
-    if (release) Delete();
+    Lock lock(this);
+    SetDoneLocked();
+    if (!finished()) RequestCloseLocked(absl::CancelledError("the client cancelled"));
   }
 
   absl::Status Open(const SubscribeRequest::Open& open) {
@@ -173,14 +153,22 @@ class SubscribeCall final : public amqp::DeliverySink {
         util::StrAppend(&names, names.empty() ? "" : ", ", c.name);
       }
       return absl::InvalidArgumentError(
-          util::StrCat("unknown business '", open.business(),
+          util::StrCat("unknown business '", util::ForLog(open.business()),
                        "'; configured consumers: ", names.empty() ? "none" : names));
+    }
+    // The name goes into the consumer tag, which operators read in the
+    // broker's tools and in our logs.
+    if (util::HasControlChars(open.consumer_name())) {
+      return absl::InvalidArgumentError(
+          util::StrCat("open.consumer_name holds a control character: '",
+                       util::ForLog(open.consumer_name()), "'"));
     }
     amqp::OpenRequest req;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      util::MutexLock lock(&mu_);  // owing makes the call deletable later, never now
       stream_id_ = service_.consumer().NewStreamId();
       opened_ = true;
+      OweLocked();  // OnClosed
     }
     req.stream_id = stream_id_;
     req.business = consumer->name;
@@ -198,7 +186,7 @@ class SubscribeCall final : public amqp::DeliverySink {
 
   // RequestCloseLocked ends the stream with `why` (the first reason wins).
   // An opened stream ends when the consumer thread says so (OnClosed).
-  void RequestCloseLocked(const absl::Status& why) {
+  void RequestCloseLocked(const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (close_requested_) return;
     close_requested_ = true;
     if (opened_) {
@@ -210,44 +198,42 @@ class SubscribeCall final : public amqp::DeliverySink {
     }
   }
 
-  void StartReadLocked() {
-    ++ops_;
-    stream_.Read(&request_, read_op_.tag());
+  void StartReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // Refused only once the call is over (its done tag closes the consumer).
+    StartOpLocked([&] { stream_.Read(&raw_, read_op_.tag()); });
   }
 
-  // Operations are started under mu_: their completions take mu_ first, so
-  // none can delete the call while the thread that started it is still in
-  // gRPC. Nothing starts once the call is done.
-  void MaybeFinishLocked() {
-    if (!closed_ || writing_ || finished_ || done_) return;
-    finished_ = true;
-    ++ops_;
-    stream_.Finish(ToGrpc(final_), finish_op_.tag());
+  // The stream finishes once the consumer will call no more and no write is
+  // in flight. Nothing starts once the call is done.
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!closed_ || writing_ || finished() || done()) return;
+    StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      stream_.Finish(ToGrpc(final_), finish_op_.tag());
+    });
   }
 
-  // Deletable once gRPC will deliver nothing more (done, no operation
-  // pending) and the consumer thread will not call again.
-  bool ShouldDeleteLocked() const { return done_ && ops_ == 0 && (closed_ || !opened_); }
-
-  // Delete runs once: after the critical section that found the call
-  // deletable, nothing can change its state again.
-  void Delete() {
-    PubSubService& service = service_;
-    delete this;
-    service.CallEnded();  // last: shutdown may proceed once this reaches zero
-  }
-
-  void StartNextWriteLocked() {
-    writing_ = true;
-    ++ops_;
-    WriteFront(stream_, outbox_, write_op_.tag());
+  void StartNextWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (StartOpLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          WriteFront(stream_, outbox_, write_op_.tag());
+        })) {
+      writing_ = true;
+    } else {
+      // The call is over; the deliveries return to the queue when the
+      // consumer closes the channel.
+      outbox_.clear();
+    }
   }
 
   PubSubService& service_;
   grpc::ServerContext ctx_;
-  grpc::ServerAsyncReaderWriter<Delivery, SubscribeRequest> stream_{&ctx_};
-  SubscribeRequest request_;  // owned by the read in flight
-  uint64_t stream_id_ = 0;    // set once by the reading side
+  grpc::ServerAsyncReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer> stream_{&ctx_};
+  // The read side's own (the read in flight, then its handler): no lock.
+  grpc::ByteBuffer raw_;
+  SubscribeRequest request_;
+  uint64_t reads_ = 0;
+  // Set once by the read side (under mu_), read there without it and
+  // elsewhere under mu_.
+  uint64_t stream_id_ = 0;
 
   Op<SubscribeCall, &SubscribeCall::OnAccepted> accept_op_{this};
   Op<SubscribeCall, &SubscribeCall::OnReadDone> read_op_{this};
@@ -255,23 +241,20 @@ class SubscribeCall final : public amqp::DeliverySink {
   Op<SubscribeCall, &SubscribeCall::OnFinishDone> finish_op_{this};
   Op<SubscribeCall, &SubscribeCall::OnDone> done_op_{this};
 
-  std::mutex mu_;
-  std::deque<Delivery> outbox_;  // front() is being written while writing_
-  int ops_ = 0;                  // operations started, not yet completed
-  bool opened_ = false;
-  bool close_requested_ = false;
-  bool closed_ = false;  // the consumer thread will call no more
-  bool writing_ = false;
-  bool finished_ = false;
-  bool done_ = false;
-  absl::Status final_;
+  // front() is being written while writing_.
+  std::deque<grpc::ByteBuffer> outbox_ ABSL_GUARDED_BY(mu_);
+  bool opened_ ABSL_GUARDED_BY(mu_) = false;
+  bool close_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;  // the consumer thread will call no more
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status final_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
 
 void PubSubService::AcceptSubscribe() {
-  std::lock_guard<std::mutex> lock(accept_mu_);
-  if (cq_ != nullptr) new SubscribeCall(*this, cq_);
+  util::MutexLock lock(&accept_mu_);
+  if (cq_ != nullptr) new SubscribeCall(*this, cq_, *gate_);
 }
 
 }  // namespace mqs::server

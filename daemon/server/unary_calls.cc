@@ -1,12 +1,13 @@
 // The unary methods, Publish and GetTopology (async API; see async_call.h).
 //
 // Each call is accepted on the completion-queue thread, handed to the
-// publisher (or consumer) thread, answered from there with Finish, and
-// deleted when the finish completes. The finish is started under mu_ and its
-// completion takes mu_ first, so the call cannot be deleted while the thread
-// that finished it is still inside gRPC.
-#include <mutex>
-
+// publisher (or consumer) thread, and answered from there with Finish. The
+// lifecycle is CallBase's: the I/O thread owes the call its answer, the
+// finish is refused once the call is done (cancelled, or the server gave up
+// waiting at shutdown and is closing its queue), and the call deletes itself
+// once gRPC is done with it (done tag), the finish has completed and the
+// answer has come, whichever is last. So an answer that comes after
+// shutdown only settles the bookkeeping; it never touches gRPC.
 #include "server/async_call.h"
 #include "server/pubsub_service.h"
 
@@ -18,9 +19,11 @@ using mqsidecar::v1::PublishRequest;
 using mqsidecar::v1::PublishResult;
 using mqsidecar::v1::Topology;
 
-class PublishCall final {
+class PublishCall final : public CallBase {
  public:
-  PublishCall(PubSubService& service, grpc::ServerCompletionQueue* cq) : service_(service) {
+  PublishCall(PubSubService& service, grpc::ServerCompletionQueue* cq, OpGate& gate)
+      : CallBase(gate, service.calls()), service_(service) {
+    ctx_.AsyncNotifyWhenDone(done_op_.tag());
     service_.RequestPublish(&ctx_, &request_, &responder_, cq, cq, accept_op_.tag());
   }
 
@@ -29,108 +32,134 @@ class PublishCall final {
   // this request for a call ends unmatched.
   void OnAccepted(bool ok) {
     if (!ok) {
-      delete this;
+      DeleteUnaccepted();
       return;
     }
     service_.AcceptPublish();  // the next caller
-    service_.CallStarted();
+    Accepted();
     absl::StatusOr<amqp::PublishJob> job =
         service_.PreparePublish(std::move(request_), ctx_.deadline());
+    Lock lock(this);
     if (!job.ok()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      responder_.FinishWithError(ToGrpc(job.status()), finish_op_.tag());
+      const grpc::Status status = ToGrpc(job.status());
+      StartFinishLocked([&] { responder_.FinishWithError(status, finish_op_.tag()); });
       return;
     }
-    job->done = [this](PublishResult&& r, absl::StatusCode code) {
-      std::lock_guard<std::mutex> lock(mu_);
-      // FAILED means the message was not sent: the broker stayed out of
-      // reach (UNAVAILABLE) or kept publishing blocked (RESOURCE_EXHAUSTED)
-      // past the deadline; retrying is safe. Every other outcome is the
-      // broker's answer, carried in the result.
-      if (r.status() == PublishResult::FAILED) {
-        responder_.FinishWithError(grpc::Status(static_cast<grpc::StatusCode>(code), r.error()),
-                                   finish_op_.tag());
-      } else {
-        result_ = std::move(r);
-        responder_.Finish(result_, grpc::Status::OK, finish_op_.tag());
-      }
-    };
+    job->done = [this](PublishResult&& r, absl::StatusCode code) { OnResult(std::move(r), code); };
+    OweLocked();
     service_.publisher().Submit(std::move(*job));
   }
 
+  // OnResult: the publisher's answer, on its thread.
+  void OnResult(PublishResult&& r, absl::StatusCode code) {
+    Lock lock(this);
+    PaidLocked();
+    // FAILED means the message was not sent: the broker stayed out of
+    // reach (UNAVAILABLE) or kept publishing blocked (RESOURCE_EXHAUSTED)
+    // past the deadline; retrying is safe. Every other outcome is the
+    // broker's answer, carried in the result.
+    if (r.status() == PublishResult::FAILED) {
+      const grpc::Status status(static_cast<grpc::StatusCode>(code), r.error());
+      StartFinishLocked([&] { responder_.FinishWithError(status, finish_op_.tag()); });
+    } else {
+      result_ = std::move(r);
+      StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        responder_.Finish(result_, grpc::Status::OK, finish_op_.tag());
+      });
+    }
+  }
+
   void OnFinished(bool /*ok*/) {
-    { std::lock_guard<std::mutex> lock(mu_); }  // the finishing thread has left gRPC
-    PubSubService& service = service_;
-    delete this;
-    service.CallEnded();
+    Lock lock(this);
+    OpDoneLocked();
+  }
+
+  // OnDone: gRPC is done with the call (answered, or cancelled by the client
+  // or by shutdown).
+  void OnDone(bool /*ok*/) {
+    Lock lock(this);
+    SetDoneLocked();
   }
 
   PubSubService& service_;
   grpc::ServerContext ctx_;
-  PublishRequest request_;
-  PublishResult result_;  // must outlive the finish
+  PublishRequest request_;                     // moved into the job once accepted
+  PublishResult result_ ABSL_GUARDED_BY(mu_);  // must outlive the finish
   grpc::ServerAsyncResponseWriter<PublishResult> responder_{&ctx_};
-  std::mutex mu_;
   Op<PublishCall, &PublishCall::OnAccepted> accept_op_{this};
   Op<PublishCall, &PublishCall::OnFinished> finish_op_{this};
+  Op<PublishCall, &PublishCall::OnDone> done_op_{this};
 };
 
-class GetTopologyCall final {
+class GetTopologyCall final : public CallBase {
  public:
-  GetTopologyCall(PubSubService& service, grpc::ServerCompletionQueue* cq) : service_(service) {
+  GetTopologyCall(PubSubService& service, grpc::ServerCompletionQueue* cq, OpGate& gate)
+      : CallBase(gate, service.calls()), service_(service) {
+    ctx_.AsyncNotifyWhenDone(done_op_.tag());
     service_.RequestGetTopology(&ctx_, &request_, &responder_, cq, cq, accept_op_.tag());
   }
 
  private:
   void OnAccepted(bool ok) {
     if (!ok) {
-      delete this;
+      DeleteUnaccepted();
       return;
     }
     service_.AcceptGetTopology();
-    service_.CallStarted();
+    Accepted();
+    Lock lock(this);
     service_.FillTopology(&topology_);
+    OweLocked();
     // Queue counts come from the broker, on the consumer's thread.
-    service_.consumer().Inspect([this](std::vector<amqp::QueueInfo>&& queues) {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (const auto& q : queues) {
-        auto* x = topology_.add_queues();
-        x->set_name(q.name);
-        x->set_type(std::string(config::QueueTypeName(q.type)));
-        x->set_messages(q.stats.messages);
-        x->set_consumers(q.stats.consumers);
-      }
+    service_.consumer().Inspect(
+        [this](std::vector<amqp::QueueInfo>&& queues) { OnQueues(std::move(queues)); });
+  }
+
+  void OnQueues(std::vector<amqp::QueueInfo>&& queues) {
+    Lock lock(this);
+    PaidLocked();
+    for (const auto& q : queues) {
+      auto* x = topology_.add_queues();
+      x->set_name(q.name);
+      x->set_type(std::string(config::QueueTypeName(q.type)));
+      x->set_messages(q.stats.messages);
+      x->set_consumers(q.stats.consumers);
+    }
+    StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       responder_.Finish(topology_, grpc::Status::OK, finish_op_.tag());
     });
   }
 
   void OnFinished(bool /*ok*/) {
-    { std::lock_guard<std::mutex> lock(mu_); }  // the finishing thread has left gRPC
-    PubSubService& service = service_;
-    delete this;
-    service.CallEnded();
+    Lock lock(this);
+    OpDoneLocked();
+  }
+
+  void OnDone(bool /*ok*/) {
+    Lock lock(this);
+    SetDoneLocked();
   }
 
   PubSubService& service_;
   grpc::ServerContext ctx_;
   GetTopologyRequest request_;
-  Topology topology_;
+  Topology topology_ ABSL_GUARDED_BY(mu_);  // must outlive the finish
   grpc::ServerAsyncResponseWriter<Topology> responder_{&ctx_};
-  std::mutex mu_;
   Op<GetTopologyCall, &GetTopologyCall::OnAccepted> accept_op_{this};
   Op<GetTopologyCall, &GetTopologyCall::OnFinished> finish_op_{this};
+  Op<GetTopologyCall, &GetTopologyCall::OnDone> done_op_{this};
 };
 
 }  // namespace
 
 void PubSubService::AcceptPublish() {
-  std::lock_guard<std::mutex> lock(accept_mu_);
-  if (cq_ != nullptr) new PublishCall(*this, cq_);
+  util::MutexLock lock(&accept_mu_);
+  if (cq_ != nullptr) new PublishCall(*this, cq_, *gate_);
 }
 
 void PubSubService::AcceptGetTopology() {
-  std::lock_guard<std::mutex> lock(accept_mu_);
-  if (cq_ != nullptr) new GetTopologyCall(*this, cq_);
+  util::MutexLock lock(&accept_mu_);
+  if (cq_ != nullptr) new GetTopologyCall(*this, cq_, *gate_);
 }
 
 }  // namespace mqs::server

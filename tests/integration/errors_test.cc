@@ -1,4 +1,7 @@
-// Errors: unknown businesses, unroutable messages, bad delivery ids.
+// Errors: unknown businesses, unroutable messages, bad delivery ids, requests
+// that cannot be parsed, control characters in names.
+#include <grpcpp/generic/generic_stub.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <map>
@@ -15,6 +18,58 @@ using namespace std::chrono_literals;
 bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
+
+// RawStream: a bidirectional stream on `method` that sends `messages` as
+// they are (bytes, not protobufs), half-closes, and reads to the end.
+struct RawOutcome {
+  grpc::Status status;
+  std::vector<grpc::ByteBuffer> responses;
+};
+RawOutcome RawStream(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                     const std::vector<std::string>& messages) {
+  RawOutcome out;
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  const auto deadline = std::chrono::system_clock::now() + 20s;
+  ctx.set_deadline(deadline);
+  // One operation at a time: each Next returns the one just started.
+  const auto wait = [&] {
+    void* tag = nullptr;
+    bool ok = false;
+    return cq.AsyncNext(&tag, &ok, deadline + 5s) == grpc::CompletionQueue::GOT_EVENT && ok;
+  };
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call = stub.PrepareCall(&ctx, method, &cq);
+  call->StartCall(nullptr);
+  bool open = wait();
+  for (const std::string& m : messages) {
+    if (!open) break;
+    grpc::Slice slice(m);
+    grpc::ByteBuffer buffer(&slice, 1);
+    call->Write(buffer, nullptr);
+    open = wait();
+  }
+  if (open) {
+    call->WritesDone(nullptr);
+    wait();
+  }
+  while (true) {
+    grpc::ByteBuffer response;
+    call->Read(&response, nullptr);
+    if (!wait()) break;
+    out.responses.push_back(std::move(response));
+  }
+  call->Finish(&out.status, nullptr);
+  wait();
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+  return out;
+}
+
+std::string Bytes(const google::protobuf::Message& m) { return m.SerializeAsString(); }
 
 TEST_CASE(
     "integration: unknown business: Publish is INVALID_ARGUMENT, PublishStream answers "
@@ -144,6 +199,57 @@ TEST_CASE("integration: a Subscribe stream that does not start with open is refu
   grpc::Status s = stream->Finish();
   INFO(StatusText(s));
   CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_CASE(
+    "integration: a request that cannot be parsed ends PublishStream and Subscribe with "
+    "INVALID_ARGUMENT naming it, after answering what was read before") {
+  IntegrationTest t("unparsable");
+  const std::string biz = t.Business("x");
+  Daemon& d = t.StartDaemon({{.name = biz}});
+  // Field 1 (business; in Subscribe, open.business) holding bytes that are
+  // not UTF-8: valid wire format, but not a valid proto3 message.
+  const std::string bad_publish("\x0a\x02\xff\xfe", 4);
+  const std::string bad_subscribe("\x0a\x04\x0a\x02\xff\xfe", 6);
+
+  RawOutcome pub = RawStream(d.channel(), "/mqsidecar.v1.PubSub/PublishStream",
+                             {Bytes(MakePublish(biz, biz + "-1", 1)), bad_publish,
+                              Bytes(MakePublish(biz, biz + "-3", 3))});
+  INFO("PublishStream: " << StatusText(pub.status));
+  CHECK(pub.status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(Contains(pub.status.error_message(),
+                 "request 2 could not be parsed as mqsidecar.v1.PublishRequest"));
+  // The request before it was published and answered; none after it was read.
+  REQUIRE(pub.responses.size() == 1);
+  pb::PublishResult first;
+  REQUIRE(
+      grpc::SerializationTraits<pb::PublishResult>::Deserialize(&pub.responses[0], &first).ok());
+  INFO(ResultText(first));
+  CHECK(first.sequence() == 1);
+  CHECK(first.status() == pb::PublishResult::CONFIRMED);
+
+  RawOutcome sub = RawStream(d.channel(), "/mqsidecar.v1.PubSub/Subscribe", {bad_subscribe});
+  INFO("Subscribe: " << StatusText(sub.status));
+  CHECK(sub.status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(Contains(sub.status.error_message(),
+                 "request 1 could not be parsed as mqsidecar.v1.SubscribeRequest"));
+  CHECK(sub.responses.empty());
+  CHECK(d.Health() == grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST_CASE("integration: a consumer_name with a control character is INVALID_ARGUMENT") {
+  IntegrationTest t("ctlname");
+  const std::string biz = t.Business("x");
+  Daemon& d = t.StartDaemon({{.name = biz}});
+  Subscriber sub(d.stub(), {.business = biz, .prefetch = 1, .consumer_name = "forged\nline"});
+  auto end = sub.WaitEnded(10s);
+  REQUIRE(end.has_value());
+  INFO(StatusText(*end));
+  CHECK(end->error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(Contains(end->error_message(), "open.consumer_name"));
+  // Shown escaped, not as a raw line break.
+  CHECK(Contains(end->error_message(), "forged\\x0aline"));
+  CHECK_FALSE(Contains(d.Log(), "forged\n"));
 }
 
 }  // namespace
