@@ -85,6 +85,8 @@ cleanup() {
     echo "run.sh: failed (exit $rc); daemon log:" >&2
     tail -n 20 "$WORK/daemon.log" >&2 || true
   fi
+  # Kept with the results: a slow row can be explained afterwards.
+  cp "$WORK/daemon.log" "$OUT/daemon.log" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
