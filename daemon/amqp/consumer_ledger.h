@@ -168,8 +168,8 @@ class ConsumerLedger {
     std::set<uint64_t> stale;
     bool cancelled;
   };
-  // nullopt-like: stream_id absent -> channel == 0 and empty sets, and
-  // has_stream() false.
+  // stream() of a stream that is not there (ended, never opened) is all
+  // zero and empty.
   bool has_stream(uint64_t stream_id) const { return streams_.contains(stream_id); }
   StreamView stream(uint64_t stream_id) const;
 
