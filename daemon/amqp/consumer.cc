@@ -4,12 +4,78 @@
 
 #include "amqp/properties.h"
 #include "spdlog/spdlog.h"
+#include "util/grpc_limits.h"
 #include "util/strings.h"
 
 namespace mqs::amqp {
 namespace {
 
-constexpr amqp_channel_t kControlChannel = 1;
+// GetTopology answers from a result at most this old: a client polling it
+// costs the broker one passive declare per queue per second at most.
+constexpr std::chrono::seconds kInspectCacheFor(1);
+
+// ConnSender: ChannelSender on a live connection. Nothing waits for a reply;
+// a failed send marks the connection dead (the loop then reconnects).
+class ConnSender final : public ChannelSender {
+ public:
+  explicit ConnSender(Connection& conn) : conn_(conn) {}
+
+  bool SendOpen(ChannelNo ch) override {
+    amqp_channel_open_t open{amqp_empty_bytes};
+    return Send(ch, AMQP_CHANNEL_OPEN_METHOD, &open);
+  }
+  bool SendQos(ChannelNo ch, uint16_t prefetch) override {
+    amqp_basic_qos_t qos{0, prefetch, 0};
+    return Send(ch, AMQP_BASIC_QOS_METHOD, &qos);
+  }
+  bool SendConsume(ChannelNo ch, const std::string& queue, const std::string& tag) override {
+    amqp_basic_consume_t consume{};
+    consume.queue = AmqpBytes(queue);
+    consume.consumer_tag = AmqpBytes(tag);
+    consume.arguments = amqp_empty_table;
+    return Send(ch, AMQP_BASIC_CONSUME_METHOD, &consume);
+  }
+  bool SendCancel(ChannelNo ch, const std::string& tag) override {
+    amqp_basic_cancel_t cancel{AmqpBytes(tag), /*nowait=*/0};
+    return Send(ch, AMQP_BASIC_CANCEL_METHOD, &cancel);
+  }
+  bool SendClose(ChannelNo ch) override {
+    amqp_channel_close_t close{};
+    close.reply_code = AMQP_REPLY_SUCCESS;
+    close.reply_text = amqp_empty_bytes;
+    return Send(ch, AMQP_CHANNEL_CLOSE_METHOD, &close);
+  }
+  bool SendCloseOk(ChannelNo ch) override {
+    conn_.SendChannelCloseOk(ch);
+    return !conn_.dead();
+  }
+  bool SendAck(ChannelNo ch, uint64_t tag, bool multiple) override {
+    return Check(amqp_basic_ack(conn_.state(), ch, tag, multiple ? 1 : 0));
+  }
+  bool SendNack(ChannelNo ch, uint64_t tag, bool multiple, bool requeue) override {
+    return Check(amqp_basic_nack(conn_.state(), ch, tag, multiple ? 1 : 0, requeue ? 1 : 0));
+  }
+  bool SendReject(ChannelNo ch, uint64_t tag, bool requeue) override {
+    return Check(amqp_basic_reject(conn_.state(), ch, tag, requeue ? 1 : 0));
+  }
+
+ private:
+  bool Send(ChannelNo ch, amqp_method_number_t id, void* method) {
+    return Check(amqp_send_method(conn_.state(), ch, id, method));
+  }
+  bool Check(int rc) {
+    if (rc == AMQP_STATUS_OK) return true;
+    conn_.MarkDead();
+    return false;
+  }
+  Connection& conn_;
+};
+
+std::vector<QueueInfo> UnknownQueues(const config::TopologyPlan& plan) {
+  std::vector<QueueInfo> out;
+  for (const auto& q : plan.queues) out.push_back(QueueInfo{q.name, q.type, false, {}});
+  return out;
+}
 
 }  // namespace
 
@@ -23,331 +89,223 @@ Consumer::~Consumer() { Stop(std::chrono::milliseconds(0)); }
 bool Consumer::IsFatal(const absl::Status& s) const { return IsTopologyConflict(s); }
 
 absl::Status Consumer::OnConnected(Connection& conn) {
-  control_ok_ = false;
+  ResetControl();
   if (absl::Status s = conn.OpenChannel(kControlChannel); !s.ok()) return s;
-  // Queues must exist before anyone consumes from them.
+  // Queues must exist before anyone consumes from them. Synchronous: no
+  // stream is served while the connection is being set up anyway.
   if (absl::Status s = DeclareTopology(conn, kControlChannel, plan_); !s.ok()) return s;
-  control_ok_ = true;
-  last_channel_ = kControlChannel;
-  // Streams that lived through the outage consume again.
-  std::vector<uint64_t> failed;
-  for (auto& [id, stream] : streams_) {
-    if (stream.cancelled) continue;
-    if (absl::Status s = StartConsuming(conn, stream); !s.ok()) {
-      if (conn.dead()) return s;
-      spdlog::warn("[consumer] stream {}: resuming failed: {}", id, s.message());
-      failed.push_back(id);
-      continue;
-    }
-    spdlog::info("[consumer] stream {} resumed on channel {} ({} deliveries will come again)", id,
-                 stream.channel, stream.stale.size());
-  }
-  for (uint64_t id : failed) {
-    EndStream(&conn, id, absl::UnavailableError("could not resume consuming after a reconnect"),
-              false);
-  }
+  control_ = ControlState::kOpen;
+  incoming_.clear();
+  sender_ = std::make_unique<ConnSender>(conn);
+  // Streams that lived through the outage consume again: every set-up is
+  // sent at once and completes as the broker answers, in the frame loop.
+  ledger_.Attach(sender_.get(), conn.channel_max());
   return absl::OkStatus();
 }
 
 void Consumer::OnDisconnected(const absl::Status& why) {
-  control_ok_ = false;
-  by_channel_.clear();
-  lingering_.clear();
+  ledger_.Detach();
+  sender_.reset();
   incoming_.clear();  // half-received deliveries: the broker requeues them
+  ResetControl();
   if (stop_requested()) {
-    const absl::Status lost = absl::UnavailableError(util::StrCat(
-        "mq-sidecar is shutting down; unacked deliveries are requeued: ", why.message()));
-    std::vector<uint64_t> ids;
-    for (const auto& [id, stream] : streams_) ids.push_back(id);
-    for (uint64_t id : ids) EndStream(nullptr, id, lost, /*close_channel=*/false);
-    return;
-  }
-  // Streams stay open across a reconnect. What they hold unacked was requeued
-  // by the broker with the connection; acks for those ids are not sent.
-  ack_streams_.clear();
-  for (auto& [id, stream] : streams_) {
-    stream.channel = 0;
-    stream.to_ack.clear();  // not sent: the broker requeued them with the rest
-    stream.stale.insert(stream.unacked.begin(), stream.unacked.end());
-    stream.unacked.clear();
-    stream.id_offset = stream.max_id;
+    ledger_.EndAll(absl::UnavailableError(util::StrCat(
+        "mq-sidecar is shutting down; unacked deliveries are requeued: ", why.message())));
   }
 }
 
-void Consumer::OnStopping(Connection* conn) {
-  std::vector<uint64_t> ids;
-  for (const auto& [id, stream] : streams_) ids.push_back(id);
-  for (uint64_t id : ids) {
-    EndStream(conn, id,
-              absl::UnavailableError(
-                  "mq-sidecar is shutting down; unacked deliveries return to the queue"),
-              true);
-  }
-}
-
-namespace {
-// RabbitMQ 3.10's quorum queues can drop acks that reach a channel just before
-// it closes, and then deliver again messages the client acked
-// (rabbitmq-server#10327; the benchmark saw 1-56 of 20,000 per stream end). So
-// a stream's channel that has sent a settle in the last kSettleLinger is not
-// closed at once: its consumer is cancelled (no new deliveries), the stream
-// ends for the client, and the channel closes kSettleLinger after that settle.
-// A client closing its connection 100 ms after its last ack never saw the bug.
-constexpr std::chrono::milliseconds kSettleLinger(100);
-}  // namespace
-
-amqp_channel_t Consumer::AllocateChannel(int channel_max) {
-  // Round-robin, so a just-closed channel number is not reused while frames
-  // queued for its old consumer may still be waiting to be discarded; but
-  // over a window of twice the open channels (at least 32), not all of
-  // channel_max: rabbitmq-c keeps a decoding pool (a frame_max page, 128 KiB)
-  // per channel number ever used until the connection closes, so numbers
-  // used once and never again add up (measured: ~110 KiB per new stream).
-  // Lingering channels count as open: a burst of ending streams must not
-  // fill the window.
-  const int open = static_cast<int>(by_channel_.size() + lingering_.size());
-  const int window = std::max<int>(32, 2 * (open + 1));
-  const int max = std::min({channel_max, 65535, window});
-  for (int tries = 0; tries < max; ++tries) {
-    last_channel_ = static_cast<amqp_channel_t>(last_channel_ >= max ? 2 : last_channel_ + 1);
-    if (last_channel_ == kControlChannel) continue;
-    if (!by_channel_.contains(last_channel_) && !lingering_.contains(last_channel_)) {
-      return last_channel_;
-    }
-  }
-  return 0;
+void Consumer::OnStopping(Connection* /*conn*/) {
+  ledger_.EndAll(absl::UnavailableError(
+      "mq-sidecar is shutting down; unacked deliveries return to the queue"));
 }
 
 void Consumer::ProcessInbox(Connection* conn) {
   if (conn != nullptr && conn->dead()) conn = nullptr;
-  CloseLingering(conn);
+  ledger_.CloseDue();
   inbox_.Drain(batch_);
   for (Command& cmd : batch_) {
     const auto* settle_cmd = std::get_if<SettleCmd>(&cmd);
-    if (settle_cmd == nullptr || !settle_cmd->ack) FlushAcks(conn);
+    if (settle_cmd == nullptr || !settle_cmd->ack) ledger_.FlushAcks();
     if (auto* open = std::get_if<OpenRequest>(&cmd)) {
-      DoOpen(conn, std::move(*open));
+      if (stop_requested()) {
+        open->sink->OnClosed(absl::UnavailableError("mq-sidecar is shutting down"));
+      } else {
+        ledger_.Open(std::move(*open));
+      }
     } else if (auto* settle = std::get_if<SettleCmd>(&cmd)) {
-      DoSettle(conn, *settle);
+      ledger_.Settle(settle->stream_id, settle->delivery_id, settle->ack, settle->requeue,
+                     settle->multiple);
     } else if (auto* close = std::get_if<CloseCmd>(&cmd)) {
-      EndStream(conn, close->stream_id, close->why, /*close_channel=*/true);
+      ledger_.Close(close->stream_id, close->why);
     } else if (auto* inspect = std::get_if<InspectCmd>(&cmd)) {
       DoInspect(conn, *inspect);
     } else if (std::holds_alternative<DrainCmd>(cmd)) {
-      DoDrain(conn);
+      ledger_.Drain();
     }
   }
-  FlushAcks(conn);
+  ledger_.FlushAcks();
   batch_.clear();
 }
 
-absl::Status Consumer::StartConsuming(Connection& conn, Stream& stream) {
-  const amqp_channel_t ch = AllocateChannel(conn.channel_max());
-  if (ch == 0) {
-    return absl::ResourceExhaustedError(
-        util::StrCat("no free AMQP channel (channel_max ", conn.channel_max(), ")"));
-  }
-  const OpenRequest& req = stream.open;
-  absl::Status s = conn.OpenChannel(ch);
-  if (s.ok()) {
-    amqp_basic_qos(conn.state(), ch, 0,
-                   static_cast<uint16_t>(std::min<uint32_t>(req.prefetch, 65535)),
-                   /*global=*/0);
-    s = conn.RpcStatus("basic.qos", ch);
-  }
-  if (s.ok()) {
-    amqp_basic_consume(conn.state(), ch, AmqpBytes(req.queue), AmqpBytes(req.consumer_tag),
-                       /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0, amqp_empty_table);
-    s = conn.RpcStatus(util::StrCat("consume from queue '", req.queue, "'"), ch);
-  }
-  // A refused open, qos or consume closed the channel (close-ok sent).
-  if (!s.ok()) return s;
-  stream.channel = ch;
-  by_channel_[ch] = req.stream_id;
-  incoming_.erase(ch);  // nothing half-assembled from an earlier consumer on this number
-  return absl::OkStatus();
+// ---------------------------------------------------------------------------
+// Control channel
+
+void Consumer::ResetControl() {
+  control_ = ControlState::kDown;
+  control_sent_.clear();
+  control_waiting_.clear();
+  if (inspecting_) FinishInspect(/*cache=*/false);
+  cache_valid_ = false;
 }
 
-void Consumer::DoOpen(Connection* conn, OpenRequest&& req) {
-  if (draining_ || stop_requested()) {
-    req.sink->OnClosed(absl::UnavailableError("mq-sidecar is shutting down"));
+void Consumer::QueueControl(Connection& conn, ControlOp op) {
+  if (control_ == ControlState::kOpen) {
+    SendControl(conn, op);
     return;
   }
-  const uint64_t id = req.stream_id;
-  Stream& stream = streams_[id];
-  stream.open = std::move(req);
-  if (conn == nullptr) {
-    // Consuming starts when the connection is back.
-    spdlog::info("[consumer] stream {} waits for the broker ({})", id, LinkStateName(state()));
-    return;
-  }
-  if (absl::Status s = StartConsuming(*conn, stream); !s.ok()) {
-    EndStream(conn, id, s, /*close_channel=*/false);
-    return;
-  }
-  spdlog::info("[consumer] stream {} consumes '{}' on channel {} (prefetch {}, tag {})", id,
-               stream.open.queue, stream.channel, stream.open.prefetch, stream.open.consumer_tag);
-}
-
-void Consumer::DoSettle(Connection* conn, const SettleCmd& cmd) {
-  auto it = streams_.find(cmd.stream_id);
-  if (it == streams_.end()) return;  // stream already ended: its deliveries are requeued
-  Stream& stream = it->second;
-  if (stream.stale.erase(cmd.delivery_id) > 0) {
-    // Delivered on a connection that has since died: the broker requeued it
-    // and will deliver it again (redelivered=true). Sending this ack on the
-    // new channel would name a foreign tag and close it with 406. Live ids
-    // are all higher than stale ones, so `multiple` covers stale ones only.
-    if (cmd.multiple) {
-      stream.stale.erase(stream.stale.begin(), stream.stale.upper_bound(cmd.delivery_id));
+  control_waiting_.push_back(op);
+  if (control_ == ControlState::kDown) {
+    amqp_channel_open_t open{amqp_empty_bytes};
+    if (amqp_send_method(conn.state(), kControlChannel, AMQP_CHANNEL_OPEN_METHOD, &open) !=
+        AMQP_STATUS_OK) {
+      conn.MarkDead();
     }
-    spdlog::debug("[consumer] stream {}: {} of stale delivery_id {} ignored; it is redelivered",
-                  cmd.stream_id, cmd.ack ? "ack" : "nack", cmd.delivery_id);
-    MaybeEndDrained(conn, cmd.stream_id);
-    return;
+    control_ = ControlState::kOpening;
   }
-  auto live = stream.unacked.find(cmd.delivery_id);
-  if (live == stream.unacked.end()) {
-    FlushAcks(conn);  // what the client acked before this mistake still counts
-    EndStream(conn, cmd.stream_id,
-              absl::InvalidArgumentError(util::StrCat(
-                  cmd.ack ? "ack" : "nack", " of delivery_id ", cmd.delivery_id,
-                  ": unknown or already settled on this stream; the stream is closed and its "
-                  "unacked deliveries return to the queue")),
-              true);
-    return;
-  }
-  if (cmd.multiple) {
-    // Like AMQP's `multiple`: the id must be unacked, and it settles every
-    // lower one too (stale ones included: the broker has requeued those).
-    stream.unacked.erase(stream.unacked.begin(), std::next(live));
-    stream.stale.clear();
+}
+
+void Consumer::SendControl(Connection& conn, ControlOp& op) {
+  bool sent = false;
+  if (op.kind == ControlOp::kDeclare) {
+    sent = SendTopologyStep(conn, kControlChannel, plan_, op.index, &op.reply);
   } else {
-    stream.unacked.erase(live);
+    op.reply = AMQP_QUEUE_DECLARE_OK_METHOD;
+    sent = SendQueryQueue(conn, kControlChannel, plan_.queues[op.index].name);
   }
-  if (conn == nullptr || stream.channel == 0) return;  // cannot happen: ids are live
-  if (cmd.ack) {
-    // FlushAcks sends one basic.ack with multiple=true up to the highest
-    // acked id below the lowest unacked one, which covers this whole range.
-    if (stream.to_ack.empty()) ack_streams_.push_back(cmd.stream_id);
-    stream.to_ack.push_back(cmd.delivery_id);
+  if (!sent) conn.MarkDead();
+  control_sent_.push_back(op);
+}
+
+void Consumer::OnControlFrame(Connection& conn, const amqp_method_t& m) {
+  switch (m.id) {
+    case AMQP_CHANNEL_OPEN_OK_METHOD: {
+      if (control_ != ControlState::kOpening) return;
+      control_ = ControlState::kOpen;
+      std::deque<ControlOp> waiting;
+      waiting.swap(control_waiting_);
+      for (ControlOp& op : waiting) SendControl(conn, op);
+      return;
+    }
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      // The operation at the head was refused; the broker ignored the ones
+      // sent after it. They go again once the channel is reopened.
+      auto* close = static_cast<amqp_channel_close_t*>(m.decoded);
+      const absl::Status why =
+          StatusForReply(close->reply_code, std::string(AmqpText(close->reply_text)));
+      conn.SendChannelCloseOk(kControlChannel);
+      control_ = ControlState::kDown;
+      std::deque<ControlOp> unanswered;
+      unanswered.swap(control_sent_);
+      if (!unanswered.empty()) {
+        const ControlOp head = unanswered.front();
+        unanswered.pop_front();
+        ControlDone(head, why, nullptr);
+      }
+      unanswered.insert(unanswered.end(), control_waiting_.begin(), control_waiting_.end());
+      control_waiting_.clear();
+      for (const ControlOp& op : unanswered) {
+        if (op.kind == ControlOp::kDeclare && op.round == failed_declare_round_) continue;
+        QueueControl(conn, op);
+      }
+      return;
+    }
+    default:
+      break;
+  }
+  if (!control_sent_.empty() && control_sent_.front().reply == m.id) {
+    const ControlOp op = control_sent_.front();
+    control_sent_.pop_front();
+    ControlDone(op, absl::OkStatus(),
+                m.id == AMQP_QUEUE_DECLARE_OK_METHOD
+                    ? static_cast<const amqp_queue_declare_ok_t*>(m.decoded)
+                    : nullptr);
     return;
   }
-  // Pending acks were flushed before this command, so the broker's unacked
-  // tags up to this one are exactly the range erased above.
-  const uint64_t tag = cmd.delivery_id - stream.id_offset;
-  if (amqp_basic_nack(conn->state(), stream.channel, tag, cmd.multiple ? 1 : 0,
-                      cmd.requeue ? 1 : 0) != AMQP_STATUS_OK) {
-    conn->MarkDead();
+  spdlog::debug("[consumer] ignoring method 0x{:08x} on the control channel", m.id);
+}
+
+void Consumer::ControlDone(const ControlOp& op, const absl::Status& status,
+                           const amqp_queue_declare_ok_t* counts) {
+  if (op.kind == ControlOp::kDeclare) {
+    if (!status.ok()) {
+      failed_declare_round_ = op.round;
+      spdlog::error("[consumer] re-declaring the topology failed: {}",
+                    TopologyStepError(plan_, op.index, status).message());
+    } else if (op.index + 1 == declare_steps_ && op.round == declare_round_) {
+      spdlog::info("[consumer] topology declared again after a consumer cancel");
+    }
     return;
   }
-  stream.last_settle = std::chrono::steady_clock::now();
-  MaybeEndDrained(conn, cmd.stream_id);
-}
-
-void Consumer::FlushAcks(Connection* conn) {
-  for (uint64_t stream_id : ack_streams_) {
-    auto it = streams_.find(stream_id);
-    if (it == streams_.end()) continue;
-    Stream& stream = it->second;
-    if (stream.to_ack.empty()) continue;
-    if (conn != nullptr && !conn->dead() && stream.channel != 0) {
-      std::vector<uint64_t>& ids = stream.to_ack;
-      std::sort(ids.begin(), ids.end());
-      // Every id below the lowest unacked one is settled now: tags on a
-      // channel are delivered (and so recorded) in order.
-      const uint64_t low = stream.unacked.empty() ? UINT64_MAX : *stream.unacked.begin();
-      const auto split = std::lower_bound(ids.begin(), ids.end(), low);
-      int rc = AMQP_STATUS_OK;
-      if (split != ids.begin()) {
-        rc = amqp_basic_ack(conn->state(), stream.channel, *(split - 1) - stream.id_offset,
-                            /*multiple=*/1);
-      }
-      for (auto id = split; id != ids.end() && rc == AMQP_STATUS_OK; ++id) {
-        rc = amqp_basic_ack(conn->state(), stream.channel, *id - stream.id_offset, 0);
-      }
-      if (rc != AMQP_STATUS_OK) conn->MarkDead();
-      stream.last_settle = std::chrono::steady_clock::now();
-    }
-    stream.to_ack.clear();
-    MaybeEndDrained(conn, stream_id);
+  if (!inspecting_ || op.index >= inspect_result_.size()) return;
+  QueueInfo& info = inspect_result_[op.index];
+  info.known = status.ok();
+  if (counts != nullptr) {
+    info.stats.messages = counts->message_count;
+    info.stats.consumers = counts->consumer_count;
   }
-  ack_streams_.clear();
+  if (--inspect_left_ == 0) FinishInspect(/*cache=*/true);
 }
 
-void Consumer::DoDrain(Connection* conn) {
-  draining_ = true;
-  std::vector<uint64_t> ids;
-  for (auto& [id, stream] : streams_) {
-    ids.push_back(id);
-    if (stream.cancelled) continue;
-    stream.cancelled = true;
-    if (conn != nullptr && stream.channel != 0) {
-      amqp_basic_cancel(conn->state(), stream.channel, AmqpBytes(stream.open.consumer_tag));
-      if (absl::Status s = conn->RpcStatus("basic.cancel", stream.channel); !s.ok()) {
-        spdlog::warn("[consumer] stream {}: {}", id, s.message());
-      }
-    }
+void Consumer::RedeclareTopology(Connection& conn) {
+  ++declare_round_;
+  declare_steps_ = TopologyStepCount(plan_);
+  for (size_t i = 0; i < declare_steps_; ++i) {
+    QueueControl(conn, ControlOp{ControlOp::kDeclare, i, declare_round_, 0});
   }
-  spdlog::info("[consumer] draining {} streams: no new deliveries; each ends once acked",
-               ids.size());
-  for (uint64_t id : ids) MaybeEndDrained(conn, id);
 }
 
-void Consumer::MaybeEndDrained(Connection* conn, uint64_t stream_id) {
-  auto it = streams_.find(stream_id);
-  if (it == streams_.end() || !it->second.cancelled || !it->second.unacked.empty()) return;
-  EndStream(conn, stream_id,
-            absl::UnavailableError("mq-sidecar is shutting down; every delivery was settled"),
-            true);
-}
-
-void Consumer::EndStream(Connection* conn, uint64_t stream_id, const absl::Status& why,
-                         bool close_channel) {
-  auto it = streams_.find(stream_id);
-  if (it == streams_.end()) return;
-  Stream stream = std::move(it->second);
-  streams_.erase(it);
-  if (stream.channel != 0) {
-    by_channel_.erase(stream.channel);
-    const auto close_at = stream.last_settle + kSettleLinger;
-    if (close_channel && conn != nullptr && !conn->dead()) {
-      if (close_at > std::chrono::steady_clock::now()) {
-        // Asynchronous (no wait for cancel-ok, which is ignored when it
-        // comes): deliveries already on their way are dropped here and
-        // requeued by the close.
-        if (!stream.cancelled) {
-          amqp_basic_cancel_t cancel{AmqpBytes(stream.open.consumer_tag), /*nowait=*/0};
-          if (amqp_send_method(conn->state(), stream.channel, AMQP_BASIC_CANCEL_METHOD, &cancel) !=
-              AMQP_STATUS_OK) {
-            conn->MarkDead();
-          }
-        }
-        lingering_.emplace(stream.channel, close_at);
-      } else if (absl::Status s = conn->CloseChannel(stream.channel); !s.ok()) {
-        spdlog::warn("[consumer] closing channel {}: {}", stream.channel, s.message());
-      }
-    }
-  }
-  spdlog::info("[consumer] stream {} ended ({} unacked returned to '{}'): {}", stream_id,
-               stream.unacked.size(), stream.open.queue,
-               why.ok() ? std::string("closed by the client") : std::string(why.message()));
-  stream.open.sink->OnClosed(why);
-}
-
-void Consumer::CloseLingering(Connection* conn) {
-  if (lingering_.empty()) return;
+void Consumer::DoInspect(Connection* conn, InspectCmd& cmd) {
   const auto now = std::chrono::steady_clock::now();
-  std::erase_if(lingering_, [&](const auto& entry) {
-    const auto& [channel, close_at] = entry;
-    if (conn == nullptr || conn->dead()) return true;  // gone with the connection
-    if (close_at > now) return false;
-    if (absl::Status s = conn->CloseChannel(channel); !s.ok()) {
-      spdlog::warn("[consumer] closing channel {}: {}", channel, s.message());
-    }
-    return true;
-  });
+  if (cache_valid_ && now - cache_at_ < kInspectCacheFor) {
+    std::vector<QueueInfo> copy = cache_;
+    cmd.done(std::move(copy));
+    return;
+  }
+  if (inspecting_) {
+    inspect_waiters_.push_back(std::move(cmd.done));
+    return;
+  }
+  if (conn == nullptr || plan_.queues.empty()) {
+    cmd.done(UnknownQueues(plan_));
+    return;
+  }
+  inspecting_ = true;
+  inspect_started_ = now;
+  inspect_left_ = plan_.queues.size();
+  inspect_result_ = UnknownQueues(plan_);
+  inspect_waiters_.push_back(std::move(cmd.done));
+  for (size_t i = 0; i < plan_.queues.size(); ++i) {
+    QueueControl(*conn, ControlOp{ControlOp::kInspect, i, 0, 0});
+  }
 }
+
+void Consumer::FinishInspect(bool cache) {
+  inspecting_ = false;
+  if (cache) {
+    cache_ = inspect_result_;
+    cache_at_ = inspect_started_;  // as old as the first question
+    cache_valid_ = true;
+  }
+  std::vector<InspectDone> waiters;
+  waiters.swap(inspect_waiters_);
+  for (InspectDone& done : waiters) {
+    std::vector<QueueInfo> copy = inspect_result_;
+    done(std::move(copy));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Deliveries
 
 void Consumer::OnDeliver(const amqp_basic_deliver_t& deliver, amqp_channel_t channel) {
   Incoming& in = incoming_[channel];
@@ -374,13 +332,23 @@ void Consumer::OnContentHeader(amqp_channel_t channel, const amqp_basic_properti
   in.have_header = true;
   in.body_left = body_size;
   FillDelivery(props, &in.delivery);
+  // A Delivery the server cannot send would fail the stream's write, return
+  // to the queue and kill every stream it reaches. Checked before the body
+  // is buffered: the payload adds its size plus a tag and a length.
+  const uint64_t bytes = in.delivery.ByteSizeLong() + body_size + 16;
+  if (!ledger_.AdmitSize(channel, in.tag, in.consumer_tag, in.delivery.message_id(), bytes,
+                         util::kMaxSendBytes)) {
+    in.skip_body = true;
+  }
   if (body_size == 0) {
     Incoming done = std::move(in);
     incoming_.erase(it);
-    Deliver(channel, std::move(done));
+    if (!done.skip_body) {
+      ledger_.OnDelivery(channel, done.tag, done.consumer_tag, std::move(done.delivery));
+    }
     return;
   }
-  in.delivery.mutable_payload()->reserve(body_size);
+  if (!in.skip_body) in.delivery.mutable_payload()->reserve(body_size);
 }
 
 void Consumer::OnContentBody(amqp_channel_t channel, const amqp_bytes_t& fragment) {
@@ -388,26 +356,15 @@ void Consumer::OnContentBody(amqp_channel_t channel, const amqp_bytes_t& fragmen
   if (it == incoming_.end() || !it->second.have_header) return;
   Incoming& in = it->second;
   const uint64_t n = std::min<uint64_t>(fragment.len, in.body_left);
-  in.delivery.mutable_payload()->append(static_cast<const char*>(fragment.bytes), n);
+  if (!in.skip_body) {
+    in.delivery.mutable_payload()->append(static_cast<const char*>(fragment.bytes), n);
+  }
   in.body_left -= n;
   if (in.body_left > 0) return;
   Incoming done = std::move(in);
   incoming_.erase(it);
-  Deliver(channel, std::move(done));
-}
-
-void Consumer::Deliver(amqp_channel_t channel, Incoming&& in) {
-  auto it = by_channel_.find(channel);
-  Stream* stream = it == by_channel_.end() ? nullptr : &streams_.at(it->second);
-  // A delivery for a channel being closed, or for an earlier consumer on a
-  // reused channel number, is dropped: the broker requeues it.
-  if (stream == nullptr || stream->open.consumer_tag != in.consumer_tag) return;
-  const uint64_t id = stream->id_offset + in.tag;
-  in.delivery.set_delivery_id(id);
-  in.delivery.set_business(stream->open.business);
-  stream->unacked.insert(id);
-  stream->max_id = std::max(stream->max_id, id);
-  stream->open.sink->OnDelivery(std::move(in.delivery));
+  if (done.skip_body) return;
+  ledger_.OnDelivery(channel, done.tag, done.consumer_tag, std::move(done.delivery));
 }
 
 void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
@@ -423,69 +380,42 @@ void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
   }
   if (frame.frame_type != AMQP_FRAME_METHOD) return;
   const amqp_method_t& m = frame.payload.method;
+  if (frame.channel == kControlChannel) {
+    OnControlFrame(conn, m);
+    return;
+  }
   switch (m.id) {
     case AMQP_BASIC_DELIVER_METHOD:
       OnDeliver(*static_cast<amqp_basic_deliver_t*>(m.decoded), frame.channel);
       break;
-    case AMQP_BASIC_CANCEL_METHOD: {
-      // consumer_cancel_notify: the queue was deleted (or became unavailable).
-      auto it = by_channel_.find(frame.channel);
-      if (it != by_channel_.end()) {
-        EndStream(&conn, it->second,
-                  absl::UnavailableError("the broker cancelled this consumer: its queue was "
-                                         "deleted or became unavailable; subscribe again"),
-                  true);
-      }
-      // Declare again so that the next Subscribe finds the queue.
-      if (control_ok_ && !conn.dead()) {
-        if (absl::Status s = DeclareTopology(conn, kControlChannel, plan_); !s.ok()) {
-          control_ok_ = false;
-          spdlog::error("[consumer] re-declaring the topology failed: {}", s.message());
-        } else {
-          spdlog::info("[consumer] topology declared again after a consumer cancel");
-        }
-      }
+    case AMQP_CHANNEL_OPEN_OK_METHOD:
+      ledger_.OnOpenOk(frame.channel);
       break;
-    }
+    case AMQP_BASIC_QOS_OK_METHOD:
+      ledger_.OnQosOk(frame.channel);
+      break;
+    case AMQP_BASIC_CONSUME_OK_METHOD:
+      ledger_.OnConsumeOk(frame.channel);
+      break;
+    case AMQP_CHANNEL_CLOSE_OK_METHOD:
+      incoming_.erase(frame.channel);  // nothing more comes for the old channel
+      ledger_.OnCloseOk(frame.channel);
+      break;
     case AMQP_CHANNEL_CLOSE_METHOD: {
       auto* close = static_cast<amqp_channel_close_t*>(m.decoded);
-      const absl::Status why = absl::AbortedError(
-          util::StrCat("the broker closed this stream's channel: ", close->reply_code, " ",
-                       AmqpText(close->reply_text)));
-      conn.SendChannelCloseOk(frame.channel);
-      if (frame.channel == kControlChannel) {
-        control_ok_ = conn.OpenChannel(kControlChannel).ok();
-        break;
-      }
-      lingering_.erase(frame.channel);
-      auto it = by_channel_.find(frame.channel);
-      if (it != by_channel_.end()) EndStream(&conn, it->second, why, /*close_channel=*/false);
+      incoming_.erase(frame.channel);
+      ledger_.OnBrokerClose(frame.channel, close->reply_code, AmqpText(close->reply_text));
       break;
     }
+    case AMQP_BASIC_CANCEL_METHOD:
+      // consumer_cancel_notify: the queue was deleted (or became unavailable).
+      // Declared again (asynchronously) so that the next Subscribe finds it.
+      if (ledger_.OnBrokerCancel(frame.channel) && !conn.dead()) RedeclareTopology(conn);
+      break;
     default:
+      // basic.cancel-ok (cancels are fire-and-forget) and anything else.
       spdlog::debug("[consumer] ignoring method 0x{:08x} on channel {}", m.id, frame.channel);
   }
-}
-
-void Consumer::DoInspect(Connection* conn, InspectCmd& cmd) {
-  std::vector<QueueInfo> out;
-  for (const auto& q : plan_.queues) {
-    QueueInfo info{q.name, q.type, false, {}};
-    if (conn != nullptr) {
-      if (!control_ok_) control_ok_ = conn->OpenChannel(kControlChannel).ok();
-      if (control_ok_) {
-        auto stats = QueryQueue(*conn, kControlChannel, q.name);
-        if (stats.ok()) {
-          info.known = true;
-          info.stats = *stats;
-        } else {
-          control_ok_ = false;  // the broker closed channel 1 (close-ok sent)
-        }
-      }
-    }
-    out.push_back(std::move(info));
-  }
-  cmd.done(std::move(out));
 }
 
 }  // namespace mqs::amqp

@@ -9,13 +9,15 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
-#include <set>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <variant>
 #include <vector>
 
+#include "amqp/consumer_ledger.h"
 #include "amqp/io_loop.h"
 #include "amqp/topology.h"
 #include "config/topology_plan.h"
@@ -23,28 +25,6 @@
 #include "util/wakeup_queue.h"
 
 namespace mqs::amqp {
-
-// DeliverySink: a Subscribe stream as the consumer thread sees it. Calls come
-// from the consumer thread; OnClosed is the last call, after which the sink
-// may be destroyed.
-class DeliverySink {
- public:
-  virtual ~DeliverySink() = default;
-  virtual void OnDelivery(mqsidecar::v1::Delivery&& delivery) = 0;
-  // The consumer is gone (closed on request, refused, or its connection
-  // lost); its unacked deliveries are back in the queue. `status` is OK for a
-  // close the stream asked for, else why it ended.
-  virtual void OnClosed(const absl::Status& status) = 0;
-};
-
-struct OpenRequest {
-  uint64_t stream_id = 0;
-  std::string business;
-  std::string queue;
-  uint32_t prefetch = 0;
-  std::string consumer_tag;
-  DeliverySink* sink = nullptr;
-};
 
 struct QueueInfo {
   std::string name;
@@ -102,46 +82,36 @@ class Consumer final : public IoLoop {
   struct DrainCmd {};
   using Command = std::variant<OpenRequest, SettleCmd, CloseCmd, InspectCmd, DrainCmd>;
 
-  // Stream: one Subscribe stream. It outlives connections: after a reconnect
-  // its consumer is started again on a new channel, and delivery ids keep
-  // growing, so ids from the old connection are recognised as stale.
-  struct Stream {
-    OpenRequest open;
-    amqp_channel_t channel = 0;    // 0: not consuming (no connection yet)
-    uint64_t id_offset = 0;        // delivery_id = id_offset + tag on `channel`
-    uint64_t max_id = 0;           // highest delivery_id handed out
-    std::set<uint64_t> unacked;    // delivery ids live on `channel`
-    std::set<uint64_t> stale;      // ids from a dead channel: the broker requeued them
-    bool cancelled = false;        // draining: basic.cancel sent, no new deliveries
-    std::vector<uint64_t> to_ack;  // acked by the client, not yet sent (see FlushAcks)
-    std::chrono::steady_clock::time_point last_settle;  // last basic.ack/nack sent
-  };
-
   absl::Status OnConnected(Connection& conn) override;
   void OnDisconnected(const absl::Status& why) override;
   void ProcessInbox(Connection* conn) override;
   void OnFrame(Connection& conn, const amqp_frame_t& frame) override;
   void OnStopping(Connection* conn) override;
-  bool Drained() const override { return lingering_.empty(); }
+  bool Drained() const override { return ledger_.Drained(); }
   bool IsFatal(const absl::Status& s) const override;
-  bool HasTimers() const override { return !lingering_.empty(); }
+  bool HasTimers() const override { return ledger_.HasTimers(); }
   int WakeFd() const override { return inbox_.fd(); }
   void Wake() override { inbox_.Notify(); }
 
-  // StartConsuming opens the stream's channel, sets its prefetch and
-  // consumes; on failure the channel is left closed.
-  absl::Status StartConsuming(Connection& conn, Stream& stream);
-  void DoOpen(Connection* conn, OpenRequest&& req);
-  void DoDrain(Connection* conn);
-  // FlushAcks sends the acks collected from a run of ack commands: one
-  // basic.ack with multiple=true covers every id below the stream's lowest
-  // still-unacked id, the rest go one by one. Called before any other command
-  // and at the end of each inbox batch, so order against nacks and closes holds.
-  void FlushAcks(Connection* conn);
-  // Ends a drained stream once it holds nothing unacked.
-  void MaybeEndDrained(Connection* conn, uint64_t stream_id);
-  void DoSettle(Connection* conn, const SettleCmd& cmd);
   void DoInspect(Connection* conn, InspectCmd& cmd);
+  // Control channel (1): topology re-declarations and Inspect's passive
+  // declares, sent without waiting and answered in order. A refusal closes
+  // the channel; it is reopened (asynchronously) and the operations that
+  // were not answered are sent again.
+  struct ControlOp {
+    enum Kind { kDeclare, kInspect } kind;
+    size_t index;                // declare: topology step; inspect: queue of the plan
+    uint64_t round;              // declare: which re-declaration
+    amqp_method_number_t reply;  // the -ok expected (set when sent)
+  };
+  void QueueControl(Connection& conn, ControlOp op);
+  void SendControl(Connection& conn, ControlOp& op);
+  void OnControlFrame(Connection& conn, const amqp_method_t& m);
+  void ControlDone(const ControlOp& op, const absl::Status& status,
+                   const amqp_queue_declare_ok_t* counts);
+  void RedeclareTopology(Connection& conn);
+  void FinishInspect(bool cache);
+  void ResetControl();
   // A delivery arrives as three kinds of frames on its channel: basic.deliver,
   // a content header (properties, body size), then body frames. Frames of
   // other channels may come in between, so each channel assembles its own
@@ -153,37 +123,40 @@ class Consumer final : public IoLoop {
     uint64_t tag = 0;
     uint64_t body_left = 0;
     bool have_header = false;
+    bool skip_body = false;  // rejected as too large: the body is not kept
   };
   void OnDeliver(const amqp_basic_deliver_t& deliver, amqp_channel_t channel);
   void OnContentHeader(amqp_channel_t channel, const amqp_basic_properties_t& props,
                        uint64_t body_size);
   void OnContentBody(amqp_channel_t channel, const amqp_bytes_t& fragment);
-  // Hands a complete delivery to its stream (or drops it, see the .cc).
-  void Deliver(amqp_channel_t channel, Incoming&& in);
-  // Ends a stream: closes its channel if `close_channel` (or lets it linger
-  // when it has just sent acks), then OnClosed(why).
-  void EndStream(Connection* conn, uint64_t stream_id, const absl::Status& why, bool close_channel);
-  // Closes the lingering channels whose time has come.
-  void CloseLingering(Connection* conn);
-  amqp_channel_t AllocateChannel(int channel_max);
-
   const config::TopologyPlan plan_;
   util::WakeupQueue<Command> inbox_;
   std::atomic<uint64_t> next_stream_id_{0};
 
   // Loop-thread state.
   std::vector<Command> batch_;
-  std::unordered_map<uint64_t, Stream> streams_;
-  std::unordered_map<amqp_channel_t, uint64_t> by_channel_;
-  amqp_channel_t last_channel_ = 1;
-  bool control_ok_ = false;  // channel 1: topology and inspection
-  bool draining_ = false;
-  std::vector<uint64_t> ack_streams_;                      // streams with a non-empty to_ack
+  ConsumerLedger ledger_;
+  std::unique_ptr<ChannelSender> sender_;                  // for the current connection
   std::unordered_map<amqp_channel_t, Incoming> incoming_;  // deliveries being assembled
-  // Channels whose stream has ended but which stay open a little (see
-  // kSettleLinger in the .cc), with the time each closes: their consumers
-  // are cancelled and they get no stream.
-  std::unordered_map<amqp_channel_t, std::chrono::steady_clock::time_point> lingering_;
+
+  enum class ControlState { kDown, kOpening, kOpen };
+  ControlState control_ = ControlState::kDown;
+  std::deque<ControlOp> control_sent_;     // answers come in this order
+  std::deque<ControlOp> control_waiting_;  // to send once channel 1 is open
+  uint64_t declare_round_ = 0;
+  uint64_t failed_declare_round_ = 0;  // ops of a refused re-declaration are dropped
+  size_t declare_steps_ = 0;
+  // Inspect: one round of passive declares at a time, shared by every
+  // Inspect that arrives meanwhile; a complete result is served from cache
+  // for kInspectCacheFor.
+  bool inspecting_ = false;
+  size_t inspect_left_ = 0;
+  std::vector<QueueInfo> inspect_result_;
+  std::chrono::steady_clock::time_point inspect_started_;
+  std::vector<InspectDone> inspect_waiters_;
+  bool cache_valid_ = false;
+  std::vector<QueueInfo> cache_;
+  std::chrono::steady_clock::time_point cache_at_;
 };
 
 }  // namespace mqs::amqp

@@ -1,9 +1,9 @@
 #include "amqp/topology.h"
 
-#include "util/strings.h"
 #include <vector>
 
 #include "spdlog/spdlog.h"
+#include "util/strings.h"
 
 namespace mqs::amqp {
 namespace {
@@ -27,44 +27,71 @@ bool IsTopologyConflict(const absl::Status& s) {
   return s.GetPayload(kConflictPayload).has_value();
 }
 
-absl::Status DeclareTopology(Connection& conn, amqp_channel_t channel,
-                             const config::TopologyPlan& plan) {
-  amqp_connection_state_t st = conn.state();
-  for (const auto& ex : plan.exchanges) {
-    amqp_table_entry_t arg;
-    amqp_table_t args = amqp_empty_table;
+namespace {
+
+// Step: one declaration of a plan as an AMQP method. The method struct and
+// its arguments table point into the plan and into `entries`, so a Step
+// lives only as long as the plan and is used at once.
+struct Step {
+  amqp_method_number_t method = 0;
+  amqp_method_number_t reply = 0;
+  std::string what;  // for errors: "exchange 'x'", "queue 'q'", "bind ..."
+  std::string ours;  // what we declare, for a conflict's error; empty: no conflict check
+  amqp_exchange_declare_t exchange{};
+  amqp_queue_declare_t queue{};
+  amqp_queue_bind_t bind{};
+  std::vector<amqp_table_entry_t> entries;
+  void* decoded() {
+    if (method == AMQP_EXCHANGE_DECLARE_METHOD) return &exchange;
+    if (method == AMQP_QUEUE_DECLARE_METHOD) return &queue;
+    return &bind;
+  }
+};
+
+amqp_table_t Table(std::vector<amqp_table_entry_t>& entries) {
+  amqp_table_t t;
+  t.num_entries = static_cast<int>(entries.size());
+  t.entries = entries.empty() ? nullptr : entries.data();
+  return t;
+}
+
+// Fills `out` with step `i`: exchanges first, then queues, then bindings.
+void BuildStep(const config::TopologyPlan& plan, size_t i, Step& out) {
+  if (i < plan.exchanges.size()) {
+    const auto& ex = plan.exchanges[i];
     if (!ex.alternate_exchange.empty()) {
+      amqp_table_entry_t arg;
       arg.key = amqp_cstring_bytes("alternate-exchange");
       arg.value.kind = AMQP_FIELD_KIND_UTF8;
       arg.value.value.bytes = AmqpBytes(ex.alternate_exchange);
-      args.num_entries = 1;
-      args.entries = &arg;
+      out.entries.push_back(arg);
     }
-    amqp_exchange_declare(st, channel, AmqpBytes(ex.name), AmqpBytes(ex.type), /*passive=*/0,
-                          /*durable=*/1, /*auto_delete=*/0, /*internal=*/0, args);
-    const std::string what = util::StrCat("exchange '", ex.name, "'");
-    absl::Status s = conn.RpcStatus(util::StrCat("declare ", what), channel);
-    if (!s.ok()) {
-      return Conflict(s, what,
-                      util::StrCat("{type: ", ex.type, ", durable: true",
-                                   ex.alternate_exchange.empty()
-                                       ? std::string()
-                                       : util::StrCat(", alternate-exchange: ",
-                                                      ex.alternate_exchange),
-                                   "}"));
-    }
+    out.method = AMQP_EXCHANGE_DECLARE_METHOD;
+    out.reply = AMQP_EXCHANGE_DECLARE_OK_METHOD;
+    out.exchange.exchange = AmqpBytes(ex.name);
+    out.exchange.type = AmqpBytes(ex.type);
+    out.exchange.durable = 1;
+    out.exchange.arguments = Table(out.entries);
+    out.what = util::StrCat("exchange '", ex.name, "'");
+    out.ours = util::StrCat("{type: ", ex.type, ", durable: true",
+                            ex.alternate_exchange.empty()
+                                ? std::string()
+                                : util::StrCat(", alternate-exchange: ", ex.alternate_exchange),
+                            "}");
+    return;
   }
-  for (const auto& q : plan.queues) {
+  i -= plan.exchanges.size();
+  if (i < plan.queues.size()) {
+    const auto& q = plan.queues[i];
     // A classic queue is declared without x-queue-type, so that queues made
     // by other tools (which rarely set it) are equivalent.
-    std::vector<amqp_table_entry_t> entries;
     std::string ours = "{durable: true";
     auto add_text = [&](const char* key, std::string_view value) {
       amqp_table_entry_t e;
       e.key = amqp_cstring_bytes(key);
       e.value.kind = AMQP_FIELD_KIND_UTF8;
       e.value.value.bytes = AmqpBytes(value);
-      entries.push_back(e);
+      out.entries.push_back(e);
       util::StrAppend(&ours, ", ", key, ": ", value);
     };
     if (q.type == config::QueueType::kQuorum) add_text("x-queue-type", "quorum");
@@ -76,44 +103,87 @@ absl::Status DeclareTopology(Connection& conn, amqp_channel_t channel,
         add_text("x-dead-letter-strategy", "at-least-once");
         add_text("x-overflow", "reject-publish");
       }
-    }
-    if (!q.dead_letter_exchange.empty()) {
       amqp_table_entry_t e;
       e.key = amqp_cstring_bytes("x-delivery-limit");
       e.value.kind = AMQP_FIELD_KIND_I64;
       e.value.value.i64 = q.delivery_limit;
-      entries.push_back(e);
+      out.entries.push_back(e);
       util::StrAppend(&ours, ", x-delivery-limit: ", q.delivery_limit);
     }
     ours += "}";
-    amqp_table_t args;
-    args.num_entries = static_cast<int>(entries.size());
-    args.entries = entries.data();
-    amqp_queue_declare(st, channel, AmqpBytes(q.name), /*passive=*/0, /*durable=*/1,
-                       /*exclusive=*/0, /*auto_delete=*/0, args);
-    const std::string what = util::StrCat("queue '", q.name, "'");
-    absl::Status s = conn.RpcStatus(util::StrCat("declare ", what), channel);
-    if (!s.ok()) return Conflict(s, what, ours);
+    out.method = AMQP_QUEUE_DECLARE_METHOD;
+    out.reply = AMQP_QUEUE_DECLARE_OK_METHOD;
+    out.queue.queue = AmqpBytes(q.name);
+    out.queue.durable = 1;
+    out.queue.arguments = Table(out.entries);
+    out.what = util::StrCat("queue '", q.name, "'");
+    out.ours = std::move(ours);
+    return;
   }
-  for (const auto& b : plan.bindings) {
-    amqp_queue_bind(st, channel, AmqpBytes(b.queue), AmqpBytes(b.exchange),
-                    AmqpBytes(b.binding_key), amqp_empty_table);
-    absl::Status s = conn.RpcStatus(
-        util::StrCat("bind queue '", b.queue, "' to exchange '", b.exchange, "' with '",
-                     b.binding_key, "'"),
-        channel);
-    if (!s.ok()) return s;
+  i -= plan.queues.size();
+  const auto& b = plan.bindings[i];
+  out.method = AMQP_QUEUE_BIND_METHOD;
+  out.reply = AMQP_QUEUE_BIND_OK_METHOD;
+  out.bind.queue = AmqpBytes(b.queue);
+  out.bind.exchange = AmqpBytes(b.exchange);
+  out.bind.routing_key = AmqpBytes(b.binding_key);
+  out.bind.arguments = amqp_empty_table;
+  out.what = util::StrCat("bind queue '", b.queue, "' to exchange '", b.exchange, "' with '",
+                          b.binding_key, "'");
+}
+
+}  // namespace
+
+size_t TopologyStepCount(const config::TopologyPlan& plan) {
+  return plan.exchanges.size() + plan.queues.size() + plan.bindings.size();
+}
+
+absl::Status TopologyStepError(const config::TopologyPlan& plan, size_t step,
+                               const absl::Status& refused) {
+  Step st;
+  BuildStep(plan, step, st);
+  if (st.ours.empty()) return refused;
+  return Conflict(refused, st.what, st.ours);
+}
+
+bool SendTopologyStep(Connection& conn, amqp_channel_t channel, const config::TopologyPlan& plan,
+                      size_t step, amqp_method_number_t* reply) {
+  Step st;
+  BuildStep(plan, step, st);
+  *reply = st.reply;
+  return amqp_send_method(conn.state(), channel, st.method, st.decoded()) == AMQP_STATUS_OK;
+}
+
+absl::Status DeclareTopology(Connection& conn, amqp_channel_t channel,
+                             const config::TopologyPlan& plan) {
+  const size_t n = TopologyStepCount(plan);
+  for (size_t i = 0; i < n; ++i) {
+    Step st;
+    BuildStep(plan, i, st);
+    amqp_simple_rpc_decoded(conn.state(), channel, st.method, st.reply, st.decoded());
+    const std::string what =
+        st.method == AMQP_QUEUE_BIND_METHOD ? st.what : util::StrCat("declare ", st.what);
+    absl::Status s = conn.RpcStatus(what, channel);
+    if (!s.ok()) return st.ours.empty() ? s : Conflict(s, st.what, st.ours);
   }
   spdlog::debug("declared {} exchanges, {} queues, {} bindings", plan.exchanges.size(),
                 plan.queues.size(), plan.bindings.size());
   return absl::OkStatus();
 }
 
+bool SendQueryQueue(Connection& conn, amqp_channel_t channel, const std::string& queue) {
+  amqp_queue_declare_t declare{};
+  declare.queue = AmqpBytes(queue);
+  declare.passive = 1;
+  declare.arguments = amqp_empty_table;
+  return amqp_send_method(conn.state(), channel, AMQP_QUEUE_DECLARE_METHOD, &declare) ==
+         AMQP_STATUS_OK;
+}
+
 absl::StatusOr<QueueStats> QueryQueue(Connection& conn, amqp_channel_t channel,
                                       const std::string& queue) {
-  amqp_queue_declare_ok_t* ok =
-      amqp_queue_declare(conn.state(), channel, AmqpBytes(queue), /*passive=*/1, 0, 0, 0,
-                         amqp_empty_table);
+  amqp_queue_declare_ok_t* ok = amqp_queue_declare(conn.state(), channel, AmqpBytes(queue),
+                                                   /*passive=*/1, 0, 0, 0, amqp_empty_table);
   absl::Status s = conn.RpcStatus(util::StrCat("inspect queue '", queue, "'"), channel);
   if (!s.ok()) return s;
   QueueStats stats;

@@ -2,6 +2,7 @@
 // mq-sidecar's gRPC API, so the sidecar's extra hop can be measured (issue 4).
 //
 //   mqs_bench --mode direct|sidecar --scenario publish|consume|e2e|streams|ceiling ...
+//   mqs_bench --mode sidecar --scenario churn --churn-business B --churn-rate 100 ...
 //   mqs_bench --scenario cleanup --queue Q --exchange X      (delete what a run declared)
 //   mqs_bench --report results.jsonl --md table.md --csv table.csv --plot-dir DIR
 //
@@ -50,8 +51,7 @@ using mqsidecar::v1::PublishResult;
 using mqsidecar::v1::SubscribeRequest;
 
 int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             SteadyClock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch())
       .count();
 }
 
@@ -81,6 +81,12 @@ struct Options {
   int daemon_pid = 0;
   int broker_pid = 0;
   double timeout = 60;  // any wait longer than this is an error
+  // churn: other Subscribe streams opened (and each closed churn_life later)
+  // at churn_rate per second on churn_business, while `consumers` streams
+  // receive the measured flow.
+  std::string churn_business;
+  double churn_rate = 100;
+  double churn_life = 0.5;
   std::string json_out;
   std::string report_in;
   std::string md_out;
@@ -251,9 +257,9 @@ struct ConsumeGoal {
   }
   bool WaitFor(uint64_t n, double timeout_s) {
     std::unique_lock<std::mutex> lock(mu);
-    return cv.wait_for(lock, std::chrono::duration<double>(timeout_s),
-                       [&] { return received.load() >= n || errors.load() > 0; }) &&
-           errors.load() == 0;
+    return cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] {
+      return received.load() >= n || errors.load() > 0;
+    }) && errors.load() == 0;
   }
 };
 
@@ -312,8 +318,7 @@ class AmqpConn {
     if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION) {
       Fail(what + ": " + amqp_error_string2(r.library_error));
     }
-    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
-        r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
       auto* m = static_cast<amqp_channel_close_t*>(r.reply.decoded);
       Fail(what + ": channel closed: " +
            std::string(static_cast<char*>(m->reply_text.bytes), m->reply_text.len));
@@ -435,8 +440,8 @@ PublishOutcome DirectPublish(const Options& o, uint32_t window, bool confirms, u
   while (true) {
     const int64_t now = NowNs();
     const bool more = out.sent < count && now < end;
-    const bool may_send = more && out.sent < pacer.Allowed(now) &&
-                          (!confirms || outstanding < window);
+    const bool may_send =
+        more && out.sent < pacer.Allowed(now) && (!confirms || outstanding < window);
     if (may_send) {
       snprintf(message_id, sizeof message_id, "bench-%030llu",
                static_cast<unsigned long long>(out.sent));
@@ -460,8 +465,8 @@ PublishOutcome DirectPublish(const Options& o, uint32_t window, bool confirms, u
     if (!more && outstanding == 0) break;
     if (!confirms) {
       if (!more) break;
-      std::this_thread::sleep_until(SteadyClock::time_point(
-          std::chrono::nanoseconds(pacer.NextSlotNs(out.sent))));
+      std::this_thread::sleep_until(
+          SteadyClock::time_point(std::chrono::nanoseconds(pacer.NextSlotNs(out.sent))));
       continue;
     }
     // Wait for a confirm, or until the next send slot of a paced run.
@@ -1053,8 +1058,8 @@ void WaitSidecarReady(const Options& o) {
     grpc::Status s = stub->GetTopology(&ctx, mqsidecar::v1::GetTopologyRequest(), &topo);
     if (s.ok() && topo.connected()) return;
     if (SteadyClock::now() > deadline) {
-      throw std::runtime_error("the daemon at " + o.target + " is not ready: " +
-                               (s.ok() ? "not connected" : s.error_message()));
+      throw std::runtime_error("the daemon at " + o.target +
+                               " is not ready: " + (s.ok() ? "not connected" : s.error_message()));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -1146,8 +1151,7 @@ std::vector<Json> RunConsume(const Options& o, const std::string& name) {
   j["redelivered"] = goal.redelivered.load();
   if (goal.duplicates.load() > 0) {
     std::cerr << "mqs_bench: " << name << ": " << goal.duplicates.load()
-              << " duplicate deliveries (" << goal.redelivered.load()
-              << " flagged redelivered)\n";
+              << " duplicate deliveries (" << goal.redelivered.load() << " flagged redelivered)\n";
   }
   group.ThrowIfFailed();
   if (goal.errors.load() > 0) throw std::runtime_error(name + ": a consumer failed");
@@ -1268,6 +1272,111 @@ std::vector<Json> RunStreams(const Options& o) {
   return {j_idle, j_active};
 }
 
+// Churner: opens Subscribe streams on o.churn_business at o.churn_rate per
+// second, each cancelled o.churn_life seconds after it opened, until stopped.
+// Nobody publishes to that business: the streams only cost their consumer's
+// set-up and tear-down on the daemon's consumer connection.
+class Churner {
+ public:
+  explicit Churner(const Options& o) : o_(o) {
+    stub_ = mqsidecar::v1::PubSub::NewStub(NewChannel(o.target, 2000));
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~Churner() { Stop(); }
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  uint64_t opened() const { return opened_; }
+
+ private:
+  struct Open {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<SubscribeRequest, Delivery>> stream;
+    SteadyClock::time_point at;
+  };
+  void End(Open& s) {
+    s.ctx->TryCancel();
+    s.stream->Finish();
+  }
+  void Run() {
+    std::deque<Open> live;
+    const auto period = std::chrono::duration_cast<SteadyClock::duration>(
+        std::chrono::duration<double>(1.0 / o_.churn_rate));
+    const auto life = std::chrono::duration_cast<SteadyClock::duration>(
+        std::chrono::duration<double>(o_.churn_life));
+    auto next = SteadyClock::now();
+    while (!stop_.load()) {
+      std::this_thread::sleep_until(next);
+      next += period;
+      const auto now = SteadyClock::now();
+      while (!live.empty() && now - live.front().at >= life) {
+        End(live.front());
+        live.pop_front();
+      }
+      Open s;
+      s.ctx = std::make_unique<grpc::ClientContext>();
+      s.stream = stub_->Subscribe(s.ctx.get());
+      SubscribeRequest req;
+      req.mutable_open()->set_business(o_.churn_business);
+      req.mutable_open()->set_prefetch(1);
+      req.mutable_open()->set_consumer_name("churn" + std::to_string(opened_));
+      s.stream->Write(req);
+      s.at = now;
+      live.push_back(std::move(s));
+      ++opened_;
+    }
+    for (auto& s : live) End(s);
+  }
+
+  const Options& o_;
+  std::unique_ptr<mqsidecar::v1::PubSub::Stub> stub_;
+  std::atomic<bool> stop_{false};
+  uint64_t opened_ = 0;
+  std::thread thread_;
+};
+
+// churn: `consumers` streams receive a paced flow (latency measured) while
+// other streams open and close at churn_rate per second on another business.
+std::vector<Json> RunChurn(const Options& o) {
+  if (o.mode != "sidecar" || o.churn_business.empty()) {
+    throw std::runtime_error("churn: sidecar mode with --churn-business only");
+  }
+  PurgeQueue(o);
+  ConsumeGoal goal;
+  ConsumerGroup group(o, &goal);
+  group.Start(o.consumers);
+  {
+    AmqpConn conn(o.amqp_uri);
+    conn.OpenChannel(1);
+    const auto deadline = SteadyClock::now() + std::chrono::duration<double>(o.timeout);
+    while (conn.QueueStats(1, o.queue).second < o.consumers) {
+      if (SteadyClock::now() > deadline) {
+        throw std::runtime_error("churn: not every consumer started");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  Churner churner(o);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the churn reaches its pace
+  Row active(o);
+  active.Start();
+  PublishOutcome out = Publish(o, o.count, o.duration);
+  RequireNoErrors(out.errors, "churn publish");
+  goal.target = out.confirmed;
+  const bool ok = goal.WaitFor(out.confirmed, o.timeout);
+  churner.Stop();
+  Json j = active.Finish("churn", goal.received.load(), 0, nullptr);
+  group.Stop();
+  group.ThrowIfFailed();
+  if (!ok) throw std::runtime_error("churn: deliveries missing");
+  j["latency_us"] = group.latencies().Percentiles();
+  j["churn_rate"] = o.churn_rate;
+  j["churn_life_s"] = o.churn_life;
+  j["churn_opened"] = churner.opened();
+  return {j};
+}
+
 void Cleanup(const Options& o) {
   AmqpConn conn(o.amqp_uri);
   conn.OpenChannel(1);
@@ -1311,8 +1420,8 @@ std::string Fmt(double v, int prec) {
 std::string LatText(const Json& l) {
   if (l.is_null()) return "-";
   auto f = [](double us) { return us >= 100 ? Fmt(us / 1000, 1) : Fmt(us / 1000, 2); };
-  return f(l["p50"]) + " / " + f(l["p90"]) + " / " + f(l["p99"]) + " / " + f(l["p999"]) +
-         " / " + f(l["max"]);
+  return f(l["p50"]) + " / " + f(l["p90"]) + " / " + f(l["p99"]) + " / " + f(l["p999"]) + " / " +
+         f(l["max"]);
 }
 
 std::string Params(const Json& r) {
@@ -1327,10 +1436,12 @@ std::string Params(const Json& r) {
   } else if (s == "competing") {
     p << r["consumers"] << " consumers, prefetch " << r["prefetch"];
   } else if (s == "e2e") {
-    p << r["rate"].get<double>() << " msg/s, win " << r["window"] << ", prefetch "
-      << r["prefetch"];
+    p << r["rate"].get<double>() << " msg/s, win " << r["window"] << ", prefetch " << r["prefetch"];
   } else if (s == "rtt") {
     p << "Health.Check, " << r["rate"].get<double>() << " calls/s";
+  } else if (s == "churn") {
+    p << r["consumers"] << " streams, " << r["rate"].get<double>() << " msg/s, "
+      << r["churn_rate"].get<double>() << " other streams opened+closed/s";
   } else {
     p << r["consumers"] << " streams, " << r["rate"].get<double>() << " msg/s";
   }
@@ -1375,8 +1486,7 @@ int Report(const Options& o) {
     std::vector<std::string> order;
     for (const auto& r : rows) {
       const std::string k = Key(r) + "|" + r["scenario"].get<std::string>() + "|" +
-                            r["mode"].get<std::string>() + "|" +
-                            r["transport"].get<std::string>();
+                            r["mode"].get<std::string>() + "|" + r["transport"].get<std::string>();
       if (runs[k].empty()) order.push_back(k);
       runs[k].push_back(r);
     }
@@ -1419,9 +1529,9 @@ int Report(const Options& o) {
     csv << r["scenario"].get<std::string>() << "," << r["queue_type"].get<std::string>() << ","
         << r["size"] << "," << r["window"] << "," << r["prefetch"] << "," << r["consumers"] << ","
         << r["rate"] << "," << r["mode"].get<std::string>() << ","
-        << r["transport"].get<std::string>() << "," << r["messages"] << ","
-        << Fmt(r["seconds"], 3) << "," << Fmt(rate, 1) << "," << (ratio > 0 ? Fmt(ratio, 3) : "")
-        << "," << (has_daemon ? Fmt(r["daemon_cpu_s"], 3) : "") << ","
+        << r["transport"].get<std::string>() << "," << r["messages"] << "," << Fmt(r["seconds"], 3)
+        << "," << Fmt(rate, 1) << "," << (ratio > 0 ? Fmt(ratio, 3) : "") << ","
+        << (has_daemon ? Fmt(r["daemon_cpu_s"], 3) : "") << ","
         << (has_daemon ? Fmt(r["daemon_cpu_us_per_msg"], 1) : "") << ","
         << (has_daemon ? Fmt(r["daemon_hwm_kib"].get<double>() / 1024, 1) : "") << ","
         << Fmt(r["client_cpu_s"], 3) << ","
@@ -1435,15 +1545,15 @@ int Report(const Options& o) {
     const bool idle = scen == "streams-idle";
     const std::string via = r["mode"] == "sidecar" ? "sidecar/" + r["transport"].get<std::string>()
                                                    : "direct (no confirms)";
-    md << "| " << scen << " | " << r["queue_type"].get<std::string>() << " | " << Params(r)
-       << " | " << via << " | " << (idle ? "-" : Fmt(rate, 0)) << " | "
+    md << "| " << scen << " | " << r["queue_type"].get<std::string>() << " | " << Params(r) << " | "
+       << via << " | " << (idle ? "-" : Fmt(rate, 0)) << " | "
        << (d != nullptr && !idle ? Fmt((*d)["msgs_per_s"], 0) : "-") << " | "
        << (ratio > 0 && !idle ? Fmt(ratio, 2) : "-") << " | "
        << (has_daemon && !idle ? Fmt(r["daemon_cpu_us_per_msg"], 1) : "-") << " | "
        << (has_daemon ? Fmt(r["daemon_hwm_kib"].get<double>() / 1024, 1) : "-") << " | "
-       << Fmt(r["client_cpu_s"], 2) << " / "
-       << (d != nullptr ? Fmt((*d)["client_cpu_s"], 2) : "-") << " | " << LatText(l) << " | "
-       << (d != nullptr ? LatText((*d)["latency_us"]) : "-") << " |\n";
+       << Fmt(r["client_cpu_s"], 2) << " / " << (d != nullptr ? Fmt((*d)["client_cpu_s"], 2) : "-")
+       << " | " << LatText(l) << " | " << (d != nullptr ? LatText((*d)["latency_us"]) : "-")
+       << " |\n";
     // Chart data: throughput of the unix-socket rows; latency of rows that have it.
     if (d != nullptr && !idle && r["transport"] == "unix") {
       ++index;
@@ -1451,8 +1561,8 @@ int Report(const Options& o) {
       tput << index << " " << label << " " << Fmt(rate, 0) << " " << Fmt((*d)["msgs_per_s"], 0)
            << "\n";
       const Json& dl = (*d)["latency_us"];
-      if (!l.is_null() && !dl.is_null() && (scen == "e2e" || scen == "streams-active" ||
-                                            scen == "publish")) {
+      if (!l.is_null() && !dl.is_null() &&
+          (scen == "e2e" || scen == "streams-active" || scen == "publish")) {
         lat << index << " " << label << " " << Fmt(l["p50"].get<double>() / 1000, 3) << " "
             << Fmt(dl["p50"].get<double>() / 1000, 3) << " "
             << Fmt(l["p99"].get<double>() / 1000, 3) << " "
@@ -1497,6 +1607,8 @@ int Run(const Options& o) {
     rows = RunEndToEnd(o);
   } else if (o.scenario == "streams") {
     rows = RunStreams(o);
+  } else if (o.scenario == "churn") {
+    rows = RunChurn(o);
   } else {
     throw std::runtime_error("unknown scenario " + o.scenario);
   }
@@ -1536,6 +1648,9 @@ int main(int argc, char** argv) {
   app.add_option("--rate", o.rate, "msg/s for paced runs (0: unpaced)");
   app.add_option("--daemon-pid", o.daemon_pid, "daemon to measure (CPU, RSS)");
   app.add_option("--broker-pid", o.broker_pid, "broker to measure (CPU)");
+  app.add_option("--churn-business", o.churn_business, "churn: business of the churning streams");
+  app.add_option("--churn-rate", o.churn_rate, "churn: streams opened (and closed) per second");
+  app.add_option("--churn-life", o.churn_life, "churn: seconds each churning stream stays open");
   app.add_option("--timeout", o.timeout, "seconds any wait may take before it is an error");
   app.add_option("--json", o.json_out, "append result rows (JSON lines) to this file");
   app.add_option("--report", o.report_in, "build the table from this JSON lines file");

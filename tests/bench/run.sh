@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # run.sh: the issue-4 benchmark matrix, sidecar beside a direct rabbitmq-c client.
 #
-#   tests/bench/run.sh [--quick|--key|--full] [--daemon PATH] [--bench PATH] [--out DIR]
+#   tests/bench/run.sh [--quick|--key|--full|--churn] [--daemon PATH] [--bench PATH] [--out DIR]
 #
 #   --quick  smoke: every scenario once, small (seconds; the ctest bench-smoke)
 #   --key    the rows issue 4 sets targets for, each run 3 times (median kept), ~10 min
 #   --full   the whole matrix once, ~15 min
+#   --churn  issue 11: delivery latency of 10 streams while 100 other streams
+#            open and close per second, 3 runs, ~1 min
 #
 # Starts a RabbitMQ node when none answers (deploy/scripts/broker.sh ensure) and
 # its own mq-sidecar on a private config (exchanges/queues named bench.<pid>.*,
@@ -24,10 +26,11 @@ while (($#)); do
     --quick) MODE=quick ;;
     --full) MODE=full ;;
     --key) MODE=key ;;
+    --churn) MODE=churn ;;
     --daemon) DAEMON="$2"; shift ;;
     --bench) BENCH="$2"; shift ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 64 ;;
   esac
   shift
@@ -82,6 +85,8 @@ cleanup() {
     echo "run.sh: failed (exit $rc); daemon log:" >&2
     tail -n 20 "$WORK/daemon.log" >&2 || true
   fi
+  # Kept with the results: a slow row can be explained afterwards.
+  cp "$WORK/daemon.log" "$OUT/daemon.log" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -138,7 +143,14 @@ each() {
   for via in $VIAS; do bench "$qt" "$via" "$@"; done
 }
 
-if [[ $MODE == quick ]]; then
+if [[ $MODE == churn ]]; then
+  # 10 streams share 1,000 msg/s on the classic queue; meanwhile streams on
+  # the quorum business open and close, 100 a second, each open 0.5 s.
+  for run in 1 2 3; do
+    bench classic unix --scenario churn --consumers 10 --rate 1000 --window 64 --prefetch 64 \
+      --size 256 --duration 10 --churn-business "$PFX.quorum" --churn-rate 100 --churn-life 0.5
+  done
+elif [[ $MODE == quick ]]; then
   # Smoke: every scenario once, small, seconds in all.
   VIAS="unix"
   each classic --scenario publish --window 64 --size 256 --duration 1 --count 2000

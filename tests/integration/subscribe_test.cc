@@ -1,10 +1,22 @@
 // Subscribe semantics: prefetch, dropping a stream with unacked deliveries, nack.
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness.h"
@@ -15,6 +27,189 @@ namespace {
 using namespace std::chrono_literals;
 
 std::set<std::string> AsSet(const std::vector<std::string>& v) { return {v.begin(), v.end()}; }
+
+// DelayProxy: a TCP proxy in front of the broker that delays every byte the
+// broker sends by `delay` (what the daemon sends passes at once). With it
+// every broker round trip takes at least `delay`, as on a distant or busy
+// broker, so a thread that waits for replies is seen stalling.
+class DelayProxy {
+ public:
+  DelayProxy(int broker_port, std::chrono::milliseconds delay)
+      : broker_port_(broker_port), delay_(delay) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    ::listen(listen_fd_, 16);
+    socklen_t len = sizeof addr;
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    acceptor_ = std::thread([this] { AcceptLoop(); });
+  }
+  ~DelayProxy() {
+    stop_.store(true);
+    acceptor_.join();  // no new links from here on
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+    for (int fd : fds_) ::close(fd);
+    ::close(listen_fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  struct Chunk {
+    Clock::time_point due;
+    std::string bytes;
+  };
+  struct Link {
+    int client = -1, broker = -1;
+    std::deque<Chunk> down;  // broker -> client, waiting for their time
+  };
+
+  void AcceptLoop() {
+    while (!stop_.load()) {
+      pollfd pfd{listen_fd_, POLLIN, 0};
+      if (::poll(&pfd, 1, 50) <= 0) continue;
+      const int client = ::accept(listen_fd_, nullptr, nullptr);
+      if (client < 0) continue;
+      const int broker = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      addr.sin_port = htons(static_cast<uint16_t>(broker_port_));
+      if (::connect(broker, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(client);
+        ::close(broker);
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      fds_.push_back(client);
+      fds_.push_back(broker);
+      links_.push_back(std::make_unique<Link>(Link{client, broker, {}}));
+      Link* link = links_.back().get();
+      threads_.emplace_back([link] { Copy(link->client, link->broker); });
+      threads_.emplace_back([this, link] { ReadDown(link); });
+      threads_.emplace_back([this, link] { WriteDown(link); });
+    }
+  }
+  static void Copy(int from, int to) {
+    char buf[65536];
+    while (true) {
+      const ssize_t n = ::read(from, buf, sizeof buf);
+      if (n <= 0 || !WriteAll(to, buf, static_cast<size_t>(n))) break;
+    }
+    ::shutdown(to, SHUT_WR);
+  }
+  static bool WriteAll(int fd, const char* p, size_t n) {
+    while (n > 0) {
+      const ssize_t w = ::write(fd, p, n);
+      if (w <= 0) return false;
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  }
+  void ReadDown(Link* link) {
+    char buf[65536];
+    while (true) {
+      const ssize_t n = ::read(link->broker, buf, sizeof buf);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (n <= 0) {
+        link->down.push_back(Chunk{Clock::now(), std::string()});  // end marker
+        cv_.notify_all();
+        return;
+      }
+      link->down.push_back(Chunk{Clock::now() + delay_, std::string(buf, static_cast<size_t>(n))});
+      cv_.notify_all();
+    }
+  }
+  void WriteDown(Link* link) {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_.load()) {
+      if (link->down.empty()) {
+        cv_.wait_for(lock, std::chrono::milliseconds(50));
+        continue;
+      }
+      if (Clock::now() < link->down.front().due) {
+        cv_.wait_until(lock, link->down.front().due);
+        continue;
+      }
+      Chunk c = std::move(link->down.front());
+      link->down.pop_front();
+      if (c.bytes.empty()) break;
+      lock.unlock();
+      const bool ok = WriteAll(link->client, c.bytes.data(), c.bytes.size());
+      lock.lock();
+      if (!ok) break;
+    }
+    ::shutdown(link->client, SHUT_WR);
+  }
+
+  const int broker_port_;
+  const std::chrono::milliseconds delay_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int> fds_;
+  std::vector<std::unique_ptr<Link>> links_;
+  std::vector<std::thread> threads_;
+  std::thread acceptor_;
+};
+
+// Publishes `body` to `queue` (default exchange) with rabbitmq-c, as another
+// AMQP client would, and waits for the broker's confirm. "" on success.
+std::string PublishDirect(const std::string& uri, const std::string& queue,
+                          const std::string& message_id, const std::string& body) {
+  std::string url = uri;
+  amqp_connection_info info;
+  amqp_default_connection_info(&info);
+  if (amqp_parse_url(url.data(), &info) != AMQP_STATUS_OK) return "bad uri";
+  amqp_connection_state_t c = amqp_new_connection();
+  amqp_socket_t* socket = amqp_tcp_socket_new(c);
+  timeval tv{10, 0};
+  std::string err;
+  if (amqp_socket_open_noblock(socket, info.host, info.port, &tv) != AMQP_STATUS_OK) {
+    err = "cannot connect";
+  } else {
+    amqp_set_rpc_timeout(c, &tv);
+    const char* vhost = info.vhost != nullptr && *info.vhost != '\0' ? info.vhost : "/";
+    if (amqp_login(c, vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user, info.password)
+            .reply_type != AMQP_RESPONSE_NORMAL) {
+      err = "login failed";
+    } else {
+      amqp_channel_open(c, 1);
+      amqp_confirm_select(c, 1);
+      amqp_basic_properties_t props;
+      props._flags = AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+      props.message_id = amqp_cstring_bytes(message_id.c_str());
+      props.delivery_mode = 2;
+      amqp_bytes_t b{body.size(), const_cast<char*>(body.data())};
+      if (amqp_get_rpc_reply(c).reply_type != AMQP_RESPONSE_NORMAL ||
+          amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 1, 0,
+                             &props, b) != AMQP_STATUS_OK) {
+        err = "publish failed";
+      } else {
+        amqp_frame_t frame;
+        if (amqp_simple_wait_frame_noblock(c, &frame, &tv) != AMQP_STATUS_OK ||
+            frame.frame_type != AMQP_FRAME_METHOD ||
+            frame.payload.method.id != AMQP_BASIC_ACK_METHOD) {
+          err = "not confirmed";
+        }
+      }
+      amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    }
+  }
+  amqp_destroy_connection(c);
+  return err;
+}
 
 // Leaves gracefully (the daemon reads every ack sent so far), then checks that
 // the queue is empty and that `sub` got exactly `count` deliveries.
@@ -238,6 +433,115 @@ TEST_CASE(
   CHECK(next.deliveries()[0].message_id() == ids[0]);
   REQUIRE(next.Ack(next.deliveries()[0].delivery_id()));
   LeaveSettled(t, queue, next, 1);
+}
+
+TEST_CASE(
+    "integration: a delivery larger than the gRPC send limit is rejected with a log line; the "
+    "stream goes on") {
+  // Another AMQP client can put a message in the queue that no Delivery can
+  // carry (RabbitMQ 3.10 takes up to 128 MiB). Written to the stream it would
+  // fail the write, end the stream, go back to the queue and kill every
+  // stream it reaches. It is rejected (no dead-letter exchange here: dropped).
+  IntegrationTest t("big");
+  const std::string biz = t.Business("big");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz}});
+  const std::string big(17 * 1024 * 1024 + 512 * 1024, 'x');  // 17.5 MiB
+  REQUIRE(PublishDirect(t.uri(), queue, "too-big\n1", big) == "");
+  REQUIRE(PublishDirect(t.uri(), queue, "small-1", "hello") == "");
+  REQUIRE(WaitForQueue(t.admin(), queue, 0u, 2u));
+
+  Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "big"});
+  REQUIRE(sub.WaitForCount(1, 15s));
+  const auto got = sub.deliveries();
+  CHECK(got[0].message_id() == "small-1");
+  CHECK(got[0].payload() == "hello");
+  REQUIRE(sub.Ack(got[0].delivery_id()));
+  // The big one is gone from the queue (ready 0, and nothing unacked comes
+  // back), and the stream is still there: one consumer.
+  CHECK(WaitForQueue(t.admin(), queue, 1u, 0u));
+  CHECK_FALSE(sub.ended());
+  // It keeps working.
+  const auto ids = PublishConfirmed(d.stub(), biz, 1, biz + "-after");
+  REQUIRE(sub.WaitForCount(2, 10s));
+  CHECK(sub.deliveries()[1].message_id() == ids[0]);
+  REQUIRE(sub.Ack(sub.deliveries()[1].delivery_id()));
+  CHECK(sub.count() == 2);
+  // The log names the queue, the message id (escaped) and the size.
+  const std::string log = d.Log();
+  INFO(d.LogTail(20));
+  CHECK(log.find("larger than the gRPC send limit") != std::string::npos);
+  CHECK(log.find("too-big\\x0a1") != std::string::npos);
+  CHECK(log.find(queue) != std::string::npos);
+  LeaveSettled(t, queue, sub, 2);
+}
+
+TEST_CASE(
+    "integration: streams being set up do not stall another stream's deliveries (broker "
+    "replies 150 ms away)") {
+  // Every reply of the broker takes 150 ms (a proxy holds what it sends), so
+  // a stream's set-up (channel.open, basic.qos, basic.consume: three round
+  // trips) takes 450 ms. While 10 streams are set up, stream A's flow goes
+  // on: no gap between two of its deliveries near 450 ms, as there was when
+  // the consumer thread waited for each reply.
+  constexpr auto kDelay = 150ms;
+  DelayProxy proxy(5672, kDelay);  // outlives the daemon
+  IntegrationTest t("stall");
+  const std::string biz = t.Business("flow");
+  const std::string other = t.Business("other");
+  std::string uri = t.uri();
+  const size_t colon = uri.rfind(":5672");
+  REQUIRE(colon != std::string::npos);
+  uri.replace(colon, 5, ":" + std::to_string(proxy.port()));
+  Daemon& d = t.StartDaemon({{.name = biz}, {.name = other}}, {.uris = {uri}});
+
+  std::mutex mu;
+  std::vector<Clock::time_point> arrivals;
+  Subscriber a(d.stub(), {.business = biz,
+                          .prefetch = 200,
+                          .consumer_name = "a",
+                          .auto_ack = true,
+                          .on_delivery = [&](const pb::Delivery&) {
+                            std::lock_guard<std::mutex> lock(mu);
+                            arrivals.push_back(Clock::now());
+                          }});
+  REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 1u, std::nullopt));
+  // 200 messages a second for 6 s.
+  std::vector<pb::PublishRequest> requests;
+  for (int i = 0; i < 1200; ++i) requests.push_back(MakePublish(biz, "m" + std::to_string(i), i));
+  AsyncPublishStream pub(d.stub(), {.requests = requests, .rate = 200});
+  REQUIRE(a.WaitForCount(100, 10s));  // the flow is steady
+
+  const auto burst_start = Clock::now();
+  std::vector<std::unique_ptr<Subscriber>> burst;
+  for (int i = 0; i < 10; ++i) {
+    burst.push_back(std::make_unique<Subscriber>(
+        d.stub(), Subscriber::Options{
+                      .business = other, .prefetch = 1, .consumer_name = "b" + std::to_string(i)}));
+  }
+  REQUIRE(WaitForQueue(t.admin(), other + ".queue", 10u, std::nullopt));
+  const auto burst_end = Clock::now();
+  std::this_thread::sleep_for(300ms);  // past the end of the burst, for the gap after it
+  REQUIRE(pub.WaitAnswered(requests.size(), 30s));
+  REQUIRE(a.WaitForCount(requests.size(), 30s));
+
+  Clock::duration max_gap{};
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t i = 1; i < arrivals.size(); ++i) {
+      if (arrivals[i] < burst_start || arrivals[i - 1] > burst_end + 1s) continue;
+      max_gap = std::max(max_gap, arrivals[i] - arrivals[i - 1]);
+    }
+  }
+  const auto ms = [](Clock::duration d) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  };
+  INFO("burst of 10 set-ups took " << ms(burst_end - burst_start) << " ms; stream A's longest gap "
+                                   << ms(max_gap) << " ms");
+  // A waiting consumer thread stops A for 3 x 150 ms per set-up at least.
+  CHECK(max_gap < 300ms);
+  for (auto& b : burst) b->Cancel();
+  CHECK(a.Leave().ok());
 }
 
 }  // namespace

@@ -2,7 +2,10 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <csignal>
+#include <future>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "harness.h"
 
@@ -133,6 +136,48 @@ TEST_CASE(
   INFO(StatusText(end));
   CHECK(end.error_code() == grpc::StatusCode::UNAVAILABLE);
   CHECK(d.WaitExit(10s));
+}
+
+TEST_CASE(
+    "integration: GetTopology counts follow the queue within a second, concurrent calls are all "
+    "answered, and a deleted queue does not break it") {
+  IntegrationTest t("topocount");
+  const std::string biz = t.Business("count");
+  const std::string gone = t.Business("gone");
+  Daemon& d = t.StartDaemon({{.name = biz}, {.name = gone}});
+  auto counts = [&](const std::string& queue) -> std::optional<std::pair<uint64_t, uint32_t>> {
+    auto topo = d.Topology(5s);
+    if (!topo) return std::nullopt;
+    for (const auto& q : topo->queues()) {
+      if (q.name() == queue) return std::make_pair(q.messages(), q.consumers());
+    }
+    return std::nullopt;
+  };
+  const std::string queue = biz + ".queue";
+  PublishConfirmed(d.stub(), biz, 3, biz);
+  // Served from a cache at most 1 s old: the new count shows within ~1 s.
+  CHECK(WaitUntil([&] { return counts(queue) == std::make_pair(uint64_t{3}, uint32_t{0}); }, 5s,
+                  100ms));
+
+  // 50 calls at once: one round of questions to the broker, every call answered.
+  std::vector<std::future<bool>> calls;
+  for (int i = 0; i < 50; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] { return counts(queue).has_value(); }));
+  }
+  for (auto& c : calls) CHECK(c.get());
+
+  // A queue deleted behind the daemon's back: its passive declare is refused
+  // (the control channel is closed and reopened); the other queue's counts
+  // still come, and keep following.
+  t.admin().DeleteQueue(gone + ".queue");
+  Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "c"});
+  REQUIRE(sub.WaitForCount(3, 10s));
+  CHECK(WaitUntil([&] { return counts(queue) == std::make_pair(uint64_t{0}, uint32_t{1}); }, 5s,
+                  100ms));
+  CHECK(counts(gone + ".queue").has_value());  // still listed, counts unknown (0)
+  PublishConfirmed(d.stub(), biz, 1, biz + "-more");
+  REQUIRE(sub.WaitForCount(4, 10s));
+  CHECK(d.Health() == grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 }  // namespace
