@@ -161,7 +161,7 @@ std::string FieldToString(const amqp_field_value_t& v) {
       return util::StrCat(v.value.f64);
     case AMQP_FIELD_KIND_DECIMAL: {
       // value * 10^-decimals, rendered exactly.
-      const std::string digits = std::to_string(v.value.decimal.value);
+      std::string digits = std::to_string(v.value.decimal.value);
       const size_t d = v.value.decimal.decimals;
       if (d == 0) return digits;
       const std::string padded =
