@@ -67,13 +67,22 @@ YAML::Node CommaList(std::string_view value) {
 }
 
 // Parses a JSON business map; nlohmann keeps only the last of duplicate keys,
-// so they are caught with the parser callback.
+// so they are caught with the parser callback. nlohmann parses iteratively,
+// but JsonToYaml recurses: the callback drops (returns false for) anything
+// nested deeper than kMaxJsonDepth, so the stack stays bounded.
 std::optional<nlohmann::json> ParseJson(std::string_view text, int line, const std::string& display,
                                         Diagnostics& diag) {
   std::vector<std::set<std::string>> keys;  // per open object
   std::string duplicate;
-  auto callback = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+  bool too_deep = false;
+  auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
     using Event = nlohmann::json::parse_event_t;
+    if ((event == Event::object_start || event == Event::array_start) &&
+        depth >= internal::kMaxJsonDepth) {
+      // Discarded: nlohmann calls back for nothing inside it, nor its end.
+      too_deep = true;
+      return false;
+    }
     if (event == Event::object_start) {
       keys.emplace_back();
     } else if (event == Event::object_end && !keys.empty()) {
@@ -87,6 +96,10 @@ std::optional<nlohmann::json> ParseJson(std::string_view text, int line, const s
   };
   try {
     nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), callback);
+    if (too_deep) {
+      diag.Error(line, display, Cat("nesting deeper than ", internal::kMaxJsonDepth, " levels"));
+      return std::nullopt;
+    }
     if (!duplicate.empty()) {
       diag.Error(line, display, Cat("duplicate JSON key ", Quote(duplicate)));
       return std::nullopt;

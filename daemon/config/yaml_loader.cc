@@ -1,5 +1,6 @@
 // YAML loader: walks the document with yaml-cpp, checks every key against
 // kConfigKeys and every value's type, recording lines for Resolve().
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -279,14 +280,14 @@ void YamlReader::ReadWindow(const YAML::Node& node, const std::string& display) 
 
 void YamlReader::ReadLogLevel(const YAML::Node& node, const std::string& display) {
   if (node.IsNull()) return;
-  static constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn", "error"};
-  if (node.IsScalar() &&
-      std::find(std::begin(kLevels), std::end(kLevels), node.Scalar()) != std::end(kLevels)) {
-    config_.log_level = node.Scalar();
-    return;
+  if (node.IsScalar()) {
+    if (std::optional<std::string> level = ParseLogLevel(node.Scalar())) {
+      config_.log_level = std::move(*level);
+      return;
+    }
   }
   diag_.Error(Line(node), display,
-              Cat("expected trace, debug, info, warn or error, got ", Got(node)));
+              Cat("expected trace, debug, info, warn or error (any case), got ", Got(node)));
 }
 
 namespace {
@@ -407,6 +408,10 @@ absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view file
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(std::string(text));
+  } catch (const YAML::DeepRecursion& e) {
+    diag.Error(e.mark.line < 0 ? 0 : e.mark.line + 1, "invalid YAML",
+               Cat("nesting deeper than ", internal::kMaxYamlDepth, " levels"));
+    return diag.ToStatus();
   } catch (const YAML::Exception& e) {
     diag.Error(e.mark.line < 0 ? 0 : e.mark.line + 1, "invalid YAML", e.msg);
     return diag.ToStatus();
