@@ -86,6 +86,21 @@ TEST_CASE("config robustness: deeply nested YAML is an error, not a stack overfl
   CHECK_FALSE(LoadYamlText(block, "d.yaml").ok());
 }
 
+TEST_CASE("config robustness: a stray ',' at the top level of YAML is an error, not a hang") {
+  // yaml-cpp 0.7's LoadAll returns empty documents for it forever (found by
+  // tests/fuzz/config_fuzz.cc): memory ran out.
+  std::string err = ErrorText(LoadYamlText(",a: 1\n", "s.yaml"));
+  CHECK(err == "s.yaml:1: invalid YAML: unexpected \",\" at column 1");
+  err = ErrorText(LoadYamlText("# comment\n  ,\nproducers: { a: }\n", "s.yaml"));
+  CHECK(err == "s.yaml:2: invalid YAML: unexpected \",\" at column 3");
+  err = ErrorText(LoadYamlText("producers: { a: }\n...\n,\n", "s.yaml"));
+  CHECK(err == "s.yaml:3: invalid YAML: unexpected \",\" at column 1");
+  // Several documents are still reported as such; an empty file is no businesses.
+  err = ErrorText(LoadYamlText("producers: { a: }\n---\nproducers: { b: }\n", "s.yaml"));
+  CHECK(err == "s.yaml:2: invalid YAML: expected one YAML document, got 2");
+  CHECK_THAT(ErrorText(LoadYamlText("", "s.yaml")), Catch::Contains("got none"));
+}
+
 TEST_CASE("config robustness: a config file above 1 MiB is refused") {
   // A valid config padded with comments to 2 MiB: without the cap it loads.
   const std::filesystem::path path = TempPath("big.yaml");
