@@ -468,6 +468,9 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
 absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
   ApplyDefaults(config);
 
+  // A set, not a scan of the earlier entries: a 1 MiB list must not take
+  // quadratic time.
+  std::set<std::string_view> listen_seen;
   for (size_t i = 0; i < config.listen.size(); ++i) {
     const std::string path = Cat("listen[", i, "]");
     if (!ValidListen(config.listen[i])) {
@@ -475,11 +478,8 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
                              "127.0.0.1:50051, [::1]:50051, 0.0.0.0:50051), got ",
                              Quote(config.listen[i])));
     }
-    for (size_t j = 0; j < i; ++j) {
-      if (config.listen[j] == config.listen[i]) {
-        diag.ErrorAt(path, Cat("duplicate listen address ", Quote(config.listen[i])));
-        break;
-      }
+    if (!listen_seen.insert(config.listen[i]).second) {
+      diag.ErrorAt(path, Cat("duplicate listen address ", Quote(config.listen[i])));
     }
   }
   for (size_t i = 0; i < config.broker.uris.size(); ++i) {
@@ -716,16 +716,24 @@ std::string Describe(const Config& input) {
   Append(&out, "shutdown:\n  drain: ", FormatDuration(config.shutdown.drain), "\n");
   Append(&out, "log:\n  level: ", config.log_level, "\n");
 
-  std::set<std::string> names;
-  for (const Producer& p : config.producers) names.insert(p.name);
-  for (const Consumer& c : config.consumers) names.insert(c.name);
+  // Maps rather than FindProducer/FindConsumer per name: linear lookups
+  // would make a config with many businesses quadratic.
+  std::map<std::string_view, std::pair<const Producer*, const Consumer*>> names;
+  for (const Producer& p : config.producers) {
+    auto& roles = names[p.name];
+    if (roles.first == nullptr) roles.first = &p;  // the first, as FindProducer
+  }
+  for (const Consumer& c : config.consumers) {
+    auto& roles = names[c.name];
+    if (roles.second == nullptr) roles.second = &c;
+  }
   Append(&out, "businesses:\n");
-  for (const std::string& name : names) {
+  for (const auto& [name, roles] : names) {
     Append(&out, "  ", name, "\n");
-    if (const Producer* p = config.FindProducer(name)) {
+    if (const Producer* p = roles.first) {
       Append(&out, "    producer: exchange ", p->exchange, ", handle ", or_none(p->handle), "\n");
     }
-    if (const Consumer* c = config.FindConsumer(name)) {
+    if (const Consumer* c = roles.second) {
       Append(&out, "    consumer: exchange ", c->exchange, ", queue ", c->queue, " (",
              QueueTypeName(c->queue_type), "), binding keys [", Join(c->binding_keys, ", "),
              "], prefetch ", c->prefetch, ", max_deliveries ", c->max_deliveries, ", handle ",

@@ -101,6 +101,26 @@ TEST_CASE("config robustness: a stray ',' at the top level of YAML is an error, 
   CHECK_THAT(ErrorText(LoadYamlText("", "s.yaml")), Catch::Contains("got none"));
 }
 
+TEST_CASE("config robustness: long lists load in linear time") {
+  // 200,000 listen addresses and businesses (about 3 MiB of INI): the
+  // duplicate check and Describe compared every pair, for minutes.
+  std::string listen;
+  std::string producers;
+  for (int i = 0; i < 200000; ++i) {
+    listen += (i == 0 ? "" : ",") + ("h" + std::to_string(i) + ":1");
+    producers += (i == 0 ? "{" : ",") + ("\"b" + std::to_string(i) + "\":{}");
+  }
+  producers += "}";
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<Config> c =
+      LoadIniText("[rabbitmq]\nlisten=" + listen + "\nproducer=" + producers + "\n", "long.ini");
+  REQUIRE(c.ok());
+  CHECK(c->listen.size() == 200000);
+  CHECK(Describe(*c).size() > 200000);
+  // Generous for a loaded CI machine; the quadratic version took minutes.
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+}
+
 TEST_CASE("config robustness: a config file above 1 MiB is refused") {
   // A valid config padded with comments to 2 MiB: without the cap it loads.
   const std::filesystem::path path = TempPath("big.yaml");
