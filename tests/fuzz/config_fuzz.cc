@@ -12,10 +12,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   // The first byte picks the loader, so the fuzzer can steer into either;
   // a seed INI with "[rabbitmq]" reaches the JSON parser.
-  if (size > 0 && (data[0] & 1) != 0) {
-    (void)mqs::config::LoadIniText(text, "fuzz.ini");
-  } else {
-    (void)mqs::config::LoadYamlText(text, "fuzz.yaml");
-  }
+  const absl::StatusOr<mqs::config::Config> config =
+      size > 0 && (data[0] & 1) != 0 ? mqs::config::LoadIniText(text, "fuzz.ini")
+                                     : mqs::config::LoadYamlText(text, "fuzz.yaml");
+  // --check-config prints whatever loaded.
+  if (config.ok()) (void)mqs::config::Describe(*config);
   return 0;
 }
