@@ -1,6 +1,8 @@
 // mq-sidecar: flags, logging and signals; everything else lives in the library.
 #include <cstdio>
 #include <iostream>
+#include <optional>
+#include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/synchronization/mutex.h"
@@ -19,9 +21,23 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   cli.add_flag("--check-config", check_config,
                "validate the config, print the resolved topology and exit");
-  cli.add_option("--log-level", log_level, "override log.level (trace|debug|info|warn|error)");
+  cli.add_option("--log-level", log_level,
+                 "override log.level (trace|debug|info|warn|error, any case)");
   cli.set_version_flag("--version", "mq-sidecar 0.1.0");
   CLI11_PARSE(cli, argc, argv);
+
+  // spdlog::level::from_str answers "off" for a name it does not know (even
+  // "INFO"): a typo must not silence the daemon.
+  std::optional<std::string> level_override;
+  if (!log_level.empty()) {
+    level_override = mqs::config::ParseLogLevel(log_level);
+    if (!level_override) {
+      std::cerr << "mq-sidecar: --log-level: expected trace, debug, info, warn or error (any "
+                   "case), got \""
+                << mqs::util::ForLog(log_level) << "\"\n";
+      return 2;
+    }
+  }
 
   absl::StatusOr<mqs::config::Config> config = mqs::config::LoadFile(config_path);
   if (!config.ok()) {
@@ -35,7 +51,7 @@ int main(int argc, char** argv) {
 
   // Debian builds Abseil without NDEBUG, so every absl::Mutex (gRPC's too)
   // records lock order in a global graph: a measurable cost per message
-  // (docs/benchmarks.md). Our own locks are std::mutex; the check is for
+  // (docs/benchmarks.md). Our own locks are util::Mutex (std::mutex); the check is for
   // debugging Abseil users, not for production.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
@@ -45,8 +61,8 @@ int main(int argc, char** argv) {
   auto logger = spdlog::stderr_color_mt("mq-sidecar");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  const std::string level = log_level.empty() ? config->log_level : log_level;
-  spdlog::set_level(spdlog::level::from_str(level));
+  // Both names are validated (ParseLogLevel), so from_str never yields "off".
+  spdlog::set_level(spdlog::level::from_str(level_override.value_or(config->log_level)));
 
   absl::Status status = mqs::Run(*config, mqs::RunOptions{});
   if (!status.ok()) {

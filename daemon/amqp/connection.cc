@@ -1,7 +1,14 @@
 #include "amqp/connection.h"
 
 #include <amqp_tcp_socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "config/config.h"
 #include "spdlog/spdlog.h"
@@ -73,6 +80,41 @@ absl::Status StatusFromLibrary(int code, std::string_view what) {
   }
 }
 
+SocketTimeouts SocketTimeoutsFor(std::chrono::milliseconds heartbeat) {
+  SocketTimeouts t;
+  if (heartbeat.count() > 0) {
+    // heartbeat <= 65535 s (config), so 2 x heartbeat in ms fits an int.
+    t.user_timeout_ms = static_cast<int>(std::min<int64_t>(2 * heartbeat.count(), INT32_MAX));
+  }
+  return t;
+}
+
+absl::Status ApplySocketTimeouts(int fd, const SocketTimeouts& t) {
+  const int on = 1;
+  const unsigned int user_timeout = static_cast<unsigned int>(t.user_timeout_ms);
+  struct Option {
+    int level;
+    int name;
+    const void* value;
+    socklen_t size;
+    const char* what;
+  };
+  const Option options[] = {
+      {SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on), "SO_KEEPALIVE"},
+      {IPPROTO_TCP, TCP_KEEPIDLE, &t.keepalive_idle_s, sizeof(int), "TCP_KEEPIDLE"},
+      {IPPROTO_TCP, TCP_KEEPINTVL, &t.keepalive_interval_s, sizeof(int), "TCP_KEEPINTVL"},
+      {IPPROTO_TCP, TCP_KEEPCNT, &t.keepalive_count, sizeof(int), "TCP_KEEPCNT"},
+      {IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout), "TCP_USER_TIMEOUT"},
+  };
+  for (const Option& o : options) {
+    if (::setsockopt(fd, o.level, o.name, o.value, o.size) != 0) {
+      return absl::InternalError(
+          util::StrCat("setsockopt ", o.what, " on the broker socket: ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& uri,
                                                              const ConnectOptions& options) {
   const std::string masked = util::MaskPassword(uri);
@@ -95,6 +137,14 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
     conn->dead_ = true;
     return absl::UnavailableError(
         util::StrCat("cannot connect to ", masked, ": ", amqp_error_string2(rc)));
+  }
+  // Dead-peer detection from the first byte on, the handshake included;
+  // refined below once the broker has agreed a heartbeat.
+  if (absl::Status s =
+          ApplySocketTimeouts(amqp_get_sockfd(state), SocketTimeoutsFor(options.heartbeat));
+      !s.ok()) {
+    conn->dead_ = true;
+    return s;
   }
   timeval handshake_tv = ToTimeval(options.connect_timeout);
   amqp_set_handshake_timeout(state, &handshake_tv);
@@ -155,6 +205,16 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
                                                    : "unexpected reply"));
   }
   conn->logged_in_ = true;
+  // The broker may have lowered the heartbeat (its own setting wins if
+  // smaller): the user timeout follows the one in force.
+  const std::chrono::seconds negotiated(amqp_get_heartbeat(state));
+  if (negotiated != options.heartbeat) {
+    if (absl::Status s = ApplySocketTimeouts(amqp_get_sockfd(state), SocketTimeoutsFor(negotiated));
+        !s.ok()) {
+      conn->dead_ = true;
+      return s;
+    }
+  }
   return conn;
 }
 

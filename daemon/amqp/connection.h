@@ -27,6 +27,31 @@ struct ConnectOptions {
   std::string connection_name;  // shown in the broker's management UI
 };
 
+// SocketTimeouts: kernel-level dead-peer detection set on every AMQP socket
+// (docs/configuration.md, broker.heartbeat). Keepalive probes an idle
+// connection, so a broker that vanished without a FIN/RST (power loss, a cut
+// link, a dropped NAT entry) is found even with heartbeats off; the user
+// timeout fails a write that stays unacknowledged, the case heartbeats alone
+// catch only after the send buffer fills. With TCP_USER_TIMEOUT set, Linux
+// ends a keepalive-probed connection when the user timeout passes rather
+// than after keepalive_count probes, so the two are chosen to agree.
+struct SocketTimeouts {
+  int keepalive_idle_s = 10;     // TCP_KEEPIDLE: silence before the first probe
+  int keepalive_interval_s = 5;  // TCP_KEEPINTVL
+  int keepalive_count = 3;       // TCP_KEEPCNT: unanswered probes before the end
+  int user_timeout_ms = 30000;   // TCP_USER_TIMEOUT
+};
+
+// SocketTimeoutsFor: the timeouts for a connection with this (negotiated)
+// heartbeat. The user timeout is 2 x heartbeat, the same silence after which
+// the I/O loop presumes the broker dead; with heartbeats off, 30 s (idle 10 s
+// + 3 probes 5 s apart, plus a margin).
+SocketTimeouts SocketTimeoutsFor(std::chrono::milliseconds heartbeat);
+
+// ApplySocketTimeouts sets SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL,
+// TCP_KEEPCNT and TCP_USER_TIMEOUT on the TCP socket `fd`.
+absl::Status ApplySocketTimeouts(int fd, const SocketTimeouts& timeouts);
+
 class Connection {
  public:
   // Open connects to `uri` (amqp://user:pass@host:port/vhost), logs in and

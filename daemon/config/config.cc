@@ -33,8 +33,12 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "Broker URIs, `amqp://` or `amqps://`, tried in order (a cluster). An empty vhost "
      "(`...:5672/`) means `/`."},
     {"broker.heartbeat", "duration", "30s",
-     "AMQP heartbeat. `0` disables heartbeats; otherwise whole seconds, 1s..65535s."},
-    {"broker.connect_timeout", "duration", "5s", "Timeout to connect to one broker URI; above 0."},
+     "AMQP heartbeat: `0` or whole seconds 1s..65535s. A broker silent for 2 x heartbeat is "
+     "presumed dead. Every AMQP socket also gets TCP keepalive (idle 10s, interval 5s, 3 probes) "
+     "and TCP_USER_TIMEOUT (2 x heartbeat; 30s with `0`), so `0` still detects a dead broker, "
+     "in about 30s."},
+    {"broker.connect_timeout", "duration", "5s",
+     "Timeout to connect to one broker URI (TCP, then the AMQP handshake); above 0, at most 5m."},
     {"producers.<business>", "map or null", "(all defaults)",
      "A business this sidecar publishes to. Name: letters, digits, `.`, `_`, `-`."},
     {"producers.<business>.exchange", "name", "`<business>`",
@@ -66,10 +70,13 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "At a disconnect, publish unconfirmed messages again with the same message_id "
      "(at-least-once); false answers them UNCONFIRMED."},
     {"publish.wait_timeout", "duration", "30s",
-     "How long a publish waits for a connection or a lifted resource alarm; above 0."},
-    {"log.level", "trace, debug, info, warn or error", "info", "Log level."},
+     "How long a publish waits for a connection or a lifted resource alarm; above 0, at most "
+     "1h."},
+    {"log.level", "trace, debug, info, warn or error", "info",
+     "Log level, in any case (`INFO` = `info`); `--log-level` overrides it, same names."},
     {"shutdown.drain", "duration", "10s",
-     "On SIGTERM, time for subscribers to ack and for publishes to be confirmed."},
+     "On SIGTERM, time for subscribers to ack and for publishes to be confirmed; 0..1h (keep it "
+     "below systemd's TimeoutStopSec, 60s in the shipped unit)."},
 };
 
 constexpr std::string_view kDefaultListen[] = {"unix:///run/mq-sidecar/mq-sidecar.sock",
@@ -92,22 +99,39 @@ std::string_view ParentPath(std::string_view path) {
   return path.substr(0, dot);
 }
 
+// The per-key upper bounds of durations (docs/configuration.md says why).
+constexpr std::chrono::minutes kMaxConnectTimeout{5};
+constexpr std::chrono::hours kMaxWaitTimeout{1};
+constexpr std::chrono::hours kMaxDrain{1};
+
+// "a" or "an" before `word`.
+std::string_view Article(std::string_view word) {
+  return !word.empty() && std::string_view("aeiou").find(word.front()) != std::string_view::npos
+             ? "an"
+             : "a";
+}
+
 bool IsNameChar(char c, bool allow_colon) {
   return IsAlnum(c) || c == '.' || c == '_' || c == '-' || (allow_colon && c == ':');
 }
 
 // "" if `name` is a usable exchange or queue name; else what was expected.
 std::string CheckAmqpName(std::string_view name, std::string_view what) {
+  const std::string_view a = Article(what);
   if (name.empty()) return Cat("expected a non-empty ", what, " name");
+  if (util::HasControlChars(name)) {
+    return Cat("expected ", a, " ", what, " name without control characters, got ", Quote(name));
+  }
   if (name.size() > 255) {
-    return Cat("expected a ", what, " name of at most 255 bytes, got ", name.size(), " bytes");
+    return Cat("expected ", a, " ", what, " name of at most 255 bytes, got ", name.size(),
+               " bytes");
   }
   if (!std::all_of(name.begin(), name.end(), [](char c) { return IsNameChar(c, true); })) {
-    return Cat("expected a ", what, " name of letters, digits, '.', '_', '-' and ':', got ",
+    return Cat("expected ", a, " ", what, " name of letters, digits, '.', '_', '-' and ':', got ",
                Quote(name));
   }
   if (name.starts_with("amq.")) {
-    return Cat("expected a ", what, " name not starting with \"amq.\" (reserved), got ",
+    return Cat("expected ", a, " ", what, " name not starting with \"amq.\" (reserved), got ",
                Quote(name));
   }
   return "";
@@ -115,6 +139,7 @@ std::string CheckAmqpName(std::string_view name, std::string_view what) {
 
 // "" if `addr` is a listen address gRPC and we both understand.
 bool ValidListen(std::string_view addr) {
+  if (util::HasControlChars(addr)) return false;
   if (addr.starts_with("unix:")) {
     if (!addr.starts_with("unix:///")) return false;
     const std::string_view path = addr.substr(7);
@@ -197,7 +222,10 @@ int Diagnostics::LineOf(const std::string& path) const {
 void Diagnostics::Error(int line, std::string_view display_path, std::string_view message) {
   std::string text = line > 0 ? Cat(filename_, ":", line, ": ") : Cat(filename_, ": ");
   Append(&text, display_path, ": ", message);
-  errors_.push_back(RedactCredentials(text));
+  // One error, one line: key paths carry names from the file as they are
+  // (values are quoted and escaped already), and a control character in one
+  // must neither break the line nor reach a terminal raw.
+  errors_.push_back(util::ForLog(RedactCredentials(text), std::string::npos));
 }
 
 void Diagnostics::ErrorAt(const std::string& path, std::string_view message) {
@@ -270,6 +298,7 @@ std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   }
   if (digits == 0 || digits > 12) return std::nullopt;
   const std::optional<uint64_t> n = ParseUint(text.substr(0, digits), 999'999'999'999);
+  if (!n) return std::nullopt;
   const std::string_view unit = text.substr(digits);
   int64_t ms_per_unit;
   if (unit.empty() || unit == "s") {
@@ -283,7 +312,11 @@ std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   } else {
     return std::nullopt;
   }
-  return std::chrono::milliseconds(static_cast<int64_t>(*n) * ms_per_unit);
+  // 12 digits times 3,600,000 fits in int64; the bound keeps later sums of
+  // time points and durations (in nanoseconds) from overflowing.
+  const std::chrono::milliseconds d(static_cast<int64_t>(*n) * ms_per_unit);
+  if (d > kMaxDuration) return std::nullopt;
+  return d;
 }
 
 std::string FormatDuration(std::chrono::milliseconds d) {
@@ -325,6 +358,7 @@ std::vector<std::string_view> Split(std::string_view s, char separator) {
 
 std::string_view CheckBusinessName(std::string_view name) {
   if (name.empty()) return "expected a non-empty business name";
+  if (util::HasControlChars(name)) return "expected a business name without control characters";
   if (!std::all_of(name.begin(), name.end(), [](char c) { return IsNameChar(c, false); })) {
     return "expected a business name of letters, digits, '.', '_' and '-'";
   }
@@ -434,6 +468,9 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
 absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
   ApplyDefaults(config);
 
+  // A set, not a scan of the earlier entries: a 1 MiB list must not take
+  // quadratic time.
+  std::set<std::string_view> listen_seen;
   for (size_t i = 0; i < config.listen.size(); ++i) {
     const std::string path = Cat("listen[", i, "]");
     if (!ValidListen(config.listen[i])) {
@@ -441,14 +478,17 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
                              "127.0.0.1:50051, [::1]:50051, 0.0.0.0:50051), got ",
                              Quote(config.listen[i])));
     }
-    for (size_t j = 0; j < i; ++j) {
-      if (config.listen[j] == config.listen[i]) {
-        diag.ErrorAt(path, Cat("duplicate listen address ", Quote(config.listen[i])));
-        break;
-      }
+    if (!listen_seen.insert(config.listen[i]).second) {
+      diag.ErrorAt(path, Cat("duplicate listen address ", Quote(config.listen[i])));
     }
   }
   for (size_t i = 0; i < config.broker.uris.size(); ++i) {
+    if (util::HasControlChars(config.broker.uris[i])) {
+      diag.ErrorAt(Cat("broker.uris[", i, "]"),
+                   Cat("expected a broker URI without control characters, got ",
+                       Quote(config.broker.uris[i])));
+      continue;
+    }
     absl::StatusOr<BrokerUri> uri = ParseBrokerUri(config.broker.uris[i]);
     if (!uri.ok()) diag.ErrorAt(Cat("broker.uris[", i, "]"), std::string(uri.status().message()));
   }
@@ -459,12 +499,17 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
     diag.ErrorAt("broker.heartbeat", Cat("expected 0 (disabled) or whole seconds 1s..65535s, got ",
                                          FormatDuration(heartbeat)));
   }
-  if (config.publish.wait_timeout.count() <= 0) {
-    diag.ErrorAt("publish.wait_timeout", "expected a duration above 0, got 0s");
-  }
-  if (config.broker.connect_timeout.count() <= 0) {
-    diag.ErrorAt("broker.connect_timeout", "expected a duration above 0, got 0s");
-  }
+  // Bounds (docs/configuration.md): each far above any sane setting, and
+  // below what would turn a typo into a publish or a shutdown that hangs.
+  auto check_range = [&](const std::string& path, std::chrono::milliseconds d, bool zero_ok,
+                         std::chrono::milliseconds max) {
+    if ((d.count() > 0 || (zero_ok && d.count() == 0)) && d <= max) return;
+    diag.ErrorAt(path, Cat("expected a duration ", zero_ok ? "of" : "above 0 and", " at most ",
+                           FormatDuration(max), ", got ", FormatDuration(d)));
+  };
+  check_range("broker.connect_timeout", config.broker.connect_timeout, false, kMaxConnectTimeout);
+  check_range("publish.wait_timeout", config.publish.wait_timeout, false, kMaxWaitTimeout);
+  check_range("shutdown.drain", config.shutdown.drain, true, kMaxDrain);
 
   for (const Producer& p : config.producers) {
     if (std::string_view e = CheckBusinessName(p.name); !e.empty()) {
@@ -496,10 +541,17 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
                    "expected 0 for a classic queue (a delivery limit needs queue_type quorum)");
     }
     for (size_t i = 0; i < c.binding_keys.size(); ++i) {
-      if (c.binding_keys[i].size() > 255) {
-        diag.ErrorAt(Cat(BusinessPath("consumers", c.name, "binding_keys"), "[", i, "]"),
-                     "expected a binding key of at most 255 bytes");
+      const std::string path = Cat(BusinessPath("consumers", c.name, "binding_keys"), "[", i, "]");
+      if (util::HasControlChars(c.binding_keys[i])) {
+        diag.ErrorAt(path, Cat("expected a binding key without control characters, got ",
+                               Quote(c.binding_keys[i])));
+      } else if (c.binding_keys[i].size() > 255) {
+        diag.ErrorAt(path, "expected a binding key of at most 255 bytes");
       }
+    }
+    if (util::HasControlChars(c.handle)) {
+      diag.ErrorAt(BusinessPath("consumers", c.name, "handle"),
+                   Cat("expected a handle without control characters, got ", Quote(c.handle)));
     }
   }
   CheckConflicts(config, diag);
@@ -597,10 +649,13 @@ absl::StatusOr<Config> LoadFile(const std::string& path) {
   };
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return unreadable(errno);
+  // Read in chunks up to one byte past the cap, whatever st_size says:
+  // /dev/zero and FIFOs have none, and a file may grow while it is read.
   std::string text;
   char buffer[65536];
-  while (true) {
-    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+  while (text.size() <= internal::kMaxConfigBytes) {
+    const size_t want = std::min(sizeof(buffer), internal::kMaxConfigBytes + 1 - text.size());
+    const ssize_t n = ::read(fd, buffer, want);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       const int err = errno;
@@ -611,10 +666,27 @@ absl::StatusOr<Config> LoadFile(const std::string& path) {
     text.append(buffer, static_cast<size_t>(n));
   }
   ::close(fd);
+  if (text.size() > internal::kMaxConfigBytes) {
+    return absl::InvalidArgumentError(
+        Cat(path, ": config file larger than ", internal::kMaxConfigText));
+  }
   absl::StatusOr<Config> config =
       LooksLikeIni(text) ? LoadIniText(text, path) : LoadYamlText(text, path);
   if (config.ok()) config->source = path;
   return config;
+}
+
+std::optional<std::string> ParseLogLevel(std::string_view name) {
+  static constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn", "error"};
+  for (std::string_view level : kLevels) {
+    if (name.size() == level.size() &&
+        std::equal(name.begin(), name.end(), level.begin(), [](char a, char b) {
+          return std::tolower(static_cast<unsigned char>(a)) == b;
+        })) {
+      return std::string(level);
+    }
+  }
+  return std::nullopt;
 }
 
 std::string Describe(const Config& input) {
@@ -644,16 +716,24 @@ std::string Describe(const Config& input) {
   Append(&out, "shutdown:\n  drain: ", FormatDuration(config.shutdown.drain), "\n");
   Append(&out, "log:\n  level: ", config.log_level, "\n");
 
-  std::set<std::string> names;
-  for (const Producer& p : config.producers) names.insert(p.name);
-  for (const Consumer& c : config.consumers) names.insert(c.name);
+  // Maps rather than FindProducer/FindConsumer per name: linear lookups
+  // would make a config with many businesses quadratic.
+  std::map<std::string_view, std::pair<const Producer*, const Consumer*>> names;
+  for (const Producer& p : config.producers) {
+    auto& roles = names[p.name];
+    if (roles.first == nullptr) roles.first = &p;  // the first, as FindProducer
+  }
+  for (const Consumer& c : config.consumers) {
+    auto& roles = names[c.name];
+    if (roles.second == nullptr) roles.second = &c;
+  }
   Append(&out, "businesses:\n");
-  for (const std::string& name : names) {
+  for (const auto& [name, roles] : names) {
     Append(&out, "  ", name, "\n");
-    if (const Producer* p = config.FindProducer(name)) {
+    if (const Producer* p = roles.first) {
       Append(&out, "    producer: exchange ", p->exchange, ", handle ", or_none(p->handle), "\n");
     }
-    if (const Consumer* c = config.FindConsumer(name)) {
+    if (const Consumer* c = roles.second) {
       Append(&out, "    consumer: exchange ", c->exchange, ", queue ", c->queue, " (",
              QueueTypeName(c->queue_type), "), binding keys [", Join(c->binding_keys, ", "),
              "], prefetch ", c->prefetch, ", max_deliveries ", c->max_deliveries, ", handle ",

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,12 +34,12 @@ struct Producer {
 // Consumer: a business whose queue this sidecar's clients consume.
 struct Consumer {
   std::string name;
-  std::string exchange;                    // default: the business name
-  std::string queue;                       // default: <exchange>.queue
-  std::vector<std::string> binding_keys;   // default: ["#"]
+  std::string exchange;                   // default: the business name
+  std::string queue;                      // default: <exchange>.queue
+  std::vector<std::string> binding_keys;  // default: ["#"]
   QueueType queue_type = QueueType::kQuorum;
-  uint32_t prefetch = 16;                  // default for Subscribe.open.prefetch == 0
-  std::string handle;                      // seed's consume callback name; informational
+  uint32_t prefetch = 16;  // default for Subscribe.open.prefetch == 0
+  std::string handle;      // seed's consume callback name; informational
   // Poison-message limit: > 0 declares the queue with a delivery limit and a
   // dead-letter exchange <exchange>.dlx (topic) and queue <queue>.dead, so a
   // message delivered this many times without an ack, or nacked with
@@ -71,14 +72,15 @@ struct Shutdown {
 };
 
 struct Config {
-  std::string source;               // file it was loaded from ("" for text)
-  std::vector<std::string> listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock, 127.0.0.1:50051
+  std::string source;  // file it was loaded from ("" for text)
+  std::vector<std::string>
+      listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock, 127.0.0.1:50051
   Broker broker;
   std::vector<Producer> producers;  // sorted by name
   std::vector<Consumer> consumers;  // sorted by name
   Publish publish;
   Shutdown shutdown;
-  std::string log_level = "info";   // trace, debug, info, warn, error
+  std::string log_level = "info";  // trace, debug, info, warn, error
 
   const Producer* FindProducer(std::string_view business) const;
   const Consumer* FindConsumer(std::string_view business) const;
@@ -109,6 +111,11 @@ absl::StatusOr<BrokerUri> ParseBrokerUri(std::string_view uri);
 absl::StatusOr<Config> LoadFile(const std::string& path);
 absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view filename);
 absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filename);
+
+// ParseLogLevel: one of trace, debug, info, warn, error in any case, as the
+// lowercase name spdlog::level::from_str knows; nullopt for anything else
+// (from_str would silently answer "off").
+std::optional<std::string> ParseLogLevel(std::string_view name);
 
 // Describe renders the resolved config and topology for --check-config.
 // Passwords in broker URIs are masked.

@@ -37,7 +37,9 @@ YAML::Node JsonToYaml(const nlohmann::json& j) {
   switch (j.type()) {
     case nlohmann::json::value_t::object: {
       YAML::Node map(YAML::NodeType::Map);
-      for (const auto& [key, value] : j.items()) map[key] = JsonToYaml(value);
+      // force_insert: operator[] looks each key up linearly, quadratic in
+      // the number of businesses; nlohmann has made the keys unique already.
+      for (const auto& [key, value] : j.items()) map.force_insert(key, JsonToYaml(value));
       return map;
     }
     case nlohmann::json::value_t::array: {
@@ -66,34 +68,65 @@ YAML::Node CommaList(std::string_view value) {
   return seq;
 }
 
-// Parses a JSON business map; nlohmann keeps only the last of duplicate keys,
-// so they are caught with the parser callback.
+// JsonCheck: a SAX pass over a JSON value before it is built, for what the
+// DOM cannot tell or must not meet: duplicate keys (nlohmann keeps only the
+// last) and nesting deeper than kMaxJsonDepth (JsonToYaml recurses once per
+// level). nlohmann's parser callback could do both, but its parser rescans
+// an object's members at the end of every child object: quadratic in the
+// number of businesses.
+class JsonCheck : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return Open(true); }
+  bool key(string_t& key) override {
+    // Keys come only directly inside an object: the innermost open one.
+    if (!keys_.back().insert(key).second && duplicate.empty()) duplicate = key;
+    return true;
+  }
+  bool end_object() override {
+    keys_.pop_back();
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) override { return Open(false); }
+  bool end_array() override {
+    --depth_;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    error = e.what();
+    return false;
+  }
+
+  bool too_deep = false;
+  std::string duplicate;  // the first duplicate key
+  std::string error;      // nlohmann's parse error
+
+ private:
+  bool Open(bool object) {
+    if (depth_ >= internal::kMaxJsonDepth) {
+      too_deep = true;
+      return false;  // stops the parse: nothing deeper is looked at
+    }
+    ++depth_;
+    if (object) keys_.emplace_back();
+    return true;
+  }
+
+  int depth_ = 0;
+  std::vector<std::set<std::string>> keys_;  // per open object
+};
+
+// Parses a JSON business map: checked by JsonCheck, then built.
 std::optional<nlohmann::json> ParseJson(std::string_view text, int line, const std::string& display,
                                         Diagnostics& diag) {
-  std::vector<std::set<std::string>> keys;  // per open object
-  std::string duplicate;
-  auto callback = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-    using Event = nlohmann::json::parse_event_t;
-    if (event == Event::object_start) {
-      keys.emplace_back();
-    } else if (event == Event::object_end && !keys.empty()) {
-      keys.pop_back();
-    } else if (event == Event::key && !keys.empty() && parsed.is_string()) {
-      if (!keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
-        duplicate = parsed.get<std::string>();
-      }
-    }
-    return true;
-  };
-  try {
-    nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), callback);
-    if (!duplicate.empty()) {
-      diag.Error(line, display, Cat("duplicate JSON key ", Quote(duplicate)));
-      return std::nullopt;
-    }
-    return j;
-  } catch (const nlohmann::json::exception& e) {
-    std::string what = e.what();
+  auto invalid = [&](std::string what) {
     if (const size_t bracket = what.find("] "); bracket != std::string::npos) {
       what.erase(0, bracket + 2);  // drop "[json.exception.parse_error.101] "
     }
@@ -102,6 +135,22 @@ std::optional<nlohmann::json> ParseJson(std::string_view text, int line, const s
                    "\"handle\": \"\"}}, got invalid JSON (",
                    what, ")"));
     return std::nullopt;
+  };
+  JsonCheck check;
+  nlohmann::json::sax_parse(text.begin(), text.end(), &check);
+  if (check.too_deep) {
+    diag.Error(line, display, Cat("nesting deeper than ", internal::kMaxJsonDepth, " levels"));
+    return std::nullopt;
+  }
+  if (!check.error.empty()) return invalid(check.error);
+  if (!check.duplicate.empty()) {
+    diag.Error(line, display, Cat("duplicate JSON key ", Quote(check.duplicate)));
+    return std::nullopt;
+  }
+  try {
+    return nlohmann::json::parse(text.begin(), text.end());
+  } catch (const nlohmann::json::exception& e) {  // not expected: checked above
+    return invalid(e.what());
   }
 }
 

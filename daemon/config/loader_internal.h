@@ -105,14 +105,31 @@ std::string RedactCredentials(std::string_view text);
 // `value` for an error message: quoted, credentials masked, long values cut.
 std::string Quote(std::string_view value);
 
-// "500ms", "30s", "2m", "1h"; a bare integer is seconds. nullopt if malformed.
+// The largest duration ParseDuration accepts: far above every key's own
+// bound, and small enough that a time point plus it (in nanoseconds) cannot
+// overflow.
+inline constexpr std::chrono::hours kMaxDuration{2400};  // 100 days
+
+// "500ms", "30s", "2m", "1h"; a bare integer is seconds. nullopt if malformed
+// or above kMaxDuration.
 std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text);
 std::string FormatDuration(std::chrono::milliseconds d);
 // Decimal digits only. nullopt if malformed or above `max`.
 std::optional<uint64_t> ParseUint(std::string_view text, uint64_t max);
 
 inline constexpr std::string_view kDurationExpected =
-    "expected a duration like 500ms, 30s or 2m (a bare number is seconds)";
+    "expected a duration like 500ms, 30s or 2m (a bare number is seconds), at most 100 days";
+
+// LoadFile reads at most this much: a config is a few KiB, and /dev/zero or
+// an endless FIFO must not exhaust memory.
+inline constexpr size_t kMaxConfigBytes = size_t{1} << 20;
+inline constexpr std::string_view kMaxConfigText = "1 MiB";
+
+// JSON in the seed's INI nests at most this deep (a business map needs 3
+// levels); the JSON -> YAML conversion recurses once per level.
+inline constexpr int kMaxJsonDepth = 32;
+// yaml-cpp's own parser limit (yaml-cpp/depthguard.h), reported in errors.
+inline constexpr int kMaxYamlDepth = 2000;
 
 // Reads YAML nodes into a Config. The INI loader uses it too, for its JSON
 // business maps (converted to YAML nodes) and its scalar keys, with every

@@ -1,10 +1,16 @@
 // YAML loader: walks the document with yaml-cpp, checks every key against
 // kConfigKeys and every value's type, recording lines for Resolve().
+#include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <exception>
 #include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "config/loader_internal.h"
@@ -279,14 +285,14 @@ void YamlReader::ReadWindow(const YAML::Node& node, const std::string& display) 
 
 void YamlReader::ReadLogLevel(const YAML::Node& node, const std::string& display) {
   if (node.IsNull()) return;
-  static constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn", "error"};
-  if (node.IsScalar() &&
-      std::find(std::begin(kLevels), std::end(kLevels), node.Scalar()) != std::end(kLevels)) {
-    config_.log_level = node.Scalar();
-    return;
+  if (node.IsScalar()) {
+    if (std::optional<std::string> level = ParseLogLevel(node.Scalar())) {
+      config_.log_level = std::move(*level);
+      return;
+    }
   }
   diag_.Error(Line(node), display,
-              Cat("expected trace, debug, info, warn or error, got ", Got(node)));
+              Cat("expected trace, debug, info, warn or error (any case), got ", Got(node)));
 }
 
 namespace {
@@ -401,24 +407,71 @@ using internal::Join;
 using internal::Split;
 using internal::Trim;
 
+namespace {
+
+// Records where each document of a stream starts, for the pre-pass below;
+// every other event is ignored.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  std::vector<YAML::Mark> marks;
+};
+
+}  // namespace
+
 absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view filename) {
   internal::Diagnostics diag(filename);
   Config config;
-  std::vector<YAML::Node> docs;
+  auto line_of = [](const YAML::Mark& mark) { return mark.line < 0 ? 0 : mark.line + 1; };
+  std::optional<YAML::Node> root;  // none for an empty stream
   try {
-    docs = YAML::LoadAll(std::string(text));
-  } catch (const YAML::Exception& e) {
-    diag.Error(e.mark.line < 0 ? 0 : e.mark.line + 1, "invalid YAML", e.msg);
+    // Count the documents first, without YAML::LoadAll: on a stray ',' at
+    // the top level (",a: 1") yaml-cpp 0.7 yields an empty document without
+    // consuming anything, forever, and LoadAll collects them until memory
+    // runs out. A document starting where the previous one started is that.
+    std::istringstream in{std::string(text)};
+    YAML::Parser parser(in);
+    DocumentStarts starts;
+    while (parser.HandleNextDocument(starts)) {
+      const size_t n = starts.marks.size();
+      if (n >= 2 && starts.marks[n - 1].pos == starts.marks[n - 2].pos) {
+        const YAML::Mark& at = starts.marks[n - 1];
+        const size_t pos = static_cast<size_t>(std::max(at.pos, 0));
+        diag.Error(
+            line_of(at), "invalid YAML",
+            Cat("unexpected ", internal::Quote(text.substr(pos, 1)), " at column ", at.column + 1));
+        return diag.ToStatus();
+      }
+    }
+    if (starts.marks.size() > 1) {
+      diag.Error(line_of(starts.marks[1]), "invalid YAML",
+                 Cat("expected one YAML document, got ", starts.marks.size()));
+      return diag.ToStatus();
+    }
+    if (!starts.marks.empty()) root = YAML::Load(std::string(text));
+  } catch (const YAML::DeepRecursion& e) {
+    diag.Error(line_of(e.mark), "invalid YAML",
+               Cat("nesting deeper than ", internal::kMaxYamlDepth, " levels"));
     return diag.ToStatus();
-  }
-  if (docs.size() > 1) {
-    diag.Error(std::max(docs[1].Mark().line + 1, 0), "invalid YAML",
-               Cat("expected one YAML document, got ", docs.size()));
+  } catch (const YAML::Exception& e) {
+    diag.Error(line_of(e.mark), "invalid YAML", e.msg);
     return diag.ToStatus();
   }
   try {
     internal::YamlReader reader(diag, config);
-    if (!docs.empty()) reader.ReadRoot(docs[0]);
+    if (root) reader.ReadRoot(*root);
   } catch (const YAML::Exception& e) {  // not expected: reads check types first
     diag.Error(e.mark.line < 0 ? 0 : e.mark.line + 1, "invalid YAML", e.msg);
     return diag.ToStatus();

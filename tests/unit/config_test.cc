@@ -145,10 +145,10 @@ TEST_CASE("config: durations accept ms, s, m, h and bare seconds") {
   REQUIRE(c.ok());
   CHECK(c->broker.heartbeat == seconds(120));
   CHECK(c->broker.connect_timeout == milliseconds(500));
-  c = load("10", "1h");
+  c = load("10", "5m");
   REQUIRE(c.ok());
   CHECK(c->broker.heartbeat == seconds(10));
-  CHECK(c->broker.connect_timeout == seconds(3600));
+  CHECK(c->broker.connect_timeout == seconds(300));
   c = load("0", "5s");  // 0 disables heartbeats
   REQUIRE(c.ok());
   CHECK(c->broker.heartbeat == milliseconds(0));
@@ -234,8 +234,9 @@ key=1
                       "exchange, handle"));
   CHECK_THAT(err, Catch::Contains("seed.ini:5: rabbitmq.consumer: expected a JSON map") &&
                       Catch::Contains("invalid JSON"));
-  CHECK_THAT(err, Catch::Contains("seed.ini:6: rabbitmq.heartbeat: expected a duration like 500ms, "
-                                  "30s or 2m (a bare number is seconds), got \"soon\""));
+  CHECK_THAT(
+      err, Catch::Contains("seed.ini:6: rabbitmq.heartbeat: expected a duration like 500ms, "
+                           "30s or 2m (a bare number is seconds), at most 100 days, got \"soon\""));
   CHECK_THAT(err, Catch::Contains("seed.ini:8: [other]: unknown section; expected [rabbitmq]"));
   CHECK(LineCount(err) == 5);
 }
@@ -321,7 +322,7 @@ publish:
                                   "non-empty name"));
   CHECK_THAT(err,
              Catch::Contains("mq-sidecar.yaml:14: log.level: expected trace, debug, info, warn "
-                             "or error, got \"loud\""));
+                             "or error (any case), got \"loud\""));
   CHECK_THAT(err, Catch::Contains("mq-sidecar.yaml:16: publish.window: expected an integer "
                                   "1..65535, got \"-1\""));
   CHECK(LineCount(err) == 9);  // all errors, not just the first
@@ -330,8 +331,9 @@ publish:
 TEST_CASE("config: bad durations and heartbeat range") {
   std::string err = ErrorText(LoadYamlText(
       "broker:\n  heartbeat: 30x\n  connect_timeout: 1.5s\nproducers: { a: }\n", "d.yaml"));
-  CHECK_THAT(err, Catch::Contains("d.yaml:2: broker.heartbeat: expected a duration like 500ms, 30s "
-                                  "or 2m (a bare number is seconds), got \"30x\""));
+  CHECK_THAT(err,
+             Catch::Contains("d.yaml:2: broker.heartbeat: expected a duration like 500ms, 30s "
+                             "or 2m (a bare number is seconds), at most 100 days, got \"30x\""));
   CHECK_THAT(err, Catch::Contains("d.yaml:3: broker.connect_timeout: expected a duration"));
 
   err = ErrorText(LoadYamlText(
