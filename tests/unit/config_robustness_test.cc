@@ -117,8 +117,10 @@ TEST_CASE("config robustness: long lists load in linear time") {
   REQUIRE(c.ok());
   CHECK(c->listen.size() == 200000);
   CHECK(Describe(*c).size() > 200000);
-  // Generous for a loaded CI machine; the quadratic version took minutes.
-  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+  // A complexity check, not a speed target: about 3 s optimised, under a
+  // minute in the sanitizer builds; the quadratic version ran for over 14
+  // minutes.
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(120));
 }
 
 TEST_CASE("config robustness: a config file above 1 MiB is refused") {
