@@ -3,6 +3,7 @@
 #include <amqp_tcp_socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -219,9 +220,9 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
 }
 
 Connection::~Connection() {
-  if (logged_in_ && !dead_) {
-    amqp_connection_close(state_, AMQP_REPLY_SUCCESS);
-  }
+  // Bounded: amqp_connection_close would wait the whole RPC timeout for a
+  // broker that does not answer (frozen, cut off).
+  if (logged_in_ && !dead_) CloseWithin(kCloseBound);
   amqp_destroy_connection(state_);
 }
 
@@ -303,6 +304,38 @@ absl::Status Connection::ReadContent(amqp_channel_t channel, amqp_message_t* mes
 }
 
 uint32_t Connection::frame_max() const { return static_cast<uint32_t>(amqp_get_frame_max(state_)); }
+
+bool Connection::CloseWithin(std::chrono::milliseconds bound) {
+  if (!logged_in_ || dead_) return true;
+  dead_ = true;
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  // rabbitmq-c sends without a deadline: with a send buffer the broker does
+  // not drain, connection.close would block. Writable means room for it.
+  pollfd pfd{fd(), POLLOUT, 0};
+  if (::poll(&pfd, 1, 0) != 1 || (pfd.revents & POLLOUT) == 0) return false;
+  amqp_connection_close_t close{};
+  close.reply_code = AMQP_REPLY_SUCCESS;
+  close.reply_text = amqp_cstring_bytes("mq-sidecar is shutting down");
+  if (amqp_send_method(state_, 0, AMQP_CONNECTION_CLOSE_METHOD, &close) != AMQP_STATUS_OK) {
+    return false;
+  }
+  amqp_frame_t frame;
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    timeval tv = ToTimeval(left);
+    if (amqp_simple_wait_frame_noblock(state_, &frame, &tv) != AMQP_STATUS_OK) return false;
+    // Deliveries and confirms still on the way are dropped: the broker
+    // requeues the former, the publisher has answered the latter.
+    if (frame.frame_type != AMQP_FRAME_METHOD || frame.channel != 0) continue;
+    if (frame.payload.method.id == AMQP_CONNECTION_CLOSE_OK_METHOD) return true;
+    if (frame.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD) {
+      SendConnectionCloseOk();  // both sides closed at once
+      return true;
+    }
+  }
+}
 
 void Connection::SendChannelCloseOk(amqp_channel_t channel) {
   amqp_channel_close_ok_t ok;

@@ -18,6 +18,9 @@
 
 namespace mqs::amqp {
 
+// Bound of the connection.close handshake when a connection is dropped.
+inline constexpr std::chrono::milliseconds kCloseBound{1000};
+
 struct ConnectOptions {
   std::chrono::milliseconds heartbeat{std::chrono::seconds(30)};
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
@@ -90,6 +93,15 @@ class Connection {
   // ReadContent reads the header and body frames following a basic.deliver
   // or basic.return on `channel`.
   absl::Status ReadContent(amqp_channel_t channel, amqp_message_t* message);
+
+  // CloseWithin closes the connection without trusting the broker to answer:
+  // it sends connection.close (only if the socket takes it without blocking),
+  // waits up to `bound` for close-ok and then gives up, so a frozen broker
+  // costs `bound`, not the RPC timeout. Dropping the socket unanswered is safe:
+  // the broker requeues unacked deliveries, and publishes still unconfirmed
+  // are answered UNCONFIRMED by their owner. The connection is dead afterwards.
+  // True when the broker answered the close.
+  bool CloseWithin(std::chrono::milliseconds bound);
 
   // Answers a broker-initiated channel.close / connection.close.
   void SendChannelCloseOk(amqp_channel_t channel);

@@ -157,7 +157,15 @@ void IoLoop::Run() {
     backoff = kBackoffMin;
     SetState(LinkState::kConnected);
     status = Pump(**conn);
-    if (status.ok()) break;  // stopped and drained
+    if (status.ok()) {
+      // Stopped and drained. Bounded close: a frozen broker never sends
+      // close-ok, and the stop must not wait for rabbitmq-c's RPC timeout.
+      if (!(*conn)->CloseWithin(kCloseBound)) {
+        spdlog::warn("[{}] no close-ok from the broker within {} ms; connection dropped", name_,
+                     kCloseBound.count());
+      }
+      break;
+    }
     spdlog::warn("[{}] connection lost: {}", name_, status.message());
     blocked_.store(false, std::memory_order_release);
     SetState(LinkState::kReconnecting);
@@ -188,7 +196,13 @@ absl::Status IoLoop::Pump(Connection& conn) {
       drain_deadline = Clock::now() + milliseconds(drain_ms_.load());
       OnStopping(&conn);
     }
-    if (stopping && (Drained() || Clock::now() >= drain_deadline)) return absl::OkStatus();
+    if (stopping && (Drained() || Clock::now() >= drain_deadline)) {
+      if (!Drained()) {
+        spdlog::info("[{}] stop: {} ms drain over, work still outstanding", name_,
+                     drain_ms_.load());
+      }
+      return absl::OkStatus();
+    }
     if (conn.dead()) return absl::UnavailableError("connection closed");
     if (conn.HasBuffered()) {
       last_rx = Clock::now();

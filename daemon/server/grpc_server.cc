@@ -103,11 +103,14 @@ void GrpcServer::Shutdown(std::chrono::system_clock::time_point deadline) {
   // lets the last statuses go out.
   for (AsyncService* a : async_services()) {
     a->StopAccepting();
-    if (!a->WaitIdle(std::chrono::steady_clock::now() + std::chrono::seconds(10))) {
-      // E.g. a publish still waits for the confirm of a frozen broker. Its
-      // call is cancelled; the answer that comes later starts nothing on the
-      // closed queue (OpGate) and the call deletes itself then.
-      spdlog::warn("gRPC calls still open 10 s after shutdown; closing the queue anyway");
+    // 1 s: the calls still open here are already cancelled, so no status of
+    // theirs can reach a client any more; only operations gRPC has already
+    // taken complete, and they do so at once. A call waiting for an I/O
+    // thread (a publish awaiting the confirm of a frozen broker) is answered
+    // only when that thread stops, after this; the later answer starts
+    // nothing on the closed queue (OpGate) and the call deletes itself then.
+    if (!a->WaitIdle(std::chrono::steady_clock::now() + std::chrono::seconds(1))) {
+      spdlog::warn("gRPC calls still open 1 s after shutdown; closing the queue anyway");
     }
   }
   // No operation starts after this: the queue may shut down.

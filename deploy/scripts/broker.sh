@@ -23,7 +23,14 @@ case "${1:-ensure}" in
       exit 1
     fi
     echo "broker: starting a local RabbitMQ node (rabbitmq-server -detached)"
-    rabbitmq-server -detached
+    # Without the caller's descriptors: started under `flock broker.lock`,
+    # the node (and epmd) would otherwise hold the lock for their whole life.
+    (
+      for fd in $(ls /proc/"$BASHPID"/fd); do
+        if ((fd > 2)); then eval "exec $fd>&-"; fi
+      done
+      exec rabbitmq-server -detached
+    )
     for ((i = 0; i < DEADLINE_S * 2; i++)); do
       if answers; then
         echo "broker: up after $((i / 2)) s"

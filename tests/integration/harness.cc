@@ -46,6 +46,18 @@ std::vector<char*> ExecArgs(const std::vector<std::string>& argv) {
   return args;
 }
 
+// CloseInheritedFds closes every descriptor above stderr in a forked child:
+// without it a command that leaves a daemon behind (rabbitmq-server -detached
+// and the epmd it starts, also from rabbitmqctl) would hold the caller's
+// descriptors for the daemon's life: the fault tests' broker.lock (so the
+// exclusive lock stays taken after the test ends), ctest's output pipes (so
+// ctest waits for EOF). Only syscalls: it runs between fork and exec.
+void CloseInheritedFds() {
+  if (close_range(3, ~0U, 0) == 0) return;
+  const long max = sysconf(_SC_OPEN_MAX);
+  for (int fd = 3; fd < (max > 0 && max < 65536 ? max : 65536); ++fd) close(fd);
+}
+
 // In the child: die with the parent (so an aborted test run leaks nothing).
 void ChildDieWithParent(pid_t parent) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -270,6 +282,7 @@ CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration t
     if (null_fd >= 0) dup2(null_fd, 0);
     dup2(out_fds[1], 1);
     dup2(err_fds[1], 2);
+    CloseInheritedFds();
     execv(args[0], args.data());
     _exit(127);
   }
