@@ -149,16 +149,15 @@ History::Report History::Check() const {
             std::to_string(handled_unreceived_) + " deliveries handled that were never received");
   }
 
-  // Declared restarts by start, for "did one begin between two copies".
+  // How many declared restarts lie wholly between two receipts: began after
+  // `after_ns`, ended (the broker answered again) by `until_ns`. A copy
+  // received while the broker was still stopping (stop_app takes seconds to
+  // drop connections) is not one it delivered again after the restart.
   r.broker_restarts = restarts_.size();
-  std::vector<int64_t> restart_began;
-  for (const Restart& x : restarts_) restart_began.push_back(x.began_ns);
-  std::sort(restart_began.begin(), restart_began.end());
-  // How many declared restarts began after `after_ns`, up to `until_ns`.
   const auto restarts_between = [&](int64_t after_ns, int64_t until_ns) {
-    if (until_ns <= after_ns) return 0L;
-    return std::upper_bound(restart_began.begin(), restart_began.end(), until_ns) -
-           std::upper_bound(restart_began.begin(), restart_began.end(), after_ns);
+    long n = 0;
+    for (const Restart& x : restarts_) n += x.began_ns > after_ns && x.ended_ns <= until_ns;
+    return n;
   };
 
   // Replay the timeline: per message id, the copies received so far, how many
@@ -201,7 +200,7 @@ History::Report History::Check() const {
                      : "while the copy to " + consumers_[c.first_consumer] + " was unhandled") +
           " (previous copy " + (c.last_marked ? "marked" : "unmarked") + ", " +
           std::to_string((ev.at_ns - c.last_received_ns) / 1000000) + " ms before; " +
-          std::to_string(restarts) + " declared broker restart(s) began between them)";
+          std::to_string(restarts) + " declared broker restart(s) between them)";
       if (ev.marked) {
         ++r.extra_visible;
         if (c.in_flight > 0) ++r.marked_concurrent;

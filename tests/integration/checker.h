@@ -30,9 +30,9 @@
 // unless the test declared a cause for it (Retried: a client retry after
 // UNCONFIRMED, a stream broken by a SIGKILLed sidecar, ...; BrokerRestart: the
 // previous copy was received before a declared broker restart began and this
-// one after, since RabbitMQ does not always mark what it delivers again after
-// a restart, see docs/reliability.md): then it is "accepted", counted by cause
-// and listed. Message ids delivered that the test
+// one after the broker answered again, for a broker that does not mark what
+// it delivers again after a restart, see docs/reliability.md): then it is
+// "accepted", counted by cause and listed. Message ids delivered that the test
 // never published are "unexpected".
 #pragma once
 
@@ -84,8 +84,8 @@ class History {
 
   // The test declares that the broker was restarted (stop_app/start_app, a
   // node restart) from `began` to `ended` (the broker answers again): an
-  // unmarked copy received after `began` whose previous copy was received
-  // before it is accounted for (kBrokerRestartCause). One restart explains one
+  // unmarked copy received after `ended` whose previous copy was received
+  // before `began` is accounted for (kBrokerRestartCause). One restart explains one
   // copy per message id: a further unmarked copy needs another restart
   // between it and its predecessor. May be called any time before Check().
   void BrokerRestart(WallClock::time_point began, WallClock::time_point ended);

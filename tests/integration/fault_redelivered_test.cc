@@ -162,5 +162,51 @@ TEST_CASE(
   CHECK(again.size() >= 100);
 }
 
+TEST_CASE(
+    "fault: a consumer killed while it works through a burst records copies after the broker "
+    "redelivered them, marked, to another consumer",
+    "[fault]") {
+  // The soak's consumer kill is a stream cancel; its reader thread still
+  // hands the deliveries gRPC already read to the application. Meanwhile the
+  // sidecar returns them to the queue and the broker hands them, marked, to a
+  // competing consumer. Recorded in that order, the killed consumer's
+  // (unmarked, original) copy comes after the marked one was handled.
+  IntegrationTest t("killedburst");
+  const std::string biz = t.Business("burst");
+  Daemon& d = t.StartDaemon({{.name = biz, .prefetch = 50}});
+  History h;
+  std::atomic<int> after_cancel{0};
+  std::atomic<bool> cancelled{false};
+  Subscriber slow(d.stub(), {.business = biz,
+                             .prefetch = 50,
+                             .consumer_name = "slow",
+                             .auto_ack = true,
+                             .on_delivery = [&](const pb::Delivery& x) {
+                               if (cancelled) ++after_cancel;
+                               h.Received("slow", x);
+                               std::this_thread::sleep_for(10ms);  // the effect
+                               h.Handled("slow", x);
+                             }});
+  REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 1u, std::nullopt));
+  for (const std::string& id : PublishConfirmed(d.stub(), biz, 300, biz)) {
+    pb::PublishResult confirmed;
+    confirmed.set_message_id(id);
+    confirmed.set_status(pb::PublishResult::CONFIRMED);
+    h.Sent(id);
+    h.Result(confirmed);
+  }
+  REQUIRE(slow.WaitForCount(5, 10s));
+  Subscriber fast(d.stub(), Recording(h, biz, "fast", 50));
+  cancelled = true;
+  slow.Cancel();  // killed mid-burst
+  REQUIRE(WaitUntil([&] { return h.ConfirmedUndelivered() == 0; }, 30s));
+  std::this_thread::sleep_for(1s);
+  CHECK(fast.Leave().ok());
+  const History::Report r = h.Check();
+  WARN("[fault-redelivered] killed consumer handled "
+       << after_cancel.load() << " deliveries after its cancel\n  checker: " << r.Summary());
+  CHECK(r.lost == 0);
+}
+
 }  // namespace
 }  // namespace mqs::it
