@@ -154,9 +154,10 @@ History::Report History::Check() const {
   // received while the broker was still stopping (stop_app takes seconds to
   // drop connections) is not one it delivered again after the restart.
   r.broker_restarts = restarts_.size();
-  const auto restarts_between = [&](int64_t after_ns, int64_t until_ns) {
+  const std::vector<Restart> windows = restarts_;  // the lambda cannot see the lock
+  const auto restarts_between = [&windows](int64_t after_ns, int64_t until_ns) {
     long n = 0;
-    for (const Restart& x : restarts_) n += x.began_ns > after_ns && x.ended_ns <= until_ns;
+    for (const Restart& x : windows) n += x.began_ns > after_ns && x.ended_ns <= until_ns;
     return n;
   };
 
