@@ -16,6 +16,10 @@ void Example(std::vector<std::string>& list, const std::string& text) {
   if (list.size() < 10) list.push_back(text);
 }
 
+int64_t Ns(History::WallClock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
 }  // namespace
 
 uint32_t History::EntryOf(const std::string& id) {
@@ -79,6 +83,11 @@ void History::Retried(const std::string& message_id, const std::string& cause) {
   e.causes.push_back(cause);
 }
 
+void History::BrokerRestart(WallClock::time_point began, WallClock::time_point ended) {
+  util::MutexLock lock(&mu_);
+  restarts_.push_back({.began_ns = Ns(began), .ended_ns = Ns(ended)});
+}
+
 void History::ReceivedLocked(const std::string& consumer, const Delivery& delivery) {
   const uint32_t entry = EntryOf(delivery.message_id());
   const uint32_t c = ConsumerOf(consumer);
@@ -87,7 +96,8 @@ void History::ReceivedLocked(const std::string& consumer, const Delivery& delive
                      .consumer = c,
                      .delivery_id = delivery.delivery_id(),
                      .handle = false,
-                     .marked = Marked(delivery)});
+                     .marked = Marked(delivery),
+                     .at_ns = Ns(clock_())});
 }
 
 void History::HandledLocked(const std::string& consumer, const Delivery& delivery) {
@@ -105,7 +115,8 @@ void History::HandledLocked(const std::string& consumer, const Delivery& deliver
                      .consumer = c,
                      .delivery_id = delivery.delivery_id(),
                      .handle = true,
-                     .marked = Marked(delivery)});
+                     .marked = Marked(delivery),
+                     .at_ns = 0});
 }
 
 void History::Received(const std::string& consumer, const Delivery& delivery) {
@@ -138,10 +149,25 @@ History::Report History::Check() const {
             std::to_string(handled_unreceived_) + " deliveries handled that were never received");
   }
 
+  // How many declared restarts lie wholly between two receipts: began after
+  // `after_ns`, ended (the broker answered again) by `until_ns`. A copy
+  // received while the broker was still stopping (stop_app takes seconds to
+  // drop connections) is not one it delivered again after the restart.
+  r.broker_restarts = restarts_.size();
+  const std::vector<Restart> windows = restarts_;  // the lambda cannot see the lock
+  const auto restarts_between = [&windows](int64_t after_ns, int64_t until_ns) {
+    long n = 0;
+    for (const Restart& x : windows) n += x.began_ns > after_ns && x.ended_ns <= until_ns;
+    return n;
+  };
+
   // Replay the timeline: per message id, the copies received so far, how many
   // of them are still unhandled, whether one was handled, the declared causes
-  // not yet used, and who handled first (for the reports).
+  // not yet used, when the latest copy was received, and who handled first
+  // (for the reports).
   struct Copies {
+    int64_t last_received_ns = 0;
+    bool last_marked = false;
     int received = 0;
     int in_flight = 0;
     bool handled = false;
@@ -169,9 +195,13 @@ History::Report History::Check() const {
       c.first_consumer = ev.consumer;
     } else {
       ++r.extra_copies;
+      const long restarts = restarts_between(c.last_received_ns, ev.at_ns);
       const std::string context =
-          c.handled ? "after the copy handled by " + consumers_[c.handled_by]
-                    : "while the copy to " + consumers_[c.first_consumer] + " was unhandled";
+          (c.handled ? "after the copy handled by " + consumers_[c.handled_by]
+                     : "while the copy to " + consumers_[c.first_consumer] + " was unhandled") +
+          " (previous copy " + (c.last_marked ? "marked" : "unmarked") + ", " +
+          std::to_string((ev.at_ns - c.last_received_ns) / 1000000) + " ms before; " +
+          std::to_string(restarts) + " declared broker restart(s) between them)";
       if (ev.marked) {
         ++r.extra_visible;
         if (c.in_flight > 0) ++r.marked_concurrent;
@@ -180,6 +210,11 @@ History::Report History::Check() const {
         ++r.accepted;
         ++r.accepted_by_cause[cause];
         Example(r.accepted_examples, where + " " + context + "; accounted for: " + cause);
+      } else if (restarts > 0) {
+        ++r.accepted;
+        ++r.accepted_by_cause[kBrokerRestartCause];
+        Example(r.restart_examples,
+                where + " " + context + "; accounted for: " + kBrokerRestartCause);
       } else {
         ++r.invisible;
         if (c.handled) {
@@ -193,6 +228,8 @@ History::Report History::Check() const {
       }
     }
     ++c.in_flight;
+    c.last_received_ns = ev.at_ns;
+    c.last_marked = ev.marked;
   }
 
   for (size_t i = 0; i < entries_.size(); ++i) {
@@ -268,9 +305,11 @@ std::string History::Report::Summary() const {
     << " beside an unhandled copy], accepted " << accepted << ", INVISIBLE " << invisible
     << " [after handled " << unmarked_after_handled << ", concurrent " << unmarked_concurrent
     << "]) unexpected=" << unexpected << " never-sent-but-delivered=" << never_sent_delivered
-    << " answered-twice=" << answered_twice << " handled-unreceived=" << handled_unreceived;
+    << " answered-twice=" << answered_twice << " handled-unreceived=" << handled_unreceived
+    << " | broker restarts declared=" << broker_restarts;
   for (const auto& [cause, n] : accepted_by_cause) s << "\n  accepted: " << n << " x " << cause;
   for (const auto& a : accepted_examples) s << "\n  accepted, e.g.: " << a;
+  for (const auto& a : restart_examples) s << "\n  accepted (broker restart), e.g.: " << a;
   if (!lost_examples.empty()) {
     s << "\n  lost, e.g.:";
     for (const auto& id : lost_examples) s << " " << id;

@@ -28,12 +28,17 @@
 //   - "concurrent": an earlier copy was received and not handled yet (two
 //     consumers holding copies at once);
 // unless the test declared a cause for it (Retried: a client retry after
-// UNCONFIRMED, a stream broken by a SIGKILLed sidecar, ...): then it is
+// UNCONFIRMED, a stream broken by a SIGKILLed sidecar, ...; BrokerRestart: the
+// previous copy was received before a declared broker restart began and this
+// one after the broker answered again, for a broker that does not mark what
+// it delivers again after a restart, see docs/reliability.md): then it is
 // "accepted", counted by cause and listed. Message ids delivered that the test
 // never published are "unexpected".
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -48,6 +53,16 @@ namespace mqs::it {
 // History: the recorded publishes and deliveries of one test, and their judge.
 class History {
  public:
+  using WallClock = std::chrono::system_clock;
+  // The cause an unmarked copy explained by BrokerRestart is reported under.
+  static constexpr const char* kBrokerRestartCause =
+      "broker restart: the broker does not always mark copies it delivers again after a restart";
+
+  // `clock` stamps deliveries (wall clock, so restarts timed by another
+  // process, e.g. tests/soak/soak.sh, can be declared); unit tests inject one.
+  explicit History(std::function<WallClock::time_point()> clock = &WallClock::now)
+      : clock_(std::move(clock)) {}
+
   // A publish handed to the sidecar (written to a stream, or a unary call
   // made): one attempt.
   void Sent(const std::string& message_id);
@@ -66,6 +81,14 @@ class History {
   // unmarked copy of it is accounted for. `cause` names the event in reports.
   // Call it before the retry's Sent.
   void Retried(const std::string& message_id, const std::string& cause);
+
+  // The test declares that the broker was restarted (stop_app/start_app, a
+  // node restart) from `began` to `ended` (the broker answers again): an
+  // unmarked copy received after `ended` whose previous copy was received
+  // before `began` is accounted for (kBrokerRestartCause). One restart explains one
+  // copy per message id: a further unmarked copy needs another restart
+  // between it and its predecessor. May be called any time before Check().
+  void BrokerRestart(WallClock::time_point began, WallClock::time_point ended);
 
   // A consumer received a delivery (not handled yet).
   void Received(const std::string& consumer, const mqsidecar::v1::Delivery& delivery);
@@ -105,9 +128,11 @@ class History {
     size_t recovered = 0;               // UNCONFIRMED but delivered
     size_t never_sent_delivered = 0;    // FAILED/UNROUTABLE/REJECTED/unanswered, yet delivered
     size_t unexpected = 0;              // delivered, never published
+    size_t broker_restarts = 0;         // declared (BrokerRestart)
     std::map<std::string, size_t> accepted_by_cause;
     std::vector<std::string> lost_examples;       // up to 10
-    std::vector<std::string> accepted_examples;   // up to 10
+    std::vector<std::string> accepted_examples;   // up to 10, declared retries
+    std::vector<std::string> restart_examples;    // up to 10, declared broker restarts
     std::vector<std::string> violation_examples;  // up to 10
 
     // No lost, never-sent-delivered, unexpected, twice-answered messages,
@@ -136,6 +161,10 @@ class History {
     uint64_t delivery_id;
     bool handle;  // false: received
     bool marked;
+    int64_t at_ns;  // wall clock, received events only
+  };
+  struct Restart {
+    int64_t began_ns, ended_ns;
   };
 
   uint32_t EntryOf(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -145,7 +174,9 @@ class History {
   void HandledLocked(const std::string& consumer, const mqsidecar::v1::Delivery& delivery)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const std::function<WallClock::time_point()> clock_;
   mutable util::Mutex mu_;
+  std::vector<Restart> restarts_ ABSL_GUARDED_BY(mu_);
   std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<std::string, uint32_t> index_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> consumers_ ABSL_GUARDED_BY(mu_);

@@ -10,7 +10,10 @@
 // record each delivery as received, then handled, then ack it; at random
 // intervals one consumer is "killed" (its stream cancelled with whatever it
 // holds) and comes back under a new name. The script restarts the broker and
-// SIGKILLs a sidecar meanwhile.
+// SIGKILLs a sidecar meanwhile, and writes each broker restart's window to
+// the --restarts file, which the driver declares to the checker at the end
+// (History::BrokerRestart): RabbitMQ delivers some messages again unmarked
+// after a restart (docs/reliability.md, "When duplicates happen").
 //
 // When every message is CONFIRMED and handled (or at --timeout) it prints the
 // checker's report (tests/integration/checker.h) and exits 0 only if the
@@ -23,6 +26,7 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -55,6 +59,7 @@ struct Settings {
   int timeout_s = 3600;
   int settle_s = 5;  // after the last handle: late copies still count
   size_t payload_bytes = 100;
+  std::string restarts_file;  // "begin <ns>" / "end <ns>" lines (wall clock, ns since epoch)
 };
 
 std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
@@ -111,6 +116,36 @@ struct Counters {
   std::atomic<size_t> consumers_killed{0};
   std::atomic<size_t> consumer_streams_ended{0};
 };
+
+// Declares the broker restarts the script logged to `path` ("begin <ns>" when
+// it stopped the broker, "end <ns>" when the broker answered again); a restart
+// still going on when the driver ends lasts until now. Returns how many.
+size_t DeclareRestarts(const std::string& path, it::History& h) {
+  if (path.empty()) return 0;
+  std::ifstream in(path);
+  std::string word;
+  int64_t ns = 0;
+  int64_t began = -1;  // none open
+  size_t n = 0;
+  const auto at = [](int64_t v) {
+    return it::History::WallClock::time_point(
+        std::chrono::duration_cast<it::History::WallClock::duration>(std::chrono::nanoseconds(v)));
+  };
+  while (in >> word >> ns) {
+    if (word == "begin") {
+      began = ns;
+    } else if (word == "end" && began >= 0) {
+      h.BrokerRestart(at(began), at(ns));
+      began = -1;
+      ++n;
+    }
+  }
+  if (began >= 0) {
+    h.BrokerRestart(at(began), it::History::WallClock::now());
+    ++n;
+  }
+  return n;
+}
 
 std::string Id(const Settings& s, uint32_t i) { return s.tag + "-" + std::to_string(i); }
 
@@ -349,6 +384,9 @@ int Main(int argc, char** argv) {
   app.add_option("--kill-max", s.kill_max_s, "seconds between consumer kills, at most");
   app.add_option("--timeout", s.timeout_s, "seconds");
   app.add_option("--settle", s.settle_s, "seconds to keep consuming after the last message");
+  app.add_option("--restarts", s.restarts_file,
+                 "file of broker restart windows (\"begin <ns>\" / \"end <ns>\" lines, wall "
+                 "clock), declared to the checker");
   CLI11_PARSE(app, argc, argv);
 
   it::History h;
@@ -421,7 +459,9 @@ int Main(int argc, char** argv) {
   for (auto& c : consumers) c->Kill();
   for (auto& t : threads) t.join();
 
+  const size_t restarts = DeclareRestarts(s.restarts_file, h);
   const it::History::Report r = h.Check();
+  std::printf("soak: %zu broker restarts declared to the checker\n", restarts);
   std::printf("soak: %s in %.1f s (%u messages, %zu sidecars, %zu consumers)\n",
               complete ? "complete" : "TIMED OUT", took, s.messages, s.sidecars.size(),
               consumers.size());

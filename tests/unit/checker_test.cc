@@ -4,6 +4,7 @@
 #include "checker.h"
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <string>
 
 namespace mqs::it {
@@ -196,6 +197,107 @@ TEST_CASE("checker: an unmarked copy explained by a declared retry is accepted a
   INFO(r.Summary());
   CHECK_FALSE(r.ok());
   CHECK(r.accepted == 1);
+  CHECK(r.invisible == 1);
+}
+
+// A wall clock the test moves by hand: History stamps each delivery with it.
+struct FakeClock {
+  History::WallClock::time_point now{std::chrono::seconds(1000)};
+  void Advance(int seconds) { now += std::chrono::seconds(seconds); }
+  History::WallClock::time_point At(int seconds) const {
+    return History::WallClock::time_point{std::chrono::seconds(1000 + seconds)};
+  }
+};
+
+TEST_CASE("checker: an unmarked copy after a declared broker restart is accepted, per cause") {
+  FakeClock clock;  // t = 0
+  History h([&clock] { return clock.now; });
+  Publish(h, "a");
+  Publish(h, "b");
+  Publish(h, "c");
+  h.Delivered("s1", Copy("a", 1));  // t = 0: before the restart
+  h.Received("s1", Copy("b", 2));   // held unacked over it
+  clock.Advance(10);
+  h.BrokerRestart(clock.At(5), clock.At(8));  // declared: t = 5 .. 8
+  h.Handled("s1", Copy("b", 2));
+  h.Delivered("s1", Copy("a", 3));  // t = 10: unmarked, after the restart
+  h.Delivered("s2", Copy("b", 1));
+  h.Delivered("s2", Copy("c", 2));  // first copy after the restart: nothing to explain
+  const auto r = h.Check();
+  INFO(r.Summary());
+  CHECK(r.ok());
+  CHECK(r.broker_restarts == 1);
+  CHECK(r.extra_copies == 2);
+  CHECK(r.accepted == 2);
+  CHECK(r.invisible == 0);
+  CHECK(r.accepted_by_cause.at(History::kBrokerRestartCause) == 2);
+  REQUIRE(r.restart_examples.size() == 2);
+  CHECK(r.restart_examples[0].find("a: copy 2 (unmarked) to s1 after the copy handled by s1 "
+                                   "(previous copy unmarked, 10000 ms before; 1 declared broker "
+                                   "restart(s) between them)") != std::string::npos);
+  CHECK(r.restart_examples[0].find("broker restart: the broker does not") != std::string::npos);
+  CHECK(r.Summary().find("broker restarts declared=1") != std::string::npos);
+}
+
+TEST_CASE("checker: a broker restart explains no unmarked copy it does not lie between") {
+  FakeClock clock;
+  History h([&clock] { return clock.now; });
+  for (const char* id : {"before", "after", "twice", "stopping"}) Publish(h, id);
+  h.BrokerRestart(clock.At(5), clock.At(8));
+  h.Delivered("s1", Copy("stopping", 9));  // t = 0
+  clock.Advance(6);
+  h.Delivered("s2", Copy("stopping", 9));  // t = 6: the broker was still stopping, not restarted
+  clock.Advance(-6);
+  h.Delivered("s1", Copy("before", 1));  // t = 0: both copies before the restart
+  h.Delivered("s2", Copy("before", 1));
+  clock.Advance(10);
+  h.Delivered("s1", Copy("after", 2));  // t = 10: both copies after it
+  h.Delivered("s2", Copy("after", 2));
+  clock.Advance(-10);
+  h.Delivered("s1", Copy("twice", 3));  // t = 0
+  clock.Advance(10);
+  h.Delivered("s1", Copy("twice", 4));  // t = 10: the restart explains this one...
+  h.Delivered("s2", Copy("twice", 3));  // ...not a third one with no restart before it
+  const auto r = h.Check();
+  INFO(r.Summary());
+  CHECK_FALSE(r.ok());
+  CHECK(r.extra_copies == 5);
+  CHECK(r.accepted == 1);
+  CHECK(r.invisible == 4);
+  CHECK(r.unmarked_after_handled == 4);
+}
+
+TEST_CASE("checker: without a declared restart, an unmarked copy after one still fails") {
+  FakeClock clock;
+  History h([&clock] { return clock.now; });
+  Publish(h, "a");
+  h.Delivered("s1", Copy("a", 1));
+  clock.Advance(10);
+  h.Delivered("s2", Copy("a", 1));
+  const auto r = h.Check();
+  INFO(r.Summary());
+  CHECK_FALSE(r.ok());
+  CHECK(r.invisible == 1);
+  CHECK(r.broker_restarts == 0);
+}
+
+TEST_CASE("checker: a declared retry is used before a broker restart explains a copy") {
+  FakeClock clock;
+  History h([&clock] { return clock.now; });
+  Publish(h, "a", pb::PublishResult::UNCONFIRMED);
+  h.Retried("a", "client retry after UNCONFIRMED");
+  Publish(h, "a");
+  h.Delivered("s1", Copy("a", 1));
+  clock.Advance(10);
+  h.BrokerRestart(clock.At(5), clock.At(8));
+  h.Delivered("s1", Copy("a", 2));  // the retry's copy
+  h.Delivered("s2", Copy("a", 1));  // no restart since the previous copy: unexplained
+  const auto r = h.Check();
+  INFO(r.Summary());
+  CHECK_FALSE(r.ok());
+  CHECK(r.accepted == 1);
+  CHECK(r.accepted_by_cause.at("client retry after UNCONFIRMED") == 1);
+  CHECK(r.accepted_by_cause.count(History::kBrokerRestartCause) == 0);
   CHECK(r.invisible == 1);
 }
 
