@@ -12,7 +12,9 @@
 #include "spdlog/spdlog.h"
 #include "util/strings.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int Main(int argc, char** argv) {
   CLI::App cli{"mq-sidecar: RabbitMQ publish/subscribe for local services, over gRPC"};
   std::string config_path = "/etc/mq-sidecar/mq-sidecar.yaml";
   bool check_config = false;
@@ -70,4 +72,17 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Nothing on the message path throws; what could (allocation, the config
+  // libraries) still ends with a message and an exit code, not std::terminate.
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "mq-sidecar: " << e.what() << "\n";
+    return 1;
+  }
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 
 #include "config/config.h"
 #include "spdlog/spdlog.h"
@@ -109,8 +110,8 @@ absl::Status ApplySocketTimeouts(int fd, const SocketTimeouts& t) {
   };
   for (const Option& o : options) {
     if (::setsockopt(fd, o.level, o.name, o.value, o.size) != 0) {
-      return absl::InternalError(
-          util::StrCat("setsockopt ", o.what, " on the broker socket: ", std::strerror(errno)));
+      return absl::InternalError(util::StrCat("setsockopt ", o.what, " on the broker socket: ",
+                                              std::generic_category().message(errno)));
     }
   }
   return absl::OkStatus();

@@ -26,21 +26,21 @@ std::string_view ChannelStateName(ConsumerLedger::ChannelState s) {
   return "unknown";
 }
 
-absl::Status StatusForReply(int reply_code, std::string message) {
+absl::Status StatusForReply(int reply_code, absl::string_view message) {
   switch (reply_code) {
     case 404:
-      return absl::NotFoundError(std::move(message));
+      return absl::NotFoundError(message);
     case 403:
-      return absl::PermissionDeniedError(std::move(message));
+      return absl::PermissionDeniedError(message);
     case 405:
     case 406:
-      return absl::FailedPreconditionError(std::move(message));
+      return absl::FailedPreconditionError(message);
     case 506:
-      return absl::ResourceExhaustedError(std::move(message));
+      return absl::ResourceExhaustedError(message);
     case 320:
-      return absl::UnavailableError(std::move(message));
+      return absl::UnavailableError(message);
     default:
-      return absl::InternalError(std::move(message));
+      return absl::InternalError(message);
   }
 }
 

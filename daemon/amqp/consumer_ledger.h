@@ -216,6 +216,6 @@ std::string_view ChannelStateName(ConsumerLedger::ChannelState s);
 // StatusForReply: the most specific status for a broker reply code (AMQP
 // 0-9-1 constants: 404 NOT_FOUND, 403 PermissionDenied, 405/406
 // FailedPrecondition, 506 ResourceExhausted, 320 Unavailable).
-absl::Status StatusForReply(int reply_code, std::string message);
+absl::Status StatusForReply(int reply_code, absl::string_view message);
 
 }  // namespace mqs::amqp

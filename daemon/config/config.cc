@@ -366,8 +366,9 @@ std::string_view CheckBusinessName(std::string_view name) {
 }
 
 void ApplyDefaults(Config& config) {
-  if (config.listen.empty())
+  if (config.listen.empty()) {
     config.listen.assign(std::begin(kDefaultListen), std::end(kDefaultListen));
+  }
   if (config.broker.uris.empty()) config.broker.uris.emplace_back(kDefaultUri);
   for (Producer& p : config.producers) {
     if (p.exchange.empty()) p.exchange = p.name;
@@ -569,7 +570,6 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
 using internal::Append;
 using internal::Cat;
 using internal::Join;
-using internal::Split;
 using internal::Trim;
 
 std::string_view QueueTypeName(QueueType t) {

@@ -14,9 +14,7 @@
 
 namespace mqs::config {
 
-using internal::Append;
 using internal::Cat;
-using internal::Join;
 using internal::Split;
 using internal::Trim;
 

@@ -388,8 +388,9 @@ void YamlReader::ReadConsumers(const YAML::Node& node, std::string_view display_
                        } else if (key == "prefetch") {
                          if (auto n = Uint(diag_, Line(v), v, d, 1, 65535)) c.prefetch = *n;
                        } else if (key == "max_deliveries") {
-                         if (auto n = Uint(diag_, Line(v), v, d, 0, 2147483647))
+                         if (auto n = Uint(diag_, Line(v), v, d, 0, 2147483647)) {
                            c.max_deliveries = *n;
+                         }
                        } else if (key == "handle") {
                          if (auto s = String(v, d, true)) c.handle = *s;
                        }
@@ -401,11 +402,7 @@ void YamlReader::ReadConsumers(const YAML::Node& node, std::string_view display_
 
 }  // namespace internal
 
-using internal::Append;
 using internal::Cat;
-using internal::Join;
-using internal::Split;
-using internal::Trim;
 
 namespace {
 
