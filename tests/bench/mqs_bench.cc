@@ -1237,6 +1237,20 @@ std::vector<Json> RunRoundTrip(const Options& o) {
 
 // o.consumers Subscribe streams (or channels) held open: memory idle, then
 // latency while publishing at o.rate.
+// WaitForConsumers returns once the broker counts o.consumers consumers on
+// o.queue (every stream consumes), or throws naming `scenario` at o.timeout.
+void WaitForConsumers(const Options& o, const char* scenario) {
+  AmqpConn conn(o.amqp_uri);
+  conn.OpenChannel(1);
+  const auto deadline = SteadyClock::now() + std::chrono::duration<double>(o.timeout);
+  while (conn.QueueStats(1, o.queue).second < o.consumers) {
+    if (SteadyClock::now() > deadline) {
+      throw std::runtime_error(std::string(scenario) + ": not every consumer started");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 std::vector<Json> RunStreams(const Options& o) {
   PurgeQueue(o);
   ConsumeGoal goal;
@@ -1244,18 +1258,7 @@ std::vector<Json> RunStreams(const Options& o) {
   idle.Start();
   ConsumerGroup group(o, &goal);
   group.Start(o.consumers);
-  {
-    // Every stream consumes once the queue counts its consumer.
-    AmqpConn conn(o.amqp_uri);
-    conn.OpenChannel(1);
-    const auto deadline = SteadyClock::now() + std::chrono::duration<double>(o.timeout);
-    while (conn.QueueStats(1, o.queue).second < o.consumers) {
-      if (SteadyClock::now() > deadline) {
-        throw std::runtime_error("streams: not every consumer started");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  }
+  WaitForConsumers(o, "streams");
   std::this_thread::sleep_for(std::chrono::seconds(1));  // settle
   Json j_idle = idle.Finish("streams-idle", 0, 0, nullptr);
   Row active(o);
@@ -1346,17 +1349,7 @@ std::vector<Json> RunChurn(const Options& o) {
   ConsumeGoal goal;
   ConsumerGroup group(o, &goal);
   group.Start(o.consumers);
-  {
-    AmqpConn conn(o.amqp_uri);
-    conn.OpenChannel(1);
-    const auto deadline = SteadyClock::now() + std::chrono::duration<double>(o.timeout);
-    while (conn.QueueStats(1, o.queue).second < o.consumers) {
-      if (SteadyClock::now() > deadline) {
-        throw std::runtime_error("churn: not every consumer started");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  }
+  WaitForConsumers(o, "churn");
   Churner churner(o);
   std::this_thread::sleep_for(std::chrono::seconds(1));  // the churn reaches its pace
   Row active(o);
