@@ -21,9 +21,32 @@ enum class QueueType { kQuorum, kClassic };
 
 std::string_view QueueTypeName(QueueType t);  // "quorum" / "classic"
 
+// Identity: which service instance this sidecar serves. Every part is a
+// word of letters, digits, '_' and '-' (no '.', '#', '*' or whitespace: the
+// parts become words of routing keys and names). Empty: not set.
+struct Identity {
+  std::string app;     // e.g. "usdtsvr"
+  std::string region;  // e.g. "1"
+  std::string server;  // e.g. "0"
+  bool complete() const { return !app.empty() && !region.empty() && !server.empty(); }
+};
+
+// LoadOptions: what overrides the file. main.cc fills `identity` from the
+// flags --app/--region/--server, else from the environment
+// (MQ_SIDECAR_APP, MQ_SIDECAR_REGION, MQ_SIDECAR_SERVER): flag > env > file.
+struct LoadOptions {
+  struct IdentityOverrides {
+    std::optional<std::string> app, region, server;
+  } identity;
+};
+
+// IdentityFromEnvironment: the MQ_SIDECAR_* variables that are set.
+LoadOptions::IdentityOverrides IdentityFromEnvironment();
+
 // Producer: a business this sidecar publishes to.
 struct Producer {
-  std::string name;      // business name, e.g. "usdt.transfer"
+  std::string name;        // business name, resolved, e.g. "usdt.transfer"
+  std::string written_as;  // as written, when it had {app}/{region}/{server}; else ""
   std::string exchange;  // default: the business name
   // Seed's alternate-exchange handler. Non-empty: the business exchange is
   // declared with alternate-exchange=<handle>, a fanout exchange <handle> and
@@ -33,7 +56,8 @@ struct Producer {
 
 // Consumer: a business whose queue this sidecar's clients consume.
 struct Consumer {
-  std::string name;
+  std::string name;        // resolved
+  std::string written_as;  // as written, when it had placeholders; else ""
   std::string exchange;                   // default: the business name
   std::string queue;                      // default: <exchange>.queue
   std::vector<std::string> binding_keys;  // default: ["#"]
@@ -45,6 +69,27 @@ struct Consumer {
   // message delivered this many times without an ack, or nacked with
   // requeue=false, is dead-lettered (at-least-once on quorum queues). 0: none.
   uint32_t max_deliveries = 0;
+  // Not written in the config: "<producer>.unroutable", added by Resolve()
+  // for every producer with a handle. It consumes <handle>.queue (classic),
+  // which the producer's alternate exchange <handle> (fanout) fills.
+  bool unroutable = false;
+};
+
+// Ping: the daemon's own server.ping heartbeat (docs/control-plane.md).
+struct Ping {
+  std::string business;  // a configured producer; "": no pings
+  std::chrono::milliseconds interval{std::chrono::seconds(10)};
+  // Watch every instance's pings (ListServers, `mqctl servers`) through an
+  // exclusive auto-delete queue of this sidecar's own.
+  bool fleet = false;
+};
+
+// Tasks: sending tasks (SendTask) and waiting for their results.
+struct Tasks {
+  // A configured consumer business whose exchange results are published to
+  // (its queue, e.g. task.result.queue, keeps them durably). SendTask needs
+  // it; "" disables SendTask.
+  std::string results;
 };
 
 struct Broker {
@@ -81,10 +126,20 @@ struct Config {
   Publish publish;
   Shutdown shutdown;
   std::string log_level = "info";  // trace, debug, info, warn, error
+  Identity identity;
+  Ping ping;
+  Tasks tasks;
+  // Not a key: chosen per process (NewInstanceId) by main before the plan is
+  // made; names this sidecar's exclusive queues and its task correlation ids.
+  std::string instance;
 
+  // By the resolved name or as written ("task.{app}.{region}.{server}").
   const Producer* FindProducer(std::string_view business) const;
   const Consumer* FindConsumer(std::string_view business) const;
 };
+
+// NewInstanceId: 16 random lowercase hex digits.
+std::string NewInstanceId();
 
 // BrokerUri: one broker URI as parsed by rabbitmq-c's amqp_parse_url, with one
 // correction: an empty vhost ("amqp://host:5672/", as in the default and the
@@ -108,9 +163,11 @@ absl::StatusOr<BrokerUri> ParseBrokerUri(std::string_view uri);
 // the key, the line where known, and what was expected; all errors are
 // reported, one per line, in an InvalidArgument status (NotFound if the file
 // cannot be read).
-absl::StatusOr<Config> LoadFile(const std::string& path);
-absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view filename);
-absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filename);
+absl::StatusOr<Config> LoadFile(const std::string& path, const LoadOptions& options = {});
+absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view filename,
+                                    const LoadOptions& options = {});
+absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filename,
+                                   const LoadOptions& options = {});
 
 // ParseLogLevel: one of trace, debug, info, warn, error in any case, as the
 // lowercase name spdlog::level::from_str knows; nullopt for anything else
