@@ -10,6 +10,7 @@
 #include "amqp/consumer.h"
 #include "amqp/publisher.h"
 #include "config/topology_plan.h"
+#include "control/control_plane.h"
 #include "server/grpc_server.h"
 #include "server/pubsub_service.h"
 #include "spdlog/spdlog.h"
@@ -107,13 +108,17 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
 
   auto publisher = std::make_unique<amqp::Publisher>(config, plan, on_state, on_fatal);
   auto consumer = std::make_unique<amqp::Consumer>(config, plan, on_state, on_fatal);
-  server::PubSubService service(config, plan, *publisher, *consumer);
+  // Before the service (which reports to it) and stopped after the
+  // consumer (whose thread calls its feeds).
+  auto control = std::make_unique<control::ControlPlane>(config, *publisher, *consumer);
+  server::PubSubService service(config, plan, *publisher, *consumer, *control);
   absl::StatusOr<std::unique_ptr<server::GrpcServer>> server =
       server::GrpcServer::Start(config.listen, &service, &service);
   if (!server.ok()) return server.status();
   health.Attach(server->get(), publisher.get(), consumer.get());
   publisher->Start();
   consumer->Start();
+  control->Start();
   sd_notify(0, "READY=1");
 
   uint64_t watchdog_usec = 0;
@@ -143,6 +148,7 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   // and the publisher waits for outstanding confirms.
   const auto drain = config.shutdown.drain;
   health.BeginShutdown();
+  control->BeginShutdown();
   service.Drain();
   publisher->Drain();
   consumer->Drain();
@@ -153,6 +159,7 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   (*server)->Shutdown(std::chrono::system_clock::now() + kFinalFlush);
   publisher->Stop(std::max(drain, options.shutdown_grace));
   consumer->Stop(std::chrono::milliseconds(0));
+  control->Stop();
   spdlog::info("stopped");
   return fatal.Get();
 }

@@ -47,7 +47,7 @@ Publisher::Publisher(const config::Config& config, const config::TopologyPlan& p
                      std::function<void()> on_state,
                      std::function<void(const absl::Status&)> on_fatal)
     : IoLoop("publisher", config.broker, std::move(on_state), std::move(on_fatal)),
-      plan_(plan),
+      plan_(config::WithoutExclusive(plan)),
       ledger_(config.publish.republish_unconfirmed) {}
 
 Publisher::~Publisher() { Stop(std::chrono::milliseconds(0)); }

@@ -85,7 +85,7 @@ void BuildStep(const config::TopologyPlan& plan, size_t i, Step& out) {
     const auto& q = plan.queues[i];
     // A classic queue is declared without x-queue-type, so that queues made
     // by other tools (which rarely set it) are equivalent.
-    std::string ours = "{durable: true";
+    std::string ours = q.exclusive ? "{exclusive: true, auto-delete: true" : "{durable: true";
     auto add_text = [&](const char* key, std::string_view value) {
       amqp_table_entry_t e;
       e.key = amqp_cstring_bytes(key);
@@ -110,11 +110,21 @@ void BuildStep(const config::TopologyPlan& plan, size_t i, Step& out) {
       out.entries.push_back(e);
       util::StrAppend(&ours, ", x-delivery-limit: ", q.delivery_limit);
     }
+    if (q.exclusive) {
+      amqp_table_entry_t e;
+      e.key = amqp_cstring_bytes("x-max-length");
+      e.value.kind = AMQP_FIELD_KIND_I64;
+      e.value.value.i64 = config::kExclusiveQueueMaxLength;
+      out.entries.push_back(e);
+      util::StrAppend(&ours, ", x-max-length: ", config::kExclusiveQueueMaxLength);
+    }
     ours += "}";
     out.method = AMQP_QUEUE_DECLARE_METHOD;
     out.reply = AMQP_QUEUE_DECLARE_OK_METHOD;
     out.queue.queue = AmqpBytes(q.name);
-    out.queue.durable = 1;
+    out.queue.durable = q.exclusive ? 0 : 1;
+    out.queue.exclusive = q.exclusive ? 1 : 0;
+    out.queue.auto_delete = q.exclusive ? 1 : 0;
     out.queue.arguments = Table(out.entries);
     out.what = util::StrCat("queue '", q.name, "'");
     out.ours = std::move(ours);

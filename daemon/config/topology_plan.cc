@@ -49,6 +49,19 @@ TopologyPlan PlanTopology(const Config& input) {
     for (const std::string& key : c.binding_keys) bindings.emplace(c.exchange, c.queue, key);
   }
 
+  if (const std::string q = FleetQueue(config); !q.empty()) {
+    QueueSpec spec{q, QueueType::kClassic, "", 0};
+    spec.exclusive = true;
+    queues.emplace(q, std::move(spec));
+    bindings.emplace(PingExchange(config), q, "#");
+  }
+  if (const std::string q = ReplyQueue(config); !q.empty()) {
+    QueueSpec spec{q, QueueType::kClassic, "", 0};
+    spec.exclusive = true;
+    queues.emplace(q, std::move(spec));
+    bindings.emplace(ResultsExchange(config), q, ReplyBindingKey(config));
+  }
+
   TopologyPlan plan;
   for (auto& [name, spec] : exchanges) plan.exchanges.push_back(std::move(spec));
   for (auto& [name, spec] : queues) plan.queues.push_back(std::move(spec));
@@ -56,6 +69,58 @@ TopologyPlan PlanTopology(const Config& input) {
     plan.bindings.push_back(BindingSpec{exchange, queue, key});
   }
   return plan;
+}
+
+TopologyPlan WithoutExclusive(const TopologyPlan& plan) {
+  TopologyPlan out;
+  out.exchanges = plan.exchanges;
+  std::set<std::string> dropped;
+  for (const QueueSpec& q : plan.queues) {
+    if (q.exclusive) {
+      dropped.insert(q.name);
+    } else {
+      out.queues.push_back(q);
+    }
+  }
+  for (const BindingSpec& b : plan.bindings) {
+    if (!dropped.contains(b.queue)) out.bindings.push_back(b);
+  }
+  return out;
+}
+
+namespace {
+std::string InstanceOf(const Config& config) {
+  return config.instance.empty() ? std::string("0") : config.instance;
+}
+}  // namespace
+
+std::string PingExchange(const Config& config) {
+  if (config.ping.business.empty()) return "";
+  const Producer* p = config.FindProducer(config.ping.business);
+  if (p == nullptr) return "";
+  return p->exchange.empty() ? p->name : p->exchange;
+}
+
+std::string ResultsExchange(const Config& config) {
+  if (config.tasks.results.empty()) return "";
+  const Consumer* c = config.FindConsumer(config.tasks.results);
+  if (c == nullptr) return "";
+  return c->exchange.empty() ? c->name : c->exchange;
+}
+
+std::string FleetQueue(const Config& config) {
+  if (!config.ping.fleet) return "";
+  const std::string exchange = PingExchange(config);
+  return exchange.empty() ? "" : internal::Cat(exchange, ".fleet.", InstanceOf(config));
+}
+
+std::string ReplyQueue(const Config& config) {
+  const std::string exchange = ResultsExchange(config);
+  return exchange.empty() ? "" : internal::Cat(exchange, ".reply.", InstanceOf(config));
+}
+
+std::string ReplyBindingKey(const Config& config) {
+  return internal::Cat(InstanceOf(config), ".#");
 }
 
 }  // namespace mqs::config

@@ -26,6 +26,11 @@ struct QueueSpec {
   // to this exchange, at-least-once, after `delivery_limit` returns.
   std::string dead_letter_exchange;  // "" when none
   uint32_t delivery_limit = 0;       // x-delivery-limit; 0: none
+  // This sidecar's own queue (fleet view, task replies): classic, exclusive
+  // to the consuming connection, deleted with it, capped in length. Only the
+  // consumer connection declares it (an exclusive queue belongs to the
+  // connection that declared it) and re-declares it after a reconnect.
+  bool exclusive = false;
 };
 
 struct BindingSpec {
@@ -51,6 +56,28 @@ struct TopologyPlan {
 // broker counts returns, not deliveries). Conflicts (one exchange with two
 // different alternate exchanges, one queue with two types) are config errors
 // detected by Resolve(), not here.
+//
+// The control plane adds this sidecar's exclusive queues: with ping.fleet,
+// FleetQueue(config) bound to the ping exchange with "#"; with tasks.results,
+// ReplyQueue(config) bound to the results exchange with "<instance>.#" (task
+// correlation ids start with the instance id, and results are published with
+// the correlation id as routing key).
 TopologyPlan PlanTopology(const Config& config);
+
+// WithoutExclusive: the plan minus the exclusive queues and their bindings,
+// for the publisher's connection.
+TopologyPlan WithoutExclusive(const TopologyPlan& plan);
+
+// The control plane's names (empty when the feature is off).
+std::string FleetQueue(const Config& config);       // "<ping exchange>.fleet.<instance>"
+std::string ReplyQueue(const Config& config);       // "<results exchange>.reply.<instance>"
+std::string ReplyBindingKey(const Config& config);  // "<instance>.#"
+// The exchange a ping is published to, and results ("" when off).
+std::string PingExchange(const Config& config);
+std::string ResultsExchange(const Config& config);
+
+// Upper bound on the messages an exclusive queue holds (older ones are
+// dropped): a stalled fleet view or waiter must not grow the broker.
+inline constexpr int64_t kExclusiveQueueMaxLength = 10000;
 
 }  // namespace mqs::config

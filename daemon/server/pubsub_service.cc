@@ -18,8 +18,9 @@ grpc::Status ToGrpc(const absl::Status& s) {
 }
 
 PubSubService::PubSubService(const config::Config& config, const config::TopologyPlan& plan,
-                             amqp::Publisher& publisher, amqp::Consumer& consumer)
-    : config_(config), plan_(plan), publisher_(publisher), consumer_(consumer) {
+                             amqp::Publisher& publisher, amqp::Consumer& consumer,
+                             control::ControlPlane& control)
+    : config_(config), plan_(plan), publisher_(publisher), consumer_(consumer), control_(control) {
   std::vector<std::string> p, c;
   for (const auto& x : config.producers) p.push_back(x.name);
   for (const auto& x : config.consumers) c.push_back(x.name);
@@ -73,6 +74,11 @@ absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(
                                                    "'; configured producers: ", producer_names_));
   }
   if (absl::Status s = amqp::ValidatePublish(request); !s.ok()) return s;
+  return JobFor(std::move(request), producer->exchange, deadline);
+}
+
+amqp::PublishJob PubSubService::JobFor(PublishRequest&& request, std::string exchange,
+                                       std::chrono::system_clock::time_point deadline) const {
   if (request.message_id().empty()) request.set_message_id(util::NewMessageId());
   amqp::PublishJob job;
   // The caller's deadline, as a steady-clock time, capped by wait_timeout.
@@ -87,7 +93,7 @@ absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(
   }
   const auto wait = std::min<Duration>(config_.publish.wait_timeout, left);
   job.deadline = steady_now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(wait);
-  job.exchange = producer->exchange;
+  job.exchange = std::move(exchange);
   job.request = std::move(request);
   return job;
 }
@@ -102,6 +108,7 @@ void PubSubService::StartAccepting(grpc::ServerCompletionQueue* cq, OpGate* gate
   AcceptGetTopology();
   AcceptPublishStream();
   AcceptSubscribe();
+  AcceptControl();
 }
 
 void PubSubService::StopAccepting() {
@@ -115,6 +122,8 @@ void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
     b->set_name(p.name);
     b->set_role("producer");
     b->set_exchange(p.exchange);
+    b->set_handle(p.handle);
+    b->set_written_as(p.written_as);
   }
   for (const auto& c : config_.consumers) {
     auto* b = topology->add_businesses();
@@ -122,6 +131,8 @@ void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
     b->set_role("consumer");
     b->set_exchange(c.exchange);
     b->set_queue(c.queue);
+    b->set_handle(c.handle);
+    b->set_written_as(c.written_as);
   }
   for (const auto& e : plan_.exchanges) {
     auto* x = topology->add_exchanges();
@@ -137,11 +148,8 @@ void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
   }
   topology->set_broker_uri(publisher_.broker_uri());
   topology->set_connected(publisher_.connected() && consumer_.connected());
-  // The worse of the two links says what a caller will experience.
-  const amqp::LinkState p = publisher_.state(), c = consumer_.state();
-  std::string state(amqp::LinkStateName(p != amqp::LinkState::kConnected ? p : c));
-  if (topology->connected() && publisher_.blocked()) state = "blocked";
-  topology->set_state(state);
+  topology->set_state(control::BrokerStateName(publisher_, consumer_));
+  *topology->mutable_identity() = control_.identity();
 }
 
 }  // namespace mqs::server

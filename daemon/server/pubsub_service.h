@@ -23,6 +23,7 @@
 #include "amqp/publisher.h"
 #include "config/config.h"
 #include "config/topology_plan.h"
+#include "control/control_plane.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 #include "server/async_call.h"
 #include "util/mutex.h"
@@ -32,12 +33,22 @@ namespace mqs::server {
 // ToGrpc maps an absl status to a gRPC status with the same code and message.
 grpc::Status ToGrpc(const absl::Status& s);
 
-// The generated service with Publish and GetTopology typed, PublishStream and
+// The generated service with the unary methods typed, PublishStream and
 // Subscribe raw.
 using PubSubAsyncBase = mqsidecar::v1::PubSub::WithAsyncMethod_Publish<
     mqsidecar::v1::PubSub::WithAsyncMethod_GetTopology<
-        mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
-            mqsidecar::v1::PubSub::WithRawMethod_Subscribe<mqsidecar::v1::PubSub::Service>>>>;
+        mqsidecar::v1::PubSub::WithAsyncMethod_SendTask<
+            mqsidecar::v1::PubSub::WithAsyncMethod_CompleteTask<
+                mqsidecar::v1::PubSub::WithAsyncMethod_ReportStatus<
+                    mqsidecar::v1::PubSub::WithAsyncMethod_ListServers<
+                        mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
+                            mqsidecar::v1::PubSub::WithRawMethod_Subscribe<
+                                mqsidecar::v1::PubSub::Service>>>>>>>>;
+
+// Reply: how a control-plane handler answers its call, exactly once, from
+// any thread.
+template <class Response>
+using Reply = std::function<void(absl::StatusOr<Response>)>;
 
 // ParseRequest parses a request read raw into `out`, or says which request
 // (1-based `n`) of the stream could not be parsed (INVALID_ARGUMENT).
@@ -48,7 +59,8 @@ grpc::ByteBuffer Serialize(const google::protobuf::Message& message);
 class PubSubService final : public PubSubAsyncBase, public AsyncService {
  public:
   PubSubService(const config::Config& config, const config::TopologyPlan& plan,
-                amqp::Publisher& publisher, amqp::Consumer& consumer);
+                amqp::Publisher& publisher, amqp::Consumer& consumer,
+                control::ControlPlane& control);
 
   // PreparePublish resolves the business and checks the request; the job's
   // `done` is left for the caller to set. InvalidArgument names what is wrong.
@@ -57,6 +69,25 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   absl::StatusOr<amqp::PublishJob> PreparePublish(
       mqsidecar::v1::PublishRequest&& request,
       std::chrono::system_clock::time_point deadline) const;
+  // JobFor: a job for `request` (already validated) to `exchange`, with the
+  // deadline derived as PreparePublish does.
+  amqp::PublishJob JobFor(mqsidecar::v1::PublishRequest&& request, std::string exchange,
+                          std::chrono::system_clock::time_point deadline) const;
+
+  // The control plane's methods (control_calls.cc). Each answers through
+  // `reply`, never blocking the calling thread.
+  void SendTask(mqsidecar::v1::SendTaskRequest&& request,
+                std::chrono::system_clock::time_point deadline,
+                Reply<mqsidecar::v1::SendTaskResponse> reply);
+  void CompleteTask(mqsidecar::v1::CompleteTaskRequest&& request,
+                    std::chrono::system_clock::time_point deadline,
+                    Reply<mqsidecar::v1::PublishResult> reply);
+  void ReportStatus(mqsidecar::v1::ReportStatusRequest&& request,
+                    std::chrono::system_clock::time_point deadline,
+                    Reply<mqsidecar::v1::ReportStatusResponse> reply);
+  void ListServers(mqsidecar::v1::ListServersRequest&& request,
+                   std::chrono::system_clock::time_point deadline,
+                   Reply<mqsidecar::v1::ListServersResponse> reply);
 
   // Drain: shutdown has begun. Open PublishStreams stop reading, answer what
   // they hold and end; Subscribe streams are drained by the consumer.
@@ -89,6 +120,10 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   void AcceptGetTopology();
   void AcceptPublishStream();
   void AcceptSubscribe();
+  void AcceptControl();  // SendTask, CompleteTask, ReportStatus, ListServers
+  // AcceptControlMethod runs `post` with the queue and gate, unless accepting
+  // has stopped: how each control call posts the next of its method.
+  void AcceptControlMethod(const std::function<void(grpc::ServerCompletionQueue*, OpGate*)>& post);
 
   // FillTopology: what GetTopology answers before the queue counts, which
   // come from the broker (consumer().Inspect).
@@ -97,12 +132,14 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   const config::Config& config() const { return config_; }
   amqp::Publisher& publisher() { return publisher_; }
   amqp::Consumer& consumer() { return consumer_; }
+  control::ControlPlane& control() { return control_; }
 
  private:
   const config::Config& config_;
   const config::TopologyPlan& plan_;
   amqp::Publisher& publisher_;
   amqp::Consumer& consumer_;
+  control::ControlPlane& control_;
   std::string producer_names_;  // for error messages
   std::string consumer_names_;
   std::atomic<bool> draining_{false};

@@ -39,6 +39,7 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   }
 
   void OnClosed(const absl::Status& status) override {
+    service_.control().streams().Add(business_, -1);
     Lock lock(this);
     PaidLocked();
     closed_ = true;
@@ -172,11 +173,15 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
     }
     req.stream_id = stream_id_;
     req.business = consumer->name;
+    business_ = consumer->name;
+    service_.control().streams().Add(business_, +1);
     req.queue = consumer->queue;
     req.prefetch = open.prefetch() != 0 ? open.prefetch() : consumer->prefetch;
     // The consumer tag shows operators who consumes; the stream id keeps it
     // unique, which the consumer thread relies on to drop stale deliveries.
     std::string name = open.consumer_name().empty() ? "mq-sidecar" : open.consumer_name();
+    // The seed's consume-callback name (handle) shows too, for operators.
+    if (!consumer->handle.empty()) name = util::StrCat(name, ".", consumer->handle);
     if (name.size() > 160) name.resize(160);
     req.consumer_tag = util::StrCat(name, ".", stream_id_);
     req.sink = this;
@@ -234,6 +239,7 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   // Set once by the read side (under mu_), read there without it and
   // elsewhere under mu_.
   uint64_t stream_id_ = 0;
+  std::string business_;  // set once, before the consumer hears of the stream
 
   Op<SubscribeCall, &SubscribeCall::OnAccepted> accept_op_{this};
   Op<SubscribeCall, &SubscribeCall::OnReadDone> read_op_{this};

@@ -101,6 +101,12 @@ std::string DaemonPath() {
   return env != nullptr && *env != '\0' ? env : MQS_DAEMON_PATH;
 }
 
+}  // namespace
+
+std::string DaemonPathForTests() { return DaemonPath(); }
+
+namespace {
+
 std::string BytesText(const amqp_bytes_t& b) {
   return b.len == 0 ? std::string() : std::string(static_cast<const char*>(b.bytes), b.len);
 }
@@ -487,7 +493,11 @@ Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
   std::ostringstream producers, consumers;
   for (const auto& b : businesses_) {
     const std::string exchange = b.exchange.empty() ? b.name : b.exchange;
-    if (b.producer) producers << "  " << b.name << ": { exchange: " << exchange << " }\n";
+    if (b.producer) {
+      producers << "  " << b.name << ": { exchange: " << exchange;
+      if (!b.handle.empty()) producers << ", handle: " << b.handle;
+      producers << " }\n";
+    }
     if (b.consumer) {
       consumers << "  " << b.name << ": { exchange: " << exchange
                 << ", queue_type: " << b.queue_type << ", prefetch: " << b.prefetch;
@@ -506,15 +516,26 @@ Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
   y << " }\n"
     // Tests stop daemons when done; the 10 s default drain would only slow the suite.
     << "shutdown: { drain: " << options_.drain.count() << "ms }\n"
-    << "log: { level: " << options_.log_level << " }\n";
+    << "log: { level: " << options_.log_level << " }\n"
+    << options_.extra_yaml;
+  if (!options_.config_file.empty()) {
+    config_path_ = options_.config_file;
+    return;
+  }
   std::ofstream(config_path_) << y.str();
 }
 
 Daemon::~Daemon() { Stop(); }
 
 void Daemon::Start(Clock::duration ready_timeout) {
-  process_ = std::make_unique<ChildProcess>(
-      std::vector<std::string>{DaemonPath(), "--config", config_path_}, log_path_);
+  std::vector<std::string> argv;
+  if (!options_.env.empty()) {
+    argv.push_back("/usr/bin/env");
+    argv.insert(argv.end(), options_.env.begin(), options_.env.end());
+  }
+  argv.insert(argv.end(), {DaemonPath(), "--config", config_path_});
+  argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
+  process_ = std::make_unique<ChildProcess>(argv, log_path_);
   // Short reconnect backoff: the first health checks race the daemon's
   // listen(), and the default backoff (1 s, growing) would slow every test.
   grpc::ChannelArguments args;
@@ -655,7 +676,8 @@ std::string IntegrationTest::Business(const std::string& suffix) {
 }
 
 Daemon& IntegrationTest::StartDaemon(std::vector<BusinessSpec> businesses, DaemonOptions options) {
-  const std::string name = "d" + std::to_string(daemons_.size() + 1);
+  const std::string name =
+      options.name.empty() ? "d" + std::to_string(daemons_.size() + 1) : options.name;
   daemons_.push_back(
       std::make_unique<Daemon>(dir_, name, uri_, std::move(businesses), std::move(options)));
   daemons_.back()->Start();

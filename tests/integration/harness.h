@@ -134,6 +134,7 @@ struct BusinessSpec {
   std::string queue = {};
   uint32_t max_deliveries = 0;
   std::string queue_type = "quorum";
+  std::string handle = {};  // producer: alternate exchange for unroutable messages
 };
 
 // Per-daemon settings; the defaults are what the plain integration tests use.
@@ -144,6 +145,17 @@ struct DaemonOptions {
   std::optional<std::chrono::milliseconds> wait_timeout = {};  // publish.wait_timeout
   std::optional<bool> republish_unconfirmed = {};              // publish.republish_unconfirmed
   std::string log_level = "info";
+  // Appended to the generated config: top-level keys it does not write
+  // (identity, ping, tasks).
+  std::string extra_yaml = {};
+  // Run with this config file instead of a generated one (one file for
+  // several daemons); its listen address must be this daemon's
+  // unix://<dir>/<name>.sock, e.g. by placeholders.
+  std::string config_file = {};
+  // Environment for the daemon, "NAME=value" (e.g. MQ_SIDECAR_APP=usdtsvr).
+  std::vector<std::string> env = {};
+  std::vector<std::string> extra_args = {};
+  std::string name = {};  // the daemon's name (its socket and log files); "": d<n>
 };
 
 // One mq-sidecar process with its own config, unix socket and log file.
@@ -359,6 +371,9 @@ bool WaitForQueue(AmqpAdmin& admin, const std::string& queue, std::optional<uint
                   Clock::duration timeout = std::chrono::seconds(10));
 
 std::string StatusText(const grpc::Status& status);
+
+// The mq-sidecar binary under test ($MQS_TEST_DAEMON, else the build's).
+std::string DaemonPathForTests();
 std::string ResultText(const pb::PublishResult& result);
 
 // Control of a local RabbitMQ node through rabbitmqctl and signals (tests run
