@@ -40,8 +40,6 @@ class ControlCall final : public CallBase {
               typename M::Requester requester, typename M::Handler handler)
       : CallBase(gate, service.calls()),
         service_(service),
-        cq_(cq),
-        gate_(gate),
         requester_(requester),
         handler_(handler) {
     ctx_.AsyncNotifyWhenDone(done_op_.tag());
@@ -98,8 +96,6 @@ class ControlCall final : public CallBase {
   }
 
   PubSubService& service_;
-  grpc::ServerCompletionQueue* const cq_;
-  OpGate& gate_;
   const typename M::Requester requester_;
   const typename M::Handler handler_;
   grpc::ServerContext ctx_;
@@ -271,7 +267,13 @@ void PubSubService::SendTask(v1::SendTaskRequest&& request, SysTime deadline,
     if (!error.ok()) {
       control_.waiters().Cancel(correlation_id, error);
       util::MutexLock lock(&state->mu);
-      state->Answer(error);
+      // A result that came first proves the task was queued, whatever
+      // happened to the confirm (UNCONFIRMED after a connection loss).
+      if (state->have_result) {
+        state->Answer(state->response);
+      } else {
+        state->Answer(error);
+      }
       return;
     }
     util::MutexLock lock(&state->mu);
