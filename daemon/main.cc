@@ -25,6 +25,14 @@ int Main(int argc, char** argv) {
                "validate the config, print the resolved topology and exit");
   cli.add_option("--log-level", log_level,
                  "override log.level (trace|debug|info|warn|error, any case)");
+  // Identity overrides: one config file serves every replica, each started
+  // with its own --server (or MQ_SIDECAR_SERVER).
+  std::string app, region, server;
+  CLI::Option* app_flag = cli.add_option("--app", app, "override identity.app (MQ_SIDECAR_APP)");
+  CLI::Option* region_flag =
+      cli.add_option("--region", region, "override identity.region (MQ_SIDECAR_REGION)");
+  CLI::Option* server_flag =
+      cli.add_option("--server", server, "override identity.server (MQ_SIDECAR_SERVER)");
   cli.set_version_flag("--version", "mq-sidecar 0.1.0");
   CLI11_PARSE(cli, argc, argv);
 
@@ -41,11 +49,22 @@ int Main(int argc, char** argv) {
     }
   }
 
-  absl::StatusOr<mqs::config::Config> config = mqs::config::LoadFile(config_path);
+  // flag > environment > file: the environment first, the flags over it;
+  // LoadFile puts both over the file.
+  mqs::config::LoadOptions options;
+  options.identity = mqs::config::IdentityFromEnvironment();
+  if (app_flag->count() > 0) options.identity.app = app;
+  if (region_flag->count() > 0) options.identity.region = region;
+  if (server_flag->count() > 0) options.identity.server = server;
+
+  absl::StatusOr<mqs::config::Config> config = mqs::config::LoadFile(config_path, options);
   if (!config.ok()) {
     std::cerr << "mq-sidecar: invalid config:\n" << config.status().message() << "\n";
     return 2;
   }
+  // Per process, not per config: names this sidecar's exclusive queues and
+  // its task correlation ids, so two runs never share them.
+  config->instance = mqs::config::NewInstanceId();
   if (check_config) {
     std::cout << mqs::config::Describe(*config);
     return 0;

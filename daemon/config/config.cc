@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <random>
 #include <set>
 #include <system_error>
 #include <utility>
@@ -77,6 +79,30 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"shutdown.drain", "duration", "10s",
      "On SIGTERM, time for subscribers to ack and for publishes to be confirmed; 0..1h (keep it "
      "below systemd's TimeoutStopSec, 60s in the shipped unit)."},
+    {"identity.app", "identity part", R"("")",
+     "The application this sidecar serves (`otc`, `usdtsvr`): letters, digits, `_` and `-`, "
+     "1..64 bytes; \"\" (omitted): not set. `--app`, else `MQ_SIDECAR_APP`, overrides it. "
+     "Fills `{app}` in names."},
+    {"identity.region", "identity part", R"("")",
+     "The region of this instance, as `identity.app`; `--region`, else `MQ_SIDECAR_REGION`, "
+     "overrides it. Fills `{region}`."},
+    {"identity.server", "identity part", R"("")",
+     "The server (replica) of this instance, as `identity.app`; `--server`, else "
+     "`MQ_SIDECAR_SERVER`, overrides it. Fills `{server}`."},
+    {"ping.business", "business or empty", R"("")",
+     "A configured producer business (as written or resolved) that this sidecar publishes its "
+     "heartbeat to every `ping.interval`, routing key `<app>.<region>.<server>`; needs a complete "
+     "identity. \"\": no pings."},
+    {"ping.interval", "duration", "10s",
+     "Time between pings, 1s..1h. A ping expires after 3 intervals; an instance silent for 3 of "
+     "its intervals is shown stale, for 30 dropped."},
+    {"ping.fleet", "boolean", "false",
+     "Watch every instance's pings (ListServers, `mqctl servers`) through an exclusive "
+     "auto-delete queue `<ping exchange>.fleet.<instance>` bound with `#`; needs "
+     "`ping.business`."},
+    {"tasks.results", "business or empty", R"("")",
+     "A configured consumer business (as written or resolved, e.g. `task.result`) whose exchange "
+     "task results are published to; SendTask needs it. \"\": SendTask disabled."},
 };
 
 constexpr std::string_view kDefaultListen[] = {"unix:///run/mq-sidecar/mq-sidecar.sock",
@@ -103,6 +129,35 @@ std::string_view ParentPath(std::string_view path) {
 constexpr std::chrono::minutes kMaxConnectTimeout{5};
 constexpr std::chrono::hours kMaxWaitTimeout{1};
 constexpr std::chrono::hours kMaxDrain{1};
+constexpr std::chrono::seconds kMinPingInterval{1};
+constexpr std::chrono::hours kMaxPingInterval{1};
+
+// An identity part becomes a word of routing keys (<app>.<region>.<server>)
+// and of names; 3 x 64 bytes keep the ping routing key under AMQP's 255.
+constexpr size_t kMaxIdentityPart = 64;
+
+// The identity parts, with the key, flag and variable that set each.
+struct IdentityPart {
+  std::string_view placeholder;  // "app" for {app}
+  std::string_view key;          // "identity.app"
+  std::string_view flag;         // "--app"
+  std::string_view env;          // "MQ_SIDECAR_APP"
+  std::string Identity::*value;
+  std::optional<std::string> LoadOptions::IdentityOverrides::*override_value;
+};
+const IdentityPart kIdentityParts[3] = {
+    {"app", "identity.app", "--app", "MQ_SIDECAR_APP", &Identity::app,
+     &LoadOptions::IdentityOverrides::app},
+    {"region", "identity.region", "--region", "MQ_SIDECAR_REGION", &Identity::region,
+     &LoadOptions::IdentityOverrides::region},
+    {"server", "identity.server", "--server", "MQ_SIDECAR_SERVER", &Identity::server,
+     &LoadOptions::IdentityOverrides::server},
+};
+
+// "identity.app is not set (set identity.app, --app or MQ_SIDECAR_APP)".
+std::string NotSet(const IdentityPart& part) {
+  return Cat(part.key, " is not set (set ", part.key, ", ", part.flag, " or ", part.env, ")");
+}
 
 // "a" or "an" before `word`.
 std::string_view Article(std::string_view word) {
@@ -209,6 +264,10 @@ Diagnostics::Diagnostics(std::string_view filename)
 
 void Diagnostics::Note(const std::string& path, int line, std::string display) {
   origins_.emplace(path, Origin{line, std::move(display)});
+}
+
+void Diagnostics::Override(const std::string& path, std::string display) {
+  origins_.insert_or_assign(path, Origin{0, std::move(display)});
 }
 
 int Diagnostics::LineOf(const std::string& path) const {
@@ -365,6 +424,66 @@ std::string_view CheckBusinessName(std::string_view name) {
   return "";
 }
 
+std::string CheckIdentityPart(std::string_view part) {
+  if (part.empty() || part.size() > kMaxIdentityPart ||
+      !std::all_of(part.begin(), part.end(),
+                   [](char c) { return IsAlnum(c) || c == '_' || c == '-'; })) {
+    return Cat("expected 1..", kMaxIdentityPart, " letters, digits, '_' or '-' (no '.', '#', '*' ",
+               "or spaces: parts become words of routing keys)");
+  }
+  return "";
+}
+
+bool ExpandPlaceholders(std::string_view text, const Identity& identity, std::string* out,
+                        std::vector<std::string>* errors, const std::array<bool, 3>& invalid) {
+  constexpr std::string_view kKnown = "placeholders are {app}, {region} and {server}";
+  std::string result;
+  bool ok = true;
+  std::array<bool, 3> reported{};
+  size_t i = 0;
+  while (i < text.size()) {
+    const char c = text[i];
+    if (c == '}') {
+      errors->push_back(Cat("unmatched '}' in ", Quote(text), "; ", kKnown));
+      return false;
+    }
+    if (c != '{') {
+      result += c;
+      ++i;
+      continue;
+    }
+    const size_t close = text.find_first_of("{}", i + 1);
+    if (close == std::string_view::npos || text[close] != '}') {
+      errors->push_back(Cat("unmatched '{' in ", Quote(text), "; ", kKnown));
+      return false;
+    }
+    const std::string_view name = text.substr(i + 1, close - i - 1);
+    const auto* part = std::find_if(std::begin(kIdentityParts), std::end(kIdentityParts),
+                                    [&](const IdentityPart& p) { return p.placeholder == name; });
+    if (part == std::end(kIdentityParts)) {
+      errors->push_back(Cat("unknown placeholder ", Quote(Cat("{", name, "}")), " in ", Quote(text),
+                            "; ", kKnown));
+      return false;
+    }
+    const size_t index = static_cast<size_t>(part - std::begin(kIdentityParts));
+    const std::string& value = identity.*(part->value);
+    if (invalid[index]) {
+      ok = false;  // the part's own error says why
+    } else if (value.empty()) {
+      if (!reported[index]) {
+        errors->push_back(Cat("uses {", name, "} but ", NotSet(*part)));
+        reported[index] = true;
+      }
+      ok = false;
+    } else {
+      result += value;
+    }
+    i = close + 1;
+  }
+  if (ok) *out = std::move(result);
+  return ok;
+}
+
 void ApplyDefaults(Config& config) {
   if (config.listen.empty()) {
     config.listen.assign(std::begin(kDefaultListen), std::end(kDefaultListen));
@@ -385,13 +504,25 @@ void ApplyDefaults(Config& config) {
 
 namespace {
 
+// A key path with its line, for "... for consumers["a"] (line 2)".
+std::string Where(const Diagnostics& diag, const std::string& path) {
+  const int line = diag.LineOf(path);
+  return line > 0 ? Cat(path, " (line ", line, ")") : path;
+}
+
+// The name a business is written as in the file: its key paths (and so its
+// lines) are recorded under it.
+template <typename Business>
+const std::string& PathName(const Business& b) {
+  return b.written_as.empty() ? b.name : b.written_as;
+}
+
 // Cross-business checks: names reused so that the broker would refuse the
-// declarations (PRECONDITION_FAILED) or would mix unrelated messages.
+// declarations (PRECONDITION_FAILED) or would mix unrelated messages. The
+// implicit unroutable consumers are left out: their exchange and queue are
+// their producer's handle ones, claimed with it.
 void CheckConflicts(const Config& config, Diagnostics& diag) {
-  auto where = [&](const std::string& path) {
-    const int line = diag.LineOf(path);
-    return line > 0 ? Cat(path, " (line ", line, ")") : path;
-  };
+  auto where = [&](const std::string& path) { return Where(diag, path); };
 
   struct ExchangeClaim {
     std::string type;
@@ -412,8 +543,8 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
   std::map<std::string, std::pair<std::string, std::string>>
       alternates;  // exchange -> handle, path
   for (const Producer& p : config.producers) {
-    const std::string handle_path = BusinessPath("producers", p.name, "handle");
-    claim_exchange(p.exchange, "topic", BusinessPath("producers", p.name, "exchange"));
+    const std::string handle_path = BusinessPath("producers", PathName(p), "handle");
+    claim_exchange(p.exchange, "topic", BusinessPath("producers", PathName(p), "exchange"));
     if (!p.handle.empty()) claim_exchange(p.handle, "fanout", handle_path);
     auto [it, inserted] = alternates.emplace(p.exchange, std::make_pair(p.handle, handle_path));
     if (!inserted && it->second.first != p.handle) {
@@ -425,7 +556,8 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
     }
   }
   for (const Consumer& c : config.consumers) {
-    claim_exchange(c.exchange, "topic", BusinessPath("consumers", c.name, "exchange"));
+    if (c.unroutable) continue;
+    claim_exchange(c.exchange, "topic", BusinessPath("consumers", PathName(c), "exchange"));
   }
 
   struct QueueClaim {
@@ -439,10 +571,11 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
     if (p.handle.empty()) continue;
     queues.emplace(
         p.handle + ".queue",
-        QueueClaim{QueueType::kClassic, BusinessPath("producers", p.name, "handle"), true});
+        QueueClaim{QueueType::kClassic, BusinessPath("producers", PathName(p), "handle"), true});
   }
   for (const Consumer& c : config.consumers) {
-    const std::string path = BusinessPath("consumers", c.name);
+    if (c.unroutable) continue;
+    const std::string path = BusinessPath("consumers", PathName(c));
     auto [it, inserted] =
         queues.emplace(c.queue, QueueClaim{c.queue_type, path, false, c.max_deliveries});
     if (inserted) continue;
@@ -464,10 +597,207 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
   }
 }
 
+// Applies the overrides (flag > environment, chosen by main, > file) and
+// checks every part set. Returns which parts are invalid (reported here), so
+// that the placeholders using them add no errors of their own.
+std::array<bool, 3> ResolveIdentity(Config& config, Diagnostics& diag, const LoadOptions& options) {
+  std::array<bool, 3> invalid{};
+  for (size_t i = 0; i < std::size(kIdentityParts); ++i) {
+    const IdentityPart& part = kIdentityParts[i];
+    const std::string path(part.key);
+    std::string& value = config.identity.*(part.value);
+    const std::optional<std::string>& override_value = options.identity.*(part.override_value);
+    if (override_value) {
+      value = *override_value;
+      // Errors then name where the value came from, not the file's line.
+      diag.Override(path, Cat(part.key, " (from ", part.flag, " or ", part.env, ")"));
+    } else if (value.empty()) {
+      continue;  // not set; the loader refused an explicit ""
+    }
+    if (std::string e = CheckIdentityPart(value); !e.empty()) {
+      diag.ErrorAt(path, Cat(e, ", got ", Quote(value)));
+      invalid[i] = true;
+      value.clear();
+    }
+  }
+  return invalid;
+}
+
+// Businesses (by written name) whose placeholders failed: reported and
+// removed, so that ping.business and tasks.results naming them add nothing.
+struct BrokenNames {
+  std::set<std::string, std::less<>> producers;
+  std::set<std::string, std::less<>> consumers;
+};
+
+// Expands the placeholders in every business name and name-valued field,
+// keeping the written name in written_as; before ApplyDefaults, so that
+// default exchanges and queues derive from the resolved names.
+BrokenNames ResolvePlaceholders(Config& config, Diagnostics& diag,
+                                const std::array<bool, 3>& invalid) {
+  BrokenNames broken;
+  auto expand = [&](std::string& field, const std::string& path) {
+    if (field.find_first_of("{}") == std::string::npos) return true;
+    std::vector<std::string> errors;
+    std::string out;
+    if (ExpandPlaceholders(field, config.identity, &out, &errors, invalid)) {
+      field = std::move(out);
+      return true;
+    }
+    for (const std::string& e : errors) diag.ErrorAt(path, e);
+    return false;
+  };
+  // Resolves one business; false if any of its fields failed.
+  auto resolve = [&](auto& b, std::string_view root, auto&& fields) {
+    const std::string written = b.name;
+    bool ok = expand(b.name, BusinessPath(root, written));
+    ok = fields(written) && ok;
+    if (ok && b.name != written) b.written_as = written;
+    return ok;
+  };
+  // Two written names, one resolved name: Publish and Subscribe could not
+  // tell them apart.
+  auto check_unique = [&](const auto& list, std::string_view root) {
+    std::map<std::string_view, std::string> seen;  // resolved name -> path
+    for (const auto& b : list) {
+      const std::string path = BusinessPath(root, PathName(b));
+      auto [it, inserted] = seen.emplace(b.name, path);
+      if (!inserted) {
+        diag.ErrorAt(path, Cat("resolves to ", Quote(b.name), ", as does ", Where(diag, it->second),
+                               "; business names must stay distinct"));
+      }
+    }
+  };
+
+  std::vector<Producer> producers;
+  for (Producer& p : config.producers) {
+    std::string written_name = p.name;
+    const bool ok = resolve(p, "producers", [&](const std::string& written) {
+      const bool exchange_ok = expand(p.exchange, BusinessPath("producers", written, "exchange"));
+      return expand(p.handle, BusinessPath("producers", written, "handle")) && exchange_ok;
+    });
+    if (ok) {
+      producers.push_back(std::move(p));
+    } else {
+      // Both forms: the name itself may have resolved.
+      broken.producers.insert(p.name);
+      broken.producers.insert(std::move(written_name));
+    }
+  }
+  config.producers = std::move(producers);
+
+  std::vector<Consumer> consumers;
+  for (Consumer& c : config.consumers) {
+    std::string written_name = c.name;
+    const bool ok = resolve(c, "consumers", [&](const std::string& written) {
+      bool fields_ok = expand(c.exchange, BusinessPath("consumers", written, "exchange"));
+      fields_ok = expand(c.queue, BusinessPath("consumers", written, "queue")) && fields_ok;
+      for (size_t i = 0; i < c.binding_keys.size(); ++i) {
+        fields_ok = expand(c.binding_keys[i],
+                           Cat(BusinessPath("consumers", written, "binding_keys"), "[", i, "]")) &&
+                    fields_ok;
+      }
+      return fields_ok;
+    });
+    if (ok) {
+      consumers.push_back(std::move(c));
+    } else {
+      broken.consumers.insert(c.name);
+      broken.consumers.insert(std::move(written_name));
+    }
+  }
+  config.consumers = std::move(consumers);
+
+  check_unique(config.producers, "producers");
+  check_unique(config.consumers, "consumers");
+  return broken;
+}
+
+// For every producer with a handle, the consumer business
+// "<producer>.unroutable" of its handle queue, so that clients can Subscribe
+// to what the alternate exchange kept. Its name is reserved.
+void AddUnroutableConsumers(Config& config, Diagnostics& diag) {
+  std::map<std::string_view, std::string> configured;  // name -> path
+  for (const Producer& p : config.producers) {
+    configured.emplace(p.name, BusinessPath("producers", PathName(p)));
+  }
+  for (const Consumer& c : config.consumers) {
+    configured.emplace(c.name, BusinessPath("consumers", PathName(c)));
+  }
+  std::vector<Consumer> added;
+  for (const Producer& p : config.producers) {
+    if (p.handle.empty()) continue;
+    Consumer c;
+    c.name = p.name + ".unroutable";
+    if (!p.written_as.empty()) c.written_as = p.written_as + ".unroutable";
+    if (auto it = configured.find(c.name); it != configured.end()) {
+      diag.ErrorAt(it->second,
+                   Cat("business name ", Quote(c.name), " is reserved for the unroutable messages ",
+                       "of producer ", Quote(p.name), " (",
+                       Where(diag, BusinessPath("producers", PathName(p), "handle")),
+                       "); choose another name"));
+      continue;
+    }
+    c.exchange = p.handle;
+    c.queue = p.handle + ".queue";
+    c.queue_type = QueueType::kClassic;
+    c.binding_keys = {"#"};
+    c.unroutable = true;
+    added.push_back(std::move(c));
+  }
+  if (added.empty()) return;
+  for (Consumer& c : added) config.consumers.push_back(std::move(c));
+  ApplyDefaults(config);  // sorts again
+}
+
+// ping and tasks: they name businesses, as written or resolved; both are
+// kept as the resolved name.
+void CheckControl(Config& config, Diagnostics& diag, const std::array<bool, 3>& invalid,
+                  const BrokenNames& broken) {
+  if (!config.ping.business.empty()) {
+    if (const Producer* p = config.FindProducer(config.ping.business)) {
+      config.ping.business = p->name;
+    } else if (broken.producers.count(config.ping.business) == 0) {
+      diag.ErrorAt("ping.business", Cat("expected a configured producer business, got ",
+                                        Quote(config.ping.business)));
+    }
+    // The ping's routing key is <app>.<region>.<server>.
+    for (size_t i = 0; i < std::size(kIdentityParts); ++i) {
+      if (invalid[i] || !(config.identity.*(kIdentityParts[i].value)).empty()) continue;
+      diag.ErrorAt("ping.business",
+                   Cat("pings need a complete identity, but ", NotSet(kIdentityParts[i])));
+    }
+  }
+  const std::chrono::milliseconds interval = config.ping.interval;
+  if (interval < kMinPingInterval || interval > kMaxPingInterval) {
+    diag.ErrorAt("ping.interval",
+                 Cat("expected a duration of ", FormatDuration(kMinPingInterval), "..",
+                     FormatDuration(kMaxPingInterval), ", got ", FormatDuration(interval)));
+  }
+  if (config.ping.fleet && config.ping.business.empty()) {
+    diag.ErrorAt("ping.fleet",
+                 "requires ping.business (the fleet is watched through the ping exchange)");
+  }
+  if (!config.tasks.results.empty()) {
+    const Consumer* c = config.FindConsumer(config.tasks.results);
+    if (c != nullptr && !c->unroutable) {
+      config.tasks.results = c->name;
+    } else if (broken.consumers.count(config.tasks.results) == 0) {
+      diag.ErrorAt("tasks.results",
+                   Cat("expected a configured consumer business (e.g. task.result), got ",
+                       Quote(config.tasks.results)));
+    }
+  }
+}
+
 }  // namespace
 
-absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
+absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptions& options) {
+  const std::array<bool, 3> invalid = ResolveIdentity(config, diag, options);
+  const size_t businesses = config.producers.size() + config.consumers.size();
+  const BrokenNames broken = ResolvePlaceholders(config, diag, invalid);
   ApplyDefaults(config);
+  AddUnroutableConsumers(config, diag);
 
   // A set, not a scan of the earlier entries: a 1 MiB list must not take
   // quadratic time.
@@ -514,35 +844,37 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
 
   for (const Producer& p : config.producers) {
     if (std::string_view e = CheckBusinessName(p.name); !e.empty()) {
-      diag.ErrorAt(BusinessPath("producers", p.name), Cat(e, ", got ", Quote(p.name)));
+      diag.ErrorAt(BusinessPath("producers", PathName(p)), Cat(e, ", got ", Quote(p.name)));
     }
     if (std::string e = CheckAmqpName(p.exchange, "exchange"); !e.empty()) {
-      diag.ErrorAt(BusinessPath("producers", p.name, "exchange"), e);
+      diag.ErrorAt(BusinessPath("producers", PathName(p), "exchange"), e);
     }
     if (p.handle.empty()) continue;
     if (std::string e = CheckAmqpName(p.handle, "alternate exchange"); !e.empty()) {
-      diag.ErrorAt(BusinessPath("producers", p.name, "handle"), e);
+      diag.ErrorAt(BusinessPath("producers", PathName(p), "handle"), e);
     } else if (p.handle.size() + 6 > 255) {
-      diag.ErrorAt(BusinessPath("producers", p.name, "handle"),
+      diag.ErrorAt(BusinessPath("producers", PathName(p), "handle"),
                    "expected a handle of at most 249 bytes (its queue is <handle>.queue)");
     }
   }
   for (const Consumer& c : config.consumers) {
+    if (c.unroutable) continue;  // made from a producer's handle, checked with it
     if (std::string_view e = CheckBusinessName(c.name); !e.empty()) {
-      diag.ErrorAt(BusinessPath("consumers", c.name), Cat(e, ", got ", Quote(c.name)));
+      diag.ErrorAt(BusinessPath("consumers", PathName(c)), Cat(e, ", got ", Quote(c.name)));
     }
     if (std::string e = CheckAmqpName(c.exchange, "exchange"); !e.empty()) {
-      diag.ErrorAt(BusinessPath("consumers", c.name, "exchange"), e);
+      diag.ErrorAt(BusinessPath("consumers", PathName(c), "exchange"), e);
     }
     if (std::string e = CheckAmqpName(c.queue, "queue"); !e.empty()) {
-      diag.ErrorAt(BusinessPath("consumers", c.name, "queue"), e);
+      diag.ErrorAt(BusinessPath("consumers", PathName(c), "queue"), e);
     }
     if (c.max_deliveries > 0 && c.queue_type != QueueType::kQuorum) {
-      diag.ErrorAt(BusinessPath("consumers", c.name, "max_deliveries"),
+      diag.ErrorAt(BusinessPath("consumers", PathName(c), "max_deliveries"),
                    "expected 0 for a classic queue (a delivery limit needs queue_type quorum)");
     }
     for (size_t i = 0; i < c.binding_keys.size(); ++i) {
-      const std::string path = Cat(BusinessPath("consumers", c.name, "binding_keys"), "[", i, "]");
+      const std::string path =
+          Cat(BusinessPath("consumers", PathName(c), "binding_keys"), "[", i, "]");
       if (util::HasControlChars(c.binding_keys[i])) {
         diag.ErrorAt(path, Cat("expected a binding key without control characters, got ",
                                Quote(c.binding_keys[i])));
@@ -551,13 +883,14 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag) {
       }
     }
     if (util::HasControlChars(c.handle)) {
-      diag.ErrorAt(BusinessPath("consumers", c.name, "handle"),
+      diag.ErrorAt(BusinessPath("consumers", PathName(c), "handle"),
                    Cat("expected a handle without control characters, got ", Quote(c.handle)));
     }
   }
   CheckConflicts(config, diag);
+  CheckControl(config, diag, invalid, broken);
 
-  if (config.producers.empty() && config.consumers.empty()) {
+  if (businesses == 0) {
     diag.Error(0, "producers, consumers",
                "expected at least one producer or consumer business, got none");
   }
@@ -582,19 +915,56 @@ std::string_view QueueTypeName(QueueType t) {
   return "unknown";
 }
 
+namespace {
+
+// `business` is b's resolved name or the name as written ("task.{app}").
+template <typename Business>
+bool Names(const Business& b, std::string_view business) {
+  return b.name == business || (!b.written_as.empty() && b.written_as == business);
+}
+
+}  // namespace
+
 const Producer* Config::FindProducer(std::string_view business) const {
   // Linear: a handful of businesses, and hand-built configs need not be sorted.
   for (const Producer& p : producers) {
-    if (p.name == business) return &p;
+    if (Names(p, business)) return &p;
   }
   return nullptr;
 }
 
 const Consumer* Config::FindConsumer(std::string_view business) const {
   for (const Consumer& c : consumers) {
-    if (c.name == business) return &c;
+    if (Names(c, business)) return &c;
   }
   return nullptr;
+}
+
+std::string NewInstanceId() {
+  // std::random_device is the kernel's getrandom on Linux: instances started
+  // at the same moment on cloned hosts still differ, as a time-seeded PRNG
+  // would not.
+  std::random_device random;
+  const uint64_t id = (static_cast<uint64_t>(random()) << 32) ^ static_cast<uint64_t>(random());
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(id));
+  return hex;
+}
+
+LoadOptions::IdentityOverrides IdentityFromEnvironment() {
+  // Called once by main before any thread starts, so getenv cannot race a
+  // setenv. An empty variable counts as not set (`MQ_SIDECAR_APP=` in a unit
+  // or compose file), leaving the file's value.
+  auto get = [](const char* name) -> std::optional<std::string> {
+    const char* value = std::getenv(name);  // NOLINT(concurrency-mt-unsafe)
+    if (value == nullptr || *value == '\0') return std::nullopt;
+    return std::string(value);
+  };
+  LoadOptions::IdentityOverrides out;
+  out.app = get("MQ_SIDECAR_APP");
+  out.region = get("MQ_SIDECAR_REGION");
+  out.server = get("MQ_SIDECAR_SERVER");
+  return out;
 }
 
 absl::StatusOr<BrokerUri> ParseBrokerUri(std::string_view uri) {
@@ -642,7 +1012,7 @@ bool LooksLikeIni(std::string_view text) {
 
 }  // namespace
 
-absl::StatusOr<Config> LoadFile(const std::string& path) {
+absl::StatusOr<Config> LoadFile(const std::string& path, const LoadOptions& options) {
   auto unreadable = [&](int err) {
     return absl::NotFoundError(
         Cat("cannot read config file ", path, ": ", std::generic_category().message(err)));
@@ -671,7 +1041,7 @@ absl::StatusOr<Config> LoadFile(const std::string& path) {
         Cat(path, ": config file larger than ", internal::kMaxConfigText));
   }
   absl::StatusOr<Config> config =
-      LooksLikeIni(text) ? LoadIniText(text, path) : LoadYamlText(text, path);
+      LooksLikeIni(text) ? LoadIniText(text, path, options) : LoadYamlText(text, path, options);
   if (config.ok()) config->source = path;
   return config;
 }
@@ -715,6 +1085,28 @@ std::string Describe(const Config& input) {
   Append(&out, "  wait_timeout: ", FormatDuration(config.publish.wait_timeout), "\n");
   Append(&out, "shutdown:\n  drain: ", FormatDuration(config.shutdown.drain), "\n");
   Append(&out, "log:\n  level: ", config.log_level, "\n");
+  auto or_not_set = [](const std::string& s) { return s.empty() ? std::string("(not set)") : s; };
+  Append(&out, "identity:\n  app: ", or_not_set(config.identity.app), "\n");
+  Append(&out, "  region: ", or_not_set(config.identity.region), "\n");
+  Append(&out, "  server: ", or_not_set(config.identity.server), "\n");
+  if (!config.instance.empty()) Append(&out, "  instance: ", config.instance, "\n");
+  Append(&out, "ping:\n");
+  if (config.ping.business.empty()) {
+    Append(&out, "  business: (none: no pings)\n");
+  } else {
+    Append(&out, "  business: ", config.ping.business);
+    if (const Producer* p = config.FindProducer(config.ping.business)) {
+      Append(&out, " (exchange ", p->exchange, ", routing key ", config.identity.app, ".",
+             config.identity.region, ".", config.identity.server, ")");
+    }
+    Append(&out, "\n");
+  }
+  Append(&out, "  interval: ", FormatDuration(config.ping.interval), "\n");
+  Append(&out, "  fleet: ", config.ping.fleet ? "true" : "false", "\n");
+  Append(&out, "tasks:\n  results: ",
+         config.tasks.results.empty() ? std::string("(none: SendTask disabled)")
+                                      : config.tasks.results,
+         "\n");
 
   // Maps rather than FindProducer/FindConsumer per name: linear lookups
   // would make a config with many businesses quadratic.
@@ -729,11 +1121,27 @@ std::string Describe(const Config& input) {
   }
   Append(&out, "businesses:\n");
   for (const auto& [name, roles] : names) {
-    Append(&out, "  ", name, "\n");
+    Append(&out, "  ", name);
+    // Placeholders: the name as written, once even if both roles wrote it.
+    std::set<std::string_view> written;
+    if (roles.first != nullptr && !roles.first->written_as.empty()) {
+      written.insert(roles.first->written_as);
+    }
+    if (roles.second != nullptr && !roles.second->written_as.empty()) {
+      written.insert(roles.second->written_as);
+    }
+    if (!written.empty()) Append(&out, " (written as ", Join(written, ", "), ")");
+    Append(&out, "\n");
     if (const Producer* p = roles.first) {
       Append(&out, "    producer: exchange ", p->exchange, ", handle ", or_none(p->handle), "\n");
     }
-    if (const Consumer* c = roles.second) {
+    if (const Consumer* c = roles.second; c != nullptr && c->unroutable) {
+      Append(&out, "    consumer (unroutable messages of producer ",
+             c->name.substr(0, c->name.size() - std::string_view(".unroutable").size()),
+             "): exchange ", c->exchange, " (fanout), queue ", c->queue, " (",
+             QueueTypeName(c->queue_type), "), binding keys [", Join(c->binding_keys, ", "),
+             "], prefetch ", c->prefetch, "\n");
+    } else if (c != nullptr) {
       Append(&out, "    consumer: exchange ", c->exchange, ", queue ", c->queue, " (",
              QueueTypeName(c->queue_type), "), binding keys [", Join(c->binding_keys, ", "),
              "], prefetch ", c->prefetch, ", max_deliveries ", c->max_deliveries, ", handle ",

@@ -24,6 +24,14 @@ using internal::Diagnostics;
 using internal::Quote;
 
 constexpr std::string_view kSection = "rabbitmq";
+// Optional sections whose keys are those of the YAML map of the same name
+// (identity.app = [identity] app=...).
+constexpr std::string_view kControlSections[] = {"identity", "ping", "tasks"};
+
+bool IsControlSection(std::string_view section) {
+  return std::find(std::begin(kControlSections), std::end(kControlSections), section) !=
+         std::end(kControlSections);
+}
 
 // [rabbitmq] keys, in the order documented in docs/configuration.md. The seed
 // has address, producer and consumer; the rest mirror YAML keys.
@@ -154,7 +162,8 @@ std::optional<nlohmann::json> ParseJson(std::string_view text, int line, const s
 
 }  // namespace
 
-absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filename) {
+absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filename,
+                                   const LoadOptions& options) {
   Diagnostics diag(filename);
   Config config;
   internal::YamlReader reader(diag, config);
@@ -178,9 +187,10 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
         }
         section = std::string(Trim(line.substr(1, line.size() - 2)));
         auto [first, inserted] = sections.emplace(section, line_no);
-        if (section != kSection) {
-          diag.Error(line_no, Cat("[", section, "]"),
-                     Cat("unknown section; expected [", kSection, "]"));
+        if (section != kSection && !IsControlSection(section)) {
+          diag.Error(
+              line_no, Cat("[", section, "]"),
+              Cat("unknown section; expected [", kSection, "], [identity], [ping] or [tasks]"));
         } else if (!inserted) {
           diag.Error(line_no, Cat("[", section, "]"),
                      Cat("duplicate section (first at line ", first->second, ")"));
@@ -198,6 +208,23 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
       const std::string_view value = Trim(line.substr(eq + 1));
       if (section.empty()) {
         diag.Error(line_no, key, Cat("expected [", kSection, "] before the first key"));
+        continue;
+      }
+      if (IsControlSection(section)) {
+        const std::string canonical = Cat(section, ".", key);
+        const std::vector<std::string_view> known = internal::ChildKeys(section);
+        if (std::find(known.begin(), known.end(), key) == known.end()) {
+          diag.Error(line_no, canonical, internal::UnknownKeyMessage(key, known));
+          continue;
+        }
+        auto [first, inserted] = keys.emplace(canonical, line_no);
+        if (!inserted) {
+          diag.Error(line_no, canonical, Cat("duplicate key (first at line ", first->second, ")"));
+          continue;
+        }
+        diag.Note(canonical, line_no, canonical);
+        reader.set_fixed_line(line_no);
+        reader.ReadControlKey(canonical, YAML::Node(std::string{value}), canonical);
         continue;
       }
       if (section != kSection) continue;  // the section is reported once
@@ -254,7 +281,7 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
     diag.Error(line_no, "(ini)", e.what());
     return diag.ToStatus();
   }
-  return internal::Resolve(std::move(config), diag);
+  return internal::Resolve(std::move(config), diag, options);
 }
 
 }  // namespace mqs::config

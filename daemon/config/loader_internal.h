@@ -4,6 +4,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <array>
 #include <cctype>
 #include <chrono>
 #include <cstdint>
@@ -77,6 +78,9 @@ class Diagnostics {
   // Records that canonical key `path` (YAML form) was set at `line`, shown to
   // the user as `display` (differs for INI). The first record wins.
   void Note(const std::string& path, int line, std::string display);
+  // Records that `path` was set from outside the file (a flag or the
+  // environment, no line), replacing what the file set there.
+  void Override(const std::string& path, std::string display);
   // The line `path` was recorded at, or 0.
   int LineOf(const std::string& path) const;
 
@@ -156,12 +160,18 @@ class YamlReader {
   void ReadConnectTimeout(const YAML::Node& node, const std::string& display);
   void ReadWindow(const YAML::Node& node, const std::string& display);
   void ReadLogLevel(const YAML::Node& node, const std::string& display);
+  // A leaf key under identity, ping or tasks; `canonical` as in kConfigKeys
+  // ("identity.app", "ping.interval", ...), known to be one of them.
+  void ReadControlKey(std::string_view canonical, const YAML::Node& node,
+                      const std::string& display);
 
  private:
   int Line(const YAML::Node& node) const;
   void ReadBroker(const YAML::Node& node);
   void ReadPublish(const YAML::Node& node);
   void ReadLog(const YAML::Node& node);
+  // identity, ping, tasks: maps of leaf keys read by ReadControlKey.
+  void ReadSection(const YAML::Node& node, std::string_view section);
   // Calls `fn(key, key_node, value)` per key of map `node`; unknown keys
   // (per kConfigKeys `pattern`) and duplicate keys are errors.
   template <typename Fn>
@@ -175,6 +185,7 @@ class YamlReader {
                                                      std::string_view what);
   std::optional<std::chrono::milliseconds> Duration(const YAML::Node& node,
                                                     const std::string& display);
+  std::optional<bool> Bool(const YAML::Node& node, const std::string& display);
 
   Diagnostics& diag_;
   Config& config_;
@@ -185,9 +196,23 @@ class YamlReader {
 // sorts the business vectors. Idempotent.
 void ApplyDefaults(Config& config);
 
-// ApplyDefaults, then validates values and cross-business conflicts into
-// `diag`. Returns the config if `diag` holds no errors (from the loader either).
-absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag);
+// Applies the identity overrides of `options`, resolves the placeholders
+// {app} {region} {server}, ApplyDefaults, adds the implicit
+// "<producer>.unroutable" consumers, then validates values and cross-business
+// conflicts into `diag`. Returns the config if `diag` holds no errors (from
+// the loader either).
+absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptions& options = {});
+
+// Expands {app}, {region} and {server} in `text` from `identity` into
+// `*out`. False if it cannot: a part not set ("uses {app} but identity.app is
+// not set (...)"), an unknown placeholder or a stray brace, each appended to
+// `*errors`. A part marked in `invalid` (reported already) fails silently.
+bool ExpandPlaceholders(std::string_view text, const Identity& identity, std::string* out,
+                        std::vector<std::string>* errors, const std::array<bool, 3>& invalid = {});
+
+// "" if `part` is a valid identity part (letters, digits, '_' and '-', 1..64
+// bytes), else what was expected.
+std::string CheckIdentityPart(std::string_view part);
 
 // "" if `name` is a valid business name, else what was expected.
 std::string_view CheckBusinessName(std::string_view name);

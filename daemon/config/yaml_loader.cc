@@ -160,6 +160,15 @@ std::optional<std::chrono::milliseconds> YamlReader::Duration(const YAML::Node& 
   return d;
 }
 
+std::optional<bool> YamlReader::Bool(const YAML::Node& node, const std::string& display) {
+  if (node.IsNull()) return std::nullopt;
+  if (node.IsScalar() && (node.Scalar() == "true" || node.Scalar() == "false")) {
+    return node.Scalar() == "true";
+  }
+  diag_.Error(Line(node), display, Cat("expected true or false, got ", Got(node)));
+  return std::nullopt;
+}
+
 namespace {
 
 // Notes each list element's own line, so that Resolve() errors point at it.
@@ -204,6 +213,8 @@ void YamlReader::ReadRoot(const YAML::Node& root) {
                  ReadPublish(value);
                } else if (key == "log") {
                  ReadLog(value);
+               } else if (key == "identity" || key == "ping" || key == "tasks") {
+                 ReadSection(value, key);
                } else if (key == "shutdown") {
                  if (!ExpectMap(value, "shutdown", "a map (drain)")) return;
                  ForEachKey(value, "shutdown", "shutdown", "shutdown",
@@ -236,13 +247,7 @@ void YamlReader::ReadPublish(const YAML::Node& node) {
                if (key == "window") {
                  ReadWindow(value, display);
                } else if (key == "republish_unconfirmed") {
-                 if (value.IsNull()) return;
-                 if (value.IsScalar() && (value.Scalar() == "true" || value.Scalar() == "false")) {
-                   config_.publish.republish_unconfirmed = value.Scalar() == "true";
-                 } else {
-                   diag_.Error(Line(value), display,
-                               Cat("expected true or false, got ", Got(value)));
-                 }
+                 if (auto b = Bool(value, display)) config_.publish.republish_unconfirmed = *b;
                } else if (key == "wait_timeout") {
                  if (auto d = Duration(value, display)) config_.publish.wait_timeout = *d;
                }
@@ -255,6 +260,41 @@ void YamlReader::ReadLog(const YAML::Node& node) {
              [&](const std::string& key, const std::string& display, const YAML::Node& value) {
                if (key == "level") ReadLogLevel(value, display);
              });
+}
+
+void YamlReader::ReadSection(const YAML::Node& node, std::string_view section) {
+  const std::string name(section);
+  if (!ExpectMap(node, name, Cat("a map (", Join(ChildKeys(section), ", "), ")"))) return;
+  ForEachKey(node, section, name, name,
+             [&](const std::string& key, const std::string& display, const YAML::Node& value) {
+               ReadControlKey(Cat(section, ".", key), value, display);
+             });
+}
+
+void YamlReader::ReadControlKey(std::string_view canonical, const YAML::Node& node,
+                                const std::string& display) {
+  if (canonical == "identity.app" || canonical == "identity.region" ||
+      canonical == "identity.server") {
+    // Empty is "not set" inside Identity, so an explicit "" must not pass
+    // for one; Resolve() checks the characters (overrides too).
+    std::optional<std::string> s = String(node, display, false);
+    if (!s) return;
+    if (canonical == "identity.app") {
+      config_.identity.app = std::move(*s);
+    } else if (canonical == "identity.region") {
+      config_.identity.region = std::move(*s);
+    } else {
+      config_.identity.server = std::move(*s);
+    }
+  } else if (canonical == "ping.business") {
+    if (auto s = String(node, display, true)) config_.ping.business = *s;
+  } else if (canonical == "ping.interval") {
+    if (auto d = Duration(node, display)) config_.ping.interval = *d;
+  } else if (canonical == "ping.fleet") {
+    if (auto b = Bool(node, display)) config_.ping.fleet = *b;
+  } else if (canonical == "tasks.results") {
+    if (auto s = String(node, display, true)) config_.tasks.results = *s;
+  }
 }
 
 void YamlReader::ReadListen(const YAML::Node& node, const std::string& display) {
@@ -428,7 +468,8 @@ class DocumentStarts : public YAML::EventHandler {
 
 }  // namespace
 
-absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view filename) {
+absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view filename,
+                                    const LoadOptions& options) {
   internal::Diagnostics diag(filename);
   Config config;
   auto line_of = [](const YAML::Mark& mark) { return mark.line < 0 ? 0 : mark.line + 1; };
@@ -476,7 +517,7 @@ absl::StatusOr<Config> LoadYamlText(std::string_view text, std::string_view file
     diag.Error(0, "(config)", e.what());
     return diag.ToStatus();
   }
-  return internal::Resolve(std::move(config), diag);
+  return internal::Resolve(std::move(config), diag, options);
 }
 
 }  // namespace mqs::config

@@ -207,7 +207,8 @@ consumer={"b":{"queue":"q.b","queue_type":"classic","prefetch":8,"binding_keys":
   CHECK(c->publish.window == 64);
   CHECK(c->log_level == "debug");
   CHECK(c->producers[0].handle == "ex.a.unroutable");
-  const Consumer& b = c->consumers[0];
+  REQUIRE(c->FindConsumer("b") != nullptr);  // consumers[0] is the implicit a.unroutable
+  const Consumer& b = *c->FindConsumer("b");
   CHECK(b.exchange == "b");
   CHECK(b.queue == "q.b");
   CHECK(b.queue_type == QueueType::kClassic);
@@ -277,8 +278,8 @@ publish: { window: 8, size: 3 }
 )",
                                                  "mq-sidecar.yaml"));
   CHECK_THAT(err, Catch::Contains("mq-sidecar.yaml:2: brokr: unknown key; expected one of: listen, "
-                                  "broker, producers, consumers, publish, log, shutdown (did you "
-                                  "mean \"broker\"?)"));
+                                  "broker, producers, consumers, publish, log, shutdown, identity, "
+                                  "ping, tasks (did you mean \"broker\"?)"));
   CHECK_THAT(err, Catch::Contains(
                       "mq-sidecar.yaml:6: consumers[\"usdt.transfer\"].prefech: unknown key") &&
                       Catch::Contains("(did you mean \"prefetch\"?)"));
@@ -620,14 +621,24 @@ consumers: { c: { exchange: e, queue: q, binding_keys: "#", queue_type: quorum, 
 publish: { window: 1, republish_unconfirmed: false, wait_timeout: 2s }
 log: { level: trace }
 shutdown: { drain: 0 }
+identity: { app: a, region: r, server: s }
+ping: { business: p, interval: 5s, fleet: true }
+tasks: { results: c }
 )",
                                           "all.yaml");
   REQUIRE(c.ok());
+  CHECK(c->identity.app == "a");
+  CHECK(c->identity.region == "r");
+  CHECK(c->identity.server == "s");
+  CHECK(c->ping.business == "p");
+  CHECK(c->ping.interval == seconds(5));
+  CHECK(c->ping.fleet);
+  CHECK(c->tasks.results == "c");
   CHECK(c->consumers[0].max_deliveries == 5);
   CHECK_FALSE(c->publish.republish_unconfirmed);
   CHECK(c->publish.wait_timeout == seconds(2));
   CHECK(c->shutdown.drain == milliseconds(0));
-  CHECK(internal::ChildKeys("").size() == 7);
+  CHECK(internal::ChildKeys("").size() == 10);
   CHECK(internal::ChildKeys("consumers.<business>").size() == 7);
   // A delivery limit needs a quorum queue; consumers of one queue agree on it.
   const std::string err = ErrorText(LoadYamlText(R"(consumers:
