@@ -374,6 +374,8 @@ std::string StatusText(const grpc::Status& status);
 
 // The mq-sidecar binary under test ($MQS_TEST_DAEMON, else the build's).
 std::string DaemonPathForTests();
+// The mqctl binary built with the tests.
+inline std::string MqctlPath() { return MQS_MQCTL_PATH; }
 std::string ResultText(const pb::PublishResult& result);
 
 // Control of a local RabbitMQ node through rabbitmqctl and signals (tests run
