@@ -49,13 +49,15 @@ int Main(int argc, char** argv) {
     }
   }
 
-  // flag > environment > file: the environment first, the flags over it;
-  // LoadFile puts both over the file.
+  // flag > environment > file: LoadFile puts the merged overrides over the
+  // file. A flag given empty (--server "") is an error, not "unset".
+  mqs::config::LoadOptions::IdentityOverrides flags;
+  if (app_flag->count() > 0) flags.app = app;
+  if (region_flag->count() > 0) flags.region = region;
+  if (server_flag->count() > 0) flags.server = server;
   mqs::config::LoadOptions options;
-  options.identity = mqs::config::IdentityFromEnvironment();
-  if (app_flag->count() > 0) options.identity.app = app;
-  if (region_flag->count() > 0) options.identity.region = region;
-  if (server_flag->count() > 0) options.identity.server = server;
+  options.identity =
+      mqs::config::MergeIdentityOverrides(flags, mqs::config::IdentityFromEnvironment());
 
   absl::StatusOr<mqs::config::Config> config = mqs::config::LoadFile(config_path, options);
   if (!config.ok()) {

@@ -717,7 +717,7 @@ BrokenNames ResolvePlaceholders(Config& config, Diagnostics& diag,
 // "<producer>.unroutable" of its handle queue, so that clients can Subscribe
 // to what the alternate exchange kept. Its name is reserved.
 void AddUnroutableConsumers(Config& config, Diagnostics& diag) {
-  std::map<std::string_view, std::string> configured;  // name -> path
+  std::multimap<std::string_view, std::string> configured;  // name -> path
   for (const Producer& p : config.producers) {
     configured.emplace(p.name, BusinessPath("producers", PathName(p)));
   }
@@ -730,14 +730,15 @@ void AddUnroutableConsumers(Config& config, Diagnostics& diag) {
     Consumer c;
     c.name = p.name + ".unroutable";
     if (!p.written_as.empty()) c.written_as = p.written_as + ".unroutable";
-    if (auto it = configured.find(c.name); it != configured.end()) {
+    const auto [first, last] = configured.equal_range(c.name);
+    for (auto it = first; it != last; ++it) {
       diag.ErrorAt(it->second,
                    Cat("business name ", Quote(c.name), " is reserved for the unroutable messages ",
                        "of producer ", Quote(p.name), " (",
                        Where(diag, BusinessPath("producers", PathName(p), "handle")),
                        "); choose another name"));
-      continue;
     }
+    if (first != last) continue;
     c.exchange = p.handle;
     c.queue = p.handle + ".queue";
     c.queue_type = QueueType::kClassic;
@@ -938,6 +939,16 @@ const Consumer* Config::FindConsumer(std::string_view business) const {
     if (Names(c, business)) return &c;
   }
   return nullptr;
+}
+
+LoadOptions::IdentityOverrides MergeIdentityOverrides(
+    const LoadOptions::IdentityOverrides& flags,
+    const LoadOptions::IdentityOverrides& environment) {
+  LoadOptions::IdentityOverrides out;
+  out.app = flags.app ? flags.app : environment.app;
+  out.region = flags.region ? flags.region : environment.region;
+  out.server = flags.server ? flags.server : environment.server;
+  return out;
 }
 
 std::string NewInstanceId() {

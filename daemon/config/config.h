@@ -40,14 +40,20 @@ struct LoadOptions {
   } identity;
 };
 
-// IdentityFromEnvironment: the MQ_SIDECAR_* variables that are set.
+// IdentityFromEnvironment: the MQ_SIDECAR_* variables that are set (an
+// empty variable counts as not set).
 LoadOptions::IdentityOverrides IdentityFromEnvironment();
+
+// MergeIdentityOverrides: each part from `flags` if set there, else from
+// `environment` (flag > env; LoadFile then puts both over the file).
+LoadOptions::IdentityOverrides MergeIdentityOverrides(
+    const LoadOptions::IdentityOverrides& flags, const LoadOptions::IdentityOverrides& environment);
 
 // Producer: a business this sidecar publishes to.
 struct Producer {
   std::string name;        // business name, resolved, e.g. "usdt.transfer"
   std::string written_as;  // as written, when it had {app}/{region}/{server}; else ""
-  std::string exchange;  // default: the business name
+  std::string exchange;    // default: the business name
   // Seed's alternate-exchange handler. Non-empty: the business exchange is
   // declared with alternate-exchange=<handle>, a fanout exchange <handle> and
   // a durable queue <handle>.queue bound to it, so unroutable messages are kept.
@@ -56,8 +62,8 @@ struct Producer {
 
 // Consumer: a business whose queue this sidecar's clients consume.
 struct Consumer {
-  std::string name;        // resolved
-  std::string written_as;  // as written, when it had placeholders; else ""
+  std::string name;                       // resolved
+  std::string written_as;                 // as written, when it had placeholders; else ""
   std::string exchange;                   // default: the business name
   std::string queue;                      // default: <exchange>.queue
   std::vector<std::string> binding_keys;  // default: ["#"]

@@ -1,6 +1,8 @@
 // INI loader: the seed's format, one [rabbitmq] section whose producer and
-// consumer keys hold JSON maps. Values go through the YAML reader (JSON is
-// converted to YAML nodes), so both formats share every check and message.
+// consumer keys hold JSON maps, plus the optional [identity], [ping] and
+// [tasks] sections (the YAML maps of the same names). Values go through the
+// YAML reader (JSON is converted to YAML nodes), so both formats share every
+// check and message.
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
