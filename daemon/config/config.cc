@@ -30,7 +30,8 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"listen", "string or list of strings",
      R"(["unix:///run/mq-sidecar/mq-sidecar.sock", "127.0.0.1:50051"])",
      "gRPC listen addresses: `unix:///absolute/path` or `host:port` (`[::1]:50051`, "
-     "`0.0.0.0:50051`)."},
+     "`0.0.0.0:50051`). May contain `{app}`, `{region}`, `{server}` (one socket per replica "
+     "from one file)."},
     {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
      "Broker URIs, `amqp://` or `amqps://`, tried in order (a cluster). An empty vhost "
      "(`...:5672/`) means `/`."},
@@ -805,6 +806,17 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
   std::set<std::string_view> listen_seen;
   for (size_t i = 0; i < config.listen.size(); ++i) {
     const std::string path = Cat("listen[", i, "]");
+    // Placeholders give each replica on one host its own socket from one file
+    // (unix:///run/mq-sidecar/{app}-{region}-{server}.sock).
+    if (config.listen[i].find_first_of("{}") != std::string::npos) {
+      std::vector<std::string> errors;
+      std::string out;
+      if (!ExpandPlaceholders(config.listen[i], config.identity, &out, &errors, invalid)) {
+        for (const std::string& e : errors) diag.ErrorAt(path, e);
+        continue;
+      }
+      config.listen[i] = std::move(out);
+    }
     if (!ValidListen(config.listen[i])) {
       diag.ErrorAt(path, Cat("expected unix:///absolute/path or host:port (e.g. "
                              "127.0.0.1:50051, [::1]:50051, 0.0.0.0:50051), got ",

@@ -728,3 +728,27 @@ TEST_CASE("deploy: the per-service configs hold the seed's business table") {
 
 }  // namespace
 }  // namespace mqs::config
+
+namespace mqs::config {
+namespace {
+
+TEST_CASE("identity: listen addresses take placeholders, one socket per replica") {
+  const std::string yaml =
+      "listen: [\"unix:///run/mq-sidecar/{app}-{region}-{server}.sock\", \"127.0.0.1:50051\"]\n"
+      "producers: { a: }\n";
+  absl::StatusOr<Config> c = LoadYamlText(yaml, "l.yaml", Overrides("usdtsvr", "1", "0"));
+  REQUIRE(c.ok());
+  CHECK(c->listen[0] == "unix:///run/mq-sidecar/usdtsvr-1-0.sock");
+  CHECK(c->listen[1] == "127.0.0.1:50051");
+  absl::StatusOr<Config> missing = LoadYamlText(yaml, "l.yaml", Overrides("usdtsvr", "1", {}));
+  REQUIRE_FALSE(missing.ok());
+  const std::string err(missing.status().message());
+  CHECK_THAT(err, Catch::Contains("listen[0]"));
+  CHECK_THAT(err, Catch::Contains("identity.server"));
+  CHECK_FALSE(LoadYamlText("listen: [\"unix:///x/{nope}.sock\"]\nproducers: { a: }\n", "l.yaml",
+                           Overrides("a", "1", "0"))
+                  .ok());
+}
+
+}  // namespace
+}  // namespace mqs::config
