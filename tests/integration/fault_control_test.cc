@@ -34,7 +34,7 @@ TEST_CASE("fault: broker down for 10 s: no ping backlog, client publishes not de
   const std::string data = t.Business("data");
   const std::string ping = t.Business("ping");
   Daemon& d = t.StartDaemon(
-      {{.name = data, .prefetch = 64}, {.name = "server.ping", .exchange = ping, .prefetch = 64}},
+      {{.name = data, .prefetch = 64}, {.name = "server.ping", .prefetch = 64, .exchange = ping}},
       {.heartbeat = 2s,
        .wait_timeout = 60s,
        .extra_yaml = "identity: {app: pinger, region: \"1\", server: \"0\"}\n"
