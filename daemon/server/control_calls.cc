@@ -321,7 +321,8 @@ void PubSubService::CompleteTask(v1::CompleteTaskRequest&& request, SysTime dead
 }
 
 void PubSubService::ReportStatus(v1::ReportStatusRequest&& request, SysTime /*deadline*/,
-                                 Reply<v1::ReportStatusResponse> reply) {
+                                 Reply<v1::ReportStatusResponse> reply_in) {
+  const Reply<v1::ReportStatusResponse> reply = std::move(reply_in);
   const v1::ServiceStatus& s = request.status();
   // It travels in every ping: keep it small.
   size_t size = s.state().size() + s.message().size();
@@ -342,7 +343,8 @@ void PubSubService::ReportStatus(v1::ReportStatusRequest&& request, SysTime /*de
 }
 
 void PubSubService::ListServers(v1::ListServersRequest&& request, SysTime /*deadline*/,
-                                Reply<v1::ListServersResponse> reply) {
+                                Reply<v1::ListServersResponse> reply_in) {
+  const Reply<v1::ListServersResponse> reply = std::move(reply_in);
   control::FleetTable* fleet = control_.fleet();
   if (fleet == nullptr) {
     reply(absl::FailedPreconditionError(
