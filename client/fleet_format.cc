@@ -243,7 +243,7 @@ std::string RenderSendTask(const v1::SendTaskResponse& response) {
   return out;
 }
 
-int TaskSendExitCode(grpc::StatusCode code) {
+int TaskSendExitCode(grpc::StatusCode code, bool daemon_answered) {
   switch (code) {
     case grpc::StatusCode::OK:
       return kExitOk;
@@ -251,6 +251,8 @@ int TaskSendExitCode(grpc::StatusCode code) {
     case grpc::StatusCode::DEADLINE_EXCEEDED:
     case grpc::StatusCode::ABORTED:
       return kExitNotConfirmed;
+    case grpc::StatusCode::UNAVAILABLE:
+      return daemon_answered ? kExitNotConfirmed : kExitError;
     default:
       return kExitError;
   }

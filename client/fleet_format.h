@@ -81,12 +81,16 @@ inline constexpr int kExitNotConfirmed = 2;
 inline constexpr int kExitUsage = 64;  // EX_USAGE from sysexits.h
 
 // TaskSendExitCode: 0 for OK; 2 when the daemon answered that the task did
-// not get through or its result did not come (NOT_FOUND: nothing takes tasks
-// there; DEADLINE_EXCEEDED: no result in time; ABORTED: the broker refused or
-// did not confirm it); 1 for everything else (transport errors such as
-// UNAVAILABLE, and INVALID_ARGUMENT or FAILED_PRECONDITION, which are fixed
-// by changing the request or the daemon's config, not by retrying).
-int TaskSendExitCode(grpc::StatusCode code);
+// not get through, may not have, or its result did not come: NOT_FOUND
+// (nothing takes tasks there), DEADLINE_EXCEEDED (no result in time, or not
+// sent in time), ABORTED (the broker refused it), and UNAVAILABLE when it came
+// from the daemon (`daemon_answered`: the connection to it was up when the
+// call ended), which is how the daemon says the broker connection died before
+// the confirm (the task may or may not be queued) or that it is shutting down.
+// 1 for everything else: UNAVAILABLE because the daemon could not be reached,
+// and INVALID_ARGUMENT or FAILED_PRECONDITION, fixed by changing the request
+// or the daemon's config, not by retrying.
+int TaskSendExitCode(grpc::StatusCode code, bool daemon_answered);
 
 // CollectKeyValues: "KEY=VALUE" arguments (already checked to have a '=' after
 // a non-empty key) into `out`; the error names `flag` and the key given twice.

@@ -1,7 +1,7 @@
 // mqctl: command-line client for the mq-sidecar daemon.
 //
 // Exit codes: 0 success; 1 gRPC or I/O error; 2 the daemon answered "no" (a
-// publish or task result it did not confirm, a health check other than
+// publish, task or task result it did not confirm, a health check other than
 // SERVING, a task nothing takes (NOT_FOUND) or whose result did not come in
 // time (DEADLINE_EXCEEDED), see TaskSendExitCode); 64 bad usage.
 
@@ -636,7 +636,8 @@ int RunTaskSend(const GlobalOptions& g, const TaskSendOptions& o) {
     deadline += kTaskWaitMargin;
   }
 
-  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  const std::shared_ptr<grpc::Channel> channel = MakeChannel(g);
+  auto stub = v1::PubSub::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + deadline);
   ctx.set_wait_for_ready(g.wait);
@@ -644,7 +645,11 @@ int RunTaskSend(const GlobalOptions& g, const TaskSendOptions& o) {
   const grpc::Status status = stub->SendTask(&ctx, req, &resp);
   if (!status.ok()) {
     ReportRpcError(status);
-    return TaskSendExitCode(status.error_code());
+    // UNAVAILABLE is both "daemon unreachable" (nothing sent) and the daemon's
+    // "connection died before the confirm" (maybe queued); a channel that is
+    // still READY tells the second apart.
+    const bool daemon_answered = channel->GetState(false) == GRPC_CHANNEL_READY;
+    return TaskSendExitCode(status.error_code(), daemon_answered);
   }
   if (o.json) return WriteLine(DumpLine(SendTaskResponseToJson(resp))) ? kExitOk : kExitError;
   std::string text = RenderSendTask(resp);
@@ -710,7 +715,8 @@ int Main(int argc, char** argv) {
   app.footer(
       "Exit status: 0 success; 1 gRPC or I/O error (printed as 'mqctl: CODE: message');\n"
       "2 publish or task complete not confirmed (UNROUTABLE, REJECTED, FAILED, UNCONFIRMED),\n"
-      "health not SERVING, or task send answered NOT_FOUND, DEADLINE_EXCEEDED or ABORTED;\n"
+      "health not SERVING, or task send answered NOT_FOUND, DEADLINE_EXCEEDED, ABORTED or\n"
+      "(from the daemon itself) UNAVAILABLE;\n"
       "64 bad usage.");
 
   GlobalOptions g;

@@ -248,14 +248,18 @@ TEST_CASE("fleet_format: task send's text output, payload last") {
 
 TEST_CASE("fleet_format: task send exit codes") {
   using grpc::StatusCode;
-  CHECK(mqctl::TaskSendExitCode(StatusCode::OK) == 0);
-  CHECK(mqctl::TaskSendExitCode(StatusCode::NOT_FOUND) == 2);
-  CHECK(mqctl::TaskSendExitCode(StatusCode::DEADLINE_EXCEEDED) == 2);
-  CHECK(mqctl::TaskSendExitCode(StatusCode::ABORTED) == 2);
-  CHECK(mqctl::TaskSendExitCode(StatusCode::UNAVAILABLE) == 1);
-  CHECK(mqctl::TaskSendExitCode(StatusCode::INVALID_ARGUMENT) == 1);
-  CHECK(mqctl::TaskSendExitCode(StatusCode::FAILED_PRECONDITION) == 1);
-  CHECK(mqctl::TaskSendExitCode(StatusCode::UNKNOWN) == 1);
+  for (const bool answered : {true, false}) {
+    CHECK(mqctl::TaskSendExitCode(StatusCode::OK, answered) == 0);
+    CHECK(mqctl::TaskSendExitCode(StatusCode::NOT_FOUND, answered) == 2);
+    CHECK(mqctl::TaskSendExitCode(StatusCode::DEADLINE_EXCEEDED, answered) == 2);
+    CHECK(mqctl::TaskSendExitCode(StatusCode::ABORTED, answered) == 2);
+    CHECK(mqctl::TaskSendExitCode(StatusCode::INVALID_ARGUMENT, answered) == 1);
+    CHECK(mqctl::TaskSendExitCode(StatusCode::FAILED_PRECONDITION, answered) == 1);
+    CHECK(mqctl::TaskSendExitCode(StatusCode::UNKNOWN, answered) == 1);
+  }
+  // The daemon's "the connection died before the confirm" vs no daemon at all.
+  CHECK(mqctl::TaskSendExitCode(StatusCode::UNAVAILABLE, true) == 2);
+  CHECK(mqctl::TaskSendExitCode(StatusCode::UNAVAILABLE, false) == 1);
 }
 
 TEST_CASE("fleet_format: key=value arguments, a key given twice is refused") {
