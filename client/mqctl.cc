@@ -1,7 +1,9 @@
 // mqctl: command-line client for the mq-sidecar daemon.
 //
 // Exit codes: 0 success; 1 gRPC or I/O error; 2 the daemon answered "no" (a
-// publish it did not confirm, a health check other than SERVING); 64 bad usage.
+// publish, task or task result it did not confirm, a health check other than
+// SERVING, a task nothing takes (NOT_FOUND) or whose result did not come in
+// time (DEADLINE_EXCEEDED), see TaskSendExitCode); 64 bad usage.
 
 #include <fcntl.h>
 #include <poll.h>
@@ -12,6 +14,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +32,7 @@
 
 #include "CLI/CLI.hpp"
 #include "delivery_json.h"
+#include "fleet_format.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
@@ -41,10 +45,13 @@ namespace {
 namespace v1 = mqsidecar::v1;
 using std::chrono::milliseconds;
 
-constexpr int kExitOk = 0;
-constexpr int kExitError = 1;
-constexpr int kExitNotConfirmed = 2;  // also: health is not SERVING
-constexpr int kExitUsage = 64;        // EX_USAGE from sysexits.h
+// Exit codes: kExitOk, kExitError, kExitNotConfirmed (also: health is not
+// SERVING, a task not taken or not answered), kExitUsage, from fleet_format.h.
+
+// With `task send --wait`, the call's deadline is the wait plus this much, so
+// that the daemon's own DEADLINE_EXCEEDED (or a result that came at the last
+// moment) reaches mqctl before gRPC's deadline cuts the call.
+constexpr milliseconds kTaskWaitMargin{5000};
 
 constexpr char kDefaultAddress[] = "unix:///run/mq-sidecar/mq-sidecar.sock";
 constexpr char kAddressEnv[] = "MQ_SIDECAR_ADDRESS";
@@ -72,6 +79,42 @@ struct PublishOptions {
 };
 
 enum class Settle { kAck, kNone, kNackRequeue, kNackDrop };
+
+struct ServersOptions {
+  std::string app;
+  bool json = false;
+};
+
+struct TaskSendOptions {
+  std::string app;
+  std::string region;
+  std::string server;
+  std::string command;
+  std::string payload;  // absent: empty; "-": stdin
+  bool wait = false;
+  std::optional<milliseconds> timeout;  // absent: the global --timeout
+  std::string content_type;
+  std::vector<std::string> headers;
+  std::string message_id;
+  bool json = false;
+};
+
+struct TaskCompleteOptions {
+  std::string correlation_id;
+  std::string payload;  // absent: empty; "-": stdin
+  std::string reply_to;
+  std::string state;
+  std::string content_type;
+  std::vector<std::string> headers;
+  std::string message_id;
+};
+
+struct StatusReportOptions {
+  std::string state;
+  double load = 0;
+  std::string message;
+  std::vector<std::string> labels;
+};
 
 struct SubscribeOptions {
   std::string business;
@@ -528,6 +571,136 @@ int RunHealth(const GlobalOptions& g, const std::string& service) {
 }
 
 // ---------------------------------------------------------------------------
+// servers, task send, task complete, status report
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The payload argument of the task commands: "-" reads stdin; anything else,
+// including nothing, is the payload itself (a task often has none, so unlike
+// publish an absent payload does not read stdin).
+bool TaskPayload(const std::string& arg, std::string* out) {
+  if (arg != "-") {
+    *out = arg;
+    return true;
+  }
+  if (!ReadAll(stdin, out)) {
+    std::cerr << "mqctl: reading the payload from stdin: " << std::generic_category().message(errno)
+              << "\n";
+    return false;
+  }
+  return true;
+}
+
+int RunServers(const GlobalOptions& g, const ServersOptions& o) {
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  v1::ListServersRequest req;
+  req.set_app(o.app);
+  v1::ListServersResponse resp;
+  const grpc::Status status = stub->ListServers(&ctx, req, &resp);
+  if (!status.ok()) return ReportRpcError(status);
+  if (o.json) {
+    for (const v1::ServerInfo& server : resp.servers()) {
+      if (!WriteLine(DumpLine(ServerInfoToJson(server)))) return kExitError;
+    }
+    return kExitOk;
+  }
+  std::string table = RenderServersTable(resp, NowMs());
+  if (!table.empty() && table.back() == '\n') table.pop_back();
+  return WriteLine(table) ? kExitOk : kExitError;
+}
+
+int RunTaskSend(const GlobalOptions& g, const TaskSendOptions& o) {
+  v1::SendTaskRequest req;
+  req.set_app(o.app);
+  req.set_region(o.region);
+  req.set_server(o.server);
+  req.set_command(o.command);
+  req.set_content_type(o.content_type);
+  req.set_message_id(o.message_id);
+  if (auto error = CollectKeyValues(o.headers, "--header", req.mutable_headers())) {
+    std::cerr << "mqctl: " << *error << "\n";
+    return kExitUsage;
+  }
+  if (!TaskPayload(o.payload, req.mutable_payload())) return kExitError;
+  const milliseconds timeout = o.timeout.value_or(g.timeout);
+  milliseconds deadline = timeout;
+  if (o.wait) {
+    req.set_wait(true);
+    req.set_timeout_ms(static_cast<uint32_t>(timeout.count()));  // at most a day (ParseDuration)
+    deadline += kTaskWaitMargin;
+  }
+
+  const std::shared_ptr<grpc::Channel> channel = MakeChannel(g);
+  auto stub = v1::PubSub::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  ctx.set_wait_for_ready(g.wait);
+  v1::SendTaskResponse resp;
+  const grpc::Status status = stub->SendTask(&ctx, req, &resp);
+  if (!status.ok()) {
+    ReportRpcError(status);
+    // UNAVAILABLE is both "daemon unreachable" (nothing sent) and the daemon's
+    // "connection died before the confirm" (maybe queued); a channel that is
+    // still READY tells the second apart.
+    const bool daemon_answered = channel->GetState(false) == GRPC_CHANNEL_READY;
+    return TaskSendExitCode(status.error_code(), daemon_answered);
+  }
+  if (o.json) return WriteLine(DumpLine(SendTaskResponseToJson(resp))) ? kExitOk : kExitError;
+  std::string text = RenderSendTask(resp);
+  if (!text.empty() && text.back() == '\n') text.pop_back();
+  return WriteLine(text) ? kExitOk : kExitError;
+}
+
+int RunTaskComplete(const GlobalOptions& g, const TaskCompleteOptions& o) {
+  v1::CompleteTaskRequest req;
+  req.set_correlation_id(o.correlation_id);
+  req.set_reply_to(o.reply_to);
+  req.set_state(o.state);
+  req.set_content_type(o.content_type);
+  req.set_message_id(o.message_id);
+  if (auto error = CollectKeyValues(o.headers, "--header", req.mutable_headers())) {
+    std::cerr << "mqctl: " << *error << "\n";
+    return kExitUsage;
+  }
+  if (!TaskPayload(o.payload, req.mutable_payload())) return kExitError;
+
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  v1::PublishResult result;
+  const grpc::Status status = stub->CompleteTask(&ctx, req, &result);
+  if (!status.ok()) return ReportRpcError(status);
+  if (!WriteLine(DumpLine(PublishResultToJson(result)))) return kExitError;
+  return result.status() == v1::PublishResult::CONFIRMED ? kExitOk : kExitNotConfirmed;
+}
+
+int RunStatusReport(const GlobalOptions& g, const StatusReportOptions& o) {
+  v1::ReportStatusRequest req;
+  v1::ServiceStatus* s = req.mutable_status();
+  s->set_state(o.state);
+  s->set_load(o.load);
+  s->set_message(o.message);
+  if (auto error = CollectKeyValues(o.labels, "--label", s->mutable_labels())) {
+    std::cerr << "mqctl: " << *error << "\n";
+    return kExitUsage;
+  }
+
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  v1::ReportStatusResponse resp;
+  const grpc::Status status = stub->ReportStatus(&ctx, req, &resp);
+  if (!status.ok()) return ReportRpcError(status);
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
 // command line
 
 int Main(int argc, char** argv) {
@@ -541,8 +714,10 @@ int Main(int argc, char** argv) {
   app.set_version_flag("--version", MQS_VERSION);
   app.footer(
       "Exit status: 0 success; 1 gRPC or I/O error (printed as 'mqctl: CODE: message');\n"
-      "2 publish not confirmed (UNROUTABLE, REJECTED, FAILED, UNCONFIRMED) or health not\n"
-      "SERVING; 64 bad usage.");
+      "2 publish or task complete not confirmed (UNROUTABLE, REJECTED, FAILED, UNCONFIRMED),\n"
+      "health not SERVING, or task send answered NOT_FOUND, DEADLINE_EXCEEDED, ABORTED or\n"
+      "(from the daemon itself) UNAVAILABLE;\n"
+      "64 bad usage.");
 
   GlobalOptions g;
   app.add_option("--address", g.address,
@@ -637,6 +812,107 @@ int Main(int argc, char** argv) {
       "only when SERVING");
   health->add_option("--service", health_service, "Service to check; empty: the whole server");
 
+  // servers
+  ServersOptions svo;
+  CLI::App* servers = app.add_subcommand(
+      "servers",
+      "List the fleet this daemon sees on its ping exchange (needs ping.fleet: true): a "
+      "table APP REGION SERVER HOST LAST-SEEN STATE STREAMS STATUS STALE");
+  servers->add_option("--app", svo.app, "Only this app");
+  servers->add_flag("--json", svo.json, "One JSON object per server instead of the table");
+
+  // task send, task complete
+  CLI::App* task = app.add_subcommand("task", "Send tasks to services and complete them");
+  task->require_subcommand(1, 1);
+  TaskSendOptions tso;
+  std::string task_timeout_text;
+  CLI::App* task_send = task->add_subcommand(
+      "send",
+      "Send a task to any one instance of an app (exchange task.<app>) or, with --region and "
+      "--server, to that one server; print its correlation_id, exchange, command and "
+      "message_id, and with --wait its result (state, from, content_type, payload).");
+  task_send->add_option("--app", tso.app, "The app the task is for")->required();
+  CLI::Option* region_opt =
+      task_send->add_option("--region", tso.region, "With --server: one server");
+  CLI::Option* server_opt =
+      task_send->add_option("--server", tso.server, "With --region: one server");
+  region_opt->needs(server_opt);
+  server_opt->needs(region_opt);
+  task_send
+      ->add_option("command", tso.command,
+                   "run, awake, pause, delete or distribute (the seed's 'distibute' is sent as "
+                   "distribute); the routing key")
+      ->required();
+  task_send->add_option("payload", tso.payload,
+                        "Task body; '-': read it from stdin; absent: empty");
+  task_send->add_flag("--wait", tso.wait,
+                      "Wait for the task's result (up to --timeout) and print it; exit 2 when "
+                      "none came in time. (The global --wait, before 'task', waits for the "
+                      "daemon instead.)");
+  CLI::Option* task_timeout_opt =
+      task_send
+          ->add_option("--timeout", task_timeout_text,
+                       "With --wait: how long to wait for the result (the call's deadline is 5s "
+                       "more); without: the call's deadline. Default: the global --timeout (10s)")
+          ->check(duration_check);
+  task_send->add_option("--content-type", tso.content_type, "AMQP content-type of the task");
+  task_send->add_option("--header", tso.headers, "Task header; repeat for more")
+      ->check(header_check)
+      ->allow_extra_args(false)
+      ->take_all();
+  task_send->add_option("--message-id", tso.message_id,
+                        "Idempotency key; the daemon generates one when absent");
+  task_send->add_flag("--json", tso.json,
+                      "Print one JSON object {exchange, command, message_id, correlation_id, "
+                      "result} instead of key: value lines");
+
+  TaskCompleteOptions tco;
+  CLI::App* task_complete = task->add_subcommand(
+      "complete",
+      "Publish a task's result (to the task's reply_to business, default task.result, routing "
+      "key = correlation id) and print the publish result as JSON, like publish.");
+  task_complete
+      ->add_option("correlation_id", tco.correlation_id, "The task delivery's correlation_id")
+      ->required();
+  task_complete->add_option("payload", tco.payload,
+                            "Result body; '-': read it from stdin; absent: empty");
+  task_complete->add_option("--reply-to", tco.reply_to,
+                            "The task delivery's reply_to; absent: task.result");
+  task_complete->add_option("--state", tco.state, "Free-form result state, e.g. done, failed");
+  task_complete->add_option("--content-type", tco.content_type, "AMQP content-type of the result");
+  task_complete->add_option("--header", tco.headers, "Result header; repeat for more")
+      ->check(header_check)
+      ->allow_extra_args(false)
+      ->take_all();
+  task_complete->add_option("--message-id", tco.message_id,
+                            "Idempotency key; the daemon generates one when absent");
+
+  // status report
+  CLI::App* status_cmd = app.add_subcommand("status", "The service's own status, in its pings");
+  status_cmd->require_subcommand(1, 1);
+  StatusReportOptions sro;
+  CLI::App* status_report = status_cmd->add_subcommand(
+      "report",
+      "Set this service's status (replacing the previous report); the daemon carries it in "
+      "every ping from now on, and `mqctl servers` shows it.");
+  status_report->add_option("--state", sro.state, "Free-form, e.g. ready, busy, draining");
+  status_report->add_option("--load", sro.load, "Free-form number, e.g. 0.3")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            double value = 0;
+            const char* end = text.data() + text.size();
+            const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+            return ec == std::errc() && ptr == end && std::isfinite(value)
+                       ? ""
+                       : "expected a finite number such as 0.3";
+          },
+          "NUMBER"));
+  status_report->add_option("--message", sro.message, "Free-form text");
+  status_report->add_option("--label", sro.labels, "KEY=VALUE label; repeat for more")
+      ->check(header_check)
+      ->allow_extra_args(false)
+      ->take_all();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -656,6 +932,13 @@ int Main(int argc, char** argv) {
   }
   if (topology->parsed()) return RunTopology(g, pretty);
   if (health->parsed()) return RunHealth(g, health_service);
+  if (servers->parsed()) return RunServers(g, svo);
+  if (task_send->parsed()) {
+    if (task_timeout_opt->count() > 0) tso.timeout = ParseDuration(task_timeout_text);
+    return RunTaskSend(g, tso);
+  }
+  if (task_complete->parsed()) return RunTaskComplete(g, tco);
+  if (status_report->parsed()) return RunStatusReport(g, sro);
   return kExitUsage;  // unreachable: require_subcommand(1, 1)
 }
 
