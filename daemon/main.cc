@@ -11,6 +11,7 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "util/strings.h"
+#include "util/version.h"
 
 namespace {
 
@@ -33,7 +34,7 @@ int Main(int argc, char** argv) {
       cli.add_option("--region", region, "override identity.region (MQ_SIDECAR_REGION)");
   CLI::Option* server_flag =
       cli.add_option("--server", server, "override identity.server (MQ_SIDECAR_SERVER)");
-  cli.set_version_flag("--version", "mq-sidecar 0.1.0");
+  cli.set_version_flag("--version", std::string("mq-sidecar ") + mqs::util::kVersion);
   CLI11_PARSE(cli, argc, argv);
 
   // spdlog::level::from_str answers "off" for a name it does not know (even

@@ -30,11 +30,11 @@
 #include "control/task_waiters.h"
 #include "mqsidecar/v1/pubsub.pb.h"
 #include "util/mutex.h"
+#include "util/version.h"
 
 namespace mqs::control {
 
-// The sidecar's version, as pings and --version report it.
-inline constexpr char kVersion[] = "0.2.0";
+using util::kVersion;
 
 // BrokerStateName: what a caller of this sidecar experiences: the worse of
 // the two links ("connected", "connecting", "reconnecting"), or "blocked"

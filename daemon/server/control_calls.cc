@@ -300,8 +300,9 @@ void PubSubService::CompleteTask(v1::CompleteTaskRequest&& request, SysTime dead
   publish.set_content_type(request.content_type());
   publish.set_message_id(request.message_id());
   *publish.mutable_headers() = request.headers();
-  if (!request.state().empty())
+  if (!request.state().empty()) {
     (*publish.mutable_headers())[control::kTaskStateHeader] = request.state();
+  }
   const std::string from = control::FormatIdentity(control_.identity());
   if (!from.empty()) (*publish.mutable_headers())[control::kTaskFromHeader] = from;
   absl::StatusOr<amqp::PublishJob> job = PreparePublish(std::move(publish), deadline);
