@@ -153,13 +153,13 @@ void PubSubService::AcceptControl() {
   util::MutexLock lock(&accept_mu_);
   if (cq_ == nullptr) return;
   Post<v1::SendTaskRequest, v1::SendTaskResponse>(
-      *this, cq_, *gate_, &PubSubService::RequestSendTask, &PubSubService::SendTask);
+      *this, cq_, *gate_, &PubSubService::RequestSendTask, &PubSubService::HandleSendTask);
   Post<v1::CompleteTaskRequest, v1::PublishResult>(
-      *this, cq_, *gate_, &PubSubService::RequestCompleteTask, &PubSubService::CompleteTask);
+      *this, cq_, *gate_, &PubSubService::RequestCompleteTask, &PubSubService::HandleCompleteTask);
   Post<v1::ReportStatusRequest, v1::ReportStatusResponse>(
-      *this, cq_, *gate_, &PubSubService::RequestReportStatus, &PubSubService::ReportStatus);
+      *this, cq_, *gate_, &PubSubService::RequestReportStatus, &PubSubService::HandleReportStatus);
   Post<v1::ListServersRequest, v1::ListServersResponse>(
-      *this, cq_, *gate_, &PubSubService::RequestListServers, &PubSubService::ListServers);
+      *this, cq_, *gate_, &PubSubService::RequestListServers, &PubSubService::HandleListServers);
 }
 
 namespace {
@@ -188,8 +188,8 @@ struct SendTaskState {
 
 }  // namespace
 
-void PubSubService::SendTask(v1::SendTaskRequest&& request, SysTime deadline,
-                             Reply<v1::SendTaskResponse> reply) {
+void PubSubService::HandleSendTask(v1::SendTaskRequest&& request, SysTime deadline,
+                                   Reply<v1::SendTaskResponse> reply) {
   if (config_.tasks.results.empty()) {
     reply(absl::FailedPreconditionError(
         "SendTask needs tasks.results in this sidecar's config (a consumer business such as "
@@ -283,8 +283,8 @@ void PubSubService::SendTask(v1::SendTaskRequest&& request, SysTime deadline,
   publisher_.Submit(std::move(job));
 }
 
-void PubSubService::CompleteTask(v1::CompleteTaskRequest&& request, SysTime deadline,
-                                 Reply<v1::PublishResult> reply) {
+void PubSubService::HandleCompleteTask(v1::CompleteTaskRequest&& request, SysTime deadline,
+                                       Reply<v1::PublishResult> reply) {
   if (request.correlation_id().empty()) {
     reply(absl::InvalidArgumentError(
         "correlation_id: required (the task delivery's correlation_id)"));
@@ -321,8 +321,8 @@ void PubSubService::CompleteTask(v1::CompleteTaskRequest&& request, SysTime dead
   publisher_.Submit(std::move(*job));
 }
 
-void PubSubService::ReportStatus(v1::ReportStatusRequest&& request, SysTime /*deadline*/,
-                                 Reply<v1::ReportStatusResponse> reply_in) {
+void PubSubService::HandleReportStatus(v1::ReportStatusRequest&& request, SysTime /*deadline*/,
+                                       Reply<v1::ReportStatusResponse> reply_in) {
   const Reply<v1::ReportStatusResponse> reply = std::move(reply_in);
   const v1::ServiceStatus& s = request.status();
   // It travels in every ping: keep it small.
@@ -343,8 +343,8 @@ void PubSubService::ReportStatus(v1::ReportStatusRequest&& request, SysTime /*de
   reply(v1::ReportStatusResponse());
 }
 
-void PubSubService::ListServers(v1::ListServersRequest&& request, SysTime /*deadline*/,
-                                Reply<v1::ListServersResponse> reply_in) {
+void PubSubService::HandleListServers(v1::ListServersRequest&& request, SysTime /*deadline*/,
+                                      Reply<v1::ListServersResponse> reply_in) {
   const Reply<v1::ListServersResponse> reply = std::move(reply_in);
   control::FleetTable* fleet = control_.fleet();
   if (fleet == nullptr) {

@@ -76,18 +76,18 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
 
   // The control plane's methods (control_calls.cc). Each answers through
   // `reply`, never blocking the calling thread.
-  void SendTask(mqsidecar::v1::SendTaskRequest&& request,
-                std::chrono::system_clock::time_point deadline,
-                Reply<mqsidecar::v1::SendTaskResponse> reply);
-  void CompleteTask(mqsidecar::v1::CompleteTaskRequest&& request,
-                    std::chrono::system_clock::time_point deadline,
-                    Reply<mqsidecar::v1::PublishResult> reply);
-  void ReportStatus(mqsidecar::v1::ReportStatusRequest&& request,
-                    std::chrono::system_clock::time_point deadline,
-                    Reply<mqsidecar::v1::ReportStatusResponse> reply);
-  void ListServers(mqsidecar::v1::ListServersRequest&& request,
-                   std::chrono::system_clock::time_point deadline,
-                   Reply<mqsidecar::v1::ListServersResponse> reply);
+  void HandleSendTask(mqsidecar::v1::SendTaskRequest&& request,
+                      std::chrono::system_clock::time_point deadline,
+                      Reply<mqsidecar::v1::SendTaskResponse> reply);
+  void HandleCompleteTask(mqsidecar::v1::CompleteTaskRequest&& request,
+                          std::chrono::system_clock::time_point deadline,
+                          Reply<mqsidecar::v1::PublishResult> reply);
+  void HandleReportStatus(mqsidecar::v1::ReportStatusRequest&& request,
+                          std::chrono::system_clock::time_point deadline,
+                          Reply<mqsidecar::v1::ReportStatusResponse> reply);
+  void HandleListServers(mqsidecar::v1::ListServersRequest&& request,
+                         std::chrono::system_clock::time_point deadline,
+                         Reply<mqsidecar::v1::ListServersResponse> reply);
 
   // Drain: shutdown has begun. Open PublishStreams stop reading, answer what
   // they hold and end; Subscribe streams are drained by the consumer.
