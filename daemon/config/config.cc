@@ -1222,6 +1222,9 @@ std::string Describe(const Config& input) {
     Append(&out, "    ", q.name, " ", QueueTypeName(q.type));
     if (!q.dead_letter_exchange.empty()) {
       Append(&out, " x-dead-letter-exchange=", q.dead_letter_exchange);
+      if (q.type == QueueType::kQuorum) {
+        Append(&out, " x-dead-letter-strategy=at-least-once x-overflow=reject-publish");
+      }
     }
     if (q.delivery_limit) Append(&out, " x-delivery-limit=", *q.delivery_limit);
     if (q.single_active) Append(&out, " x-single-active-consumer=true");

@@ -591,7 +591,9 @@ consumers:
                              "handle (none)\n      dead_letter: true (usdt.transfer.dlx -> "
                              "usdt.transfer.queue.dead), single_active: false\n"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer.queue quorum "
-                                   "x-dead-letter-exchange=usdt.transfer.dlx\n"));
+                                   "x-dead-letter-exchange=usdt.transfer.dlx "
+                                   "x-dead-letter-strategy=at-least-once "
+                                   "x-overflow=reject-publish\n"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer.queue.dead quorum\n"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer.dlx topic\n"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer.dlx -> usdt.transfer.queue.dead key \"#\""));
@@ -609,6 +611,7 @@ TEST_CASE("config: dead_letter and single_active: defaults, values, and Describe
   absl::StatusOr<Config> c = LoadYamlText(R"(consumers:
   plain: {}
   off: { dead_letter: false, queue_type: classic }
+  cl: { queue_type: classic }
   ordered: { single_active: true, max_deliveries: 4 }
 producers:
   out: { handle: out.ae }
@@ -639,7 +642,13 @@ producers:
   CHECK_THAT(text, Catch::Contains("dead_letter: true (ordered.dlx -> ordered.queue.dead), "
                                    "single_active: true"));
   CHECK_THAT(text, Catch::Contains("ordered.queue quorum x-dead-letter-exchange=ordered.dlx "
-                                   "x-delivery-limit=3 x-single-active-consumer=true\n"));
+                                   "x-dead-letter-strategy=at-least-once "
+                                   "x-overflow=reject-publish x-delivery-limit=3 "
+                                   "x-single-active-consumer=true\n"));
+  CHECK_THAT(text, Catch::Contains("plain.queue quorum x-dead-letter-exchange=plain.dlx "));
+  // Classic: the exchange alone (RabbitMQ dead-letters them at most once).
+  CHECK_THAT(text, Catch::Contains("cl.queue classic x-dead-letter-exchange=cl.dlx\n"));
+  CHECK_THAT(text, Catch::Contains("cl.queue.dead classic\n"));
   CHECK_THAT(text, Catch::Contains("off.queue classic\n"));
   CHECK_THAT(text, !Catch::Contains("off.dlx"));
   CHECK_THAT(text, !Catch::Contains("out.ae.queue.dead"));
