@@ -17,10 +17,14 @@ std::string_view ConflictHint(std::string_view broker_message) {
     return broker_message.find(util::StrCat("'", arg, "'")) != std::string_view::npos;
   };
   if (names("x-dead-letter-exchange") || names("x-dead-letter-strategy") || names("x-overflow")) {
-    return " (a queue declared without dead letters, e.g. before dead_letter existed, conflicts "
-           "with dead_letter: true, the default: set dead_letter: false for its consumers to "
-           "keep the queue as it is, or migrate its messages to a new queue; "
-           "docs/operations.md)";
+    if (broker_message.find("current is none") != std::string_view::npos) {
+      return " (a queue declared without dead letters, e.g. before dead_letter existed, "
+             "conflicts with dead_letter: true, the default: set dead_letter: false for its "
+             "consumers to keep the queue as it is, or migrate its messages to a new queue; "
+             "docs/operations.md)";
+    }
+    return " (the existing queue has other dead-letter arguments: set dead_letter as it was "
+           "declared, or migrate its messages to a new queue; docs/operations.md)";
   }
   if (names("x-single-active-consumer")) {
     return " (single_active must match the existing queue: set it as the queue was declared, "

@@ -128,11 +128,13 @@ TEST_CASE(
   IntegrationTest t("dlupgrade");
   const std::string old_queue = t.Business("a.old");
   const std::string ordered = t.Business("b.ordered");
+  const std::string with = t.Business("c.with");
   {
-    // The queues as an earlier version declared them (no dead letters), and
-    // one without a single active consumer.
-    Daemon& before = t.StartDaemon(
-        {{.name = old_queue, .dead_letter = false}, {.name = ordered, .dead_letter = false}});
+    // The queues as an earlier version declared them (no dead letters), one
+    // without a single active consumer, and one with dead letters.
+    Daemon& before = t.StartDaemon({{.name = old_queue, .dead_letter = false},
+                                    {.name = ordered, .dead_letter = false},
+                                    {.name = with}});
     before.Stop();
   }
   // The default dead_letter: true now conflicts with the existing queue.
@@ -156,6 +158,18 @@ TEST_CASE(
   CHECK(Contains(sout, "queue '" + ordered + ".queue' exists on the broker with other arguments"));
   CHECK(Contains(sout, "x-single-active-consumer"));
   CHECK(Contains(sout, "single_active must match the existing queue"));
+
+  // dead_letter false on a queue that has them.
+  Daemon off(t.dir(), "off", t.uri(),
+             {{.name = old_queue, .dead_letter = false},
+              {.name = ordered, .dead_letter = false},
+              {.name = with, .dead_letter = false}});
+  const CommandResult o = RunToExit(off);
+  INFO(o.err << o.out);
+  CHECK(o.exit_code == 1);
+  const std::string oout = o.err + o.out;
+  CHECK(Contains(oout, "queue '" + with + ".queue' exists on the broker with other arguments"));
+  CHECK(Contains(oout, "the existing queue has other dead-letter arguments"));
 }
 
 // One delivery as a subscriber saw it, in the order all subscribers saw them.
