@@ -123,8 +123,9 @@ CommandResult RunToExit(const Daemon& d) {
 }
 
 TEST_CASE(
-    "integration: dead letters: a queue declared without them, and a change of single_active, "
-    "are topology conflicts naming the argument and the way out") {
+    "integration: dead letters: a queue declared without them (or with them, and dead_letter "
+    "false), and a change of single_active, are topology conflicts naming the argument and the "
+    "way out") {
   IntegrationTest t("dlupgrade");
   const std::string old_queue = t.Business("a.old");
   const std::string ordered = t.Business("b.ordered");
