@@ -10,11 +10,35 @@ namespace {
 
 constexpr char kConflictPayload[] = "mq-sidecar/topology-conflict";
 
+// What to do about a queue conflict on an argument the config sets, when the
+// broker names it; "" for any other.
+std::string_view ConflictHint(std::string_view broker_message) {
+  auto names = [&](std::string_view arg) {
+    return broker_message.find(util::StrCat("'", arg, "'")) != std::string_view::npos;
+  };
+  if (names("x-dead-letter-exchange") || names("x-dead-letter-strategy") || names("x-overflow")) {
+    if (broker_message.find("current is none") != std::string_view::npos) {
+      return " (a queue declared without dead letters, e.g. before dead_letter existed, "
+             "conflicts with dead_letter: true, the default: set dead_letter: false for its "
+             "consumers to keep the queue as it is, or migrate its messages to a new queue; "
+             "docs/operations.md)";
+    }
+    return " (the existing queue has other dead-letter arguments: set dead_letter as it was "
+           "declared, or migrate its messages to a new queue; docs/operations.md)";
+  }
+  if (names("x-single-active-consumer")) {
+    return " (single_active must match the existing queue: set it as the queue was declared, "
+           "or migrate its messages to a new queue; docs/operations.md)";
+  }
+  return "";
+}
+
 absl::Status Conflict(const absl::Status& s, std::string_view object, std::string_view ours) {
   if (s.code() != absl::StatusCode::kFailedPrecondition) return s;
+  const std::string_view said = util::ToStd(s.message());
   absl::Status out = absl::FailedPreconditionError(util::StrCat(
-      object, " exists on the broker with other arguments; the broker said: ", s.message(),
-      "; the config declares: ", ours,
+      object, " exists on the broker with other arguments; the broker said: ", said,
+      "; the config declares: ", ours, ConflictHint(said),
       ". mq-sidecar never deletes objects: change the config, or delete or migrate the "
       "object on the broker"));
   out.SetPayload(kConflictPayload, absl::Cord("1"));
@@ -103,12 +127,22 @@ void BuildStep(const config::TopologyPlan& plan, size_t i, Step& out) {
         add_text("x-dead-letter-strategy", "at-least-once");
         add_text("x-overflow", "reject-publish");
       }
+    }
+    if (q.delivery_limit) {
       amqp_table_entry_t e;
       e.key = amqp_cstring_bytes("x-delivery-limit");
       e.value.kind = AMQP_FIELD_KIND_I64;
-      e.value.value.i64 = q.delivery_limit;
+      e.value.value.i64 = *q.delivery_limit;
       out.entries.push_back(e);
-      util::StrAppend(&ours, ", x-delivery-limit: ", q.delivery_limit);
+      util::StrAppend(&ours, ", x-delivery-limit: ", *q.delivery_limit);
+    }
+    if (q.single_active) {
+      amqp_table_entry_t e;
+      e.key = amqp_cstring_bytes("x-single-active-consumer");
+      e.value.kind = AMQP_FIELD_KIND_BOOLEAN;
+      e.value.value.boolean = 1;
+      out.entries.push_back(e);
+      util::StrAppend(&ours, ", x-single-active-consumer: true");
     }
     if (q.exclusive) {
       amqp_table_entry_t e;

@@ -65,8 +65,18 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"consumers.<business>.handle", "string", R"("")",
      "The seed's consume-callback name; informational only."},
     {"consumers.<business>.max_deliveries", "integer 0..2147483647", "0",
-     "Poison-message limit (quorum queues only): above 0, the queue gets a delivery limit and "
-     "dead-letter exchange `<exchange>.dlx` (topic) with queue `<queue>.dead`. 0: none."},
+     "Poison-message limit (quorum queues only; needs `dead_letter`): above 0, the queue gets a "
+     "delivery limit: a message delivered this many times goes to `<queue>.dead`. 0: none."},
+    {"consumers.<business>.dead_letter", "boolean", "true",
+     "The queue gets dead-letter exchange `<exchange>.dlx` (topic) and queue `<queue>.dead` (same "
+     "type, bound with `#`): a nack without requeue keeps the message there (at-least-once on "
+     "quorum queues). false: no dead-letter exchange, such a nack drops the message. Every "
+     "consumer of one queue must agree. An existing queue declared without it conflicts (see "
+     "[Topology](#topology))."},
+    {"consumers.<business>.single_active", "boolean", "false",
+     "`x-single-active-consumer`: one subscriber of the queue (over all sidecars) receives at a "
+     "time, in queue order; another takes over from the first unacked message when it goes. "
+     "Every consumer of one queue must agree; changing it on an existing queue is a conflict."},
     {"publish.window", "integer 1..65535", "1024",
      "PublishStream: requests in flight (unconfirmed) per stream."},
     {"publish.republish_unconfirmed", "boolean", "true",
@@ -505,6 +515,8 @@ void ApplyDefaults(Config& config) {
 
 namespace {
 
+std::string_view TrueFalse(bool b) { return b ? "true" : "false"; }
+
 // A key path with its line, for "... for consumers["a"] (line 2)".
 std::string Where(const Diagnostics& diag, const std::string& path) {
   const int line = diag.LineOf(path);
@@ -566,6 +578,8 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
     std::string path;
     bool is_handle;
     uint32_t max_deliveries = 0;
+    bool dead_letter = false;
+    bool single_active = false;
   };
   std::map<std::string, QueueClaim> queues;
   for (const Producer& p : config.producers) {
@@ -577,8 +591,9 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
   for (const Consumer& c : config.consumers) {
     if (c.unroutable) continue;
     const std::string path = BusinessPath("consumers", PathName(c));
-    auto [it, inserted] =
-        queues.emplace(c.queue, QueueClaim{c.queue_type, path, false, c.max_deliveries});
+    auto [it, inserted] = queues.emplace(
+        c.queue,
+        QueueClaim{c.queue_type, path, false, c.max_deliveries, c.dead_letter, c.single_active});
     if (inserted) continue;
     if (it->second.is_handle) {
       diag.ErrorAt(path + ".queue",
@@ -594,6 +609,18 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
                    Cat("queue ", Quote(c.queue), " has max_deliveries ", c.max_deliveries,
                        " here but ", it->second.max_deliveries, " for ", where(it->second.path),
                        "; every consumer of one queue must use the same max_deliveries"));
+    } else if (it->second.dead_letter != c.dead_letter) {
+      diag.ErrorAt(
+          path + ".dead_letter",
+          Cat("queue ", Quote(c.queue), " has dead_letter ", TrueFalse(c.dead_letter), " here but ",
+              TrueFalse(it->second.dead_letter), " for ", where(it->second.path),
+              "; every consumer of one queue must use the same dead_letter"));
+    } else if (it->second.single_active != c.single_active) {
+      diag.ErrorAt(
+          path + ".single_active",
+          Cat("queue ", Quote(c.queue), " has single_active ", TrueFalse(c.single_active),
+              " here but ", TrueFalse(it->second.single_active), " for ", where(it->second.path),
+              "; every consumer of one queue must use the same single_active"));
     }
   }
 }
@@ -745,6 +772,7 @@ void AddUnroutableConsumers(Config& config, Diagnostics& diag) {
     c.queue_type = QueueType::kClassic;
     c.binding_keys = {"#"};
     c.unroutable = true;
+    c.dead_letter = false;  // the handle's queue keeps the producer's declaration
     added.push_back(std::move(c));
   }
   if (added.empty()) return;
@@ -884,6 +912,10 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     if (c.max_deliveries > 0 && c.queue_type != QueueType::kQuorum) {
       diag.ErrorAt(BusinessPath("consumers", PathName(c), "max_deliveries"),
                    "expected 0 for a classic queue (a delivery limit needs queue_type quorum)");
+    } else if (c.max_deliveries > 0 && !c.dead_letter) {
+      diag.ErrorAt(BusinessPath("consumers", PathName(c), "max_deliveries"),
+                   "expected 0 with dead_letter false (a message over the delivery limit is "
+                   "dead-lettered: set dead_letter true)");
     }
     for (size_t i = 0; i < c.binding_keys.size(); ++i) {
       const std::string path =
@@ -1169,6 +1201,11 @@ std::string Describe(const Config& input) {
              QueueTypeName(c->queue_type), "), binding keys [", Join(c->binding_keys, ", "),
              "], prefetch ", c->prefetch, ", max_deliveries ", c->max_deliveries, ", handle ",
              or_none(c->handle), "\n");
+      Append(&out, "      dead_letter: ",
+             c->dead_letter
+                 ? Cat("true (", DeadLetterExchange(*c), " -> ", DeadLetterQueue(*c), ")")
+                 : std::string("false (nack without requeue drops)"),
+             ", single_active: ", c->single_active ? "true" : "false", "\n");
     }
   }
 
@@ -1182,7 +1219,16 @@ std::string Describe(const Config& input) {
   }
   Append(&out, "  queues (durable):\n");
   for (const QueueSpec& q : plan.queues) {
-    Append(&out, "    ", q.name, " ", QueueTypeName(q.type), "\n");
+    Append(&out, "    ", q.name, " ", QueueTypeName(q.type));
+    if (!q.dead_letter_exchange.empty()) {
+      Append(&out, " x-dead-letter-exchange=", q.dead_letter_exchange);
+      if (q.type == QueueType::kQuorum) {
+        Append(&out, " x-dead-letter-strategy=at-least-once x-overflow=reject-publish");
+      }
+    }
+    if (q.delivery_limit) Append(&out, " x-delivery-limit=", *q.delivery_limit);
+    if (q.single_active) Append(&out, " x-single-active-consumer=true");
+    Append(&out, "\n");
   }
   Append(&out, "  bindings:\n");
   for (const BindingSpec& b : plan.bindings) {

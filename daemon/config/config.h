@@ -70,14 +70,26 @@ struct Consumer {
   QueueType queue_type = QueueType::kQuorum;
   uint32_t prefetch = 16;  // default for Subscribe.open.prefetch == 0
   std::string handle;      // seed's consume callback name; informational
-  // Poison-message limit: > 0 declares the queue with a delivery limit and a
-  // dead-letter exchange <exchange>.dlx (topic) and queue <queue>.dead, so a
-  // message delivered this many times without an ack, or nacked with
-  // requeue=false, is dead-lettered (at-least-once on quorum queues). 0: none.
+  // Dead letters: true declares the queue with a dead-letter exchange
+  // <exchange>.dlx (topic) and a queue <queue>.dead (of the same type) bound
+  // to it with "#", so a message nacked with requeue=false (or over
+  // max_deliveries) is kept there, never dropped (at-least-once on quorum
+  // queues). false: the queue has no dead-letter exchange (nack without
+  // requeue drops). Every consumer of one queue must agree.
+  bool dead_letter = true;
+  // Poison-message limit: > 0 also gives the queue a delivery limit, so a
+  // message delivered this many times without an ack is dead-lettered.
+  // Needs a quorum queue and dead_letter. 0: none.
   uint32_t max_deliveries = 0;
+  // Single active consumer (x-single-active-consumer): of all subscribers of
+  // the queue, over every sidecar, one receives at a time, in queue order;
+  // when it goes, the next takes over from the first unacked message. Every
+  // consumer of one queue must agree.
+  bool single_active = false;
   // Not written in the config: "<producer>.unroutable", added by Resolve()
   // for every producer with a handle. It consumes <handle>.queue (classic),
-  // which the producer's alternate exchange <handle> (fanout) fills.
+  // which the producer's alternate exchange <handle> (fanout) fills, and
+  // gets no dead-letter queue (the producer's handle declares the queue).
   bool unroutable = false;
 };
 

@@ -31,32 +31,33 @@ TopologyPlan PlanTopology(const Config& input) {
     if (p.handle.empty()) continue;
     add_exchange(p.handle, "fanout", "");
     const std::string queue = p.handle + ".queue";
-    queues.emplace(queue, QueueSpec{queue, QueueType::kClassic, "", 0});
+    queues.emplace(queue, QueueSpec{.name = queue, .type = QueueType::kClassic});
     bindings.emplace(p.handle, queue, "#");
   }
   for (const Consumer& c : config.consumers) {
     add_exchange(c.exchange, "topic", "");
-    QueueSpec spec{c.queue, c.queue_type, "", 0};
-    if (c.max_deliveries > 0) {
-      spec.dead_letter_exchange = c.exchange + ".dlx";
-      spec.delivery_limit = c.max_deliveries - 1;
-      const std::string dead = c.queue + ".dead";
-      add_exchange(spec.dead_letter_exchange, "topic", "");
-      queues.emplace(dead, QueueSpec{dead, c.queue_type, "", 0});
-      bindings.emplace(spec.dead_letter_exchange, dead, "#");
+    QueueSpec spec{.name = c.queue, .type = c.queue_type};
+    spec.single_active = c.single_active && !c.unroutable;
+    if (const std::string dlx = DeadLetterExchange(c); !dlx.empty()) {
+      spec.dead_letter_exchange = dlx;
+      if (c.max_deliveries > 0) spec.delivery_limit = c.max_deliveries - 1;
+      const std::string dead = DeadLetterQueue(c);
+      add_exchange(dlx, "topic", "");
+      queues.emplace(dead, QueueSpec{.name = dead, .type = c.queue_type});
+      bindings.emplace(dlx, dead, "#");
     }
     queues.emplace(c.queue, std::move(spec));
     for (const std::string& key : c.binding_keys) bindings.emplace(c.exchange, c.queue, key);
   }
 
   if (const std::string q = FleetQueue(config); !q.empty()) {
-    QueueSpec spec{q, QueueType::kClassic, "", 0};
+    QueueSpec spec{.name = q, .type = QueueType::kClassic};
     spec.exclusive = true;
     queues.emplace(q, std::move(spec));
     bindings.emplace(PingExchange(config), q, "#");
   }
   if (const std::string q = ReplyQueue(config); !q.empty()) {
-    QueueSpec spec{q, QueueType::kClassic, "", 0};
+    QueueSpec spec{.name = q, .type = QueueType::kClassic};
     spec.exclusive = true;
     queues.emplace(q, std::move(spec));
     bindings.emplace(ResultsExchange(config), q, ReplyBindingKey(config));
@@ -93,6 +94,19 @@ std::string InstanceOf(const Config& config) {
   return config.instance.empty() ? std::string("0") : config.instance;
 }
 }  // namespace
+
+std::string DeadLetterExchange(const Consumer& consumer) {
+  if (!consumer.dead_letter || consumer.unroutable) return "";
+  const std::string& exchange = consumer.exchange.empty() ? consumer.name : consumer.exchange;
+  return internal::Cat(exchange, ".dlx");
+}
+
+std::string DeadLetterQueue(const Consumer& consumer) {
+  if (!consumer.dead_letter || consumer.unroutable) return "";
+  if (!consumer.queue.empty()) return internal::Cat(consumer.queue, ".dead");
+  const std::string& exchange = consumer.exchange.empty() ? consumer.name : consumer.exchange;
+  return internal::Cat(exchange, ".queue.dead");
+}
 
 std::string PingExchange(const Config& config) {
   if (config.ping.business.empty()) return "";

@@ -5,6 +5,8 @@
 // declares a plan; GetTopology reports it.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,10 +24,14 @@ struct ExchangeSpec {
 struct QueueSpec {
   std::string name;
   QueueType type = QueueType::kQuorum;
-  // Poison-message handling (consumers with max_deliveries > 0): dead-letter
-  // to this exchange, at-least-once, after `delivery_limit` returns.
+  // Dead letters (consumers with dead_letter): a message nacked without
+  // requeue goes to this exchange (at-least-once on quorum queues).
   std::string dead_letter_exchange;  // "" when none
-  uint32_t delivery_limit = 0;       // x-delivery-limit; 0: none
+  // Poison messages (max_deliveries > 0): x-delivery-limit, the returns
+  // after which a message is dead-lettered.
+  std::optional<uint32_t> delivery_limit;
+  // x-single-active-consumer (consumers with single_active).
+  bool single_active = false;
   // This sidecar's own queue (fleet view, task replies): classic, exclusive
   // to the consuming connection, deleted with it, capped in length. Only the
   // consumer connection declares it (an exclusive queue belongs to the
@@ -49,11 +55,13 @@ struct TopologyPlan {
 // durable topic exchange; a producer with a non-empty `handle` gets
 // alternate_exchange=<handle>, plus a fanout exchange <handle> and a classic
 // durable queue <handle>.queue bound with "#". Every consumer queue is bound
-// to its exchange once per binding key. A consumer with max_deliveries > 0
-// also gets a topic exchange <exchange>.dlx and a queue <queue>.dead (of the
-// same type) bound to it with "#", and its queue dead-letters there after
-// max_deliveries deliveries (x-delivery-limit = max_deliveries - 1, since the
-// broker counts returns, not deliveries). Conflicts (one exchange with two
+// to its exchange once per binding key. A consumer with dead_letter (the
+// default; not the implicit unroutable ones) also gets a topic exchange
+// DeadLetterExchange(c) and a queue DeadLetterQueue(c) (of the same type,
+// without dead letters of its own) bound to it with "#", and its queue
+// dead-letters there; with max_deliveries > 0 after max_deliveries deliveries
+// (x-delivery-limit = max_deliveries - 1, since the broker counts returns,
+// not deliveries). single_active sets x-single-active-consumer. Conflicts (one exchange with two
 // different alternate exchanges, one queue with two types) are config errors
 // detected by Resolve(), not here.
 //
@@ -67,6 +75,13 @@ TopologyPlan PlanTopology(const Config& config);
 // WithoutExclusive: the plan minus the exclusive queues and their bindings,
 // for the publisher's connection.
 TopologyPlan WithoutExclusive(const TopologyPlan& plan);
+
+// A consumer's dead-letter names: "<exchange>.dlx" and "<queue>.dead" (after
+// defaults: a hand-built consumer without exchange or queue gets them from
+// its name). Empty when the consumer has no dead letters (dead_letter false,
+// or an unroutable business).
+std::string DeadLetterExchange(const Consumer& consumer);
+std::string DeadLetterQueue(const Consumer& consumer);
 
 // The control plane's names (empty when the feature is off).
 std::string FleetQueue(const Config& config);       // "<ping exchange>.fleet.<instance>"

@@ -431,6 +431,10 @@ void YamlReader::ReadConsumers(const YAML::Node& node, std::string_view display_
                          if (auto n = Uint(diag_, Line(v), v, d, 0, 2147483647)) {
                            c.max_deliveries = *n;
                          }
+                       } else if (key == "dead_letter") {
+                         if (auto b = Bool(v, d)) c.dead_letter = *b;
+                       } else if (key == "single_active") {
+                         if (auto b = Bool(v, d)) c.single_active = *b;
                        } else if (key == "handle") {
                          if (auto s = String(v, d, true)) c.handle = *s;
                        }

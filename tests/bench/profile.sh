@@ -37,7 +37,8 @@ broker: { uris: ["amqp://guest:guest@127.0.0.1:5672/"], heartbeat: 30s }
 producers: { $PFX.classic: { exchange: $PFX.classic } }
 consumers:
   $PFX.classic:
-    { exchange: $PFX.classic, queue: $PFX.classic.queue, queue_type: classic, prefetch: 64 }
+    { exchange: $PFX.classic, queue: $PFX.classic.queue, queue_type: classic, prefetch: 64,
+      dead_letter: false }
 publish: { window: 1024 }
 log: { level: warn }
 YAML

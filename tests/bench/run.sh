@@ -61,9 +61,11 @@ producers:
   $PFX.quorum: { exchange: $PFX.quorum }
 consumers:
   $PFX.classic:
-    { exchange: $PFX.classic, queue: $PFX.classic.queue, queue_type: classic, prefetch: 64 }
+    { exchange: $PFX.classic, queue: $PFX.classic.queue, queue_type: classic, prefetch: 64,
+      dead_letter: false }
   $PFX.quorum:
-    { exchange: $PFX.quorum, queue: $PFX.quorum.queue, queue_type: quorum, prefetch: 64 }
+    { exchange: $PFX.quorum, queue: $PFX.quorum.queue, queue_type: quorum, prefetch: 64,
+      dead_letter: false }
 publish: { window: 1024 }
 log: { level: warn }
 EOF

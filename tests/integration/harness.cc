@@ -503,6 +503,8 @@ Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
                 << ", queue_type: " << b.queue_type << ", prefetch: " << b.prefetch;
       if (!b.queue.empty()) consumers << ", queue: " << b.queue;
       if (b.max_deliveries > 0) consumers << ", max_deliveries: " << b.max_deliveries;
+      if (!b.dead_letter) consumers << ", dead_letter: false";
+      if (b.single_active) consumers << ", single_active: true";
       consumers << " }\n";
     }
   }
@@ -672,12 +674,21 @@ std::string IntegrationTest::Business(const std::string& suffix) {
   std::string name = prefix_ + "." + suffix;
   exchanges_.push_back(name);
   queues_.push_back(name + ".queue");
+  // Its dead letters, which every consumer gets by default.
+  exchanges_.push_back(name + ".dlx");
+  queues_.push_back(name + ".queue.dead");
   return name;
 }
 
 Daemon& IntegrationTest::StartDaemon(std::vector<BusinessSpec> businesses, DaemonOptions options) {
   const std::string name =
       options.name.empty() ? "d" + std::to_string(daemons_.size() + 1) : options.name;
+  for (const BusinessSpec& b : businesses) {  // dead letters of overridden names
+    if (!b.consumer || !b.dead_letter) continue;
+    const std::string exchange = b.exchange.empty() ? b.name : b.exchange;
+    CleanUpExchange(exchange + ".dlx");
+    CleanUpQueue((b.queue.empty() ? exchange + ".queue" : b.queue) + ".dead");
+  }
   daemons_.push_back(
       std::make_unique<Daemon>(dir_, name, uri_, std::move(businesses), std::move(options)));
   daemons_.back()->Start();

@@ -135,6 +135,10 @@ struct BusinessSpec {
   uint32_t max_deliveries = 0;
   std::string queue_type = "quorum";
   std::string handle = {};  // producer: alternate exchange for unroutable messages
+  // consumers.<name>.dead_letter (<exchange>.dlx -> <queue>.dead, cleaned up
+  // by IntegrationTest) and single_active; written only when not the default.
+  bool dead_letter = true;
+  bool single_active = false;
 };
 
 // Per-daemon settings; the defaults are what the plain integration tests use.

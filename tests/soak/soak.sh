@@ -81,6 +81,7 @@ wait_amqp() {
 
 # A fresh queue: the quorum queue of earlier runs goes (ignore "not found").
 rabbitmqctl delete_queue "$BUSINESS.queue" >/dev/null 2>&1 || true
+rabbitmqctl delete_queue "$BUSINESS.queue.dead" >/dev/null 2>&1 || true
 
 for s in A B; do
   cat >"$OUT/$s.yaml" <<EOF
@@ -212,4 +213,5 @@ awk -v pidb="${PID[B]}" '
   }' "$OUT/rss.log" | tee "$OUT/rss.txt"
 echo "soak: faults: $broker_restarts broker restarts ($([[ $NODE_RESTART == 1 ]] && echo node || echo app)), $sidecar_kills SIGKILLs of sidecar B; events in $OUT/events.log"
 rabbitmqctl delete_queue "$BUSINESS.queue" >/dev/null 2>&1 || true
+rabbitmqctl delete_queue "$BUSINESS.queue.dead" >/dev/null 2>&1 || true
 exit "$rc"

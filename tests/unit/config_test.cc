@@ -588,12 +588,110 @@ consumers:
   CHECK_THAT(text,
              Catch::Contains("consumer: exchange usdt.transfer, queue usdt.transfer.queue "
                              "(quorum), binding keys [a.*, b.#], prefetch 32, max_deliveries 0, "
-                             "handle (none)"));
+                             "handle (none)\n      dead_letter: true (usdt.transfer.dlx -> "
+                             "usdt.transfer.queue.dead), single_active: false\n"));
+  CHECK_THAT(text, Catch::Contains("usdt.transfer.queue quorum "
+                                   "x-dead-letter-exchange=usdt.transfer.dlx "
+                                   "x-dead-letter-strategy=at-least-once "
+                                   "x-overflow=reject-publish\n"));
+  CHECK_THAT(text, Catch::Contains("usdt.transfer.queue.dead quorum\n"));
+  CHECK_THAT(text, Catch::Contains("usdt.transfer.dlx topic\n"));
+  CHECK_THAT(text, Catch::Contains("usdt.transfer.dlx -> usdt.transfer.queue.dead key \"#\""));
+  // The unroutable queue keeps the producer's declaration.
+  CHECK_THAT(text, Catch::Contains("usdt.transfer.unroutable.queue classic\n"));
+  CHECK_THAT(text, !Catch::Contains("usdt.transfer.unroutable.queue.dead"));
   CHECK_THAT(text,
              Catch::Contains("usdt.transfer topic alternate-exchange=usdt.transfer.unroutable"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer.unroutable fanout"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer.unroutable.queue classic"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer -> usdt.transfer.queue key \"b.#\""));
+}
+
+TEST_CASE("config: dead_letter and single_active: defaults, values, and Describe") {
+  absl::StatusOr<Config> c = LoadYamlText(R"(consumers:
+  plain: {}
+  off: { dead_letter: false, queue_type: classic }
+  cl: { queue_type: classic }
+  ordered: { single_active: true, max_deliveries: 4 }
+producers:
+  out: { handle: out.ae }
+)",
+                                          "dl.yaml");
+  INFO(c.status().message());
+  REQUIRE(c.ok());
+  const Consumer* plain = c->FindConsumer("plain");
+  REQUIRE(plain != nullptr);
+  CHECK(plain->dead_letter);  // the default
+  CHECK_FALSE(plain->single_active);
+  const Consumer* off = c->FindConsumer("off");
+  REQUIRE(off != nullptr);
+  CHECK_FALSE(off->dead_letter);
+  const Consumer* ordered = c->FindConsumer("ordered");
+  REQUIRE(ordered != nullptr);
+  CHECK(ordered->single_active);
+  CHECK(ordered->dead_letter);
+  // The implicit unroutable consumer: no dead letters (its queue is the handle's).
+  const Consumer* unroutable = c->FindConsumer("out.unroutable");
+  REQUIRE(unroutable != nullptr);
+  CHECK_FALSE(unroutable->dead_letter);
+  CHECK_FALSE(unroutable->single_active);
+
+  const std::string text = Describe(*c);
+  CHECK_THAT(text, Catch::Contains("dead_letter: false (nack without requeue drops), "
+                                   "single_active: false"));
+  CHECK_THAT(text, Catch::Contains("dead_letter: true (ordered.dlx -> ordered.queue.dead), "
+                                   "single_active: true"));
+  CHECK_THAT(text, Catch::Contains("ordered.queue quorum x-dead-letter-exchange=ordered.dlx "
+                                   "x-dead-letter-strategy=at-least-once "
+                                   "x-overflow=reject-publish x-delivery-limit=3 "
+                                   "x-single-active-consumer=true\n"));
+  CHECK_THAT(text, Catch::Contains("plain.queue quorum x-dead-letter-exchange=plain.dlx "));
+  // Classic: the exchange alone (RabbitMQ dead-letters them at most once).
+  CHECK_THAT(text, Catch::Contains("cl.queue classic x-dead-letter-exchange=cl.dlx\n"));
+  CHECK_THAT(text, Catch::Contains("cl.queue.dead classic\n"));
+  CHECK_THAT(text, Catch::Contains("off.queue classic\n"));
+  CHECK_THAT(text, !Catch::Contains("off.dlx"));
+  CHECK_THAT(text, !Catch::Contains("out.ae.queue.dead"));
+
+  // The seed's INI takes them in its JSON map.
+  absl::StatusOr<Config> ini = LoadIniText(
+      "[rabbitmq]\nconsumer={\"a\":{\"dead_letter\":false,\"single_active\":true}}\n", "dl.ini");
+  INFO(ini.status().message());
+  REQUIRE(ini.ok());
+  CHECK_FALSE(ini->consumers[0].dead_letter);
+  CHECK(ini->consumers[0].single_active);
+}
+
+TEST_CASE("config: dead_letter and single_active errors") {
+  const std::string err = ErrorText(LoadYamlText(R"(consumers:
+  a: { dead_letter: false, max_deliveries: 3 }
+  b: { queue: s.q }
+  c: { queue: s.q, dead_letter: false }
+  d: { queue: o.q, single_active: true }
+  e: { queue: o.q }
+  f: { dead_letter: maybe, single_active: 1 }
+)",
+                                                 "dle.yaml"));
+  CHECK_THAT(err, Catch::Contains("dle.yaml:2: consumers[\"a\"].max_deliveries: expected 0 with "
+                                  "dead_letter false"));
+  CHECK_THAT(err, Catch::Contains("dle.yaml:4: consumers[\"c\"].dead_letter: queue \"s.q\" has "
+                                  "dead_letter false here but true for consumers[\"b\"] (line 3); "
+                                  "every consumer of one queue must use the same dead_letter"));
+  CHECK_THAT(err, Catch::Contains("dle.yaml:6: consumers[\"e\"].single_active: queue \"o.q\" "
+                                  "has single_active false here but true for consumers[\"d\"] "
+                                  "(line 5); every consumer of one queue must use the same "
+                                  "single_active"));
+  CHECK_THAT(err, Catch::Contains("dle.yaml:7: consumers[\"f\"].dead_letter: expected true or "
+                                  "false, got \"maybe\""));
+  CHECK_THAT(err, Catch::Contains("dle.yaml:7: consumers[\"f\"].single_active: expected true or "
+                                  "false, got \"1\""));
+  // Agreeing consumers of one queue are fine.
+  CHECK(LoadYamlText(R"(consumers:
+  a: { queue: s.q, single_active: true, dead_letter: false }
+  b: { queue: s.q, single_active: true, dead_letter: false }
+)",
+                     "ok.yaml")
+            .ok());
 }
 
 TEST_CASE("config: QueueTypeName") {
@@ -617,7 +715,7 @@ TEST_CASE("config: every kConfigKeys key is accepted by the YAML loader") {
   absl::StatusOr<Config> c = LoadYamlText(R"(listen: "127.0.0.1:1"
 broker: { uris: "amqp://h/", heartbeat: 1s, connect_timeout: 1s }
 producers: { p: { exchange: e, handle: "" } }
-consumers: { c: { exchange: e, queue: q, binding_keys: "#", queue_type: quorum, prefetch: 1, handle: x, max_deliveries: 5 } }
+consumers: { c: { exchange: e, queue: q, binding_keys: "#", queue_type: quorum, prefetch: 1, handle: x, max_deliveries: 5, dead_letter: true, single_active: true } }
 publish: { window: 1, republish_unconfirmed: false, wait_timeout: 2s }
 log: { level: trace }
 shutdown: { drain: 0 }
@@ -635,11 +733,13 @@ tasks: { results: c }
   CHECK(c->ping.fleet);
   CHECK(c->tasks.results == "c");
   CHECK(c->consumers[0].max_deliveries == 5);
+  CHECK(c->consumers[0].dead_letter);
+  CHECK(c->consumers[0].single_active);
   CHECK_FALSE(c->publish.republish_unconfirmed);
   CHECK(c->publish.wait_timeout == seconds(2));
   CHECK(c->shutdown.drain == milliseconds(0));
   CHECK(internal::ChildKeys("").size() == 10);
-  CHECK(internal::ChildKeys("consumers.<business>").size() == 7);
+  CHECK(internal::ChildKeys("consumers.<business>").size() == 9);
   // A delivery limit needs a quorum queue; consumers of one queue agree on it.
   const std::string err = ErrorText(LoadYamlText(R"(consumers:
   a: { queue_type: classic, max_deliveries: 3 }
