@@ -205,10 +205,12 @@ class Session {
 
   Connection& conn() { return *conn_; }
 
-  // Check: an error once the worker is stopping or the deadline has passed;
-  // otherwise the next synchronous RPC gets the time left.
-  absl::Status Check(std::string_view what) {
-    if (worker_.stop_requested()) {
+  // Check: an error once the worker is stopping (unless `stoppable` is
+  // false: a publish waiting for its confirm is seen through, within Stop's
+  // grace) or the deadline has passed; otherwise the next synchronous RPC
+  // gets the time left.
+  absl::Status Check(std::string_view what, bool stoppable = true) {
+    if (stoppable && worker_.stop_requested()) {
       return absl::UnavailableError(util::StrCat(what, ": mq-sidecar is shutting down"));
     }
     const milliseconds left = Left();
@@ -297,7 +299,10 @@ class Session {
   absl::StatusOr<Confirm> WaitConfirm(amqp_channel_t channel, uint64_t seq) {
     bool returned = false;
     while (true) {
-      if (absl::Status s = Check("waiting for the broker's confirm"); !s.ok()) return s;
+      if (absl::Status s = Check("waiting for the broker's confirm", /*stoppable=*/false);
+          !s.ok()) {
+        return s;
+      }
       timeval tv = ToTimeval(std::min(Left(), kStopCheck));
       amqp_frame_t frame;
       const int rc = amqp_simple_wait_frame_noblock(conn_->state(), &frame, &tv);

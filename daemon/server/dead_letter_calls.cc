@@ -37,14 +37,15 @@ void PubSubService::AcceptDeadLetters() {
   util::MutexLock lock(&accept_mu_);
   if (cq_ == nullptr) return;
   Post<v1::ListDeadLettersRequest, v1::ListDeadLettersResponse>(
-      *this, cq_, *gate_, &PubSubService::RequestListDeadLetters, &PubSubService::ListDeadLetters);
+      *this, cq_, *gate_, &PubSubService::RequestListDeadLetters,
+      &PubSubService::ServeListDeadLetters);
   Post<v1::ReplayDeadLettersRequest, v1::ReplayDeadLettersResponse>(
       *this, cq_, *gate_, &PubSubService::RequestReplayDeadLetters,
-      &PubSubService::ReplayDeadLetters);
+      &PubSubService::ServeReplayDeadLetters);
 }
 
-void PubSubService::ListDeadLetters(v1::ListDeadLettersRequest&& request, SysTime deadline,
-                                    Reply<v1::ListDeadLettersResponse> reply) {
+void PubSubService::ServeListDeadLetters(v1::ListDeadLettersRequest&& request, SysTime deadline,
+                                         Reply<v1::ListDeadLettersResponse> reply) {
   if (absl::Status s = Unserved(*this); !s.ok() || dead_letters_ == nullptr) {
     reply(s.ok() ? absl::UnavailableError("dead letters are not served by this daemon") : s);
     return;
@@ -61,8 +62,8 @@ void PubSubService::ListDeadLetters(v1::ListDeadLettersRequest&& request, SysTim
                       std::move(reply));
 }
 
-void PubSubService::ReplayDeadLetters(v1::ReplayDeadLettersRequest&& request, SysTime deadline,
-                                      Reply<v1::ReplayDeadLettersResponse> reply) {
+void PubSubService::ServeReplayDeadLetters(v1::ReplayDeadLettersRequest&& request, SysTime deadline,
+                                           Reply<v1::ReplayDeadLettersResponse> reply) {
   if (absl::Status s = Unserved(*this); !s.ok() || dead_letters_ == nullptr) {
     reply(s.ok() ? absl::UnavailableError("dead letters are not served by this daemon") : s);
     return;

@@ -93,13 +93,14 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
                    Reply<mqsidecar::v1::ListServersResponse> reply);
 
   // The dead-letter methods (dead_letter_calls.cc), served by the
-  // DeadLetterWorker's thread; UNAVAILABLE without one.
-  void ListDeadLetters(mqsidecar::v1::ListDeadLettersRequest&& request,
-                       std::chrono::system_clock::time_point deadline,
-                       Reply<mqsidecar::v1::ListDeadLettersResponse> reply);
-  void ReplayDeadLetters(mqsidecar::v1::ReplayDeadLettersRequest&& request,
-                         std::chrono::system_clock::time_point deadline,
-                         Reply<mqsidecar::v1::ReplayDeadLettersResponse> reply);
+  // DeadLetterWorker's thread; UNAVAILABLE without one. (Named apart from
+  // the generated synchronous methods, which they would hide.)
+  void ServeListDeadLetters(mqsidecar::v1::ListDeadLettersRequest&& request,
+                            std::chrono::system_clock::time_point deadline,
+                            Reply<mqsidecar::v1::ListDeadLettersResponse> reply);
+  void ServeReplayDeadLetters(mqsidecar::v1::ReplayDeadLettersRequest&& request,
+                              std::chrono::system_clock::time_point deadline,
+                              Reply<mqsidecar::v1::ReplayDeadLettersResponse> reply);
 
   // Drain: shutdown has begun. Open PublishStreams stop reading, answer what
   // they hold and end; Subscribe streams are drained by the consumer.
