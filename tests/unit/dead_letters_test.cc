@@ -6,6 +6,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "amqp/connection.h"
@@ -14,7 +15,6 @@
 
 namespace {
 
-using mqs::amqp::AmqpBytes;
 using mqs::amqp::AmqpText;
 using mqsidecar::v1::DeadLetter;
 using namespace std::chrono_literals;
@@ -162,6 +162,7 @@ TEST_CASE("dead letters: a replayed copy keeps everything but the queue's delive
   CHECK(p.delivery_mode == 2);
   CHECK(p._flags == original._flags);
   std::vector<std::string> keys;
+  keys.reserve(static_cast<size_t>(p.headers.num_entries));
   for (int i = 0; i < p.headers.num_entries; ++i) {
     keys.emplace_back(AmqpText(p.headers.entries[i].key));
   }
@@ -236,8 +237,9 @@ TEST_CASE("dead letters: a stopped worker answers UNAVAILABLE at once") {
   worker.Start();
   worker.Stop();
   absl::Status got = absl::OkStatus();
-  worker.Replay({"biz", "biz.queue.dead", "biz"}, 0, "", std::chrono::steady_clock::now() + 1s,
-                [&](absl::Status s, const mqsidecar::v1::ReplayDeadLettersResponse&) { got = s; });
+  worker.Replay(
+      {"biz", "biz.queue.dead", "biz"}, 0, "", std::chrono::steady_clock::now() + 1s,
+      [&](absl::Status s, const mqsidecar::v1::ReplayDeadLettersResponse&) { got = std::move(s); });
   CHECK(got.code() == absl::StatusCode::kUnavailable);
 }
 
@@ -251,7 +253,7 @@ TEST_CASE("dead letters: a broker out of reach is UNAVAILABLE") {
   mqs::util::CondVar cv;
   std::optional<absl::Status> got;
   worker.List({"biz", "biz.queue.dead", "biz"}, 10, std::chrono::steady_clock::now() + 5s,
-              [&](absl::StatusOr<mqsidecar::v1::ListDeadLettersResponse> r) {
+              [&](const absl::StatusOr<mqsidecar::v1::ListDeadLettersResponse>& r) {
                 mqs::util::MutexLock lock(&mu);
                 got = r.status();
                 cv.SignalAll();
