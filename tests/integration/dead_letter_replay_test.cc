@@ -189,5 +189,43 @@ TEST_CASE(
   CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+TEST_CASE(
+    "integration: a dead letter whose copy no queue takes stays in the dead-letter queue "
+    "(returned, requeued, FAILED_PRECONDITION)") {
+  IntegrationTest t("dlqret");
+  const std::string biz = t.Business("dlqret");
+  const std::string queue = biz + ".queue";
+  const std::string dead = queue + ".dead";
+  t.CleanUpQueue(dead);
+  t.CleanUpExchange(biz + ".dlx");
+  Daemon& d = t.StartDaemon({{.name = biz, .max_deliveries = 1}});
+  REQUIRE(WaitForQueue(t.admin(), dead, 0u, 0u));
+  {
+    std::atomic<Subscriber*> self{nullptr};
+    Subscriber::Options options{.business = biz, .prefetch = 10, .consumer_name = "nacker"};
+    options.on_delivery = [&](const pb::Delivery& x) {
+      if (Subscriber* s = self.load()) s->Nack(x.delivery_id(), /*requeue=*/false);
+    };
+    Subscriber sub(d.stub(), options);
+    self = &sub;
+    REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
+    PublishConfirmed(d.stub(), biz, 2, biz);
+    REQUIRE(WaitForQueue(t.admin(), dead, 0u, 2u, 20s));
+    const grpc::Status left = sub.Leave();
+    INFO(StatusText(left));
+    CHECK(left.ok());
+  }
+  // Nothing consumes the business's queue now; without it the exchange
+  // routes the copies nowhere.
+  REQUIRE(WaitForQueue(t.admin(), queue, 0u, std::nullopt));
+  t.admin().DeleteQueue(queue);
+  const CommandResult r = Mqctl(d, {"dlq", "replay", biz});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("FAILED_PRECONDITION"));
+  CHECK_THAT(r.err, Catch::Contains("unroutable"));
+  CHECK(WaitForQueue(t.admin(), dead, 0u, 2u));
+}
+
 }  // namespace
 }  // namespace mqs::it
