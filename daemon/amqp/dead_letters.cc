@@ -486,6 +486,9 @@ absl::Status ServeReplay(Session& session, const DeadLetterTarget& target, uint3
       if (!session.conn().dead()) amqp_basic_reject(state, kChannel, m.tag, /*requeue=*/1);
       break;
     }
+    // The copy is queued: it counts as replayed even if the ack is lost.
+    response->set_replayed(response->replayed() + 1);
+    response->add_message_ids(id);
     if (const int ack = amqp_basic_ack(state, kChannel, m.tag, 0); ack != AMQP_STATUS_OK) {
       session.conn().MarkDead();
       error = StatusFromLibrary(
@@ -494,8 +497,6 @@ absl::Status ServeReplay(Session& session, const DeadLetterTarget& target, uint3
                             "too: expect it twice)"));
       break;
     }
-    response->set_replayed(response->replayed() + 1);
-    response->add_message_ids(id);
     spdlog::info("dead letters: replayed message '{}' of business '{}' to exchange '{}' ({})",
                  util::ForLog(id, 64), target.business, target.exchange, routing_key);
     amqp_maybe_release_buffers(state);
