@@ -3,7 +3,8 @@
 // Exit codes: 0 success; 1 gRPC or I/O error; 2 the daemon answered "no" (a
 // publish, task or task result it did not confirm, a health check other than
 // SERVING, a task nothing takes (NOT_FOUND) or whose result did not come in
-// time (DEADLINE_EXCEEDED), see TaskSendExitCode); 64 bad usage.
+// time (DEADLINE_EXCEEDED), see TaskSendExitCode; a dlq replay that stopped
+// with an error after replaying some messages); 64 bad usage.
 
 #include <fcntl.h>
 #include <poll.h>
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "dead_letter_format.h"
 #include "delivery_json.h"
 #include "fleet_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -115,6 +117,16 @@ struct StatusReportOptions {
   std::string message;
   std::vector<std::string> labels;
 };
+
+struct DlqOptions {
+  std::string business;
+  uint32_t max = 0;
+  std::string message_id;
+};
+
+// dlq's deadline when --timeout is not given: the daemon ends a dead-letter
+// request within 30 s, and its answer should reach mqctl.
+constexpr milliseconds kDlqTimeout{35000};
 
 struct SubscribeOptions {
   std::string business;
@@ -701,6 +713,48 @@ int RunStatusReport(const GlobalOptions& g, const StatusReportOptions& o) {
 }
 
 // ---------------------------------------------------------------------------
+// dlq list, dlq replay
+
+int RunDlqList(const GlobalOptions& g, const DlqOptions& o) {
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  v1::ListDeadLettersRequest req;
+  req.set_business(o.business);
+  req.set_max(o.max);
+  v1::ListDeadLettersResponse resp;
+  const grpc::Status status = stub->ListDeadLetters(&ctx, req, &resp);
+  if (!status.ok()) return ReportRpcError(status);
+  for (const v1::DeadLetter& letter : resp.messages()) {
+    if (!WriteLine(DumpLine(DeadLetterToJson(letter)))) return kExitError;
+  }
+  std::cerr << "mqctl: listed " << resp.messages_size() << " of " << resp.total()
+            << " dead letter(s) of " << o.business << "\n";
+  return kExitOk;
+}
+
+int RunDlqReplay(const GlobalOptions& g, const DlqOptions& o) {
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  v1::ReplayDeadLettersRequest req;
+  req.set_business(o.business);
+  req.set_max(o.max);
+  req.set_message_id(o.message_id);
+  v1::ReplayDeadLettersResponse resp;
+  const grpc::Status status = stub->ReplayDeadLetters(&ctx, req, &resp);
+  if (status.ok()) return WriteLine(DumpLine(ReplayToJson(resp))) ? kExitOk : kExitError;
+  std::optional<v1::ReplayDeadLettersResponse> partial;
+  const auto& trailers = ctx.GetServerTrailingMetadata();
+  if (auto it = trailers.find(kReplayTrailer); it != trailers.end()) {
+    partial = ParseReplayTrailer(std::string_view(it->second.data(), it->second.size()));
+  }
+  if (partial.has_value() && !WriteLine(DumpLine(ReplayToJson(*partial)))) return kExitError;
+  ReportRpcError(status);
+  return ReplayExitCode(status.error_code(), partial);
+}
+
+// ---------------------------------------------------------------------------
 // command line
 
 int Main(int argc, char** argv) {
@@ -715,8 +769,9 @@ int Main(int argc, char** argv) {
   app.footer(
       "Exit status: 0 success; 1 gRPC or I/O error (printed as 'mqctl: CODE: message');\n"
       "2 publish or task complete not confirmed (UNROUTABLE, REJECTED, FAILED, UNCONFIRMED),\n"
-      "health not SERVING, or task send answered NOT_FOUND, DEADLINE_EXCEEDED, ABORTED or\n"
-      "(from the daemon itself) UNAVAILABLE;\n"
+      "health not SERVING, task send answered NOT_FOUND, DEADLINE_EXCEEDED, ABORTED or\n"
+      "(from the daemon itself) UNAVAILABLE, or dlq replay stopped by an error after\n"
+      "replaying some;\n"
       "64 bad usage.");
 
   GlobalOptions g;
@@ -913,6 +968,34 @@ int Main(int argc, char** argv) {
       ->allow_extra_args(false)
       ->take_all();
 
+  // dlq list, dlq replay
+  CLI::App* dlq = app.add_subcommand(
+      "dlq", "Inspect and replay a consumer business's dead-letter queue (<queue>.dead)");
+  dlq->require_subcommand(1, 1);
+  DlqOptions dlo;
+  CLI::App* dlq_list = dlq->add_subcommand(
+      "list",
+      "Print the dead letters of a business, one JSON line each: {reason, queue, "
+      "dead_lettered_at_ms, count, original_exchange, original_routing_key, message} (message "
+      "as `subscribe` prints a delivery). Nothing is removed from the queue.");
+  dlq_list->add_option("business", dlo.business, "A consumer business configured in the daemon")
+      ->required();
+  dlq_list
+      ->add_option("--max", dlo.max, "At most N messages; 0: 100 (the daemon lists 1000 at most)")
+      ->capture_default_str();
+  CLI::App* dlq_replay = dlq->add_subcommand(
+      "replay",
+      "Move dead letters back to the business's exchange, with their routing key, properties "
+      "and headers; each leaves the dead-letter queue only once its copy is confirmed. Prints "
+      "{replayed, message_ids, remaining}; exit 2 when the daemon stopped with an error after "
+      "replaying some (printed first).");
+  dlq_replay->add_option("business", dlo.business, "A consumer business configured in the daemon")
+      ->required();
+  dlq_replay->add_option("--max", dlo.max, "At most N messages; 0: all those there at the start")
+      ->capture_default_str();
+  dlq_replay->add_option("--message-id", dlo.message_id,
+                         "Only the messages with this message_id (NOT_FOUND when none)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -939,6 +1022,11 @@ int Main(int argc, char** argv) {
   }
   if (task_complete->parsed()) return RunTaskComplete(g, tco);
   if (status_report->parsed()) return RunStatusReport(g, sro);
+  if (dlq_list->parsed() || dlq_replay->parsed()) {
+    // Unless --timeout was given: the daemon's own bound, and a margin.
+    if (app.get_option("--timeout")->count() == 0) g.timeout = kDlqTimeout;
+    return dlq_list->parsed() ? RunDlqList(g, dlo) : RunDlqReplay(g, dlo);
+  }
   return kExitUsage;  // unreachable: require_subcommand(1, 1)
 }
 

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "amqp/consumer.h"
+#include "amqp/dead_letters.h"
 #include "amqp/publisher.h"
 #include "config/topology_plan.h"
 #include "control/control_plane.h"
@@ -111,7 +112,11 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   // Before the service (which reports to it) and stopped after the
   // consumer (whose thread calls its feeds).
   auto control = std::make_unique<control::ControlPlane>(config, *publisher, *consumer);
-  server::PubSubService service(config, plan, *publisher, *consumer, *control);
+  // Lists and replays dead letters on connections of its own; stopped after
+  // the server, before the service its answers go through.
+  amqp::DeadLetterWorker dead_letters(config.broker);
+  dead_letters.Start();
+  server::PubSubService service(config, plan, *publisher, *consumer, *control, &dead_letters);
   absl::StatusOr<std::unique_ptr<server::GrpcServer>> server =
       server::GrpcServer::Start(config.listen, &service, &service);
   if (!server.ok()) return server.status();
@@ -157,6 +162,7 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   // cancels what is left and closes the connections.
   service.WaitIdle(std::chrono::steady_clock::now() + drain);
   (*server)->Shutdown(std::chrono::system_clock::now() + kFinalFlush);
+  dead_letters.Stop();
   publisher->Stop(std::max(drain, options.shutdown_grace));
   consumer->Stop(std::chrono::milliseconds(0));
   control->Stop();

@@ -1,11 +1,9 @@
 // The control plane's unary methods: SendTask, CompleteTask, ReportStatus,
 // ListServers (async API, async_call.h; docs/control-plane.md).
 //
-// One call class serves all four: it hands the request to a PubSubService
-// handler with a Reply, and finishes with whatever the handler answers,
-// from whichever thread answers. The lifecycle is CallBase's, as for
-// Publish: the reply is owed until it comes, and a reply that comes after
-// the call is done (cancelled, or shutdown) only settles the bookkeeping.
+// One call class serves all four (ControlCall, server/control_call.h): it
+// hands the request to a PubSubService handler with a Reply, and finishes
+// with whatever the handler answers, from whichever thread answers.
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
@@ -13,6 +11,7 @@
 #include "amqp/properties.h"
 #include "control/tasks.h"
 #include "server/async_call.h"
+#include "server/control_call.h"
 #include "server/pubsub_service.h"
 #include "spdlog/spdlog.h"
 #include "util/strings.h"
@@ -21,98 +20,6 @@ namespace mqs::server {
 namespace {
 
 namespace v1 = mqsidecar::v1;
-using SysTime = std::chrono::system_clock::time_point;
-
-template <class Request, class Response>
-struct MethodOf {
-  using Requester = void (PubSubService::*)(grpc::ServerContext*, Request*,
-                                            grpc::ServerAsyncResponseWriter<Response>*,
-                                            grpc::CompletionQueue*, grpc::ServerCompletionQueue*,
-                                            void*);
-  using Handler = void (PubSubService::*)(Request&&, SysTime, Reply<Response>);
-};
-
-template <class Request, class Response>
-class ControlCall final : public CallBase {
- public:
-  using M = MethodOf<Request, Response>;
-  ControlCall(PubSubService& service, grpc::ServerCompletionQueue* cq, OpGate& gate,
-              typename M::Requester requester, typename M::Handler handler)
-      : CallBase(gate, service.calls()),
-        service_(service),
-        requester_(requester),
-        handler_(handler) {
-    ctx_.AsyncNotifyWhenDone(done_op_.tag());
-    (service_.*requester_)(&ctx_, &request_, &responder_, cq, cq, accept_op_.tag());
-  }
-
-  // Next: posts the request for the next call of this method.
-  static void Next(PubSubService& service, grpc::ServerCompletionQueue* cq, OpGate& gate,
-                   typename M::Requester requester, typename M::Handler handler) {
-    new ControlCall(service, cq, gate, requester, handler);
-  }
-
- private:
-  void OnAccepted(bool ok) {
-    if (!ok) {
-      DeleteUnaccepted();
-      return;
-    }
-    service_.AcceptControlMethod([this](grpc::ServerCompletionQueue* cq, OpGate* gate) {
-      Next(service_, cq, *gate, requester_, handler_);
-    });
-    Accepted();
-    {
-      Lock lock(this);
-      OweLocked();
-    }
-    // Not under the lock: a handler may answer at once, on this thread.
-    (service_.*handler_)(std::move(request_), ctx_.deadline(),
-                         [this](absl::StatusOr<Response> r) { OnReply(std::move(r)); });
-  }
-
-  void OnReply(absl::StatusOr<Response> r) {
-    Lock lock(this);
-    PaidLocked();
-    if (!r.ok()) {
-      const grpc::Status status = ToGrpc(r.status());
-      StartFinishLocked([&] { responder_.FinishWithError(status, finish_op_.tag()); });
-      return;
-    }
-    response_ = std::move(*r);
-    StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      responder_.Finish(response_, grpc::Status::OK, finish_op_.tag());
-    });
-  }
-
-  void OnFinished(bool /*ok*/) {
-    Lock lock(this);
-    OpDoneLocked();
-  }
-
-  void OnDone(bool /*ok*/) {
-    Lock lock(this);
-    SetDoneLocked();
-  }
-
-  PubSubService& service_;
-  const typename M::Requester requester_;
-  const typename M::Handler handler_;
-  grpc::ServerContext ctx_;
-  Request request_;                         // moved to the handler once accepted
-  Response response_ ABSL_GUARDED_BY(mu_);  // must outlive the finish
-  grpc::ServerAsyncResponseWriter<Response> responder_{&ctx_};
-  Op<ControlCall, &ControlCall::OnAccepted> accept_op_{this};
-  Op<ControlCall, &ControlCall::OnFinished> finish_op_{this};
-  Op<ControlCall, &ControlCall::OnDone> done_op_{this};
-};
-
-template <class Request, class Response>
-void Post(PubSubService& service, grpc::ServerCompletionQueue* cq, OpGate& gate,
-          typename MethodOf<Request, Response>::Requester requester,
-          typename MethodOf<Request, Response>::Handler handler) {
-  ControlCall<Request, Response>::Next(service, cq, gate, requester, handler);
-}
 
 // PublishError: the gRPC status for a task or result the broker did not take.
 absl::Status PublishError(const v1::PublishResult& r, absl::StatusCode code,

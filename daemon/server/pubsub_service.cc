@@ -19,8 +19,13 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 PubSubService::PubSubService(const config::Config& config, const config::TopologyPlan& plan,
                              amqp::Publisher& publisher, amqp::Consumer& consumer,
-                             control::ControlPlane& control)
-    : config_(config), plan_(plan), publisher_(publisher), consumer_(consumer), control_(control) {
+                             control::ControlPlane& control, amqp::DeadLetterWorker* dead_letters)
+    : config_(config),
+      plan_(plan),
+      publisher_(publisher),
+      consumer_(consumer),
+      control_(control),
+      dead_letters_(dead_letters) {
   std::vector<std::string> p, c;
   for (const auto& x : config.producers) p.push_back(x.name);
   for (const auto& x : config.consumers) c.push_back(x.name);
@@ -109,6 +114,7 @@ void PubSubService::StartAccepting(grpc::ServerCompletionQueue* cq, OpGate* gate
   AcceptPublishStream();
   AcceptSubscribe();
   AcceptControl();
+  AcceptDeadLetters();
 }
 
 void PubSubService::StopAccepting() {

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "amqp/consumer.h"
+#include "amqp/dead_letters.h"
 #include "amqp/publisher.h"
 #include "config/config.h"
 #include "config/topology_plan.h"
@@ -41,9 +42,11 @@ using PubSubAsyncBase = mqsidecar::v1::PubSub::WithAsyncMethod_Publish<
             mqsidecar::v1::PubSub::WithAsyncMethod_CompleteTask<
                 mqsidecar::v1::PubSub::WithAsyncMethod_ReportStatus<
                     mqsidecar::v1::PubSub::WithAsyncMethod_ListServers<
-                        mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
-                            mqsidecar::v1::PubSub::WithRawMethod_Subscribe<
-                                mqsidecar::v1::PubSub::Service>>>>>>>>;
+                        mqsidecar::v1::PubSub::WithAsyncMethod_ListDeadLetters<
+                            mqsidecar::v1::PubSub::WithAsyncMethod_ReplayDeadLetters<
+                                mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
+                                    mqsidecar::v1::PubSub::WithRawMethod_Subscribe<
+                                        mqsidecar::v1::PubSub::Service>>>>>>>>>>;
 
 // Reply: how a control-plane handler answers its call, exactly once, from
 // any thread.
@@ -60,7 +63,7 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
  public:
   PubSubService(const config::Config& config, const config::TopologyPlan& plan,
                 amqp::Publisher& publisher, amqp::Consumer& consumer,
-                control::ControlPlane& control);
+                control::ControlPlane& control, amqp::DeadLetterWorker* dead_letters = nullptr);
 
   // PreparePublish resolves the business and checks the request; the job's
   // `done` is left for the caller to set. InvalidArgument names what is wrong.
@@ -88,6 +91,16 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   void HandleListServers(mqsidecar::v1::ListServersRequest&& request,
                          std::chrono::system_clock::time_point deadline,
                          Reply<mqsidecar::v1::ListServersResponse> reply);
+
+  // The dead-letter methods (dead_letter_calls.cc), served by the
+  // DeadLetterWorker's thread; UNAVAILABLE without one. (Named apart from
+  // the generated synchronous methods, which they would hide.)
+  void ServeListDeadLetters(mqsidecar::v1::ListDeadLettersRequest&& request,
+                            std::chrono::system_clock::time_point deadline,
+                            Reply<mqsidecar::v1::ListDeadLettersResponse> reply);
+  void ServeReplayDeadLetters(mqsidecar::v1::ReplayDeadLettersRequest&& request,
+                              std::chrono::system_clock::time_point deadline,
+                              Reply<mqsidecar::v1::ReplayDeadLettersResponse> reply);
 
   // Drain: shutdown has begun. Open PublishStreams stop reading, answer what
   // they hold and end; Subscribe streams are drained by the consumer.
@@ -120,7 +133,8 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   void AcceptGetTopology();
   void AcceptPublishStream();
   void AcceptSubscribe();
-  void AcceptControl();  // SendTask, CompleteTask, ReportStatus, ListServers
+  void AcceptControl();      // SendTask, CompleteTask, ReportStatus, ListServers
+  void AcceptDeadLetters();  // ListDeadLetters, ReplayDeadLetters
   // AcceptControlMethod runs `post` with the queue and gate, unless accepting
   // has stopped: how each control call posts the next of its method.
   void AcceptControlMethod(const std::function<void(grpc::ServerCompletionQueue*, OpGate*)>& post);
@@ -140,6 +154,7 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   amqp::Publisher& publisher_;
   amqp::Consumer& consumer_;
   control::ControlPlane& control_;
+  amqp::DeadLetterWorker* const dead_letters_;
   std::string producer_names_;  // for error messages
   std::string consumer_names_;
   std::atomic<bool> draining_{false};
