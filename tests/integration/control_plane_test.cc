@@ -58,20 +58,28 @@ struct Fleet {
     eusdsvr = "eusdsvr-" + tag;
     ping_exchange = t.Business("ping");
     results_exchange = t.Business("results");
+    // Each task queue comes with its dead letters (<exchange>.dlx, <queue>.dead).
+    auto clean_up_business = [&t](const std::string& exchange) {
+      t.CleanUpExchange(exchange);
+      t.CleanUpExchange(exchange + ".dlx");
+      t.CleanUpQueue(exchange + ".queue");
+      t.CleanUpQueue(exchange + ".queue.dead");
+    };
     for (const std::string& app : {usdtsvr, eusdsvr}) {
-      t.CleanUpExchange("task." + app);
-      t.CleanUpQueue("task." + app + ".queue");
-      for (const char* server : {"0", "1", "9"}) {
-        t.CleanUpExchange("task." + app + ".1." + server);
-        t.CleanUpQueue("task." + app + ".1." + server + ".queue");
-      }
+      clean_up_business("task." + app);
+      for (const char* server : {"0", "1", "9"}) clean_up_business("task." + app + ".1." + server);
     }
     t.CleanUpQueue(ping_exchange + ".queue");
     t.CleanUpQueue(results_exchange + ".queue");
 
     // The admin first: its fleet queue must exist before the first pings.
     admin = &t.StartDaemon(
-        {{.name = "server.ping", .producer = true, .consumer = true, .exchange = ping_exchange},
+        // Pings expire (3 intervals): no dead letters for them, as in deploy/config.
+        {{.name = "server.ping",
+          .producer = true,
+          .consumer = true,
+          .exchange = ping_exchange,
+          .dead_letter = false},
          {.name = "task.result",
           .producer = false,
           .consumer = true,

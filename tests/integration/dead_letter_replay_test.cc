@@ -44,7 +44,8 @@ TEST_CASE(
   t.CleanUpQueue(dead);
   t.CleanUpExchange(biz + ".dlx");
   // max_deliveries 1: a nack without requeue dead-letters at once.
-  Daemon& d = t.StartDaemon({{.name = biz, .max_deliveries = 1}, {.name = plain}});
+  Daemon& d =
+      t.StartDaemon({{.name = biz, .max_deliveries = 1}, {.name = plain, .dead_letter = false}});
   REQUIRE(WaitForQueue(t.admin(), dead, 0u, 0u));
 
   // Three messages, each nacked without requeue by a subscriber.
