@@ -121,6 +121,9 @@ void BuildStep(const config::TopologyPlan& plan, size_t i, Step& out) {
     if (q.type == config::QueueType::kQuorum) add_text("x-queue-type", "quorum");
     if (!q.dead_letter_exchange.empty()) {
       add_text("x-dead-letter-exchange", q.dead_letter_exchange);
+      if (!q.dead_letter_routing_key.empty()) {
+        add_text("x-dead-letter-routing-key", q.dead_letter_routing_key);
+      }
       if (q.type == config::QueueType::kQuorum) {
         // At-least-once dead-lettering: a message leaves the queue only once
         // the dead-letter queue has confirmed it (RabbitMQ 3.10+).

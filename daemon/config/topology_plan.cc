@@ -40,11 +40,12 @@ TopologyPlan PlanTopology(const Config& input) {
     spec.single_active = c.single_active && !c.unroutable;
     if (const std::string dlx = DeadLetterExchange(c); !dlx.empty()) {
       spec.dead_letter_exchange = dlx;
+      spec.dead_letter_routing_key = c.queue;
       if (c.max_deliveries > 0) spec.delivery_limit = c.max_deliveries - 1;
       const std::string dead = DeadLetterQueue(c);
       add_exchange(dlx, "topic", "");
       queues.emplace(dead, QueueSpec{.name = dead, .type = c.queue_type});
-      bindings.emplace(dlx, dead, "#");
+      bindings.emplace(dlx, dead, c.queue);
     }
     queues.emplace(c.queue, std::move(spec));
     for (const std::string& key : c.binding_keys) bindings.emplace(c.exchange, c.queue, key);

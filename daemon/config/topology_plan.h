@@ -27,6 +27,11 @@ struct QueueSpec {
   // Dead letters (consumers with dead_letter): a message nacked without
   // requeue goes to this exchange (at-least-once on quorum queues).
   std::string dead_letter_exchange;  // "" when none
+  // x-dead-letter-routing-key: the queue's own name, so that a dead-letter
+  // exchange shared by several queues (one business exchange, several
+  // consumer queues) routes each dead letter to its own queue's `.dead` only.
+  // The original routing key stays in the x-death header (replay uses it).
+  std::string dead_letter_routing_key;
   // Poison messages (max_deliveries > 0): x-delivery-limit, the returns
   // after which a message is dead-lettered.
   std::optional<uint32_t> delivery_limit;
@@ -58,12 +63,12 @@ struct TopologyPlan {
 // to its exchange once per binding key. A consumer with dead_letter (the
 // default; not the implicit unroutable ones) also gets a topic exchange
 // DeadLetterExchange(c) and a queue DeadLetterQueue(c) (of the same type,
-// without dead letters of its own) bound to it with "#", and its queue
-// dead-letters there; with max_deliveries > 0 after max_deliveries deliveries
-// (x-delivery-limit = max_deliveries - 1, since the broker counts returns,
-// not deliveries). single_active sets x-single-active-consumer. Conflicts (one exchange with two
-// different alternate exchanges, one queue with two types) are config errors
-// detected by Resolve(), not here.
+// without dead letters of its own) bound to it with the queue's name, and its
+// queue dead-letters there with that name as routing key; with max_deliveries > 0 after
+// max_deliveries deliveries (x-delivery-limit = max_deliveries - 1, since the broker counts
+// returns, not deliveries). single_active sets x-single-active-consumer. Conflicts (one exchange
+// with two different alternate exchanges, one queue with two types) are config errors detected by
+// Resolve(), not here.
 //
 // The control plane adds this sidecar's exclusive queues: with ping.fleet,
 // FleetQueue(config) bound to the ping exchange with "#"; with tasks.results,

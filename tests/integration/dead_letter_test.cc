@@ -86,8 +86,8 @@ TEST_CASE(
     dead |= q.name() == biz + ".queue.dead" && q.type() == "classic";
   }
   for (const auto& b : topo->bindings()) {
-    bound |=
-        b.exchange() == biz + ".dlx" && b.queue() == biz + ".queue.dead" && b.binding_key() == "#";
+    bound |= b.exchange() == biz + ".dlx" && b.queue() == biz + ".queue.dead" &&
+             b.binding_key() == biz + ".queue";
   }
   CHECK(dlx);
   CHECK(dead);
@@ -294,6 +294,34 @@ TEST_CASE(
   CHECK(duplicates <= 1);  // prefetch 1: the one held (its ack, if sent, was lost)
   WARN("[sac] " << seen.size() << " deliveries for " << kMessages << " messages, " << duplicates
                 << " redelivered repeat(s), in order");
+}
+
+}  // namespace
+}  // namespace mqs::it
+
+namespace mqs::it {
+namespace {
+
+TEST_CASE(
+    "integration: dead letters: queues sharing an exchange each get only their own dead letters") {
+  IntegrationTest t("dlshared");
+  const std::string shared = t.Business("shared");
+  const std::string a = t.Business("a");
+  const std::string b = t.Business("b");
+  Daemon& d = t.StartDaemon({{.name = a, .exchange = shared, .queue = a + ".queue"},
+                             {.name = b, .exchange = shared, .queue = b + ".queue"}});
+  // One message reaches both queues; a's subscriber rejects it.
+  PublishAndReject(t, d, a);
+  REQUIRE(WaitForQueue(t.admin(), a + ".queue.dead", 0u, 1u));
+  const std::optional<AmqpAdmin::Message> m = t.admin().Get(a + ".queue.dead");
+  REQUIRE(m.has_value());
+  CHECK(Header(*m, "x-first-death-queue") == a + ".queue");
+  CHECK(Header(*m, "x-first-death-exchange") == shared);
+  // b's copy is untouched, and b's dead letters hold nothing of a's.
+  CHECK(WaitForQueue(t.admin(), b + ".queue", 0u, 1u));
+  const auto b_dead = t.admin().InspectQueue(b + ".queue.dead");
+  REQUIRE(b_dead.has_value());
+  CHECK(b_dead->messages == 0);
 }
 
 }  // namespace

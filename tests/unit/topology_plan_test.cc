@@ -168,7 +168,7 @@ TEST_CASE("topology: every consumer queue dead-letters to <exchange>.dlx -> <que
   CHECK(dead->type == QueueType::kQuorum);    // the type of its queue
   CHECK(dead->dead_letter_exchange.empty());  // no dead letters of its own
   CHECK_FALSE(dead->delivery_limit.has_value());
-  CHECK(HasBinding(plan, "usdt.transfer.dlx", "usdt.transfer.queue.dead", "#"));
+  CHECK(HasBinding(plan, "usdt.transfer.dlx", "usdt.transfer.queue.dead", "usdt.transfer.queue"));
 
   // Classic: the dead-letter exchange too, into a classic queue.
   const QueueSpec* c = FindQueue(plan, "otc.orders");
@@ -178,7 +178,7 @@ TEST_CASE("topology: every consumer queue dead-letters to <exchange>.dlx -> <que
   const QueueSpec* c_dead = FindQueue(plan, "otc.orders.dead");
   REQUIRE(c_dead != nullptr);
   CHECK(c_dead->type == QueueType::kClassic);
-  CHECK(HasBinding(plan, "otc.dlx", "otc.orders.dead", "#"));
+  CHECK(HasBinding(plan, "otc.dlx", "otc.orders.dead", "otc.orders"));
   CHECK(plan.bindings.size() == 4);
 
   CHECK(DeadLetterExchange(config.consumers[0]) == "usdt.transfer.dlx");
@@ -273,6 +273,21 @@ TEST_CASE("topology: the unroutable consumers and the exclusive queues get no de
   CHECK(FindQueue(plan, ReplyQueue(config) + ".dead") == nullptr);
   // The results business itself is an ordinary consumer: it has them.
   CHECK(FindQueue(plan, "task.result.queue.dead") != nullptr);
+}
+
+TEST_CASE("topology: queues sharing an exchange dead-letter each into its own .dead queue") {
+  Config config;
+  config.consumers.push_back(MakeConsumer("a", "shared", "a.q"));
+  config.consumers.push_back(MakeConsumer("b", "shared", "b.q"));
+  const TopologyPlan plan = PlanTopology(config);
+  for (const char* q : {"a.q", "b.q"}) {
+    const QueueSpec* spec = FindQueue(plan, q);
+    REQUIRE(spec != nullptr);
+    CHECK(spec->dead_letter_exchange == "shared.dlx");
+    CHECK(spec->dead_letter_routing_key == q);
+    CHECK(HasBinding(plan, "shared.dlx", std::string(q) + ".dead", q));
+    CHECK_FALSE(HasBinding(plan, "shared.dlx", std::string(q) + ".dead", "#"));
+  }
 }
 
 TEST_CASE("topology: an empty config plans nothing") {
