@@ -19,8 +19,8 @@ std::string_view ConflictHint(std::string_view broker_message) {
   if (names("x-dead-letter-routing-key") &&
       broker_message.find("current is none") != std::string_view::npos) {
     return " (a queue declared with dead letters by an earlier version, which gave them no "
-           "routing key of their own: migrate its messages to a new queue, or set dead_letter: "
-           "false for its consumers if it has no max_deliveries; docs/operations.md)";
+           "routing key of their own: migrate its messages to a new queue; "
+           "docs/operations.md)";
   }
   if (names("x-dead-letter-exchange") || names("x-dead-letter-strategy") || names("x-overflow")) {
     if (broker_message.find("current is none") != std::string_view::npos) {
