@@ -596,7 +596,9 @@ consumers:
                                    "x-overflow=reject-publish\n"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer.queue.dead quorum\n"));
   CHECK_THAT(text, Catch::Contains("usdt.transfer.dlx topic\n"));
-  CHECK_THAT(text, Catch::Contains("usdt.transfer.dlx -> usdt.transfer.queue.dead key \"#\""));
+  CHECK_THAT(
+      text,
+      Catch::Contains("usdt.transfer.dlx -> usdt.transfer.queue.dead key \"usdt.transfer.queue\""));
   // The unroutable queue keeps the producer's declaration.
   CHECK_THAT(text, Catch::Contains("usdt.transfer.unroutable.queue classic\n"));
   CHECK_THAT(text, !Catch::Contains("usdt.transfer.unroutable.queue.dead"));
