@@ -24,6 +24,15 @@ case "${1:-}" in
       exit 1
     fi
     echo "lint: $(files | wc -l) files formatted"
+    # ctest runs each Catch test by its name; catch_discover_tests splits a
+    # name at ';' (a CMake list), and the halves match no test and "pass".
+    semis="$(git ls-files -- 'tests/*.cc' | xargs perl -0ne \
+      'while (/TEST_CASE\((.*?)\)\s*\{/sg) { my $n = $1; print "  $ARGV\n" if $n =~ /;/ }')"
+    if [ -n "$semis" ]; then
+      echo "lint: test names with ';' (ctest would never run them):" >&2
+      echo "$semis" >&2
+      exit 1
+    fi
     ;;
   fix)
     files | xargs "$FORMAT" -i

@@ -278,7 +278,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "integration: every daemon pings; the fleet view lists them and marks a killed one stale") {
+    "integration: every daemon pings, the fleet view lists them and marks a killed one stale") {
   IntegrationTest t("fleet");
   Fleet f(t);
   // Each daemon's ping is seen within 2 intervals (1 s each) of its start.

@@ -182,7 +182,7 @@ struct Seen {
 
 TEST_CASE(
     "integration: single active consumer: of four streams on two sidecars one receives, in "
-    "order; after a SIGKILL of its sidecar another continues from the first unacked message") {
+    "order, after a SIGKILL of its sidecar another continues from the first unacked message") {
   constexpr int kMessages = 1000;
   constexpr int kKillAfter = 300;
   IntegrationTest t("sac");

@@ -440,7 +440,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "integration: a delivery larger than the gRPC send limit is rejected with a log line; the "
+    "integration: a delivery larger than the gRPC send limit is rejected with a log line, the "
     "stream goes on") {
   // Another AMQP client can put a message in the queue that no Delivery can
   // carry (RabbitMQ 3.10 takes up to 128 MiB). Written to the stream it would

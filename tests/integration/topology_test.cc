@@ -101,7 +101,7 @@ TEST_CASE("integration: health is SERVING and GetTopology lists the configured t
 }
 
 TEST_CASE(
-    "integration: health Check knows two services; Watch sees NOT_SERVING, then ends at SIGTERM") {
+    "integration: health Check knows two services, Watch sees NOT_SERVING, then ends at SIGTERM") {
   using grpc::health::v1::HealthCheckRequest;
   using grpc::health::v1::HealthCheckResponse;
   IntegrationTest t("health");

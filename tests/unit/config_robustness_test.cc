@@ -231,7 +231,7 @@ TEST_CASE("config robustness: ParseLogLevel (also --log-level) takes the five na
   CHECK_FALSE(ParseLogLevel("").has_value());
 }
 
-TEST_CASE("config robustness: log.level in any case; unknown ones are errors") {
+TEST_CASE("config robustness: log.level in any case, unknown ones are errors") {
   absl::StatusOr<Config> c = LoadYamlText("log: { level: INFO }\nproducers: { a: }\n", "l.yaml");
   REQUIRE(c.ok());
   CHECK(c->log_level == "info");

@@ -149,7 +149,7 @@ TEST_CASE("ledger: a refused set-up ends the stream with the broker's reason") {
   CHECK(f.ledger.Drained());
 }
 
-TEST_CASE("ledger: a stream closed mid set-up sends channel.close; the number waits for close-ok") {
+TEST_CASE("ledger: a stream closed mid set-up sends channel.close, the number waits for close-ok") {
   Fixture f;
   FakeSink a;
   f.ledger.Attach(&f.out, 2047);
@@ -318,7 +318,7 @@ TEST_CASE("ledger: a stream ending right after a settle lingers, then closes at 
   CHECK(f.out.Take() == std::vector<std::string>{"close " + std::to_string(ch2)});
 }
 
-TEST_CASE("ledger: channel numbers go round a window; lingering and closing ones stay taken") {
+TEST_CASE("ledger: channel numbers go round a window, lingering and closing ones stay taken") {
   Fixture f;
   f.ledger.Attach(&f.out, 2047);
   std::vector<FakeSink> sinks(40);
@@ -403,7 +403,7 @@ TEST_CASE("ledger: drain cancels consumers, ends streams once settled, refuses o
   CHECK(late.closed->code() == absl::StatusCode::kUnavailable);
 }
 
-TEST_CASE("ledger: a broker cancel ends the stream; EndAll ends every stream") {
+TEST_CASE("ledger: a broker cancel ends the stream, EndAll ends every stream") {
   Fixture f;
   FakeSink a, b;
   f.ledger.Attach(&f.out, 2047);
@@ -430,7 +430,7 @@ TEST_CASE("ledger: opens while disconnected wait for the connection") {
 }
 
 TEST_CASE(
-    "ledger: a delivery too large for the stream is rejected, not requeued; the stream "
+    "ledger: a delivery too large for the stream is rejected, not requeued, the stream "
     "goes on") {
   Fixture f;
   FakeSink a;

@@ -57,7 +57,7 @@ TEST_CASE("control: a task goes to task.<app> or task.<app>.<region>.<server>") 
   CHECK_THAT(error(none), Catch::Contains("app: required"));
 }
 
-TEST_CASE("control: correlation ids start with the instance; identities round-trip") {
+TEST_CASE("control: correlation ids start with the instance, identities round-trip") {
   const std::string a = NewCorrelationId("0123456789abcdef");
   const std::string b = NewCorrelationId("0123456789abcdef");
   CHECK(a.rfind("0123456789abcdef.", 0) == 0);
@@ -223,7 +223,7 @@ TEST_CASE("control: stream counts per business") {
   CHECK(counts.Snapshot() == std::map<std::string, uint32_t>{{"a", 2}});
 }
 
-TEST_CASE("control: the plan gets this sidecar's exclusive queues; the publisher's does not") {
+TEST_CASE("control: the plan gets this sidecar's exclusive queues, the publisher's does not") {
   config::Config c;
   config::Producer ping;
   ping.name = "server.ping";

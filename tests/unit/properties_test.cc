@@ -63,7 +63,7 @@ TEST_CASE("properties: optional fields stay unset when empty") {
   CHECK((p._flags & AMQP_BASIC_REPLY_TO_FLAG) == 0);
 }
 
-TEST_CASE("properties: headers from other clients become text; x-delivery-count is lifted") {
+TEST_CASE("properties: headers from other clients become text, x-delivery-count is lifted") {
   amqp_table_entry_t entries[5];
   entries[0].key = amqp_cstring_bytes("n");
   entries[0].value.kind = AMQP_FIELD_KIND_I64;

@@ -93,7 +93,7 @@ constexpr auto kNack = PublishResult::REJECTED;
 
 }  // namespace
 
-TEST_CASE("ledger: tags follow the send order; single and multiple acks confirm") {
+TEST_CASE("ledger: tags follow the send order, single and multiple acks confirm") {
   Fixture f;
   f.Enqueue({"a", "b", "c", "d"});
   f.Send();
@@ -132,7 +132,7 @@ TEST_CASE("ledger: unknown and already settled tags change nothing") {
   CHECK(f.answers.duplicates == 0);
 }
 
-TEST_CASE("ledger: a nack rejects; a nack of a republished copy is UNCONFIRMED") {
+TEST_CASE("ledger: a nack rejects, a nack of a republished copy is UNCONFIRMED") {
   Fixture f;
   f.Enqueue({"a", "b"});
   f.Send();
@@ -150,7 +150,7 @@ TEST_CASE("ledger: a nack rejects; a nack of a republished copy is UNCONFIRMED")
   CHECK(f.answers.status("c") == PublishResult::REJECTED);
 }
 
-TEST_CASE("ledger: a return then its ack is UNROUTABLE; returns match in publish order") {
+TEST_CASE("ledger: a return then its ack is UNROUTABLE, returns match in publish order") {
   Fixture f;
   f.Enqueue({"a", "b"});
   f.Send();
@@ -272,7 +272,7 @@ TEST_CASE("ledger: connection loss requeues the unsettled in publish order, ahea
 }
 
 TEST_CASE(
-    "ledger: connection loss without republishing answers UNCONFIRMED; answered ones are "
+    "ledger: connection loss without republishing answers UNCONFIRMED, answered ones are "
     "dropped") {
   Fixture f(/*republish=*/false);
   f.Enqueue({"a"}, 1s);
@@ -493,7 +493,7 @@ TEST_CASE(
   CHECK(g.ledger.Drained());
 }
 
-TEST_CASE("ledger: a failed write stops sending; what was added stays pending for the loss") {
+TEST_CASE("ledger: a failed write stops sending, what was added stays pending for the loss") {
   Fixture f;
   f.sink.dead = true;
   f.Enqueue({"a", "b"});
