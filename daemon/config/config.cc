@@ -33,8 +33,8 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "`0.0.0.0:50051`). May contain `{app}`, `{region}`, `{server}` (one socket per replica "
      "from one file)."},
     {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
-     "Broker URIs, `amqp://` or `amqps://`, tried in order (a cluster). An empty vhost "
-     "(`...:5672/`) means `/`."},
+     "Broker URIs, `amqp://`, tried in order (a cluster). An empty vhost (`...:5672/`) means "
+     "`/`. `amqps://` (TLS) is not supported yet: a config error."},
     {"broker.heartbeat", "duration", "30s",
      "AMQP heartbeat: `0` or whole seconds 1s..65535s. A broker silent for 2 x heartbeat is "
      "presumed dead. Every AMQP socket also gets TCP keepalive (idle 10s, interval 5s, 3 probes) "
@@ -862,7 +862,17 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
       continue;
     }
     absl::StatusOr<BrokerUri> uri = ParseBrokerUri(config.broker.uris[i]);
-    if (!uri.ok()) diag.ErrorAt(Cat("broker.uris[", i, "]"), std::string(uri.status().message()));
+    if (!uri.ok()) {
+      diag.ErrorAt(Cat("broker.uris[", i, "]"), std::string(uri.status().message()));
+    } else if (uri->tls) {
+      // Accepted, the daemon would retry an amqps:// URI forever and never
+      // serve: refuse it here until TLS to the broker exists.
+      diag.ErrorAt(Cat("broker.uris[", i, "]"),
+                   Cat("amqps:// (TLS to the broker) is not supported yet, got ",
+                       Quote(config.broker.uris[i]),
+                       "; use amqp:// (through a local TLS tunnel such as stunnel if the broker "
+                       "is remote)"));
+    }
   }
   const std::chrono::milliseconds heartbeat = config.broker.heartbeat;
   if (heartbeat.count() != 0 &&

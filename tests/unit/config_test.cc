@@ -188,7 +188,7 @@ TEST_CASE("config: INI optional keys, cluster address, comments") {
   absl::StatusOr<Config> c = LoadIniText(R"(; seed format with extras
 # comment
 [rabbitmq]
-address = amqp://u:p@rabbit1:5672/, amqps://u:p@rabbit2:5671/prod
+address = amqp://u:p@rabbit1:5672/, amqp://u:p@rabbit2:5671/prod
 listen=127.0.0.1:6000,unix:///tmp/mqs.sock
 heartbeat=10s
 connect_timeout=2500ms
@@ -200,7 +200,7 @@ consumer={"b":{"queue":"q.b","queue_type":"classic","prefetch":8,"binding_keys":
                                          "x.ini");
   REQUIRE(c.ok());
   CHECK(c->broker.uris ==
-        std::vector<std::string>{"amqp://u:p@rabbit1:5672/", "amqps://u:p@rabbit2:5671/prod"});
+        std::vector<std::string>{"amqp://u:p@rabbit1:5672/", "amqp://u:p@rabbit2:5671/prod"});
   CHECK(c->listen == std::vector<std::string>{"127.0.0.1:6000", "unix:///tmp/mqs.sock"});
   CHECK(c->broker.heartbeat == seconds(10));
   CHECK(c->broker.connect_timeout == milliseconds(2500));
@@ -566,7 +566,7 @@ producers: { a: }
 
 TEST_CASE("config: Describe shows the resolved config with masked passwords") {
   absl::StatusOr<Config> c = LoadYamlText(R"(broker:
-  uris: ["amqp://admin:hunter2@rabbit1:5672/", "amqps://admin:hunter2@rabbit2/"]
+  uris: ["amqp://admin:hunter2@rabbit1:5672/", "amqp://admin:hunter2@rabbit2/"]
   heartbeat: 0
 producers:
   usdt.transfer: { handle: usdt.transfer.unroutable }
@@ -578,7 +578,7 @@ consumers:
   const std::string text = Describe(*c);
   CHECK_THAT(text, !Catch::Contains("hunter2"));
   CHECK_THAT(text, Catch::Contains("amqp://admin:****@rabbit1:5672/"));
-  CHECK_THAT(text, Catch::Contains("amqps://admin:****@rabbit2/"));
+  CHECK_THAT(text, Catch::Contains("amqp://admin:****@rabbit2/"));
   CHECK_THAT(text, Catch::Contains("unix:///run/mq-sidecar/mq-sidecar.sock"));
   CHECK_THAT(text, Catch::Contains("heartbeat: 0 (disabled)"));
   CHECK_THAT(text, Catch::Contains("connect_timeout: 5s"));
@@ -756,6 +756,22 @@ publish: { republish_unconfirmed: maybe }
                                   "max_deliveries 0 here but 3 for consumers[\"b\"] (line 3)"));
   CHECK_THAT(err, Catch::Contains("md.yaml:5: publish.republish_unconfirmed: expected true or "
                                   "false, got \"maybe\""));
+}
+
+}  // namespace
+}  // namespace mqs::config
+
+namespace mqs::config {
+namespace {
+
+TEST_CASE("config: amqps:// is a config error until TLS to the broker exists") {
+  const std::string err = ErrorText(LoadYamlText(
+      "broker: { uris: [\"amqp://h/\", \"amqps://u:secret@h/\"] }\nproducers: { a: }\n",
+      "tls.yaml"));
+  CHECK_THAT(err, Catch::Contains("broker.uris[1]") &&
+                      Catch::Contains("amqps:// (TLS to the broker) is not supported yet") &&
+                      !Catch::Contains("secret"));
+  CHECK(LoadYamlText("broker: { uris: [\"amqp://h/\"] }\nproducers: { a: }\n", "ok.yaml").ok());
 }
 
 }  // namespace
