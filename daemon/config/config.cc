@@ -436,9 +436,7 @@ std::string_view CheckBusinessName(std::string_view name) {
 }
 
 std::string CheckIdentityPart(std::string_view part) {
-  if (part.empty() || part.size() > kMaxIdentityPart ||
-      !std::all_of(part.begin(), part.end(),
-                   [](char c) { return IsAlnum(c) || c == '_' || c == '-'; })) {
+  if (!IsIdentityPart(part)) {
     return Cat("expected 1..", kMaxIdentityPart, " letters, digits, '_' or '-' (no '.', '#', '*' ",
                "or spaces: parts become words of routing keys)");
   }
@@ -979,6 +977,12 @@ bool Names(const Business& b, std::string_view business) {
 }
 
 }  // namespace
+
+bool IsIdentityPart(std::string_view part) {
+  return !part.empty() && part.size() <= internal::kMaxIdentityPart &&
+         std::all_of(part.begin(), part.end(),
+                     [](char c) { return internal::IsAlnum(c) || c == '_' || c == '-'; });
+}
 
 const Producer* Config::FindProducer(std::string_view business) const {
   // Linear: a handful of businesses, and hand-built configs need not be sorted.

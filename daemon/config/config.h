@@ -40,6 +40,11 @@ struct LoadOptions {
   } identity;
 };
 
+// IsIdentityPart: 1..64 letters, digits, '_' and '-' (no '.', '#', '*' or
+// whitespace: the parts become words of routing keys and names). The one rule
+// for identity parts, in the config, in task targets and in pings.
+bool IsIdentityPart(std::string_view part);
+
 // IdentityFromEnvironment: the MQ_SIDECAR_* variables that are set (an
 // empty variable counts as not set).
 LoadOptions::IdentityOverrides IdentityFromEnvironment();

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/config.h"
 #include "control/tasks.h"
 #include "util/strings.h"
 
@@ -69,8 +70,8 @@ absl::StatusOr<mqsidecar::v1::ServerInfo> ParsePing(std::string_view payload) {
   id->set_app(GetString(j, "app"));
   id->set_region(GetString(j, "region"));
   id->set_server(GetString(j, "server"));
-  if (!IsIdentityWord(id->app()) || !IsIdentityWord(id->region()) ||
-      !IsIdentityWord(id->server())) {
+  if (!config::IsIdentityPart(id->app()) || !config::IsIdentityPart(id->region()) ||
+      !config::IsIdentityPart(id->server())) {
     return absl::InvalidArgumentError("ping without a complete identity (app, region, server)");
   }
   const int64_t interval = GetInt(j, "interval_ms");

@@ -1,9 +1,8 @@
 #include "control/tasks.h"
 
-#include <algorithm>
-#include <cctype>
 #include <random>
 
+#include "config/config.h"
 #include "util/strings.h"
 
 namespace mqs::control {
@@ -18,15 +17,9 @@ absl::StatusOr<std::string> NormalizeCommand(std::string_view command) {
       "'; expected one of run, awake, pause, delete, distribute (or the seed's distibute)"));
 }
 
-bool IsIdentityWord(std::string_view part) {
-  return !part.empty() && part.size() <= 64 && std::all_of(part.begin(), part.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '-';
-  });
-}
-
 absl::StatusOr<std::string> TaskExchange(const mqsidecar::v1::SendTaskRequest& request) {
   auto check = [](std::string_view field, std::string_view value) -> absl::Status {
-    if (IsIdentityWord(value)) return absl::OkStatus();
+    if (config::IsIdentityPart(value)) return absl::OkStatus();
     return absl::InvalidArgumentError(
         util::StrCat(field, ": expected letters, digits, '_' and '-' (at most 64), got '",
                      util::ForLog(value), "'"));

@@ -25,10 +25,6 @@ inline constexpr std::string_view kTaskCommands[] = {"run", "awake", "pause", "d
 // allowed ones.
 absl::StatusOr<std::string> NormalizeCommand(std::string_view command);
 
-// IsIdentityWord: letters, digits, '_' and '-', not empty (a word of a
-// routing key and of a name: no '.', '#', '*' or whitespace).
-bool IsIdentityWord(std::string_view part);
-
 // TaskExchange: task.<app>, or task.<app>.<region>.<server> when region and
 // server are set. InvalidArgument names the field that is wrong (missing
 // app, region without server, a part that is not a word).

@@ -26,9 +26,14 @@ namespace {
 // ReplayDeadLettersResponse (binary metadata: the key ends in -bin).
 constexpr std::string_view kReplayTrailer = "mq-sidecar-replay-bin";
 
-absl::Status Unserved(const PubSubService& service) {
-  if (service.draining()) return absl::UnavailableError("mq-sidecar is shutting down");
-  return absl::OkStatus();
+// ServableTarget: the dead-letter queue of `business`, or why no request for
+// it can be served now (shutdown, no worker, not a consumer business).
+absl::StatusOr<amqp::DeadLetterTarget> ServableTarget(bool draining, bool have_worker,
+                                                      const config::Config& config,
+                                                      const std::string& business) {
+  if (draining) return absl::UnavailableError("mq-sidecar is shutting down");
+  if (!have_worker) return absl::UnavailableError("dead letters are not served by this daemon");
+  return amqp::ResolveDeadLetterTarget(config, business);
 }
 
 }  // namespace
@@ -46,12 +51,8 @@ void PubSubService::AcceptDeadLetters() {
 
 void PubSubService::ServeListDeadLetters(v1::ListDeadLettersRequest&& request, SysTime deadline,
                                          Reply<v1::ListDeadLettersResponse> reply) {
-  if (absl::Status s = Unserved(*this); !s.ok() || dead_letters_ == nullptr) {
-    reply(s.ok() ? absl::UnavailableError("dead letters are not served by this daemon") : s);
-    return;
-  }
   absl::StatusOr<amqp::DeadLetterTarget> target =
-      amqp::ResolveDeadLetterTarget(config_, request.business());
+      ServableTarget(draining(), dead_letters_ != nullptr, config_, request.business());
   if (!target.ok()) {
     reply(target.status());
     return;
@@ -64,12 +65,8 @@ void PubSubService::ServeListDeadLetters(v1::ListDeadLettersRequest&& request, S
 
 void PubSubService::ServeReplayDeadLetters(v1::ReplayDeadLettersRequest&& request, SysTime deadline,
                                            Reply<v1::ReplayDeadLettersResponse> reply) {
-  if (absl::Status s = Unserved(*this); !s.ok() || dead_letters_ == nullptr) {
-    reply(s.ok() ? absl::UnavailableError("dead letters are not served by this daemon") : s);
-    return;
-  }
   absl::StatusOr<amqp::DeadLetterTarget> target =
-      amqp::ResolveDeadLetterTarget(config_, request.business());
+      ServableTarget(draining(), dead_letters_ != nullptr, config_, request.business());
   if (!target.ok()) {
     reply(target.status());
     return;
