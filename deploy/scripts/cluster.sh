@@ -99,6 +99,22 @@ check_user() {
   command -v rabbitmqctl >/dev/null || die "rabbitmqctl is not installed"
 }
 
+# `rabbitmqctl wait` follows the pid file until the app runs (or the VM
+# dies). It reads the file once: caught while the VM is still writing it, it
+# fails at once with garbage_in_pid_file, so that case is retried until the
+# deadline; any other failure is final.
+wait_node() {
+  local i=$1 d left deadline=$((SECONDS + DEADLINE_S))
+  d=$(dir "$i")
+  while :; do
+    left=$((deadline - SECONDS))
+    ((left > 0)) || return 1
+    ctl "$i" wait "$d/pid" --timeout "$left" >"$d/wait.out" 2>&1 && return 0
+    grep -q garbage_in_pid_file "$d/wait.out" || return 1
+    sleep 0.2
+  done
+}
+
 # One node's rabbitmq-server, detached. All settings by environment, so
 # nothing from /etc/rabbitmq (meant for the default node) applies.
 start_node() {
@@ -188,9 +204,8 @@ do_start() {
   for i in 0 1 2; do
     wait "${pids[i]}" || die "rabbitmq-server -detached for $(node "$i") failed: $(cat "$(dir "$i")/start.out")"
   done
-  # `rabbitmqctl wait` follows the pid file until the app runs (or the VM dies).
   for i in 0 1 2; do
-    ctl "$i" wait "$(dir "$i")/pid" --timeout "$DEADLINE_S" >"$(dir "$i")/wait.out" 2>&1 &
+    wait_node "$i" &
     pids[i]=$!
   done
   for i in 0 1 2; do
