@@ -65,6 +65,18 @@ struct Producer {
   std::string handle;
 };
 
+// Retry: a consumer business's delayed retries. A nack with requeue comes
+// back after delays[attempt - 1] (the last delay once the list is used up),
+// through a retry queue per delay (RetryQueue); after max_attempts
+// deliveries the message is dead-lettered instead. Needs dead_letter.
+struct Retry {
+  std::vector<std::chrono::milliseconds> delays;  // each in [kMinRetryDelay, kMaxRetryDelay]
+  uint32_t max_attempts = 0;  // >= 2; default (0 in the file): delays.size() + 1
+  bool enabled() const { return !delays.empty(); }
+};
+inline constexpr std::chrono::milliseconds kMinRetryDelay{100};
+inline constexpr std::chrono::milliseconds kMaxRetryDelay{std::chrono::hours(24 * 7)};
+
 // Consumer: a business whose queue this sidecar's clients consume.
 struct Consumer {
   std::string name;                       // resolved
@@ -91,6 +103,8 @@ struct Consumer {
   // when it goes, the next takes over from the first unacked message. Every
   // consumer of one queue must agree.
   bool single_active = false;
+  // Delayed retry (docs/reliability.md). Empty `retry.delays`: none.
+  Retry retry;
   // Not written in the config: "<producer>.unroutable", added by Resolve()
   // for every producer with a handle. It consumes <handle>.queue (classic),
   // which the producer's alternate exchange <handle> (fanout) fills, and

@@ -5,6 +5,7 @@
 // declares a plan; GetTopology reports it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -42,6 +43,12 @@ struct QueueSpec {
   // consumer connection declares it (an exclusive queue belongs to the
   // connection that declared it) and re-declares it after a reconnect.
   bool exclusive = false;
+  // Retry queue (RetryQueueSpec): x-message-ttl, and on expiry the message
+  // is dead-lettered through the default exchange with routing key
+  // `retry_for` (x-dead-letter-exchange "", x-dead-letter-routing-key), so
+  // it returns to that consumer queue and to no other.
+  std::optional<uint64_t> message_ttl_ms;
+  std::string retry_for;  // non-empty: a retry queue of this consumer queue
 };
 
 struct BindingSpec {
@@ -87,6 +94,13 @@ TopologyPlan WithoutExclusive(const TopologyPlan& plan);
 // or an unroutable business).
 std::string DeadLetterExchange(const Consumer& consumer);
 std::string DeadLetterQueue(const Consumer& consumer);
+// Retry queues: "<queue>.retry.<delay>", the delay in its largest whole unit
+// ("500ms", "10s", "1m", "2h"). The plan holds one per configured delay; a
+// nack's own retry_after_ms may name another, declared when first used.
+std::string RetryQueue(const Consumer& consumer, std::chrono::milliseconds delay);
+// RetryQueueSpec: that queue, of the consumer queue's type (quorum:
+// at-least-once dead-lettering), with x-message-ttl = delay.
+QueueSpec RetryQueueSpec(const Consumer& consumer, std::chrono::milliseconds delay);
 
 // The control plane's names (empty when the feature is off).
 std::string FleetQueue(const Config& config);       // "<ping exchange>.fleet.<instance>"
