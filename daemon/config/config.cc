@@ -77,6 +77,18 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "`x-single-active-consumer`: one subscriber of the queue (over all sidecars) receives at a "
      "time, in queue order; another takes over from the first unacked message when it goes. "
      "Every consumer of one queue must agree; changing it on an existing queue is a conflict."},
+    {"consumers.<business>.retry", "map or absent", "(none)",
+     "Delayed retry: a nack with requeue brings the message back after the next delay of "
+     "`delays`, through a retry queue `<queue>.retry.<delay>` per delay; after `max_attempts` "
+     "deliveries it is dead-lettered instead. Needs `dead_letter` (exhausted messages go to "
+     "`<queue>.dead`). Every consumer of one queue must agree. Absent: nack with requeue "
+     "requeues at once."},
+    {"consumers.<business>.retry.delays", "duration or list of durations", "(required)",
+     "The delay before attempt 2, 3, ...; the last one repeats once the list is used up. Each "
+     "100ms..168h (7 days); at least one."},
+    {"consumers.<business>.retry.max_attempts", "integer 2..2147483647", "`len(delays) + 1`",
+     "Deliveries (the first and every retry) after which a nacked message is dead-lettered "
+     "instead of retried."},
     {"publish.window", "integer 1..65535", "1024",
      "PublishStream: requests in flight (unconfirmed) per stream."},
     {"publish.republish_unconfirmed", "boolean", "true",
@@ -505,6 +517,10 @@ void ApplyDefaults(Config& config) {
     if (c.exchange.empty()) c.exchange = c.name;
     if (c.queue.empty()) c.queue = c.exchange + ".queue";
     if (c.binding_keys.empty()) c.binding_keys = {"#"};
+    // Every delay once, then one more: the dead letter comes after the last.
+    if (c.retry.enabled() && c.retry.max_attempts == 0) {
+      c.retry.max_attempts = static_cast<uint32_t>(c.retry.delays.size() + 1);
+    }
   }
   auto by_name = [](const auto& a, const auto& b) { return a.name < b.name; };
   std::stable_sort(config.producers.begin(), config.producers.end(), by_name);
@@ -514,6 +530,18 @@ void ApplyDefaults(Config& config) {
 namespace {
 
 std::string_view TrueFalse(bool b) { return b ? "true" : "false"; }
+
+bool SameRetry(const Retry& a, const Retry& b) {
+  return a.delays == b.delays && a.max_attempts == b.max_attempts;
+}
+
+// "{delays: [1s, 10s], max_attempts: 3}", or "none".
+std::string DescribeRetry(const Retry& r) {
+  if (!r.enabled()) return "none";
+  std::vector<std::string> delays;
+  for (std::chrono::milliseconds d : r.delays) delays.push_back(FormatDuration(d));
+  return Cat("{delays: [", Join(delays, ", "), "], max_attempts: ", r.max_attempts, "}");
+}
 
 // A key path with its line, for "... for consumers["a"] (line 2)".
 std::string Where(const Diagnostics& diag, const std::string& path) {
@@ -578,6 +606,7 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
     uint32_t max_deliveries = 0;
     bool dead_letter = false;
     bool single_active = false;
+    Retry retry;
   };
   std::map<std::string, QueueClaim> queues;
   for (const Producer& p : config.producers) {
@@ -589,9 +618,9 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
   for (const Consumer& c : config.consumers) {
     if (c.unroutable) continue;
     const std::string path = BusinessPath("consumers", PathName(c));
-    auto [it, inserted] = queues.emplace(
-        c.queue,
-        QueueClaim{c.queue_type, path, false, c.max_deliveries, c.dead_letter, c.single_active});
+    auto [it, inserted] =
+        queues.emplace(c.queue, QueueClaim{c.queue_type, path, false, c.max_deliveries,
+                                           c.dead_letter, c.single_active, c.retry});
     if (inserted) continue;
     if (it->second.is_handle) {
       diag.ErrorAt(path + ".queue",
@@ -619,6 +648,51 @@ void CheckConflicts(const Config& config, Diagnostics& diag) {
           Cat("queue ", Quote(c.queue), " has single_active ", TrueFalse(c.single_active),
               " here but ", TrueFalse(it->second.single_active), " for ", where(it->second.path),
               "; every consumer of one queue must use the same single_active"));
+    } else if (!SameRetry(it->second.retry, c.retry)) {
+      diag.ErrorAt(
+          path + ".retry",
+          Cat("queue ", Quote(c.queue), " has retry ", DescribeRetry(c.retry), " here but ",
+              DescribeRetry(it->second.retry), " for ", where(it->second.path),
+              "; every consumer of one queue must use the same retry"));
+    }
+  }
+  // A retry queue is declared with its own arguments (x-message-ttl, ...):
+  // a configured queue of the same name would conflict with it.
+  for (const Consumer& c : config.consumers) {
+    if (c.unroutable) continue;
+    for (size_t i = 0; i < c.retry.delays.size(); ++i) {
+      const std::string name = RetryQueue(c, c.retry.delays[i]);
+      auto it = queues.find(name);
+      if (it == queues.end()) continue;
+      diag.ErrorAt(Cat(BusinessPath("consumers", PathName(c), "retry.delays"), "[", i, "]"),
+                   Cat("the retry queue ", Quote(name), " of this delay is the queue of ",
+                       where(it->second.path), "; choose another queue name"));
+    }
+  }
+}
+
+// A consumer's retry: delays the broker can keep (a TTL'd queue per delay),
+// names it accepts, and somewhere for exhausted messages to go. The loader
+// has checked the shapes (a non-empty list of durations, max_attempts >= 2).
+void CheckRetry(const Consumer& c, Diagnostics& diag) {
+  if (!c.retry.enabled()) return;
+  const std::string path = BusinessPath("consumers", PathName(c), "retry");
+  if (!c.dead_letter) {
+    diag.ErrorAt(path, Cat("needs dead_letter true: a message whose retries are exhausted (after ",
+                           "max_attempts deliveries) is dead-lettered to <queue>.dead, and "
+                           "without dead letters it would be dropped; set dead_letter true or "
+                           "remove retry"));
+  }
+  const bool queue_ok = CheckAmqpName(c.queue, "queue").empty();
+  for (size_t i = 0; i < c.retry.delays.size(); ++i) {
+    const std::chrono::milliseconds d = c.retry.delays[i];
+    const std::string item = Cat(path, ".delays[", i, "]");
+    if (d < kMinRetryDelay || d > kMaxRetryDelay) {
+      diag.ErrorAt(item, Cat("expected a retry delay of ", FormatDuration(kMinRetryDelay), "..",
+                             FormatDuration(kMaxRetryDelay), " (7 days), got ", FormatDuration(d)));
+    } else if (const std::string q = RetryQueue(c, d); queue_ok && q.size() > 255) {
+      diag.ErrorAt(item, Cat("its retry queue ", Quote(q), " would be longer than 255 bytes; ",
+                             "choose a shorter queue name"));
     }
   }
 }
@@ -925,6 +999,7 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
                    "expected 0 with dead_letter false (a message over the delivery limit is "
                    "dead-lettered: set dead_letter true)");
     }
+    CheckRetry(c, diag);
     for (size_t i = 0; i < c.binding_keys.size(); ++i) {
       const std::string path =
           Cat(BusinessPath("consumers", PathName(c), "binding_keys"), "[", i, "]");
@@ -1220,6 +1295,21 @@ std::string Describe(const Config& input) {
                  ? Cat("true (", DeadLetterExchange(*c), " -> ", DeadLetterQueue(*c), ")")
                  : std::string("false (nack without requeue drops)"),
              ", single_active: ", c->single_active ? "true" : "false", "\n");
+      if (c->retry.enabled()) {
+        std::vector<std::string> delays;
+        std::vector<std::string> retry_queues;  // in delay order; a repeated delay shares one
+        std::set<std::string> seen;
+        for (std::chrono::milliseconds d : c->retry.delays) {
+          delays.push_back(FormatDuration(d));
+          std::string q = RetryQueue(*c, d);
+          if (seen.insert(q).second) retry_queues.push_back(std::move(q));
+        }
+        Append(&out, "      retry: delays [", Join(delays, ", "), "], max_attempts ",
+               c->retry.max_attempts, " (then ", DeadLetterQueue(*c), "), retry queues ",
+               Join(retry_queues, ", "), "\n");
+      } else {
+        Append(&out, "      retry: none (nack with requeue requeues at once)\n");
+      }
     }
   }
 
@@ -1236,6 +1326,14 @@ std::string Describe(const Config& input) {
     Append(&out, "    ", q.name, " ", QueueTypeName(q.type));
     if (!q.dead_letter_exchange.empty()) {
       Append(&out, " x-dead-letter-exchange=", q.dead_letter_exchange);
+      if (q.type == QueueType::kQuorum) {
+        Append(&out, " x-dead-letter-strategy=at-least-once x-overflow=reject-publish");
+      }
+    }
+    if (q.message_ttl_ms) Append(&out, " x-message-ttl=", *q.message_ttl_ms);
+    if (!q.retry_for.empty()) {
+      // Expired messages go back through the default exchange to retry_for.
+      Append(&out, " x-dead-letter-exchange=\"\" x-dead-letter-routing-key=", q.retry_for);
       if (q.type == QueueType::kQuorum) {
         Append(&out, " x-dead-letter-strategy=at-least-once x-overflow=reject-publish");
       }

@@ -170,6 +170,9 @@ class YamlReader {
   void ReadBroker(const YAML::Node& node);
   void ReadPublish(const YAML::Node& node);
   void ReadLog(const YAML::Node& node);
+  // consumers.<business>.retry into `retry`; `canonical` is the retry key's.
+  void ReadRetry(const YAML::Node& node, const std::string& canonical, const std::string& display,
+                 Retry& retry);
   // identity, ping, tasks: maps of leaf keys read by ReadControlKey.
   void ReadSection(const YAML::Node& node, std::string_view section);
   // Calls `fn(key, key_node, value)` per key of map `node`; unknown keys

@@ -49,6 +49,14 @@ TopologyPlan PlanTopology(const Config& input) {
     }
     queues.emplace(c.queue, std::move(spec));
     for (const std::string& key : c.binding_keys) bindings.emplace(c.exchange, c.queue, key);
+    // Retry queues: no bindings, published to through the default exchange
+    // (routing key = their name). A repeated delay is one queue.
+    if (c.unroutable) continue;
+    for (std::chrono::milliseconds delay : c.retry.delays) {
+      QueueSpec retry = RetryQueueSpec(c, delay);
+      const std::string name = retry.name;
+      queues.emplace(name, std::move(retry));
+    }
   }
 
   if (const std::string q = FleetQueue(config); !q.empty()) {
@@ -107,6 +115,30 @@ std::string DeadLetterQueue(const Consumer& consumer) {
   if (!consumer.queue.empty()) return internal::Cat(consumer.queue, ".dead");
   const std::string& exchange = consumer.exchange.empty() ? consumer.name : consumer.exchange;
   return internal::Cat(exchange, ".queue.dead");
+}
+
+namespace {
+// The consumer's queue, after defaults (as DeadLetterQueue).
+std::string ConsumerQueue(const Consumer& consumer) {
+  if (!consumer.queue.empty()) return consumer.queue;
+  const std::string& exchange = consumer.exchange.empty() ? consumer.name : consumer.exchange;
+  return internal::Cat(exchange, ".queue");
+}
+}  // namespace
+
+std::string RetryQueue(const Consumer& consumer, std::chrono::milliseconds delay) {
+  // FormatDuration names the delay in its largest whole unit (1m, 90s,
+  // 1500ms): one name per delay, however the config wrote it.
+  return internal::Cat(ConsumerQueue(consumer), ".retry.", internal::FormatDuration(delay));
+}
+
+QueueSpec RetryQueueSpec(const Consumer& consumer, std::chrono::milliseconds delay) {
+  QueueSpec spec{.name = RetryQueue(consumer, delay), .type = consumer.queue_type};
+  spec.message_ttl_ms = static_cast<uint64_t>(delay.count());
+  // No dead_letter_exchange: retry_for alone says where an expired message
+  // goes (the default exchange, routing key retry_for).
+  spec.retry_for = ConsumerQueue(consumer);
+  return spec;
 }
 
 std::string PingExchange(const Config& config) {

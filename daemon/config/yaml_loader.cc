@@ -437,11 +437,67 @@ void YamlReader::ReadConsumers(const YAML::Node& node, std::string_view display_
                          if (auto b = Bool(v, d)) c.single_active = *b;
                        } else if (key == "handle") {
                          if (auto s = String(v, d, true)) c.handle = *s;
+                       } else if (key == "retry") {
+                         ReadRetry(v, Cat(canonical, ".retry"), d, c.retry);
                        }
                      });
         }
         config_.consumers.push_back(std::move(c));
       });
+}
+
+void YamlReader::ReadRetry(const YAML::Node& node, const std::string& canonical,
+                           const std::string& display, Retry& retry) {
+  // Unlike other keys, no value is not "the default": there are no default
+  // delays, and `retry:` alone must not silently mean no retry.
+  if (node.IsNull()) {
+    diag_.Error(Line(node), display,
+                "expected a map like {delays: [1s, 10s, 1m], max_attempts: 4}, got nothing");
+    return;
+  }
+  if (!ExpectMap(node, display, "a map like {delays: [1s, 10s, 1m], max_attempts: 4}")) return;
+  bool delays_given = false;
+  ForEachKey(node, "consumers.<business>.retry", canonical, display,
+             [&](const std::string& key, const std::string& d, const YAML::Node& v) {
+               if (key == "delays") {
+                 delays_given = true;
+                 if (v.IsNull()) {
+                   diag_.Error(Line(v), d, "expected at least one retry delay, got nothing");
+                   return;
+                 }
+                 std::optional<std::vector<std::string>> list = StringList(v, d, "retry delay");
+                 if (!list) return;
+                 NoteItems(diag_, v, Cat(canonical, ".delays"), d, fixed_line_);
+                 std::vector<std::chrono::milliseconds> delays;
+                 for (size_t i = 0; i < list->size(); ++i) {
+                   if (std::optional<std::chrono::milliseconds> t = ParseDuration((*list)[i])) {
+                     delays.push_back(*t);
+                     continue;
+                   }
+                   const YAML::Node item = v.IsSequence() ? v[i] : v;
+                   diag_.Error(Line(item), v.IsSequence() ? Cat(d, "[", i, "]") : d,
+                               Cat(kDurationExpected, ", got ", Quote((*list)[i])));
+                 }
+                 // Partly valid: nothing, so that Resolve() adds no errors of its own.
+                 if (delays.size() == list->size()) retry.delays = std::move(delays);
+               } else if (key == "max_attempts") {
+                 if (v.IsNull()) return;
+                 std::optional<uint64_t> n;
+                 if (v.IsScalar()) n = ParseUint(v.Scalar(), 2147483647);
+                 if (!n || *n < 2) {
+                   diag_.Error(Line(v), d,
+                               Cat("expected an integer 2..2147483647 (the first delivery and at "
+                                   "least one retry), got ",
+                                   Got(v)));
+                   return;
+                 }
+                 retry.max_attempts = static_cast<uint32_t>(*n);
+               }
+             });
+  if (!delays_given) {
+    diag_.Error(Line(node), display,
+                "expected delays (e.g. delays: [1s, 10s, 1m]): retry needs at least one delay");
+  }
 }
 
 }  // namespace internal

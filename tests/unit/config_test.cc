@@ -717,7 +717,7 @@ TEST_CASE("config: every kConfigKeys key is accepted by the YAML loader") {
   absl::StatusOr<Config> c = LoadYamlText(R"(listen: "127.0.0.1:1"
 broker: { uris: "amqp://h/", heartbeat: 1s, connect_timeout: 1s }
 producers: { p: { exchange: e, handle: "" } }
-consumers: { c: { exchange: e, queue: q, binding_keys: "#", queue_type: quorum, prefetch: 1, handle: x, max_deliveries: 5, dead_letter: true, single_active: true } }
+consumers: { c: { exchange: e, queue: q, binding_keys: "#", queue_type: quorum, prefetch: 1, handle: x, max_deliveries: 5, dead_letter: true, single_active: true, retry: { delays: [1s, 10s], max_attempts: 4 } } }
 publish: { window: 1, republish_unconfirmed: false, wait_timeout: 2s }
 log: { level: trace }
 shutdown: { drain: 0 }
@@ -737,11 +737,15 @@ tasks: { results: c }
   CHECK(c->consumers[0].max_deliveries == 5);
   CHECK(c->consumers[0].dead_letter);
   CHECK(c->consumers[0].single_active);
+  CHECK(c->consumers[0].retry.delays == std::vector<milliseconds>{seconds(1), seconds(10)});
+  CHECK(c->consumers[0].retry.max_attempts == 4);
   CHECK_FALSE(c->publish.republish_unconfirmed);
   CHECK(c->publish.wait_timeout == seconds(2));
   CHECK(c->shutdown.drain == milliseconds(0));
   CHECK(internal::ChildKeys("").size() == 10);
-  CHECK(internal::ChildKeys("consumers.<business>").size() == 9);
+  CHECK(internal::ChildKeys("consumers.<business>").size() == 10);
+  CHECK(internal::ChildKeys("consumers.<business>.retry") ==
+        std::vector<std::string_view>{"delays", "max_attempts"});
   // A delivery limit needs a quorum queue; consumers of one queue agree on it.
   const std::string err = ErrorText(LoadYamlText(R"(consumers:
   a: { queue_type: classic, max_deliveries: 3 }
