@@ -11,8 +11,17 @@ namespace {
 constexpr char kConflictPayload[] = "mq-sidecar/topology-conflict";
 
 // What to do about a queue conflict on an argument the config sets, when the
-// broker names it; "" for any other.
-std::string_view ConflictHint(std::string_view broker_message) {
+// broker names it; "" for any other. `retry_for`: the step is a retry queue
+// of that queue.
+std::string ConflictHint(std::string_view broker_message, std::string_view retry_for) {
+  if (!retry_for.empty()) {
+    // Its name carries the delay, so this is another type or an older
+    // declaration; it only holds messages on their way back, so it can go.
+    return util::StrCat(
+        " (a retry queue: it only holds messages waiting to return to '", retry_for,
+        "'; wait until it is empty, or move its messages to '", retry_for,
+        "' first, then delete it and the sidecar declares it again; docs/configuration.md)");
+  }
   auto names = [&](std::string_view arg) {
     return broker_message.find(util::StrCat("'", arg, "'")) != std::string_view::npos;
   };
@@ -39,12 +48,13 @@ std::string_view ConflictHint(std::string_view broker_message) {
   return "";
 }
 
-absl::Status Conflict(const absl::Status& s, std::string_view object, std::string_view ours) {
+absl::Status Conflict(const absl::Status& s, std::string_view object, std::string_view ours,
+                      std::string_view retry_for) {
   if (s.code() != absl::StatusCode::kFailedPrecondition) return s;
   const std::string_view said = util::ToStd(s.message());
   absl::Status out = absl::FailedPreconditionError(util::StrCat(
       object, " exists on the broker with other arguments; the broker said: ", said,
-      "; the config declares: ", ours, ConflictHint(said),
+      "; the config declares: ", ours, ConflictHint(said, retry_for),
       ". mq-sidecar never deletes objects: change the config, or delete or migrate the "
       "object on the broker"));
   out.SetPayload(kConflictPayload, absl::Cord("1"));
@@ -65,8 +75,9 @@ namespace {
 struct Step {
   amqp_method_number_t method = 0;
   amqp_method_number_t reply = 0;
-  std::string what;  // for errors: "exchange 'x'", "queue 'q'", "bind ..."
-  std::string ours;  // what we declare, for a conflict's error; empty: no conflict check
+  std::string what;       // for errors: "exchange 'x'", "queue 'q'", "bind ..."
+  std::string ours;       // what we declare, for a conflict's error; empty: no conflict check
+  std::string retry_for;  // a retry queue's: its conflicts get their own hint
   amqp_exchange_declare_t exchange{};
   amqp_queue_declare_t queue{};
   amqp_queue_bind_t bind{};
@@ -122,7 +133,7 @@ void BuildStep(const config::TopologyPlan& plan, size_t i, Step& out) {
       e.value.kind = AMQP_FIELD_KIND_UTF8;
       e.value.value.bytes = AmqpBytes(value);
       out.entries.push_back(e);
-      util::StrAppend(&ours, ", ", key, ": ", value);
+      util::StrAppend(&ours, ", ", key, ": ", value.empty() ? "\"\"" : value);
     };
     if (q.type == config::QueueType::kQuorum) add_text("x-queue-type", "quorum");
     if (!q.dead_letter_exchange.empty()) {
@@ -136,6 +147,27 @@ void BuildStep(const config::TopologyPlan& plan, size_t i, Step& out) {
         add_text("x-dead-letter-strategy", "at-least-once");
         add_text("x-overflow", "reject-publish");
       }
+    }
+    if (q.message_ttl_ms) {
+      amqp_table_entry_t e;
+      e.key = amqp_cstring_bytes("x-message-ttl");
+      e.value.kind = AMQP_FIELD_KIND_I64;
+      e.value.value.i64 = static_cast<int64_t>(*q.message_ttl_ms);
+      out.entries.push_back(e);
+      util::StrAppend(&ours, ", x-message-ttl: ", *q.message_ttl_ms);
+    }
+    if (!q.retry_for.empty()) {
+      // An expired message goes back through the default exchange (""),
+      // whose routing key is a queue name: to retry_for and no other queue.
+      add_text("x-dead-letter-exchange", "");
+      add_text("x-dead-letter-routing-key", q.retry_for);
+      if (q.type == config::QueueType::kQuorum) {
+        // As for dead letters: it leaves the retry queue only once the
+        // consumer queue has confirmed it.
+        add_text("x-dead-letter-strategy", "at-least-once");
+        add_text("x-overflow", "reject-publish");
+      }
+      out.retry_for = q.retry_for;
     }
     if (q.delivery_limit) {
       amqp_table_entry_t e;
@@ -196,7 +228,7 @@ absl::Status TopologyStepError(const config::TopologyPlan& plan, size_t step,
   Step st;
   BuildStep(plan, step, st);
   if (st.ours.empty()) return refused;
-  return Conflict(refused, st.what, st.ours);
+  return Conflict(refused, st.what, st.ours, st.retry_for);
 }
 
 bool SendTopologyStep(Connection& conn, amqp_channel_t channel, const config::TopologyPlan& plan,
@@ -217,7 +249,7 @@ absl::Status DeclareTopology(Connection& conn, amqp_channel_t channel,
     const std::string what =
         st.method == AMQP_QUEUE_BIND_METHOD ? st.what : util::StrCat("declare ", st.what);
     absl::Status s = conn.RpcStatus(what, channel);
-    if (!s.ok()) return st.ours.empty() ? s : Conflict(s, st.what, st.ours);
+    if (!s.ok()) return st.ours.empty() ? s : Conflict(s, st.what, st.ours, st.retry_for);
   }
   spdlog::debug("declared {} exchanges, {} queues, {} bindings", plan.exchanges.size(),
                 plan.queues.size(), plan.bindings.size());

@@ -1,11 +1,13 @@
 // Delayed retry, the config side: consumers.<b>.retry parsed and checked, its
-// retry queues named and planned, and shown by Describe. No broker.
+// retry queues named and planned, declared with the right arguments, and
+// shown by Describe. No broker.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <string>
 #include <vector>
 
+#include "amqp/topology.h"
 #include "config/config.h"
 #include "config/loader_internal.h"
 #include "config/topology_plan.h"
@@ -369,6 +371,52 @@ TEST_CASE("retry config: Describe shows the retry policy and the retry queues") 
                                    "x-dead-letter-exchange=\"\" "
                                    "x-dead-letter-routing-key=cl.queue\n"));
   CHECK_THAT(text, !Catch::Contains("plain.queue.retry"));
+}
+
+// The declaration's arguments, as a conflict reports them ("the config
+// declares: {...}"), and the hint for a retry queue.
+std::string ConflictFor(const TopologyPlan& plan, const std::string& queue) {
+  const size_t base = plan.exchanges.size();
+  for (size_t i = 0; i < plan.queues.size(); ++i) {
+    if (plan.queues[i].name != queue) continue;
+    const absl::Status s = amqp::TopologyStepError(
+        plan, base + i,
+        absl::FailedPreconditionError(
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue '" + queue +
+            "' in vhost '/': received the value '10000' of type 'long' but current is the value "
+            "'20000' of type 'long'"));
+    CHECK(amqp::IsTopologyConflict(s));
+    return std::string(s.message());
+  }
+  FAIL("no queue " << queue);
+  return "";
+}
+
+TEST_CASE("retry config: a retry queue is declared with TTL and dead-lettering back") {
+  Config config;
+  config.consumers.push_back(MakeConsumer("a", {seconds(10)}));
+  Consumer classic = MakeConsumer("b", {seconds(10)});
+  classic.queue_type = QueueType::kClassic;
+  config.consumers.push_back(classic);
+  const TopologyPlan plan = PlanTopology(config);
+
+  const std::string quorum = ConflictFor(plan, "a.queue.retry.10s");
+  CHECK_THAT(quorum, Catch::Contains("the config declares: {durable: true, x-queue-type: quorum, "
+                                     "x-message-ttl: 10000, x-dead-letter-exchange: \"\", "
+                                     "x-dead-letter-routing-key: a.queue, "
+                                     "x-dead-letter-strategy: at-least-once, "
+                                     "x-overflow: reject-publish}"));
+  // The fix for a retry queue: it holds only messages on their way back.
+  CHECK_THAT(quorum, Catch::Contains("(a retry queue: it only holds messages waiting to return "
+                                     "to 'a.queue'; wait until it is empty, or move its messages "
+                                     "to 'a.queue' first, then delete it"));
+  const std::string cl = ConflictFor(plan, "b.queue.retry.10s");
+  CHECK_THAT(cl, Catch::Contains("the config declares: {durable: true, x-message-ttl: 10000, "
+                                 "x-dead-letter-exchange: \"\", "
+                                 "x-dead-letter-routing-key: b.queue}"));
+  // The consumer queue keeps its own hint.
+  const std::string main = ConflictFor(plan, "a.queue");
+  CHECK_THAT(main, !Catch::Contains("a retry queue"));
 }
 
 }  // namespace
