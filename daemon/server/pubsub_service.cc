@@ -139,6 +139,12 @@ void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
     b->set_queue(c.queue);
     b->set_handle(c.handle);
     b->set_written_as(c.written_as);
+    if (c.retry.enabled()) {
+      for (std::chrono::milliseconds d : c.retry.delays) {
+        b->add_retry_delays_ms(static_cast<uint64_t>(d.count()));
+      }
+      b->set_max_attempts(c.retry.max_attempts);
+    }
   }
   for (const auto& e : plan_.exchanges) {
     auto* x = topology->add_exchanges();

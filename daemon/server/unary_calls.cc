@@ -8,6 +8,10 @@
 // once gRPC is done with it (done tag), the finish has completed and the
 // answer has come, whichever is last. So an answer that comes after
 // shutdown only settles the bookkeeping; it never touches gRPC.
+#include <chrono>
+#include <map>
+#include <string>
+
 #include "server/async_call.h"
 #include "server/pubsub_service.h"
 
@@ -118,12 +122,24 @@ class GetTopologyCall final : public CallBase {
   void OnQueues(std::vector<amqp::QueueInfo>&& queues) {
     Lock lock(this);
     PaidLocked();
+    // The retry queues' delay and return queue, by name (QueueInfo has neither).
+    std::map<std::string, config::QueueSpec> retry;
+    for (const auto& c : service_.config().consumers) {
+      for (std::chrono::milliseconds d : c.retry.delays) {
+        config::QueueSpec spec = config::RetryQueueSpec(c, d);
+        retry.emplace(spec.name, std::move(spec));
+      }
+    }
     for (const auto& q : queues) {
       auto* x = topology_.add_queues();
       x->set_name(q.name);
       x->set_type(std::string(config::QueueTypeName(q.type)));
       x->set_messages(q.stats.messages);
       x->set_consumers(q.stats.consumers);
+      if (auto it = retry.find(q.name); it != retry.end()) {
+        x->set_message_ttl_ms(it->second.message_ttl_ms.value_or(0));
+        x->set_retry_for(it->second.retry_for);
+      }
     }
     StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       responder_.Finish(topology_, grpc::Status::OK, finish_op_.tag());
