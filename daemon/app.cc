@@ -109,6 +109,10 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
 
   auto publisher = std::make_unique<amqp::Publisher>(config, plan, on_state, on_fatal);
   auto consumer = std::make_unique<amqp::Consumer>(config, plan, on_state, on_fatal);
+  // Delayed-retry copies go out on the publisher's confirmed channel; it is
+  // stopped before the consumer, and answers every job it took.
+  consumer->SetRetryPublisher(
+      [p = publisher.get()](amqp::PublishJob job) { p->Submit(std::move(job)); });
   // Before the service (which reports to it) and stopped after the
   // consumer (whose thread calls its feeds).
   auto control = std::make_unique<control::ControlPlane>(config, *publisher, *consumer);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "amqp/properties.h"
+#include "amqp/retry.h"
 #include "spdlog/spdlog.h"
 #include "util/grpc_limits.h"
 #include "util/strings.h"
@@ -13,6 +14,10 @@ namespace {
 // GetTopology answers from a result at most this old: a client polling it
 // costs the broker one passive declare per queue per second at most.
 constexpr std::chrono::seconds kInspectCacheFor(1);
+
+// A retry copy that waits longer than this (broker alarm, outage) gives up:
+// the original is requeued instead, and the handler sees it again.
+constexpr std::chrono::seconds kRetryPublishTimeout(30);
 
 // ConnSender: ChannelSender on a live connection. Nothing waits for a reply;
 // a failed send marks the connection dead (the loop then reconnects).
@@ -96,6 +101,10 @@ absl::Status Consumer::OnConnected(Connection& conn) {
   if (absl::Status s = DeclareTopology(conn, kControlChannel, plan_); !s.ok()) return s;
   control_ = ControlState::kOpen;
   incoming_.clear();
+  retry_queues_.clear();
+  for (const config::QueueSpec& q : plan_.queues) {
+    if (!q.retry_for.empty()) retry_queues_.insert(q.name);  // declared just now
+  }
   sender_ = std::make_unique<ConnSender>(conn);
   // Streams that lived through the outage consume again: every set-up is
   // sent at once and completes as the broker answers, in the frame loop.
@@ -133,8 +142,22 @@ void Consumer::ProcessInbox(Connection* conn) {
         ledger_.Open(std::move(*open));
       }
     } else if (auto* settle = std::get_if<SettleCmd>(&cmd)) {
-      ledger_.Settle(settle->stream_id, settle->delivery_id, settle->ack, settle->requeue,
-                     settle->multiple);
+      const OpenRequest* open =
+          settle->ack || !settle->requeue ? nullptr : ledger_.open_request(settle->stream_id);
+      if (open != nullptr && open->config != nullptr && open->config->retry.enabled()) {
+        NackWithRetry(conn, *settle, *open->config);
+      } else {
+        ledger_.Settle(settle->stream_id, settle->delivery_id, settle->ack, settle->requeue,
+                       settle->multiple);
+      }
+    } else if (auto* retried = std::get_if<RetryDoneCmd>(&cmd)) {
+      if (retried->unroutable) {
+        // The retry queue is gone (deleted by hand): declared again next time.
+        spdlog::error("[consumer] retry queue '{}' does not exist; declaring it again",
+                      util::ForLog(retried->queue));
+        retry_queues_.erase(retried->queue);
+      }
+      ledger_.FinishRetry(retried->ticket, retried->confirmed);
     } else if (auto* close = std::get_if<CloseCmd>(&cmd)) {
       ledger_.Close(close->stream_id, close->why);
     } else if (auto* inspect = std::get_if<InspectCmd>(&cmd)) {
@@ -154,6 +177,9 @@ void Consumer::ResetControl() {
   control_ = ControlState::kDown;
   control_sent_.clear();
   control_waiting_.clear();
+  // Their originals were requeued with the connection.
+  retry_declares_.clear();
+  retry_declaring_.clear();
   if (inspecting_) FinishInspect(/*cache=*/false);
   cache_valid_ = false;
 }
@@ -178,6 +204,8 @@ void Consumer::SendControl(Connection& conn, ControlOp& op) {
   bool sent = false;
   if (op.kind == ControlOp::kDeclare) {
     sent = SendTopologyStep(conn, kControlChannel, plan_, op.index, &op.reply);
+  } else if (op.kind == ControlOp::kRetryQueue) {
+    sent = SendTopologyStep(conn, kControlChannel, retry_declares_[op.index].plan, 0, &op.reply);
   } else {
     op.reply = AMQP_QUEUE_DECLARE_OK_METHOD;
     sent = SendQueryQueue(conn, kControlChannel, plan_.queues[op.index].name);
@@ -236,6 +264,10 @@ void Consumer::OnControlFrame(Connection& conn, const amqp_method_t& m) {
 
 void Consumer::ControlDone(const ControlOp& op, const absl::Status& status,
                            const amqp_queue_declare_ok_t* counts) {
+  if (op.kind == ControlOp::kRetryQueue) {
+    OnRetryQueueDeclared(op.index, status);
+    return;
+  }
   if (op.kind == ControlOp::kDeclare) {
     if (!status.ok()) {
       failed_declare_round_ = op.round;
@@ -332,6 +364,11 @@ void Consumer::OnContentHeader(amqp_channel_t channel, const amqp_basic_properti
   in.have_header = true;
   in.body_left = body_size;
   FillDelivery(props, &in.delivery);
+  if (ledger_.CapturesOn(channel)) {
+    in.captured = std::make_shared<CapturedMessage>(props);
+    in.captured->exchange = in.delivery.exchange();
+    in.captured->routing_key = in.delivery.routing_key();
+  }
   // A Delivery the server cannot send would fail the stream's write, return
   // to the queue and kill every stream it reaches. Checked before the body
   // is buffered: the payload adds its size plus a tag and a length.
@@ -344,7 +381,8 @@ void Consumer::OnContentHeader(amqp_channel_t channel, const amqp_basic_properti
     Incoming done = std::move(in);
     incoming_.erase(it);
     if (!done.skip_body) {
-      ledger_.OnDelivery(channel, done.tag, done.consumer_tag, std::move(done.delivery));
+      ledger_.OnDelivery(channel, done.tag, done.consumer_tag, std::move(done.delivery),
+                         std::move(done.captured));
     }
     return;
   }
@@ -364,7 +402,9 @@ void Consumer::OnContentBody(amqp_channel_t channel, const amqp_bytes_t& fragmen
   Incoming done = std::move(in);
   incoming_.erase(it);
   if (done.skip_body) return;
-  ledger_.OnDelivery(channel, done.tag, done.consumer_tag, std::move(done.delivery));
+  if (done.captured != nullptr) done.captured->body = done.delivery.payload();
+  ledger_.OnDelivery(channel, done.tag, done.consumer_tag, std::move(done.delivery),
+                     std::move(done.captured));
 }
 
 void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
@@ -415,6 +455,129 @@ void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
     default:
       // basic.cancel-ok (cancels are fire-and-forget) and anything else.
       spdlog::debug("[consumer] ignoring method 0x{:08x} on channel {}", m.id, frame.channel);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Delayed retry: a copy goes to a retry queue (or, retries exhausted, to the
+// dead-letter queue) through the publisher's confirmed channel, and the
+// original is acked once the copy is confirmed, or requeued if it is not.
+// The publisher's connection, not this one, so a broker alarm that blocks
+// publishers never stops this connection's deliveries and acks.
+
+void Consumer::NackWithRetry(Connection* conn, const SettleCmd& cmd,
+                             const config::Consumer& business) {
+  if (!cmd.multiple) {
+    RetryOne(conn, cmd.stream_id, cmd.delivery_id, cmd.retry_after_ms, business);
+    return;
+  }
+  const std::vector<uint64_t> ids = ledger_.LiveUpTo(cmd.stream_id, cmd.delivery_id);
+  if (ids.empty()) {
+    // Stale or unknown: answered as before.
+    ledger_.Settle(cmd.stream_id, cmd.delivery_id, false, true, true);
+    return;
+  }
+  for (uint64_t id : ids) RetryOne(conn, cmd.stream_id, id, cmd.retry_after_ms, business);
+}
+
+void Consumer::RetryOne(Connection* conn, uint64_t stream_id, uint64_t delivery_id,
+                        uint32_t retry_after_ms, const config::Consumer& business) {
+  std::optional<ConsumerLedger::RetryTicket> ticket = ledger_.TakeForRetry(stream_id, delivery_id);
+  if (!ticket) return;
+  const CapturedMessage& m = *ticket->message;
+  const int64_t retries =
+      std::clamp<int64_t>(HeaderNumber(m.props(), kRetriesHeader, 0), 0, UINT32_MAX - 1);
+  const RetryStep step =
+      DecideRetry(business.retry, static_cast<uint32_t>(retries + 1), true, retry_after_ms);
+  auto copy = std::make_shared<CopyOf>();
+  copy->message = ticket->message;
+  copy->headers = {{kOriginalExchangeHeader, m.exchange},
+                   {kOriginalRoutingKeyHeader, m.routing_key}};
+  PublishJob job;
+  if ((m.props()._flags & AMQP_BASIC_MESSAGE_ID_FLAG) != 0) {
+    job.request.set_message_id(std::string(AmqpText(m.props().message_id)));
+  }
+  std::string queue;
+  if (step.kind == RetryStep::kRetry) {
+    queue = config::RetryQueue(business, step.delay);
+    job.exchange = "";  // the default exchange: straight to the retry queue
+    copy->headers.push_back({kRetriesHeader, retries + 1});
+  } else {
+    // Retries exhausted: to the dead-letter queue, the way the broker
+    // dead-letters (the queue's name as routing key), saying why.
+    queue = config::DeadLetterQueue(business);
+    job.exchange = config::DeadLetterExchange(business);
+    const auto now = std::chrono::system_clock::now().time_since_epoch();
+    copy->headers.push_back({kDeadReasonHeader, std::string("retries_exhausted")});
+    copy->headers.push_back({kDeadQueueHeader, business.queue});
+    copy->headers.push_back(
+        {kDeadAtHeader,
+         static_cast<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(now).count())});
+  }
+  job.request.set_routing_key(step.kind == RetryStep::kRetry ? queue : business.queue);
+  job.copy = std::move(copy);
+  job.deadline = std::chrono::steady_clock::now() + kRetryPublishTimeout;
+  job.done = [this, t = *ticket, queue](mqsidecar::v1::PublishResult&& r, absl::StatusCode) {
+    using R = mqsidecar::v1::PublishResult;
+    inbox_.Push(
+        Command{RetryDoneCmd{t, r.status() == R::CONFIRMED, r.status() == R::UNROUTABLE, queue}});
+  };
+  if (step.kind == RetryStep::kExhausted) {
+    spdlog::info(
+        "[consumer] stream {}: delivery_id {} (message_id '{}') failed attempt {} of {}: "
+        "to the dead-letter queue",
+        stream_id, delivery_id, util::ForLog(job.request.message_id()), retries + 1,
+        business.retry.max_attempts);
+  }
+  if (step.kind == RetryStep::kExhausted || retry_queues_.contains(queue)) {
+    SubmitRetry(*ticket, std::move(job));
+    return;
+  }
+  // A delay of the nack's own, not in the plan: its queue is declared on
+  // the control channel first, once per connection.
+  if (auto it = retry_declaring_.find(queue); it != retry_declaring_.end()) {
+    retry_declares_[it->second].waiting.emplace_back(*ticket, std::move(job));
+    return;
+  }
+  if (conn == nullptr) {
+    ledger_.FinishRetry(*ticket, false);
+    return;
+  }
+  RetryDeclare declare;
+  declare.plan.queues.push_back(config::RetryQueueSpec(business, step.delay));
+  declare.waiting.emplace_back(*ticket, std::move(job));
+  retry_declares_.push_back(std::move(declare));
+  retry_declaring_[queue] = retry_declares_.size() - 1;
+  QueueControl(*conn, ControlOp{ControlOp::kRetryQueue, retry_declares_.size() - 1, 0, 0});
+}
+
+void Consumer::SubmitRetry(const ConsumerLedger::RetryTicket& ticket, PublishJob job) {
+  if (!retry_publish_) {
+    ledger_.FinishRetry(ticket, false);
+    return;
+  }
+  retry_publish_(std::move(job));
+}
+
+void Consumer::OnRetryQueueDeclared(size_t index, const absl::Status& status) {
+  if (index >= retry_declares_.size()) return;
+  RetryDeclare& d = retry_declares_[index];
+  const std::string name = d.plan.queues.front().name;
+  retry_declaring_.erase(name);
+  if (status.ok()) {
+    retry_queues_.insert(name);
+  } else {
+    spdlog::error("[consumer] declaring retry queue '{}' failed: {}; its messages are requeued",
+                  util::ForLog(name), TopologyStepError(d.plan, 0, status).message());
+  }
+  auto waiting = std::move(d.waiting);
+  d.waiting.clear();
+  for (auto& [ticket, job] : waiting) {
+    if (status.ok()) {
+      SubmitRetry(ticket, std::move(job));
+    } else {
+      ledger_.FinishRetry(ticket, false);
+    }
   }
 }
 

@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <variant>
@@ -19,6 +21,7 @@
 
 #include "amqp/consumer_ledger.h"
 #include "amqp/io_loop.h"
+#include "amqp/publish_ledger.h"
 #include "amqp/topology.h"
 #include "config/topology_plan.h"
 #include "mqsidecar/v1/pubsub.pb.h"
@@ -50,8 +53,16 @@ class Consumer final : public IoLoop {
   void Ack(uint64_t stream_id, uint64_t delivery_id, bool multiple = false) {
     inbox_.Push(Command{SettleCmd{stream_id, delivery_id, true, false, multiple}});
   }
-  void Nack(uint64_t stream_id, uint64_t delivery_id, bool requeue, bool multiple = false) {
-    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, false, requeue, multiple}});
+  // retry_after_ms: see SubscribeRequest.Nack (checked by ValidateNackDelay).
+  void Nack(uint64_t stream_id, uint64_t delivery_id, bool requeue, bool multiple = false,
+            uint32_t retry_after_ms = 0) {
+    inbox_.Push(
+        Command{SettleCmd{stream_id, delivery_id, false, requeue, multiple, retry_after_ms}});
+  }
+  // Delayed retries publish their copies through `publish` (the Publisher's
+  // Submit); set before Start. Without it a retry requeues instead.
+  void SetRetryPublisher(std::function<void(PublishJob)> publish) {
+    retry_publish_ = std::move(publish);
   }
   // Close ends a stream's consumer; its sink then gets OnClosed(`why`).
   void Close(uint64_t stream_id, absl::Status why) {
@@ -71,6 +82,15 @@ class Consumer final : public IoLoop {
     bool ack;
     bool requeue;
     bool multiple;
+    uint32_t retry_after_ms = 0;
+  };
+  // A retry copy's publish ended: confirmed, or not (then the original is
+  // requeued).
+  struct RetryDoneCmd {
+    ConsumerLedger::RetryTicket ticket;
+    bool confirmed;
+    bool unroutable;    // the retry queue does not exist
+    std::string queue;  // where the copy went
   };
   struct CloseCmd {
     uint64_t stream_id;
@@ -80,7 +100,8 @@ class Consumer final : public IoLoop {
     InspectDone done;
   };
   struct DrainCmd {};
-  using Command = std::variant<OpenRequest, SettleCmd, CloseCmd, InspectCmd, DrainCmd>;
+  using Command =
+      std::variant<OpenRequest, SettleCmd, CloseCmd, InspectCmd, DrainCmd, RetryDoneCmd>;
 
   absl::Status OnConnected(Connection& conn) override;
   void OnDisconnected(const absl::Status& why) override;
@@ -99,8 +120,9 @@ class Consumer final : public IoLoop {
   // the channel; it is reopened (asynchronously) and the operations that
   // were not answered are sent again.
   struct ControlOp {
-    enum Kind { kDeclare, kInspect } kind;
-    size_t index;                // declare: topology step; inspect: queue of the plan
+    enum Kind { kDeclare, kInspect, kRetryQueue } kind;
+    size_t
+        index;  // declare: topology step; inspect: queue of the plan; retry queue: retry_declares_
     uint64_t round;              // declare: which re-declaration
     amqp_method_number_t reply;  // the -ok expected (set when sent)
   };
@@ -123,7 +145,21 @@ class Consumer final : public IoLoop {
     uint64_t tag = 0;
     uint64_t body_left = 0;
     bool have_header = false;
-    bool skip_body = false;  // rejected as too large: the body is not kept
+    bool skip_body = false;                     // rejected as too large: the body is not kept
+    std::shared_ptr<CapturedMessage> captured;  // retry businesses
+  };
+  // Delayed retry: a nack on a business with retry (see DecideRetry).
+  void NackWithRetry(Connection* conn, const SettleCmd& cmd, const config::Consumer& business);
+  void RetryOne(Connection* conn, uint64_t stream_id, uint64_t delivery_id, uint32_t retry_after_ms,
+                const config::Consumer& business);
+  // Publishes the copy (retry queue `queue` is declared on this connection).
+  void SubmitRetry(const ConsumerLedger::RetryTicket& ticket, PublishJob job);
+  void OnRetryQueueDeclared(size_t index, const absl::Status& status);
+  // A retry queue not in the plan (a nack's own delay), being declared, with
+  // the copies that wait for it.
+  struct RetryDeclare {
+    config::TopologyPlan plan;  // just the queue
+    std::vector<std::pair<ConsumerLedger::RetryTicket, PublishJob>> waiting;
   };
   void OnDeliver(const amqp_basic_deliver_t& deliver, amqp_channel_t channel);
   void OnContentHeader(amqp_channel_t channel, const amqp_basic_properties_t& props,
@@ -136,7 +172,13 @@ class Consumer final : public IoLoop {
   // Loop-thread state.
   std::vector<Command> batch_;
   ConsumerLedger ledger_;
-  std::unique_ptr<ChannelSender> sender_;                  // for the current connection
+  std::unique_ptr<ChannelSender> sender_;  // for the current connection
+  std::function<void(PublishJob)> retry_publish_;
+  // Retry queues known to exist: the plan's, and those declared on this
+  // connection (reset with it).
+  std::set<std::string> retry_queues_;
+  std::vector<RetryDeclare> retry_declares_;  // by ControlOp::index; cleared with the connection
+  std::map<std::string, size_t> retry_declaring_;          // queue -> retry_declares_ index
   std::unordered_map<amqp_channel_t, Incoming> incoming_;  // deliveries being assembled
 
   enum class ControlState { kDown, kOpening, kOpen };

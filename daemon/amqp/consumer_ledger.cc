@@ -55,7 +55,7 @@ ConsumerLedger::StreamView ConsumerLedger::stream(uint64_t stream_id) const {
 
 bool ConsumerLedger::HasTimers() const {
   for (const auto& [ch, info] : channels_) {
-    if (info.state == ChannelState::kLingering) return true;
+    if (info.state == ChannelState::kLingering && info.retries == 0) return true;
   }
   return false;
 }
@@ -89,6 +89,8 @@ void ConsumerLedger::Detach() {
     stream.to_ack.clear();  // not sent: the broker requeued them with the rest
     stream.stale.insert(stream.unacked.begin(), stream.unacked.end());
     stream.unacked.clear();
+    stream.retrying.clear();  // their tickets name channels that are gone
+    stream.captured.clear();
     stream.id_offset = stream.max_id;
   }
 }
@@ -125,7 +127,7 @@ void ConsumerLedger::StartSetup(uint64_t stream_id) {
     return;
   }
   stream.channel = ch;
-  channels_[ch] = ChannelInfo{ChannelState::kOpening, stream_id, {}};
+  channels_[ch] = ChannelInfo{ChannelState::kOpening, stream_id, {}, ++next_epoch_, 0};
   out_->SendOpen(ch);
 }
 
@@ -238,7 +240,8 @@ ConsumerLedger::Stream* ConsumerLedger::ConsumingOn(ChannelNo ch, const std::str
 }
 
 void ConsumerLedger::OnDelivery(ChannelNo ch, uint64_t tag, const std::string& consumer_tag,
-                                mqsidecar::v1::Delivery&& delivery) {
+                                mqsidecar::v1::Delivery&& delivery,
+                                std::shared_ptr<const CapturedMessage> captured) {
   // A delivery for a channel being set up, lingering or closing is dropped:
   // the broker requeues it when the channel closes.
   Stream* stream = ConsumingOn(ch, consumer_tag);
@@ -247,6 +250,7 @@ void ConsumerLedger::OnDelivery(ChannelNo ch, uint64_t tag, const std::string& c
   delivery.set_delivery_id(id);
   delivery.set_business(stream->open.business);
   stream->unacked.insert(id);
+  if (captured != nullptr) stream->captured[id] = std::move(captured);
   stream->max_id = std::max(stream->max_id, id);
   stream->open.sink->OnDelivery(std::move(delivery));
 }
@@ -288,7 +292,7 @@ void ConsumerLedger::Settle(uint64_t stream_id, uint64_t delivery_id, bool ack, 
     return;
   }
   auto live = stream.unacked.find(delivery_id);
-  if (live == stream.unacked.end()) {
+  if (live == stream.unacked.end() || stream.retrying.contains(delivery_id)) {
     FlushAcks();  // what the client acked before this mistake still counts
     EndStream(stream_id,
               absl::InvalidArgumentError(util::StrCat(
@@ -298,13 +302,22 @@ void ConsumerLedger::Settle(uint64_t stream_id, uint64_t delivery_id, bool ack, 
               true);
     return;
   }
+  if (multiple && !stream.retrying.empty() && *stream.retrying.begin() < delivery_id) {
+    // AMQP's `multiple` would settle a delivery held for a retry too: the
+    // range is settled one by one around it.
+    stream.stale.clear();
+    for (uint64_t id : LiveUpTo(stream_id, delivery_id)) Settle(stream_id, id, ack, requeue, false);
+    return;
+  }
   if (multiple) {
     // Like AMQP's `multiple`: the id must be unacked, and it settles every
     // lower one too (stale ones included: the broker has requeued those).
     stream.unacked.erase(stream.unacked.begin(), std::next(live));
+    stream.captured.erase(stream.captured.begin(), stream.captured.upper_bound(delivery_id));
     stream.stale.clear();
   } else {
     stream.unacked.erase(live);
+    stream.captured.erase(delivery_id);
   }
   if (out_ == nullptr || stream.channel == 0) return;  // cannot happen: ids are live
   if (ack) {
@@ -402,12 +415,15 @@ void ConsumerLedger::EndStream(uint64_t stream_id, const absl::Status& why, bool
     auto ch = channels_.find(stream.channel);
     if (close_channel && ch != channels_.end() && ch->second.stream_id == stream_id) {
       const auto close_at = stream.last_settle + kSettleLinger;
-      if (ch->second.state == ChannelState::kConsuming && close_at > now_()) {
+      if (ch->second.state == ChannelState::kConsuming &&
+          (close_at > now_() || ch->second.retries > 0)) {
         // The cancel is asynchronous (cancel-ok is ignored when it comes):
         // deliveries already on their way are dropped here and requeued by
         // the close.
         if (!stream.cancelled) out_->SendCancel(stream.channel, stream.open.consumer_tag);
-        ch->second = ChannelInfo{ChannelState::kLingering, 0, close_at};
+        ch->second.state = ChannelState::kLingering;
+        ch->second.stream_id = 0;
+        ch->second.close_at = close_at;
       } else {
         // Also mid set-up: the broker handles the close after the open,
         // qos or consume already sent, and answers close-ok last.
@@ -425,8 +441,94 @@ void ConsumerLedger::CloseDue() {
   if (out_ == nullptr) return;
   const auto now = now_();
   for (auto& [ch, info] : channels_) {
-    if (info.state == ChannelState::kLingering && info.close_at <= now) SendClose(ch, info);
+    if (info.state == ChannelState::kLingering && info.close_at <= now && info.retries == 0) {
+      SendClose(ch, info);
+    }
   }
+}
+
+// ---------------------------------------------------------------------------
+// Delayed retry
+
+std::optional<ConsumerLedger::RetryTicket> ConsumerLedger::TakeForRetry(uint64_t stream_id,
+                                                                        uint64_t delivery_id) {
+  auto it = streams_.find(stream_id);
+  if (it == streams_.end()) return std::nullopt;
+  Stream& stream = it->second;
+  auto captured = stream.captured.find(delivery_id);
+  if (captured == stream.captured.end() || !stream.unacked.contains(delivery_id) ||
+      stream.retrying.contains(delivery_id) || out_ == nullptr || stream.channel == 0) {
+    // Stale, unknown or already held: answered as a plain settle would be.
+    Settle(stream_id, delivery_id, false, true, false);
+    return std::nullopt;
+  }
+  ChannelInfo& info = channels_.at(stream.channel);
+  ++info.retries;
+  stream.retrying.insert(delivery_id);
+  return RetryTicket{
+      stream_id,       delivery_id, stream.channel, info.epoch, delivery_id - stream.id_offset,
+      captured->second};
+}
+
+void ConsumerLedger::FinishRetry(const RetryTicket& t, bool confirmed) {
+  auto s = streams_.find(t.stream_id);
+  if (s != streams_.end() && s->second.retrying.erase(t.delivery_id) > 0) {
+    s->second.unacked.erase(t.delivery_id);
+    s->second.captured.erase(t.delivery_id);
+  }
+  auto ch = channels_.find(t.channel);
+  if (out_ == nullptr || ch == channels_.end() || ch->second.epoch != t.epoch) {
+    // The channel is gone, and with it the broker requeued the original: if
+    // the copy was confirmed too, the message comes twice (redelivered).
+    spdlog::warn(
+        "[consumer] stream {}: delivery_id {} was requeued with its channel before its retry "
+        "copy was {}",
+        t.stream_id, t.delivery_id, confirmed ? "confirmed: it comes again as well" : "confirmed");
+    return;
+  }
+  ChannelInfo& info = ch->second;
+  if (info.retries > 0) --info.retries;
+  if (info.state == ChannelState::kClosing) return;  // the close requeues it
+  if (confirmed && s != streams_.end() && s->second.channel == t.channel) {
+    // With the stream's other acks, so a multiple ack can cover it.
+    Stream& stream = s->second;
+    if (stream.to_ack.empty()) ack_streams_.push_back(t.stream_id);
+    stream.to_ack.push_back(t.delivery_id);
+    return;
+  }
+  if (confirmed) {
+    out_->SendAck(t.channel, t.tag, false);
+  } else {
+    out_->SendNack(t.channel, t.tag, false, /*requeue=*/true);
+  }
+  if (s != streams_.end()) {
+    s->second.last_settle = now_();
+    MaybeEndDrained(t.stream_id);
+  }
+}
+
+std::vector<uint64_t> ConsumerLedger::LiveUpTo(uint64_t stream_id, uint64_t delivery_id) const {
+  std::vector<uint64_t> ids;
+  auto it = streams_.find(stream_id);
+  if (it == streams_.end() || !it->second.unacked.contains(delivery_id)) return ids;
+  for (uint64_t id : it->second.unacked) {
+    if (id > delivery_id) break;
+    if (!it->second.retrying.contains(id)) ids.push_back(id);
+  }
+  return ids;
+}
+
+const OpenRequest* ConsumerLedger::open_request(uint64_t stream_id) const {
+  auto it = streams_.find(stream_id);
+  return it == streams_.end() ? nullptr : &it->second.open;
+}
+
+bool ConsumerLedger::CapturesOn(ChannelNo ch) const {
+  auto c = channels_.find(ch);
+  if (c == channels_.end() || c->second.stream_id == 0) return false;
+  auto s = streams_.find(c->second.stream_id);
+  return s != streams_.end() && s->second.open.config != nullptr &&
+         s->second.open.config->retry.enabled();
 }
 
 }  // namespace mqs::amqp

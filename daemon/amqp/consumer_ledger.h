@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -20,6 +22,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "amqp/properties.h"
+#include "config/config.h"
 #include "mqsidecar/v1/pubsub.pb.h"
 
 namespace mqs::amqp {
@@ -46,6 +50,8 @@ struct OpenRequest {
   uint32_t prefetch = 0;
   std::string consumer_tag;
   DeliverySink* sink = nullptr;
+  // The configured business (outlives every stream); null in unit tests.
+  const config::Consumer* config = nullptr;
 };
 
 // ChannelSender: the AMQP methods the ledger sends, none of which waits for
@@ -121,6 +127,33 @@ class ConsumerLedger {
   // Closes the lingering channels whose time has come.
   void CloseDue();
 
+  // Delayed retry (docs/reliability.md). A delivery held for a retry stays
+  // unacked (no multiple ack covers it) while its copy is published, and the
+  // client can no longer settle it; FinishRetry then acks it (copy
+  // confirmed) or requeues it, on the channel it came on, even when its
+  // stream has ended meanwhile (the channel lingers until then).
+  struct RetryTicket {
+    uint64_t stream_id = 0;
+    uint64_t delivery_id = 0;
+    ChannelNo channel = 0;
+    uint64_t epoch = 0;  // which use of `channel`
+    uint64_t tag = 0;
+    std::shared_ptr<const CapturedMessage> message;
+  };
+  // The delivery, when it is live and unacked on the stream and was
+  // captured; otherwise the same as a settle of it (a stale id is ignored,
+  // an unknown one ends the stream), and nullopt.
+  std::optional<RetryTicket> TakeForRetry(uint64_t stream_id, uint64_t delivery_id);
+  void FinishRetry(const RetryTicket& ticket, bool confirmed);
+  // The stream's live unacked ids up to `delivery_id` not held for a retry
+  // (a multiple nack taken apart), or empty when `delivery_id` is not live.
+  std::vector<uint64_t> LiveUpTo(uint64_t stream_id, uint64_t delivery_id) const;
+  // The stream's open request, or null.
+  const OpenRequest* open_request(uint64_t stream_id) const;
+  // Whether deliveries on `ch` are captured for retries (its stream's
+  // business has retry configured).
+  bool CapturesOn(ChannelNo ch) const;
+
   // Frames from the broker.
   void OnOpenOk(ChannelNo ch);
   void OnQosOk(ChannelNo ch);
@@ -137,7 +170,8 @@ class ConsumerLedger {
   // when no stream consumes there with that consumer tag (the broker
   // requeues it when the channel closes).
   void OnDelivery(ChannelNo ch, uint64_t tag, const std::string& consumer_tag,
-                  mqsidecar::v1::Delivery&& delivery);
+                  mqsidecar::v1::Delivery&& delivery,
+                  std::shared_ptr<const CapturedMessage> captured = nullptr);
   // Checks, before a delivery's body is buffered, that the Delivery it makes
   // (`bytes`: its serialized size without business and delivery_id) fits in
   // `limit`. When it does not, it is rejected (requeue=false: dead-lettered
@@ -158,6 +192,8 @@ class ConsumerLedger {
     ChannelState state;
     uint64_t stream_id = 0;  // 0: none (lingering, closing)
     Clock::time_point close_at{};
+    uint64_t epoch = 0;    // which use of this number (retry tickets check it)
+    uint32_t retries = 0;  // deliveries held for a retry: the channel stays open
   };
   const std::map<ChannelNo, ChannelInfo>& channels() const { return channels_; }
   struct StreamView {
@@ -179,11 +215,14 @@ class ConsumerLedger {
   // growing, so ids from the old connection are recognised as stale.
   struct Stream {
     OpenRequest open;
-    ChannelNo channel = 0;            // 0: none (no connection yet)
-    uint64_t id_offset = 0;           // delivery_id = id_offset + tag on `channel`
-    uint64_t max_id = 0;              // highest delivery_id handed out
-    std::set<uint64_t> unacked;       // delivery ids live on `channel`
-    std::set<uint64_t> stale;         // ids from a dead channel: the broker requeued them
+    ChannelNo channel = 0;        // 0: none (no connection yet)
+    uint64_t id_offset = 0;       // delivery_id = id_offset + tag on `channel`
+    uint64_t max_id = 0;          // highest delivery_id handed out
+    std::set<uint64_t> unacked;   // delivery ids live on `channel`
+    std::set<uint64_t> stale;     // ids from a dead channel: the broker requeued them
+    std::set<uint64_t> retrying;  // unacked ids held for a retry (TakeForRetry)
+    // Retry businesses: each unacked delivery as it came, to publish again.
+    std::map<uint64_t, std::shared_ptr<const CapturedMessage>> captured;
     bool cancelled = false;           // draining: basic.cancel sent, no new deliveries
     bool resumed = false;             // set up again after a reconnect (for the log)
     std::vector<uint64_t> to_ack;     // acked by the client, not yet sent (see FlushAcks)
@@ -209,6 +248,7 @@ class ConsumerLedger {
   // Ordered, so tests and logs see channels by number.
   std::map<ChannelNo, ChannelInfo> channels_;
   std::vector<uint64_t> ack_streams_;  // streams with a non-empty to_ack
+  uint64_t next_epoch_ = 0;
 };
 
 std::string_view ChannelStateName(ConsumerLedger::ChannelState s);

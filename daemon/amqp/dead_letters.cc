@@ -112,6 +112,27 @@ bool ParseDeath(const amqp_table_t& headers, v1::DeadLetter* out) {
   return true;
 }
 
+namespace {
+
+// ReadDeath: ParseDeath, then what our own headers say instead.
+void ReadDeath(const amqp_basic_properties_t& props, v1::DeadLetter* out) {
+  if ((props._flags & AMQP_BASIC_HEADERS_FLAG) != 0) ParseDeath(props.headers, out);
+  // A retry copy went through the default exchange: where it was first
+  // published is in our headers, and x-death names the retry queue.
+  if (FindHeader(props, kOriginalRoutingKeyHeader) != nullptr) {
+    out->set_original_exchange(HeaderText(props, kOriginalExchangeHeader));
+    out->set_original_routing_key(HeaderText(props, kOriginalRoutingKeyHeader));
+  }
+  // Dead-lettered by the daemon (retries exhausted), not by the broker.
+  if (FindHeader(props, kDeadReasonHeader) != nullptr) {
+    out->set_reason(HeaderText(props, kDeadReasonHeader));
+    out->set_queue(HeaderText(props, kDeadQueueHeader));
+    out->set_dead_lettered_at_ms(HeaderNumber(props, kDeadAtHeader, 0));
+  }
+}
+
+}  // namespace
+
 v1::DeadLetter ToDeadLetter(const amqp_basic_properties_t& props, amqp_bytes_t body,
                             std::string_view business, std::string_view exchange,
                             std::string_view routing_key) {
@@ -122,7 +143,7 @@ v1::DeadLetter ToDeadLetter(const amqp_basic_properties_t& props, amqp_bytes_t b
   d->set_exchange(std::string(exchange));
   d->set_routing_key(std::string(routing_key));
   d->set_payload(std::string(AmqpText(body)));
-  if ((props._flags & AMQP_BASIC_HEADERS_FLAG) != 0) ParseDeath(props.headers, &letter);
+  ReadDeath(props, &letter);
   return letter;
 }
 
@@ -142,7 +163,12 @@ void ReplayProperties::Build(const amqp_basic_properties_t& original) {
     for (int i = 0; i < original.headers.num_entries; ++i) {
       const amqp_table_entry_t& e = original.headers.entries[i];
       const std::string_view key = AmqpText(e.key);
-      if (key == kDeliveryCountHeader) continue;
+      // A replayed message starts its retries afresh and is no longer dead.
+      if (key == kDeliveryCountHeader || key == kRetriesHeader || key == kDeadReasonHeader ||
+          key == kDeadQueueHeader || key == kDeadAtHeader || key == kOriginalExchangeHeader ||
+          key == kOriginalRoutingKeyHeader) {
+        continue;
+      }
       if (key == kReplayedHeader) {
         replayed_ = static_cast<int64_t>(std::min<uint64_t>(Number(&e.value), INT64_MAX - 1)) + 1;
         continue;
@@ -451,7 +477,7 @@ absl::Status ServeReplay(Session& session, const DeadLetterTarget& target, uint3
       continue;
     }
     v1::DeadLetter letter;
-    if ((original._flags & AMQP_BASIC_HEADERS_FLAG) != 0) ParseDeath(original.headers, &letter);
+    ReadDeath(original, &letter);
     const std::string routing_key = ReplayRoutingKey(letter, m.routing_key);
     props.Build(original);
     if (absl::Status s = session.Check("basic.publish"); !s.ok()) {

@@ -98,7 +98,8 @@ std::string ReplayRoutingKey(const mqsidecar::v1::DeadLetter& letter, std::strin
 // header of the original, x-death included (the history stays with the
 // message, and the broker adds to it if it is dead-lettered again), except
 // x-delivery-count (the dead-letter queue's own count; the business's quorum
-// queue counts afresh), plus kReplayedHeader = previous value + 1. Points
+// queue counts afresh) and the delayed-retry headers (its attempts start
+// afresh; it is no longer dead), plus kReplayedHeader = previous value + 1. Points
 // into `original`, which must outlive props().
 class ReplayProperties {
  public:

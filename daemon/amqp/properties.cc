@@ -1,6 +1,8 @@
 #include "amqp/properties.h"
 
+#include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cinttypes>
 #include <cstdio>
 
@@ -224,8 +226,133 @@ void FillDelivery(const amqp_basic_properties_t& p, mqsidecar::v1::Delivery* d) 
         if (FieldToString(e.value) == "true") d->set_redelivered(true);
         continue;
       }
+      if (key == kRetriesHeader || key == kOriginalExchangeHeader ||
+          key == kOriginalRoutingKeyHeader) {
+        continue;  // read below
+      }
       (*headers)[std::string(key)] = FieldToString(e.value);
     }
+  }
+  const int64_t retries = HeaderNumber(p, kRetriesHeader, 0);
+  d->set_attempt(static_cast<uint32_t>(std::clamp<int64_t>(retries, 0, UINT32_MAX - 1) + 1));
+  if (has(AMQP_BASIC_HEADERS_FLAG) && FindHeader(p, kOriginalRoutingKeyHeader) != nullptr) {
+    d->set_exchange(HeaderText(p, kOriginalExchangeHeader));
+    d->set_routing_key(HeaderText(p, kOriginalRoutingKeyHeader));
+  }
+}
+
+const amqp_field_value_t* FindHeader(const amqp_basic_properties_t& p, std::string_view name) {
+  if ((p._flags & AMQP_BASIC_HEADERS_FLAG) == 0) return nullptr;
+  for (int i = 0; i < p.headers.num_entries; ++i) {
+    if (AmqpText(p.headers.entries[i].key) == name) return &p.headers.entries[i].value;
+  }
+  return nullptr;
+}
+
+int64_t HeaderNumber(const amqp_basic_properties_t& p, std::string_view name, int64_t fallback) {
+  const amqp_field_value_t* v = FindHeader(p, name);
+  if (v == nullptr) return fallback;
+  switch (v->kind) {
+    case AMQP_FIELD_KIND_I8:
+      return v->value.i8;
+    case AMQP_FIELD_KIND_U8:
+      return v->value.u8;
+    case AMQP_FIELD_KIND_I16:
+      return v->value.i16;
+    case AMQP_FIELD_KIND_U16:
+      return v->value.u16;
+    case AMQP_FIELD_KIND_I32:
+      return v->value.i32;
+    case AMQP_FIELD_KIND_U32:
+      return v->value.u32;
+    case AMQP_FIELD_KIND_I64:
+      return v->value.i64;
+    case AMQP_FIELD_KIND_U64:
+      return static_cast<int64_t>(std::min<uint64_t>(v->value.u64, INT64_MAX));
+    case AMQP_FIELD_KIND_UTF8:
+    case AMQP_FIELD_KIND_BYTES: {
+      int64_t n = 0;
+      const std::string_view text = AmqpText(v->value.bytes);
+      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+      return ec == std::errc() && end == text.data() + text.size() ? n : fallback;
+    }
+    default:
+      return fallback;
+  }
+}
+
+std::string HeaderText(const amqp_basic_properties_t& p, std::string_view name) {
+  const amqp_field_value_t* v = FindHeader(p, name);
+  return v == nullptr ? std::string() : FieldToString(*v);
+}
+
+CapturedMessage::CapturedMessage(const amqp_basic_properties_t& props) {
+  init_amqp_pool(&pool_, 1024);
+  props_ = props;
+  // rabbitmq-c exports no properties clone: the short strings go to strings_
+  // (a deque: its elements never move), the headers table to pool_.
+  const auto copy = [&](amqp_flags_t flag, amqp_bytes_t& field) {
+    if ((props_._flags & flag) == 0) return;
+    field = AmqpBytes(strings_.emplace_back(AmqpText(field)));
+  };
+  copy(AMQP_BASIC_CONTENT_TYPE_FLAG, props_.content_type);
+  copy(AMQP_BASIC_CONTENT_ENCODING_FLAG, props_.content_encoding);
+  copy(AMQP_BASIC_CORRELATION_ID_FLAG, props_.correlation_id);
+  copy(AMQP_BASIC_REPLY_TO_FLAG, props_.reply_to);
+  copy(AMQP_BASIC_EXPIRATION_FLAG, props_.expiration);
+  copy(AMQP_BASIC_MESSAGE_ID_FLAG, props_.message_id);
+  copy(AMQP_BASIC_TYPE_FLAG, props_.type);
+  copy(AMQP_BASIC_USER_ID_FLAG, props_.user_id);
+  copy(AMQP_BASIC_APP_ID_FLAG, props_.app_id);
+  copy(AMQP_BASIC_CLUSTER_ID_FLAG, props_.cluster_id);
+  if ((props_._flags & AMQP_BASIC_HEADERS_FLAG) != 0 &&
+      amqp_table_clone(&props.headers, &props_.headers, &pool_) != AMQP_STATUS_OK) {
+    // Out of memory: no headers rather than dangling ones.
+    props_._flags &= ~AMQP_BASIC_HEADERS_FLAG;
+    props_.headers = amqp_empty_table;
+  }
+}
+
+CapturedMessage::~CapturedMessage() { empty_amqp_pool(&pool_); }
+
+void CopyProperties::Build(const amqp_basic_properties_t& original, std::vector<Header> replace,
+                           std::initializer_list<std::string_view> drop) {
+  props_ = original;
+  replace_ = std::move(replace);
+  headers_.clear();
+  const auto replaced = [&](std::string_view key) {
+    for (const Header& h : replace_) {
+      if (h.name == key) return true;
+    }
+    for (std::string_view d : drop) {
+      if (d == key) return true;
+    }
+    return false;
+  };
+  if ((original._flags & AMQP_BASIC_HEADERS_FLAG) != 0) {
+    for (int i = 0; i < original.headers.num_entries; ++i) {
+      const amqp_table_entry_t& e = original.headers.entries[i];
+      if (!replaced(AmqpText(e.key))) headers_.push_back(e);
+    }
+  }
+  for (const Header& h : replace_) {
+    amqp_table_entry_t e;
+    e.key = AmqpBytes(h.name);
+    if (const auto* text = std::get_if<std::string>(&h.value)) {
+      e.value.kind = AMQP_FIELD_KIND_UTF8;
+      e.value.value.bytes = AmqpBytes(*text);
+    } else {
+      e.value.kind = AMQP_FIELD_KIND_I64;
+      e.value.value.i64 = std::get<int64_t>(h.value);
+    }
+    headers_.push_back(e);
+  }
+  props_._flags &= ~AMQP_BASIC_HEADERS_FLAG;
+  props_.headers = amqp_empty_table;
+  if (!headers_.empty()) {
+    props_._flags |= AMQP_BASIC_HEADERS_FLAG;
+    props_.headers.num_entries = static_cast<int>(headers_.size());
+    props_.headers.entries = headers_.data();
   }
 }
 

@@ -31,10 +31,13 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "amqp/properties.h"
 #include "mqsidecar/v1/pubsub.pb.h"
 
 namespace mqs::amqp {
@@ -43,6 +46,15 @@ namespace mqs::amqp {
 // why (UNAVAILABLE: no connection; RESOURCE_EXHAUSTED: broker alarm;
 // INVALID_ARGUMENT: the broker or the frame size refuses this message).
 using PublishDone = std::function<void(mqsidecar::v1::PublishResult&&, absl::StatusCode)>;
+
+// CopyOf: a message the daemon publishes again as it came (a delayed retry's
+// copy): the captured properties and body, with these headers replaced.
+// request.routing_key and request.message_id still name it (returns match
+// on them); request.payload and the other request fields are unused.
+struct CopyOf {
+  std::shared_ptr<const CapturedMessage> message;
+  std::vector<CopyProperties::Header> headers;
+};
 
 struct PublishJob {
   mqsidecar::v1::PublishRequest request;  // message_id already set
@@ -61,6 +73,8 @@ struct PublishJob {
   bool channel_error_only = false;
   // Resend alone (probe mode, after a channel error).
   bool probe = false;
+  // Set: publish this captured message instead of the request's.
+  std::shared_ptr<const CopyOf> copy;
 };
 
 // PublishSink: the narrow channel the ledger sends through.

@@ -27,6 +27,14 @@ class Publisher::Sink final : public PublishSink {
       : p_(p), conn_(conn), frame_max_(conn.frame_max()), now_(NowSeconds()) {}
   absl::Status Add(const PublishJob& job) override {
     const auto& r = job.request;
+    if (job.copy != nullptr) {
+      std::vector<CopyProperties::Header> headers = job.copy->headers;
+      if (job.sent_before) headers.push_back({kRepublishedHeader, std::string("true")});
+      // x-delivery-count is the old queue's; a quorum queue counts afresh.
+      p_.copy_props_.Build(job.copy->message->props(), std::move(headers), {"x-delivery-count"});
+      return p_.out_.Add(p_.channel_, job.exchange, r.routing_key(), /*mandatory=*/true,
+                         *p_.copy_props_.props(), job.copy->message->body, frame_max_);
+    }
     p_.props_.Build(r, r.message_id(), now_, job.sent_before);
     return p_.out_.Add(p_.channel_, job.exchange, r.routing_key(), /*mandatory=*/true,
                        *p_.props_.props(), r.payload(), frame_max_);

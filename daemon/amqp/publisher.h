@@ -78,6 +78,7 @@ class Publisher final : public IoLoop {
   // Loop-thread state.
   std::vector<PublishJob> batch_;
   OutgoingProperties props_;
+  CopyProperties copy_props_;
   PublishBatch out_;  // frames encoded by the Sink, written by WriteBatch
   PublishLedger ledger_;
   amqp_channel_t channel_ = 1;  // 1, or 2 after a renewal (see MaybeResetChannel)

@@ -11,6 +11,7 @@
 // cannot be parsed ends the stream with INVALID_ARGUMENT.
 #include <deque>
 
+#include "amqp/retry.h"
 #include "server/async_call.h"
 #include "server/pubsub_service.h"
 #include "util/strings.h"
@@ -108,8 +109,14 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
           service_.consumer().Ack(stream_id_, request_.ack().delivery_id(),
                                   request_.ack().multiple());
         } else {
-          service_.consumer().Nack(stream_id_, request_.nack().delivery_id(),
-                                   request_.nack().requeue(), request_.nack().multiple());
+          const auto& nack = request_.nack();
+          if (absl::Status s =
+                  amqp::ValidateNackDelay(*config_, nack.requeue(), nack.retry_after_ms());
+              !s.ok()) {
+            return s;
+          }
+          service_.consumer().Nack(stream_id_, nack.delivery_id(), nack.requeue(), nack.multiple(),
+                                   nack.retry_after_ms());
         }
         return absl::OkStatus();
       case SubscribeRequest::KIND_NOT_SET:
@@ -173,6 +180,8 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
     }
     req.stream_id = stream_id_;
     req.business = consumer->name;
+    req.config = consumer;
+    config_ = consumer;
     business_ = consumer->name;
     service_.control().streams().Add(business_, +1);
     req.queue = consumer->queue;
@@ -239,7 +248,8 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   // Set once by the read side (under mu_), read there without it and
   // elsewhere under mu_.
   uint64_t stream_id_ = 0;
-  std::string business_;  // set once, before the consumer hears of the stream
+  std::string business_;                      // set once, before the consumer hears of the stream
+  const config::Consumer* config_ = nullptr;  // its config; set with business_
 
   Op<SubscribeCall, &SubscribeCall::OnAccepted> accept_op_{this};
   Op<SubscribeCall, &SubscribeCall::OnReadDone> read_op_{this};

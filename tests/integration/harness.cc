@@ -505,6 +505,7 @@ Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
       if (b.max_deliveries > 0) consumers << ", max_deliveries: " << b.max_deliveries;
       if (!b.dead_letter) consumers << ", dead_letter: false";
       if (b.single_active) consumers << ", single_active: true";
+      if (!b.retry.empty()) consumers << ", retry: " << b.retry;
       consumers << " }\n";
     }
   }
@@ -751,11 +752,12 @@ bool Subscriber::Ack(uint64_t delivery_id, bool multiple) {
   return Write(r);
 }
 
-bool Subscriber::Nack(uint64_t delivery_id, bool requeue, bool multiple) {
+bool Subscriber::Nack(uint64_t delivery_id, bool requeue, bool multiple, uint32_t retry_after_ms) {
   pb::SubscribeRequest r;
   r.mutable_nack()->set_delivery_id(delivery_id);
   r.mutable_nack()->set_requeue(requeue);
   r.mutable_nack()->set_multiple(multiple);
+  r.mutable_nack()->set_retry_after_ms(retry_after_ms);
   return Write(r);
 }
 

@@ -139,6 +139,8 @@ struct BusinessSpec {
   // by IntegrationTest) and single_active; written only when not the default.
   bool dead_letter = true;
   bool single_active = false;
+  // consumers.<name>.retry as YAML, e.g. "{delays: [300ms, 1s], max_attempts: 3}".
+  std::string retry = {};
 };
 
 // Per-daemon settings; the defaults are what the plain integration tests use.
@@ -254,7 +256,7 @@ class Subscriber {
 
   // multiple: also every unacked delivery of the stream with a lower id.
   bool Ack(uint64_t delivery_id, bool multiple = false);
-  bool Nack(uint64_t delivery_id, bool requeue, bool multiple = false);
+  bool Nack(uint64_t delivery_id, bool requeue, bool multiple = false, uint32_t retry_after_ms = 0);
   // True once at least `n` deliveries arrived; false on timeout or stream end.
   bool WaitForCount(size_t n, Clock::duration timeout);
   size_t count() const;

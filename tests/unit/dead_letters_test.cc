@@ -268,3 +268,37 @@ TEST_CASE("dead letters: a broker out of reach is UNAVAILABLE") {
   }
   worker.Stop();
 }
+
+TEST_CASE("dead letters: one exhausted by delayed retry says so, and its replay starts afresh") {
+  DeathHeaders h;  // x-death as a retry queue's expiry left it
+  std::vector<amqp_table_entry_t> headers = h.headers;
+  headers.push_back(Entry("x-mq-sidecar-retries", I64(4)));
+  headers.push_back(Entry("x-mq-sidecar-exchange", Utf8("usdt")));
+  headers.push_back(Entry("x-mq-sidecar-routing-key", Utf8("transfer.approved")));
+  headers.push_back(Entry("x-mq-sidecar-dead-reason", Utf8("retries_exhausted")));
+  headers.push_back(Entry("x-mq-sidecar-dead-queue", Utf8("usdt.queue")));
+  headers.push_back(Entry("x-mq-sidecar-dead-at-ms", I64(1700000000123)));
+  amqp_basic_properties_t props{};
+  props._flags = AMQP_BASIC_HEADERS_FLAG;
+  props.headers = amqp_table_t{static_cast<int>(headers.size()), headers.data()};
+
+  const DeadLetter letter =
+      mqs::amqp::ToDeadLetter(props, amqp_cstring_bytes("b"), "usdt", "usdt.dlx", "usdt.queue");
+  CHECK(letter.reason() == "retries_exhausted");
+  CHECK(letter.queue() == "usdt.queue");
+  CHECK(letter.dead_lettered_at_ms() == 1700000000123);
+  CHECK(letter.original_exchange() == "usdt");
+  CHECK(letter.original_routing_key() == "transfer.approved");
+  CHECK(mqs::amqp::ReplayRoutingKey(letter, "usdt.queue") == "transfer.approved");
+  CHECK(letter.message().attempt() == 5);
+  CHECK(letter.message().headers().count("x-mq-sidecar-retries") == 0);
+
+  mqs::amqp::ReplayProperties replay;
+  replay.Build(props);
+  std::vector<std::string> keys;
+  for (int i = 0; i < replay.props()->headers.num_entries; ++i) {
+    keys.emplace_back(AmqpText(replay.props()->headers.entries[i].key));
+  }
+  CHECK(keys == std::vector<std::string>{"tenant", "x-death", "x-first-death-reason",
+                                         "x-mq-sidecar-replayed"});
+}
