@@ -75,7 +75,20 @@ absl::Status Publisher::SetUpChannel(Connection& conn) {
 
 absl::Status Publisher::OnConnected(Connection& conn) {
   channel_ = 1;
-  return SetUpChannel(conn);
+  if (absl::Status s = SetUpChannel(conn); !s.ok()) return s;
+  if (resend_after_loss_ && ledger_.waiting() > 0) {
+    // The originals of the copies about to be sent again may still be
+    // inside the broker (a frozen node's socket buffer, a stopping node's
+    // queue replication) and land after their marked copies: the consumer
+    // would then get the unmarked original last. Holding the resends a
+    // moment lets them land first (docs/reliability.md).
+    hold_until_ = std::chrono::steady_clock::now() + kResendHold;
+    spdlog::info("[publisher] sending again in {} ms, so that originals still inside the broker "
+                 "land before their copies",
+                 kResendHold.count());
+  }
+  resend_after_loss_ = false;
+  return absl::OkStatus();
 }
 
 void Publisher::OnDisconnected(const absl::Status& why) {
@@ -85,6 +98,7 @@ void Publisher::OnDisconnected(const absl::Status& why) {
   ledger_.Lost(util::StrCat("connection to the broker lost before the confirm: ", why.message()),
                stop_requested());
   if (ledger_.waiting() > before) {
+    resend_after_loss_ = true;
     spdlog::info("[publisher] {} unconfirmed publishes will be sent again",
                  ledger_.waiting() - before);
   }
@@ -100,7 +114,13 @@ void Publisher::ProcessInbox(Connection* conn) {
 }
 
 bool Publisher::Sendable(const Connection* conn) const {
-  return conn != nullptr && !conn->dead() && channel_ok_ && !blocked() && !reset_channel_;
+  return conn != nullptr && !conn->dead() && channel_ok_ && !blocked() && !reset_channel_ &&
+         !Holding();
+}
+
+bool Publisher::Holding() const {
+  return !draining_.load(std::memory_order_acquire) &&
+         std::chrono::steady_clock::now() < hold_until_;
 }
 
 void Publisher::MaybeResetChannel(Connection& conn) {
@@ -148,6 +168,9 @@ void Publisher::Expire(Connection* conn, bool force) {
     why =
         "publishing was paused to resend, one at a time, the publishes in flight when the "
         "broker closed the channel, past the deadline";
+  } else if (conn != nullptr && channel_ok_ && Holding()) {
+    why = "publishes in flight at a lost connection were held before being sent again, past the "
+          "deadline";
   } else if (conn != nullptr && channel_ok_ && reset_channel_) {
     why = "the publishing channel was being renewed after a basic.nack past the deadline";
   } else {

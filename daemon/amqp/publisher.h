@@ -23,6 +23,10 @@
 
 namespace mqs::amqp {
 
+// kResendHold: how long publishes in flight at a lost connection wait after
+// the reconnect before they are sent again (see OnConnected).
+inline constexpr std::chrono::milliseconds kResendHold{1000};
+
 class Publisher final : public IoLoop {
  public:
   Publisher(const config::Config& config, const config::TopologyPlan& plan,
@@ -51,7 +55,7 @@ class Publisher final : public IoLoop {
   bool IsFatal(const absl::Status& s) const override;
   int WakeFd() const override { return inbox_.fd(); }
   void Wake() override { inbox_.Notify(); }
-  bool HasTimers() const override { return ledger_.HasTimers(); }
+  bool HasTimers() const override { return ledger_.HasTimers() || Holding(); }
 
   // Opens the publishing channel, declares the topology, enables confirms.
   absl::Status SetUpChannel(Connection& conn);
@@ -68,8 +72,12 @@ class Publisher final : public IoLoop {
   // unsettled and unanswered, closes the publishing channel and opens a new
   // one; until then Flush sends nothing.
   void MaybeResetChannel(Connection& conn);
-  // Sendable: connected, channel open, not blocked, no renewal pending.
+  // Sendable: connected, channel open, not blocked, no renewal pending, not
+  // holding resends.
   bool Sendable(const Connection* conn) const;
+  // After a reconnect with publishes to send again: kResendHold of nothing
+  // sent (not while draining).
+  bool Holding() const;
 
   const config::TopologyPlan plan_;
   std::atomic<bool> draining_{false};
@@ -85,6 +93,8 @@ class Publisher final : public IoLoop {
   bool channel_ok_ = false;
   bool reset_channel_ = false;  // a nack came: renew the channel when quiet
   std::chrono::steady_clock::time_point next_expiry_scan_{};
+  bool resend_after_loss_ = false;  // the last connection's loss left publishes to send again
+  std::chrono::steady_clock::time_point hold_until_{};
 };
 
 }  // namespace mqs::amqp
