@@ -83,9 +83,10 @@ absl::Status Publisher::OnConnected(Connection& conn) {
     // would then get the unmarked original last. Holding the resends a
     // moment lets them land first (docs/reliability.md).
     hold_until_ = std::chrono::steady_clock::now() + kResendHold;
-    spdlog::info("[publisher] sending again in {} ms, so that originals still inside the broker "
-                 "land before their copies",
-                 kResendHold.count());
+    spdlog::info(
+        "[publisher] sending again in {} ms, so that originals still inside the broker "
+        "land before their copies",
+        kResendHold.count());
   }
   resend_after_loss_ = false;
   return absl::OkStatus();
@@ -169,8 +170,9 @@ void Publisher::Expire(Connection* conn, bool force) {
         "publishing was paused to resend, one at a time, the publishes in flight when the "
         "broker closed the channel, past the deadline";
   } else if (conn != nullptr && channel_ok_ && Holding()) {
-    why = "publishes in flight at a lost connection were held before being sent again, past the "
-          "deadline";
+    why =
+        "publishes in flight at a lost connection were held before being sent again, past the "
+        "deadline";
   } else if (conn != nullptr && channel_ok_ && reset_channel_) {
     why = "the publishing channel was being renewed after a basic.nack past the deadline";
   } else {
