@@ -18,6 +18,7 @@
 
 #include "config/loader_internal.h"
 #include "config/topology_plan.h"
+#include "util/unix_group.h"
 #include "util/uri.h"
 
 namespace mqs::config {
@@ -27,11 +28,20 @@ namespace {
 // The one table of keys. Order is the order of the docs and of "expected one
 // of" lists. Keep docs/configuration.md in step (a unit test checks).
 constexpr ConfigKey kConfigKeyTable[] = {
-    {"listen", "string or list of strings",
-     R"(["unix:///run/mq-sidecar/mq-sidecar.sock", "127.0.0.1:50051"])",
-     "gRPC listen addresses: `unix:///absolute/path` or `host:port` (`[::1]:50051`, "
-     "`0.0.0.0:50051`). May contain `{app}`, `{region}`, `{server}` (one socket per replica "
-     "from one file)."},
+    {"listen", "string or list of strings", R"(["unix:///run/mq-sidecar/mq-sidecar.sock"])",
+     "gRPC listen addresses: `unix:///absolute/path` or `host:port` on a loopback address "
+     "(`127.0.0.1:50051`, `[::1]:50051`; needs `tcp.insecure`). May contain `{app}`, "
+     "`{region}`, `{server}` (one socket per replica from one file)."},
+    {"socket.mode", "octal mode", R"("0660")",
+     "Mode of every unix socket listener, set whatever the umask (owner and group may "
+     "connect). Not writable by others: at most `0770`."},
+    {"socket.group", "group name or empty", R"("")",
+     "Group of every unix socket listener (clients in it may connect); must exist. \"\": the "
+     "daemon's group."},
+    {"tcp.insecure", "boolean", "false",
+     "Allow TCP listeners. They have no TLS and no credentials: every local user can publish "
+     "and consume through them, so they must be on a loopback address, and they need this "
+     "set to `true`."},
     {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
      "Broker URIs, `amqp://`, tried in order (a cluster). An empty vhost (`...:5672/`) means "
      "`/`. `amqps://` (TLS) is not supported yet: a config error."},
@@ -128,8 +138,7 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "task results are published to; SendTask needs it. \"\": SendTask disabled."},
 };
 
-constexpr std::string_view kDefaultListen[] = {"unix:///run/mq-sidecar/mq-sidecar.sock",
-                                               "127.0.0.1:50051"};
+constexpr std::string_view kDefaultListen[] = {"unix:///run/mq-sidecar/mq-sidecar.sock"};
 constexpr std::string_view kDefaultUri = "amqp://guest:guest@127.0.0.1:5672/";
 
 // The canonical parent of a key path: consumers["a.b"].queue -> consumers["a.b"]
@@ -213,6 +222,14 @@ std::string CheckAmqpName(std::string_view name, std::string_view what) {
                Quote(name));
   }
   return "";
+}
+
+// IsLoopbackListen: a valid host:port listen address on 127.0.0.0/8, ::1 or
+// localhost.
+bool IsLoopbackListen(std::string_view addr) {
+  if (addr.starts_with("[")) return addr.starts_with("[::1]:");
+  const std::string_view host = addr.substr(0, addr.rfind(':'));
+  return host == "localhost" || host.starts_with("127.");
 }
 
 // "" if `addr` is a listen address gRPC and we both understand.
@@ -919,12 +936,33 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     }
     if (!ValidListen(config.listen[i])) {
       diag.ErrorAt(path, Cat("expected unix:///absolute/path or host:port (e.g. "
-                             "127.0.0.1:50051, [::1]:50051, 0.0.0.0:50051), got ",
+                             "127.0.0.1:50051, [::1]:50051), got ",
                              Quote(config.listen[i])));
     }
     if (!listen_seen.insert(config.listen[i]).second) {
       diag.ErrorAt(path, Cat("duplicate listen address ", Quote(config.listen[i])));
     }
+    if (ValidListen(config.listen[i]) && !config.listen[i].starts_with("unix:")) {
+      if (!IsLoopbackListen(config.listen[i])) {
+        diag.ErrorAt(path, Cat(Quote(config.listen[i]),
+                               " is not a loopback address: a TCP listener has no TLS and no "
+                               "credentials, so anyone who reaches it could publish and consume; "
+                               "listen on 127.0.0.1 or [::1], or on a unix socket"));
+      } else if (!config.tcp.insecure) {
+        diag.ErrorAt(path, Cat(Quote(config.listen[i]),
+                               " is a TCP listener without TLS or credentials: every local user "
+                               "could publish and consume through it; set tcp.insecure: true to "
+                               "allow it, or listen on a unix socket (socket.mode, socket.group)"));
+      }
+    }
+  }
+  if (config.socket.mode > 0777 || (config.socket.mode & 0007) != 0) {
+    diag.ErrorAt("socket.mode",
+                 Cat(fmt::format("{:04o}", config.socket.mode),
+                     " lets other users connect; at most 0770 (owner and group)"));
+  }
+  if (!config.socket.group.empty() && !util::GroupId(config.socket.group).has_value()) {
+    diag.ErrorAt("socket.group", Cat("no group named ", Quote(config.socket.group)));
   }
   for (size_t i = 0; i < config.broker.uris.size(); ++i) {
     if (util::HasControlChars(config.broker.uris[i])) {
@@ -1214,6 +1252,9 @@ std::string Describe(const Config& input) {
   Append(&out, "source: ", config.source.empty() ? "(text)" : config.source, "\n");
   Append(&out, "listen:\n");
   for (const std::string& l : config.listen) Append(&out, "  ", l, "\n");
+  Append(&out, "socket: mode ", fmt::format("{:04o}", config.socket.mode), ", group ",
+         config.socket.group.empty() ? "(the daemon's)" : config.socket.group, "\n");
+  Append(&out, "tcp: insecure ", config.tcp.insecure ? "true" : "false", "\n");
   Append(&out, "broker:\n  uris (tried in order):\n");
   for (const std::string& u : config.broker.uris) {
     Append(&out, "    ", util::MaskPassword(u), "\n");

@@ -129,6 +129,17 @@ struct Tasks {
   std::string results;
 };
 
+// Listeners (docs/security.md). Every unix socket listener is created with
+// `mode` and `group`, whatever the umask; a TCP listener carries no
+// credentials and no TLS, so it needs `insecure` and a loopback address.
+struct SocketOptions {
+  uint32_t mode = 0660;
+  std::string group;  // "": the daemon's own group
+};
+struct TcpOptions {
+  bool insecure = false;
+};
+
 struct Broker {
   std::vector<std::string> uris;  // default: ["amqp://guest:guest@127.0.0.1:5672/"]
   std::chrono::milliseconds heartbeat{std::chrono::seconds(30)};
@@ -156,7 +167,7 @@ struct Shutdown {
 struct Config {
   std::string source;  // file it was loaded from ("" for text)
   std::vector<std::string>
-      listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock, 127.0.0.1:50051
+      listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock
   Broker broker;
   std::vector<Producer> producers;  // sorted by name
   std::vector<Consumer> consumers;  // sorted by name
@@ -166,6 +177,8 @@ struct Config {
   Identity identity;
   Ping ping;
   Tasks tasks;
+  SocketOptions socket;
+  TcpOptions tcp;
   // Not a key: chosen per process (NewInstanceId) by main before the plan is
   // made; names this sidecar's exclusive queues and its task correlation ids.
   std::string instance;

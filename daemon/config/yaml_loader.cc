@@ -213,7 +213,8 @@ void YamlReader::ReadRoot(const YAML::Node& root) {
                  ReadPublish(value);
                } else if (key == "log") {
                  ReadLog(value);
-               } else if (key == "identity" || key == "ping" || key == "tasks") {
+               } else if (key == "identity" || key == "ping" || key == "tasks" ||
+                          key == "socket" || key == "tcp") {
                  ReadSection(value, key);
                } else if (key == "shutdown") {
                  if (!ExpectMap(value, "shutdown", "a map (drain)")) return;
@@ -294,6 +295,22 @@ void YamlReader::ReadControlKey(std::string_view canonical, const YAML::Node& no
     if (auto b = Bool(node, display)) config_.ping.fleet = *b;
   } else if (canonical == "tasks.results") {
     if (auto s = String(node, display, true)) config_.tasks.results = *s;
+  } else if (canonical == "socket.mode") {
+    // Octal digits as written ("0660", or 0660 unquoted, which YAML 1.2
+    // would read as decimal 660).
+    if (auto s = String(node, display, false)) {
+      const bool octal = s->size() >= 3 && s->size() <= 4 &&
+                         s->find_first_not_of("01234567") == std::string::npos;
+      if (octal) {
+        config_.socket.mode = static_cast<uint32_t>(std::stoul(*s, nullptr, 8));
+      } else {
+        diag_.Error(Line(node), display, Cat("expected an octal mode like \"0660\", got ", Quote(*s)));
+      }
+    }
+  } else if (canonical == "socket.group") {
+    if (auto s = String(node, display, true)) config_.socket.group = *s;
+  } else if (canonical == "tcp.insecure") {
+    if (auto b = Bool(node, display)) config_.tcp.insecure = *b;
   }
 }
 

@@ -3,22 +3,65 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <pthread.h>
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <optional>
 #include <system_error>
 
 #include "absl/strings/match.h"
 #include "spdlog/spdlog.h"
 #include "util/grpc_limits.h"
 #include "util/strings.h"
+#include "util/unix_group.h"
 
 namespace mqs::server {
 
 namespace {
 constexpr char kServiceName[] = "mqsidecar.v1.PubSub";
+
+// The directory of a unix socket listener: created 0750 when missing (the
+// socket's own mode decides who connects); refused when anyone may write to
+// it without the sticky bit, since then anyone could replace the socket.
+absl::Status PrepareSocketDirectory(const std::string& addr) {
+  const std::filesystem::path dir = std::filesystem::path(addr.substr(7)).parent_path();
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) {
+    std::filesystem::create_directories(dir, ec);
+    if (!ec) {
+      std::filesystem::permissions(dir, std::filesystem::perms(0750),
+                                   std::filesystem::perm_options::replace, ec);
+    }
+    if (ec) {
+      return absl::PermissionDeniedError(
+          util::StrCat("listen ", addr, ": cannot create ", dir.string(), ": ", ec.message()));
+    }
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    return absl::PermissionDeniedError(
+        util::StrCat("listen ", addr, ": ", dir.string(), ": ", std::strerror(errno)));
+  }
+  if ((st.st_mode & S_IWOTH) != 0 && (st.st_mode & S_ISVTX) == 0) {
+    return absl::PermissionDeniedError(util::StrCat(
+        "listen ", addr, ": its directory ", dir.string(),
+        " is writable by every user (without the sticky bit): anyone could replace the socket"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
-    const std::vector<std::string>& listen, grpc::Service* service, AsyncService* async) {
+    const std::vector<std::string>& listen, const config::SocketOptions& socket,
+    grpc::Service* service, AsyncService* async) {
+  std::optional<gid_t> gid;
+  if (!socket.group.empty()) {
+    gid = util::GroupId(socket.group);
+    if (!gid) return absl::InvalidArgumentError(util::StrCat("socket.group: no group named '", socket.group, "'"));
+  }
   // Our own health service (health_service.h says why not gRPC's).
   grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -33,20 +76,19 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   for (size_t i = 0; i < listen.size(); ++i) {
     const std::string& addr = listen[i];
     if (absl::StartsWith(addr, "unix://")) {
-      const std::filesystem::path path(addr.substr(7));
-      std::error_code ec;
-      std::filesystem::create_directories(path.parent_path(), ec);
-      if (ec) {
-        return absl::PermissionDeniedError(util::StrCat(
-            "listen ", addr, ": cannot create ", path.parent_path().string(), ": ", ec.message()));
-      }
+      if (absl::Status s = PrepareSocketDirectory(addr); !s.ok()) return s;
     }
     builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &ports[i]);
   }
   builder.RegisterService(service);
   builder.RegisterService(out->health_.get());
   out->cq_ = builder.AddCompletionQueue();
+  // gRPC creates the sockets with the process umask: none may be reachable
+  // by others even for the moment before the chmod below. Process-wide, but
+  // no other thread creates files while the server starts.
+  const mode_t umask_before = ::umask(0177);
   out->server_ = builder.BuildAndStart();
+  ::umask(umask_before);
   if (out->server_ == nullptr) {
     return absl::UnavailableError(
         util::StrCat("cannot listen on ", listen.empty() ? "(no address)" : listen[0],
@@ -57,7 +99,20 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     if (ports[i] == 0) {
       return absl::UnavailableError(util::StrCat("cannot listen on ", listen[i]));
     }
-    spdlog::info("listening on {}", listen[i]);
+    if (absl::StartsWith(listen[i], "unix://")) {
+      const std::string path = listen[i].substr(7);
+      if (::chmod(path.c_str(), socket.mode) != 0 ||
+          (gid && ::chown(path.c_str(), static_cast<uid_t>(-1), *gid) != 0)) {
+        return absl::PermissionDeniedError(util::StrCat(
+            "listen ", listen[i], ": cannot set its mode ", fmt::format("{:04o}", socket.mode),
+            gid ? util::StrCat(" and group ", socket.group) : std::string(), ": ",
+            std::strerror(errno)));
+      }
+      spdlog::info("listening on {} (mode {:04o}, group {})", listen[i], socket.mode,
+                   socket.group.empty() ? "the daemon's" : socket.group);
+    } else {
+      spdlog::info("listening on {} (TCP without TLS: tcp.insecure)", listen[i]);
+    }
   }
   out->SetServing(false);
   out->async_ = async;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "config/config.h"
 #include "server/async_call.h"
 #include "server/health_service.h"
 
@@ -19,11 +20,13 @@ namespace mqs::server {
 
 class GrpcServer {
  public:
-  // Start listens on every address (`unix:///path` or `host:port`); a unix
-  // socket's directory is created when missing. Fails naming the address
-  // that could not be bound.
-  // `async` is `service` seen as a service with async methods.
+  // Start listens on every address (`unix:///path` or `host:port`). A unix
+  // socket gets `socket.mode` and `socket.group` whatever the umask; its
+  // directory is created (0750) when missing and must not be writable by
+  // everyone (unless sticky, like /tmp). Fails naming the address that could
+  // not be bound. `async` is `service` seen as a service with async methods.
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::vector<std::string>& listen,
+                                                           const config::SocketOptions& socket,
                                                            grpc::Service* service,
                                                            AsyncService* async);
   ~GrpcServer();

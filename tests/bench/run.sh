@@ -55,6 +55,7 @@ PORT=$((50100 + $$ % 800))
 while timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; do PORT=$((PORT + 1)); done
 cat >"$WORK/mq-sidecar.yaml" <<EOF
 listen: ["unix://$WORK/sock", "127.0.0.1:$PORT"]
+tcp: { insecure: true }
 broker: { uris: ["$AMQP_URI"], heartbeat: 30s }
 producers:
   $PFX.classic: { exchange: $PFX.classic }

@@ -20,6 +20,7 @@ using std::chrono::seconds;
 // The contract example from the issue, verbatim apart from the file framing.
 constexpr const char* kFullYaml =
     R"(listen: ["unix:///run/mq-sidecar/mq-sidecar.sock", "127.0.0.1:50051"]   # one or more
+tcp: { insecure: true }
 broker:
   uris: ["amqp://guest:guest@127.0.0.1:5672/"]   # several: tried in order (a cluster)
   heartbeat: 30s
@@ -107,8 +108,7 @@ consumers:
                                           "d.yaml");
   REQUIRE(c.ok());
   CHECK(c->source.empty());
-  CHECK(c->listen ==
-        std::vector<std::string>{"unix:///run/mq-sidecar/mq-sidecar.sock", "127.0.0.1:50051"});
+  CHECK(c->listen == std::vector<std::string>{"unix:///run/mq-sidecar/mq-sidecar.sock"});
   CHECK(c->broker.uris == std::vector<std::string>{"amqp://guest:guest@127.0.0.1:5672/"});
   CHECK(c->broker.heartbeat == seconds(30));
   CHECK(c->broker.connect_timeout == seconds(5));
@@ -158,8 +158,7 @@ TEST_CASE("config: the seed's INI loads verbatim") {
   absl::StatusOr<Config> c = LoadIniText(kSeedIni, "seed.ini");
   REQUIRE(c.ok());
   CHECK(c->broker.uris == std::vector<std::string>{"amqp://root:root@localhost:5672/"});
-  CHECK(c->listen ==
-        std::vector<std::string>{"unix:///run/mq-sidecar/mq-sidecar.sock", "127.0.0.1:50051"});
+  CHECK(c->listen == std::vector<std::string>{"unix:///run/mq-sidecar/mq-sidecar.sock"});
   CHECK(c->broker.heartbeat == seconds(30));
   REQUIRE(c->producers.size() == 1);
   CHECK(c->producers[0].name == "usdt_transfer");
@@ -196,6 +195,8 @@ publish_window=64
 log_level=debug
 producer={"a":{"exchange":"ex.a","handle":"ex.a.unroutable"}}
 consumer={"b":{"queue":"q.b","queue_type":"classic","prefetch":8,"binding_keys":["x.*","y.#"]}}
+[tcp]
+insecure=true
 )",
                                          "x.ini");
   REQUIRE(c.ok());
@@ -268,7 +269,7 @@ TEST_CASE("config: the shipped mq-sidecar.yaml loads with the seed's business ta
 }
 
 TEST_CASE("config: unknown keys are errors with their line") {
-  const std::string err = ErrorText(LoadYamlText(R"(listen: ["127.0.0.1:50051"]
+  const std::string err = ErrorText(LoadYamlText(R"(listen: ["unix:///tmp/mqs.sock"]
 brokr:
   uris: ["amqp://h/"]
 consumers:
@@ -278,8 +279,8 @@ publish: { window: 8, size: 3 }
 )",
                                                  "mq-sidecar.yaml"));
   CHECK_THAT(err, Catch::Contains("mq-sidecar.yaml:2: brokr: unknown key; expected one of: listen, "
-                                  "broker, producers, consumers, publish, log, shutdown, identity, "
-                                  "ping, tasks (did you mean \"broker\"?)"));
+                                  "socket, tcp, broker, producers, consumers, publish, log, "
+                                  "shutdown, identity, ping, tasks (did you mean \"broker\"?)"));
   CHECK_THAT(err, Catch::Contains(
                       "mq-sidecar.yaml:6: consumers[\"usdt.transfer\"].prefech: unknown key") &&
                       Catch::Contains("(did you mean \"prefetch\"?)"));
@@ -396,14 +397,15 @@ TEST_CASE("config: bad listen addresses") {
   - unix:relative.sock
   - "[::1]:0"
   - "[::1]:50051"
-  - 0.0.0.0:50051
+  - 127.0.0.1:50051
   - unix:///run/ok.sock
-  - 0.0.0.0:50051
+  - 127.0.0.1:50051
 producers: { a: }
+tcp: { insecure: true }
 )",
                                                  "l.yaml"));
   CHECK_THAT(err, Catch::Contains("l.yaml:2: listen[0]: expected unix:///absolute/path or "
-                                  "host:port (e.g. 127.0.0.1:50051, [::1]:50051, 0.0.0.0:50051), "
+                                  "host:port (e.g. 127.0.0.1:50051, [::1]:50051), "
                                   "got \"localhost\""));
   CHECK_THAT(err, Catch::Contains("l.yaml:3: listen[1]:") &&
                       Catch::Contains("got \"unix:relative.sock\""));
@@ -500,7 +502,8 @@ TEST_CASE("config: YAML syntax errors carry the line") {
 
 TEST_CASE("config: a config without businesses is an error") {
   for (const char* text :
-       {"", "# only a comment\n", "listen: [\"127.0.0.1:1\"]\n", "producers: {}\nconsumers:\n"}) {
+       {"", "# only a comment\n", "listen: [\"unix:///tmp/e.sock\"]\n",
+        "producers: {}\nconsumers:\n"}) {
     INFO(text);
     absl::StatusOr<Config> c = LoadYamlText(text, "e.yaml");
     REQUIRE_FALSE(c.ok());
@@ -715,6 +718,8 @@ TEST_CASE("config: docs/configuration.md mirrors kConfigKeys") {
 TEST_CASE("config: every kConfigKeys key is accepted by the YAML loader") {
   // Guards the table and the loader against drifting apart.
   absl::StatusOr<Config> c = LoadYamlText(R"(listen: "127.0.0.1:1"
+socket: { mode: "0600", group: nogroup }
+tcp: { insecure: true }
 broker: { uris: "amqp://h/", heartbeat: 1s, connect_timeout: 1s }
 producers: { p: { exchange: e, handle: "" } }
 consumers: { c: { exchange: e, queue: q, binding_keys: "#", queue_type: quorum, prefetch: 1, handle: x, max_deliveries: 5, dead_letter: true, single_active: true, retry: { delays: [1s, 10s], max_attempts: 4 } } }
@@ -727,6 +732,9 @@ tasks: { results: c }
 )",
                                           "all.yaml");
   REQUIRE(c.ok());
+  CHECK(c->socket.mode == 0600);
+  CHECK(c->socket.group == "nogroup");
+  CHECK(c->tcp.insecure);
   CHECK(c->identity.app == "a");
   CHECK(c->identity.region == "r");
   CHECK(c->identity.server == "s");

@@ -735,6 +735,7 @@ namespace {
 TEST_CASE("identity: listen addresses take placeholders, one socket per replica") {
   const std::string yaml =
       "listen: [\"unix:///run/mq-sidecar/{app}-{region}-{server}.sock\", \"127.0.0.1:50051\"]\n"
+      "tcp: { insecure: true }\n"
       "producers: { a: }\n";
   absl::StatusOr<Config> c = LoadYamlText(yaml, "l.yaml", Overrides("usdtsvr", "1", "0"));
   REQUIRE(c.ok());
