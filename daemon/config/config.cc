@@ -957,9 +957,8 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     }
   }
   if (config.socket.mode > 0777 || (config.socket.mode & 0007) != 0) {
-    diag.ErrorAt("socket.mode",
-                 Cat(fmt::format("{:04o}", config.socket.mode),
-                     " lets other users connect; at most 0770 (owner and group)"));
+    diag.ErrorAt("socket.mode", Cat(fmt::format("{:04o}", config.socket.mode),
+                                    " lets other users connect; at most 0770 (owner and group)"));
   }
   if (!config.socket.group.empty() && !util::GroupId(config.socket.group).has_value()) {
     diag.ErrorAt("socket.group", Cat("no group named ", Quote(config.socket.group)));

@@ -213,8 +213,8 @@ void YamlReader::ReadRoot(const YAML::Node& root) {
                  ReadPublish(value);
                } else if (key == "log") {
                  ReadLog(value);
-               } else if (key == "identity" || key == "ping" || key == "tasks" ||
-                          key == "socket" || key == "tcp") {
+               } else if (key == "identity" || key == "ping" || key == "tasks" || key == "socket" ||
+                          key == "tcp") {
                  ReadSection(value, key);
                } else if (key == "shutdown") {
                  if (!ExpectMap(value, "shutdown", "a map (drain)")) return;
@@ -299,12 +299,13 @@ void YamlReader::ReadControlKey(std::string_view canonical, const YAML::Node& no
     // Octal digits as written ("0660", or 0660 unquoted, which YAML 1.2
     // would read as decimal 660).
     if (auto s = String(node, display, false)) {
-      const bool octal = s->size() >= 3 && s->size() <= 4 &&
-                         s->find_first_not_of("01234567") == std::string::npos;
+      const bool octal =
+          s->size() >= 3 && s->size() <= 4 && s->find_first_not_of("01234567") == std::string::npos;
       if (octal) {
         config_.socket.mode = static_cast<uint32_t>(std::stoul(*s, nullptr, 8));
       } else {
-        diag_.Error(Line(node), display, Cat("expected an octal mode like \"0660\", got ", Quote(*s)));
+        diag_.Error(Line(node), display,
+                    Cat("expected an octal mode like \"0660\", got ", Quote(*s)));
       }
     }
   } else if (canonical == "socket.group") {

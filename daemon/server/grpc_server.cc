@@ -2,7 +2,6 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <pthread.h>
-
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -60,7 +59,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   std::optional<gid_t> gid;
   if (!socket.group.empty()) {
     gid = util::GroupId(socket.group);
-    if (!gid) return absl::InvalidArgumentError(util::StrCat("socket.group: no group named '", socket.group, "'"));
+    if (!gid)
+      return absl::InvalidArgumentError(
+          util::StrCat("socket.group: no group named '", socket.group, "'"));
   }
   // Our own health service (health_service.h says why not gRPC's).
   grpc::EnableDefaultHealthCheckService(false);

@@ -47,7 +47,8 @@ TEST_CASE(
   CHECK((a.st_mode & 07777) == 0660);
 
   Daemon& custom = t.StartDaemon(
-      {{.name = biz}}, {.extra_yaml = "socket: { mode: \"0600\", group: nogroup }\n", .name = "custom"});
+      {{.name = biz}},
+      {.extra_yaml = "socket: { mode: \"0600\", group: nogroup }\n", .name = "custom"});
   const struct stat b = StatOf(custom.address());
   CHECK((b.st_mode & 07777) == 0600);
   CHECK(b.st_gid == 65534u);  // nogroup

@@ -107,7 +107,7 @@ TEST_CASE("config robustness: long lists load in linear time") {
   std::string listen;
   std::string producers;
   for (int i = 0; i < 200000; ++i) {
-    listen += (i == 0 ? "" : ",") + ("h" + std::to_string(i) + ":1");
+    listen += (i == 0 ? "" : ",") + ("unix:///s/" + std::to_string(i) + ".sock");
     producers += (i == 0 ? "{" : ",") + ("\"b" + std::to_string(i) + "\":{}");
   }
   producers += "}";

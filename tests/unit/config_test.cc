@@ -501,9 +501,8 @@ TEST_CASE("config: YAML syntax errors carry the line") {
 }
 
 TEST_CASE("config: a config without businesses is an error") {
-  for (const char* text :
-       {"", "# only a comment\n", "listen: [\"unix:///tmp/e.sock\"]\n",
-        "producers: {}\nconsumers:\n"}) {
+  for (const char* text : {"", "# only a comment\n", "listen: [\"unix:///tmp/e.sock\"]\n",
+                           "producers: {}\nconsumers:\n"}) {
     INFO(text);
     absl::StatusOr<Config> c = LoadYamlText(text, "e.yaml");
     REQUIRE_FALSE(c.ok());
@@ -750,7 +749,7 @@ tasks: { results: c }
   CHECK_FALSE(c->publish.republish_unconfirmed);
   CHECK(c->publish.wait_timeout == seconds(2));
   CHECK(c->shutdown.drain == milliseconds(0));
-  CHECK(internal::ChildKeys("").size() == 10);
+  CHECK(internal::ChildKeys("").size() == 12);
   CHECK(internal::ChildKeys("consumers.<business>").size() == 10);
   CHECK(internal::ChildKeys("consumers.<business>.retry") ==
         std::vector<std::string_view>{"delays", "max_attempts"});

@@ -76,9 +76,8 @@ TEST_CASE("listeners: the seed's INI takes [socket] and [tcp] sections") {
   REQUIRE(c.ok());
   CHECK(c->socket.mode == 0640);
   CHECK(c->tcp.insecure);
-  absl::StatusOr<Config> refused =
-      LoadIniText("[rabbitmq]\naddress=amqp://h/\nlisten=127.0.0.1:6000\nproducer={\"a\":{}}\n",
-                  "s.ini");
+  absl::StatusOr<Config> refused = LoadIniText(
+      "[rabbitmq]\naddress=amqp://h/\nlisten=127.0.0.1:6000\nproducer={\"a\":{}}\n", "s.ini");
   REQUIRE_FALSE(refused.ok());
   CHECK_THAT(std::string(refused.status().message()), Catch::Contains("tcp.insecure"));
 }
