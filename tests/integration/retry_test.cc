@@ -57,6 +57,13 @@ class RetryingHandler {
     std::lock_guard<std::mutex> lock(mu_);
     return seen_;
   }
+  // Deliveries recorded, over all messages.
+  size_t total() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t n = 0;
+    for (const auto& [id, seen] : seen_) n += seen.size();
+    return n;
+  }
   Subscriber& sub() { return *sub_; }
 
  private:
@@ -87,13 +94,7 @@ TEST_CASE(
   RetryingHandler handler(d.stub(), biz, /*succeed_at=*/3);
   const std::vector<std::string> ids = PublishConfirmed(d.stub(), biz, 100, "r");
   REQUIRE(ids.size() == 100);
-  REQUIRE(WaitUntil(
-      [&] {
-        size_t n = 0;
-        for (const auto& [id, seen] : handler.seen()) n += seen.size();
-        return n >= 300;
-      },
-      40s));
+  REQUIRE(WaitUntil([&] { return handler.total() >= 300; }, 40s));
   // Settled: nothing left anywhere, no fourth delivery.
   REQUIRE(WaitForQueue(t.admin(), queue, 1u, 0u));
   REQUIRE(WaitForQueue(t.admin(), queue + ".retry.300ms", 0u, 0u));
@@ -235,13 +236,7 @@ TEST_CASE(
 
   RetryingHandler handler(d.stub(), biz, /*succeed_at=*/2, /*retry_after_ms=*/700);
   REQUIRE(PublishConfirmed(d.stub(), biz, 5, "a").size() == 5);
-  REQUIRE(WaitUntil(
-      [&] {
-        size_t n = 0;
-        for (const auto& [id, seen] : handler.seen()) n += seen.size();
-        return n >= 10;
-      },
-      15s));
+  REQUIRE(WaitUntil([&] { return handler.total() >= 10; }, 15s));
   CHECK(t.admin().InspectQueue(queue + ".retry.700ms").has_value());
   for (const auto& [id, seen] : handler.seen()) {
     REQUIRE(seen.size() == 2);

@@ -454,5 +454,99 @@ TEST_CASE(
   CHECK(f.out.Take().empty());
 }
 
+// ---------------------------------------------------------------------------
+// Delayed retry: a delivery held while its copy is published.
+
+struct RetryFixture : Fixture {
+  FakeSink sink;
+  config::Consumer business;
+  ChannelNo ch = 0;
+
+  RetryFixture() {
+    business.name = "biz";
+    business.retry = config::Retry{{1s}, 3};
+    ledger.Attach(&out, 2047);
+    OpenRequest req = Req(1, sink);
+    req.config = &business;
+    ledger.Open(std::move(req));
+    ch = ledger.stream(1).channel;
+    ledger.OnOpenOk(ch);
+    ledger.OnQosOk(ch);
+    ledger.OnConsumeOk(ch);
+    for (uint64_t tag = 1; tag <= 4; ++tag) {
+      REQUIRE(ledger.CapturesOn(ch));
+      ledger.OnDelivery(ch, tag, "tag1", mqsidecar::v1::Delivery{},
+                        std::make_shared<CapturedMessage>(amqp_basic_properties_t{}));
+    }
+    out.Take();
+  }
+};
+
+TEST_CASE(
+    "ledger: a delivery held for a retry is acked once its copy is confirmed, never by a "
+    "multiple ack before that") {
+  RetryFixture f;
+  std::optional<ConsumerLedger::RetryTicket> t = f.ledger.TakeForRetry(1, 2);
+  REQUIRE(t.has_value());
+  CHECK(t->tag == 2);
+  CHECK(t->message != nullptr);
+  // The client acks 1, 3, 4: the multiple ack stops below the held 2.
+  for (uint64_t id : {1, 3, 4}) f.ledger.Settle(1, id, true, false, false);
+  f.ledger.FlushAcks();
+  CHECK(f.out.Take() == std::vector<std::string>{"ack 2 1 m", "ack 2 3", "ack 2 4"});
+  f.ledger.FinishRetry(*t, true);
+  f.ledger.FlushAcks();
+  CHECK(f.out.Take() == std::vector<std::string>{"ack 2 2 m"});
+  CHECK(f.ledger.stream(1).unacked.empty());
+}
+
+TEST_CASE("ledger: a retry copy not confirmed requeues the original, a held id cannot be settled") {
+  RetryFixture f;
+  std::optional<ConsumerLedger::RetryTicket> t = f.ledger.TakeForRetry(1, 1);
+  REQUIRE(t.has_value());
+  // A multiple nack over the held id is sent one by one around it.
+  f.ledger.Settle(1, 3, false, true, true);
+  CHECK(f.out.Take() == std::vector<std::string>{"nack 2 2 requeue", "nack 2 3 requeue"});
+  f.ledger.FinishRetry(*t, false);
+  CHECK(f.out.Take() == std::vector<std::string>{"nack 2 1 requeue"});
+  // Settling a held id is the client's mistake, as for a settled one.
+  std::optional<ConsumerLedger::RetryTicket> t4 = f.ledger.TakeForRetry(1, 4);
+  REQUIRE(t4.has_value());
+  f.ledger.Settle(1, 4, true, false, false);
+  REQUIRE(f.sink.closed.has_value());
+  CHECK(f.sink.closed->code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE(
+    "ledger: a stream that ends with a retry copy in flight keeps its channel open until "
+    "the copy is settled") {
+  RetryFixture f;
+  std::optional<ConsumerLedger::RetryTicket> t = f.ledger.TakeForRetry(1, 1);
+  REQUIRE(t.has_value());
+  f.now += 10s;  // long after any settle: without the held delivery it would close at once
+  f.ledger.Close(1, absl::OkStatus());
+  CHECK(f.out.Take() == std::vector<std::string>{"cancel 2 tag1"});
+  f.now += 10s;
+  f.ledger.CloseDue();
+  CHECK(f.out.Take().empty());
+  CHECK_FALSE(f.ledger.HasTimers());  // no spinning while it waits
+  f.ledger.FinishRetry(*t, true);
+  CHECK(f.out.Take() == std::vector<std::string>{"ack 2 1"});
+  f.ledger.CloseDue();
+  CHECK(f.out.Take() == std::vector<std::string>{"close 2"});
+}
+
+TEST_CASE("ledger: after a reconnect a retry ticket is void: nothing is sent on the new channel") {
+  RetryFixture f;
+  std::optional<ConsumerLedger::RetryTicket> t = f.ledger.TakeForRetry(1, 1);
+  REQUIRE(t.has_value());
+  f.ledger.Detach();
+  f.ledger.Attach(&f.out, 2047);
+  f.out.Take();
+  f.ledger.FinishRetry(*t, true);
+  f.ledger.FlushAcks();
+  CHECK(f.out.Take().empty());
+}
+
 }  // namespace
 }  // namespace mqs::amqp

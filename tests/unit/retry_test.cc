@@ -1,6 +1,5 @@
-// Delayed retry without a broker: the nack decision, the delay buckets, the
-// copy's properties, and the ledger holding a delivery while its copy is
-// published (never covered by a multiple ack, settled on its own channel).
+// Delayed retry without a broker: the nack decision, the delay buckets and
+// the copy's properties (the ledger's part is in consumer_ledger_test.cc).
 #include "amqp/retry.h"
 
 #include <catch2/catch.hpp>
@@ -9,7 +8,6 @@
 #include <vector>
 
 #include "amqp/connection.h"
-#include "amqp/consumer_ledger.h"
 #include "amqp/properties.h"
 
 namespace mqs::amqp {
@@ -127,141 +125,6 @@ TEST_CASE("retry: a captured message keeps every property and header, the copy r
   mqsidecar::v1::Delivery first;
   FillDelivery(amqp_basic_properties_t{}, &first);
   CHECK(first.attempt() == 1);
-}
-
-// ---------------------------------------------------------------------------
-// The ledger's part.
-
-class Sender final : public ChannelSender {
- public:
-  std::vector<std::string> sent;
-  bool SendOpen(ChannelNo) override { return true; }
-  bool SendQos(ChannelNo, uint16_t) override { return true; }
-  bool SendConsume(ChannelNo, const std::string&, const std::string&) override { return true; }
-  bool SendCancel(ChannelNo ch, const std::string&) override {
-    return Add("cancel " + std::to_string(ch));
-  }
-  bool SendClose(ChannelNo ch) override { return Add("close " + std::to_string(ch)); }
-  bool SendCloseOk(ChannelNo) override { return true; }
-  bool SendAck(ChannelNo ch, uint64_t tag, bool multiple) override {
-    return Add("ack " + std::to_string(ch) + " " + std::to_string(tag) + (multiple ? " m" : ""));
-  }
-  bool SendNack(ChannelNo ch, uint64_t tag, bool multiple, bool requeue) override {
-    return Add("nack " + std::to_string(ch) + " " + std::to_string(tag) + (multiple ? " m" : "") +
-               (requeue ? " requeue" : ""));
-  }
-  bool SendReject(ChannelNo, uint64_t, bool) override { return true; }
-  std::vector<std::string> Take() {
-    std::vector<std::string> out;
-    out.swap(sent);
-    return out;
-  }
-
- private:
-  bool Add(std::string s) {
-    sent.push_back(std::move(s));
-    return true;
-  }
-};
-
-class Sink final : public DeliverySink {
- public:
-  std::optional<absl::Status> closed;
-  void OnDelivery(mqsidecar::v1::Delivery&&) override {}
-  void OnClosed(const absl::Status& s) override { closed = s; }
-};
-
-struct LedgerFixture {
-  ConsumerLedger::Clock::time_point now = ConsumerLedger::Clock::time_point(1h);
-  ConsumerLedger ledger{[this] { return now; }};
-  Sender out;
-  Sink sink;
-  config::Consumer business;
-  ChannelNo ch = 0;
-
-  LedgerFixture() {
-    business.name = "biz";
-    business.retry = Policy();
-    ledger.Attach(&out, 2047);
-    ledger.Open(OpenRequest{1, "biz", "q", 10, "tag1", &sink, &business});
-    ch = ledger.stream(1).channel;
-    ledger.OnOpenOk(ch);
-    ledger.OnQosOk(ch);
-    ledger.OnConsumeOk(ch);
-    for (uint64_t tag = 1; tag <= 4; ++tag) {
-      REQUIRE(ledger.CapturesOn(ch));
-      ledger.OnDelivery(ch, tag, "tag1", mqsidecar::v1::Delivery{},
-                        std::make_shared<CapturedMessage>(amqp_basic_properties_t{}));
-    }
-    out.Take();
-  }
-};
-
-TEST_CASE(
-    "retry ledger: a held delivery is acked once its copy is confirmed, never by a multiple "
-    "ack before that") {
-  LedgerFixture f;
-  std::optional<ConsumerLedger::RetryTicket> t = f.ledger.TakeForRetry(1, 2);
-  REQUIRE(t.has_value());
-  CHECK(t->tag == 2);
-  CHECK(t->message != nullptr);
-  // The client acks 1, 3, 4: the multiple ack stops below the held 2.
-  for (uint64_t id : {1, 3, 4}) f.ledger.Settle(1, id, true, false, false);
-  f.ledger.FlushAcks();
-  CHECK(f.out.Take() == std::vector<std::string>{"ack 2 1 m", "ack 2 3", "ack 2 4"});
-  // The client cannot settle it meanwhile.
-  f.ledger.FinishRetry(*t, true);
-  f.ledger.FlushAcks();
-  CHECK(f.out.Take() == std::vector<std::string>{"ack 2 2 m"});
-  CHECK(f.ledger.stream(1).unacked.empty());
-}
-
-TEST_CASE("retry ledger: a copy not confirmed requeues the original, a held id cannot be settled") {
-  LedgerFixture f;
-  std::optional<ConsumerLedger::RetryTicket> t = f.ledger.TakeForRetry(1, 1);
-  REQUIRE(t.has_value());
-  // A multiple nack over the held id is sent one by one around it.
-  f.ledger.Settle(1, 3, false, true, true);
-  CHECK(f.out.Take() == std::vector<std::string>{"nack 2 2 requeue", "nack 2 3 requeue"});
-  f.ledger.FinishRetry(*t, false);
-  CHECK(f.out.Take() == std::vector<std::string>{"nack 2 1 requeue"});
-  // Settling a held id is the client's mistake, as for a settled one.
-  std::optional<ConsumerLedger::RetryTicket> t4 = f.ledger.TakeForRetry(1, 4);
-  REQUIRE(t4.has_value());
-  f.ledger.Settle(1, 4, true, false, false);
-  REQUIRE(f.sink.closed.has_value());
-  CHECK(f.sink.closed->code() == absl::StatusCode::kInvalidArgument);
-}
-
-TEST_CASE(
-    "retry ledger: a stream that ends with a copy in flight keeps its channel open until the "
-    "copy is settled") {
-  LedgerFixture f;
-  std::optional<ConsumerLedger::RetryTicket> t = f.ledger.TakeForRetry(1, 1);
-  REQUIRE(t.has_value());
-  f.now += 10s;  // long after any settle: without the held delivery it would close at once
-  f.ledger.Close(1, absl::OkStatus());
-  CHECK(f.out.Take() == std::vector<std::string>{"cancel 2"});
-  f.now += 10s;
-  f.ledger.CloseDue();
-  CHECK(f.out.Take().empty());
-  CHECK_FALSE(f.ledger.HasTimers());  // no spinning while it waits
-  f.ledger.FinishRetry(*t, true);
-  CHECK(f.out.Take() == std::vector<std::string>{"ack 2 1"});
-  f.ledger.CloseDue();
-  CHECK(f.out.Take() == std::vector<std::string>{"close 2"});
-}
-
-TEST_CASE("retry ledger: after a reconnect a ticket is void: nothing is sent on the new channel") {
-  LedgerFixture f;
-  std::optional<ConsumerLedger::RetryTicket> t = f.ledger.TakeForRetry(1, 1);
-  REQUIRE(t.has_value());
-  f.ledger.Detach();
-  f.ledger.Attach(&f.out, 2047);
-  f.out.Take();
-  f.ledger.FinishRetry(*t, true);
-  f.ledger.FlushAcks();
-  CHECK(f.out.Take().empty());
 }
 
 }  // namespace
