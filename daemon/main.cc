@@ -59,6 +59,7 @@ int Main(int argc, char** argv) {
   mqs::config::LoadOptions options;
   options.identity =
       mqs::config::MergeIdentityOverrides(flags, mqs::config::IdentityFromEnvironment());
+  options.broker_password = mqs::config::BrokerPasswordFromEnvironment();
 
   absl::StatusOr<mqs::config::Config> config = mqs::config::LoadFile(config_path, options);
   if (!config.ok()) {

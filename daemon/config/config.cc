@@ -7,9 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
@@ -45,6 +48,10 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
      "Broker URIs, `amqp://`, tried in order (a cluster). An empty vhost (`...:5672/`) means "
      "`/`. `amqps://` (TLS) is not supported yet: a config error."},
+    {"broker.password_file", "path or empty", R"("")",
+     "File whose first line is the password for every broker URI; the URIs then give a user "
+     "only (`amqp://mq-sidecar@host/`). The environment variable `MQ_SIDECAR_BROKER_PASSWORD` "
+     "wins over it. Keeps the password out of the config file; masked everywhere."},
     {"broker.heartbeat", "duration", "30s",
      "AMQP heartbeat: `0` or whole seconds 1s..65535s. A broker silent for 2 x heartbeat is "
      "presumed dead. Every AMQP socket also gets TCP keepalive (idle 10s, interval 5s, 3 probes) "
@@ -911,6 +918,68 @@ void CheckControl(Config& config, Diagnostics& diag, const std::array<bool, 3>& 
 
 }  // namespace
 
+// ApplyBrokerPassword: the password from the environment or
+// broker.password_file, percent-encoded into every broker URI (which must name
+// a user and no password of its own). Errors never show the password.
+void ApplyBrokerPassword(Config& config, Diagnostics& diag, const LoadOptions& options) {
+  std::string password;
+  const char* source = "MQ_SIDECAR_BROKER_PASSWORD";
+  if (options.broker_password.has_value()) {
+    password = *options.broker_password;
+  } else if (!config.broker.password_file.empty()) {
+    source = "broker.password_file";
+    std::ifstream in(config.broker.password_file);
+    if (!in) {
+      diag.ErrorAt("broker.password_file", Cat("cannot read ", Quote(config.broker.password_file),
+                                               ": ", std::strerror(errno)));
+      return;
+    }
+    std::getline(in, password);
+    if (!password.empty() && password.back() == '\r') password.pop_back();
+    if (password.empty()) {
+      diag.ErrorAt("broker.password_file",
+                   Cat(Quote(config.broker.password_file), ": the first line is empty"));
+      return;
+    }
+  } else {
+    return;
+  }
+  if (password.size() > 1024 || util::HasControlChars(password)) {
+    diag.ErrorAt("broker.password_file",
+                 Cat("the password from ", source,
+                     " is longer than 1024 bytes or holds a control character"));
+    return;
+  }
+  std::string encoded;
+  for (const unsigned char c : password) {
+    if (std::isalnum(c) != 0 || c == '-' || c == '.' || c == '_' || c == '~') {
+      encoded += static_cast<char>(c);
+    } else {
+      encoded += fmt::format("%{:02X}", c);
+    }
+  }
+  for (size_t i = 0; i < config.broker.uris.size(); ++i) {
+    std::string& uri = config.broker.uris[i];
+    const size_t scheme = uri.find("://");
+    const size_t host_end = uri.find('/', scheme == std::string::npos ? 0 : scheme + 3);
+    const size_t at = uri.rfind('@', host_end);
+    if (scheme == std::string::npos || at == std::string::npos || at < scheme) {
+      diag.ErrorAt(Cat("broker.uris[", i, "]"),
+                   Cat("with a password from ", source,
+                       ", a broker URI names its user: amqp://user@host:5672/vhost, got ",
+                       Quote(util::MaskPassword(uri))));
+      continue;
+    }
+    if (uri.find(':', scheme + 3) < at) {
+      diag.ErrorAt(Cat("broker.uris[", i, "]"), Cat("has a password of its own, and ", source,
+                                                    " gives one too: drop it from the URI, got ",
+                                                    Quote(util::MaskPassword(uri))));
+      continue;
+    }
+    uri.insert(at, ":" + encoded);
+  }
+}
+
 absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptions& options) {
   const std::array<bool, 3> invalid = ResolveIdentity(config, diag, options);
   const size_t businesses = config.producers.size() + config.consumers.size();
@@ -963,6 +1032,7 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
   if (!config.socket.group.empty() && !util::GroupId(config.socket.group).has_value()) {
     diag.ErrorAt("socket.group", Cat("no group named ", Quote(config.socket.group)));
   }
+  ApplyBrokerPassword(config, diag, options);
   for (size_t i = 0; i < config.broker.uris.size(); ++i) {
     if (util::HasControlChars(config.broker.uris[i])) {
       diag.ErrorAt(Cat("broker.uris[", i, "]"),
@@ -1130,6 +1200,13 @@ std::string NewInstanceId() {
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(id));
   return hex;
+}
+
+std::optional<std::string> BrokerPasswordFromEnvironment() {
+  // As IdentityFromEnvironment: once, before any thread starts.
+  const char* value = std::getenv("MQ_SIDECAR_BROKER_PASSWORD");  // NOLINT(concurrency-mt-unsafe)
+  if (value == nullptr || *value == '\0') return std::nullopt;
+  return std::string(value);
 }
 
 LoadOptions::IdentityOverrides IdentityFromEnvironment() {

@@ -38,7 +38,13 @@ struct LoadOptions {
   struct IdentityOverrides {
     std::optional<std::string> app, region, server;
   } identity;
+  // MQ_SIDECAR_BROKER_PASSWORD, when set: the broker password (over
+  // broker.password_file).
+  std::optional<std::string> broker_password;
 };
+
+// BrokerPasswordFromEnvironment: MQ_SIDECAR_BROKER_PASSWORD, if set and not empty.
+std::optional<std::string> BrokerPasswordFromEnvironment();
 
 // IsIdentityPart: 1..64 letters, digits, '_' and '-' (no '.', '#', '*' or
 // whitespace: the parts become words of routing keys and names). The one rule
@@ -142,6 +148,10 @@ struct TcpOptions {
 
 struct Broker {
   std::vector<std::string> uris;  // default: ["amqp://guest:guest@127.0.0.1:5672/"]
+  // The password of every URI, from this file's first line (or from
+  // MQ_SIDECAR_BROKER_PASSWORD, which wins); the URIs then name a user only.
+  // Resolve() puts it into `uris`.
+  std::string password_file;
   std::chrono::milliseconds heartbeat{std::chrono::seconds(30)};
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
 };
@@ -165,9 +175,8 @@ struct Shutdown {
 };
 
 struct Config {
-  std::string source;  // file it was loaded from ("" for text)
-  std::vector<std::string>
-      listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock
+  std::string source;               // file it was loaded from ("" for text)
+  std::vector<std::string> listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock
   Broker broker;
   std::vector<Producer> producers;  // sorted by name
   std::vector<Consumer> consumers;  // sorted by name

@@ -237,6 +237,8 @@ void YamlReader::ReadBroker(const YAML::Node& node) {
                  ReadHeartbeat(value, display);
                } else if (key == "connect_timeout") {
                  ReadConnectTimeout(value, display);
+               } else if (key == "password_file") {
+                 if (auto s = String(value, display, true)) config_.broker.password_file = *s;
                }
              });
 }

@@ -489,7 +489,8 @@ Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
   for (size_t i = 0; i < uris.size(); ++i) y << (i ? ", " : "") << "\"" << uris[i] << "\"";
   y << "]\n"
     << "  heartbeat: " << options_.heartbeat.count() << "s\n"
-    << "  connect_timeout: 5s\n";
+    << "  connect_timeout: 5s\n"
+    << options_.broker_extra;
   std::ostringstream producers, consumers;
   for (const auto& b : businesses_) {
     const std::string exchange = b.exchange.empty() ? b.name : b.exchange;

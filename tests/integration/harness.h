@@ -146,6 +146,8 @@ struct BusinessSpec {
 // Per-daemon settings; the defaults are what the plain integration tests use.
 struct DaemonOptions {
   std::vector<std::string> uris = {};  // empty: the test's broker URI
+  // More keys of the broker map, as YAML lines ("  password_file: /x\n").
+  std::string broker_extra = {};
   std::chrono::seconds heartbeat{10};
   std::chrono::milliseconds drain{1000};                       // shutdown.drain
   std::optional<std::chrono::milliseconds> wait_timeout = {};  // publish.wait_timeout

@@ -1,7 +1,12 @@
-// Who gets in (issue 14): the listener rules of the config. Unix sockets by
+// Security settings of the config (issue 14). Who gets in: unix sockets by
 // default, with a mode and group; TCP only on loopback and only when asked
-// for with tcp.insecure.
+// for with tcp.insecure. Secrets: the broker password from a file or the
+// environment, never shown.
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "config/config.h"
@@ -80,6 +85,70 @@ TEST_CASE("listeners: the seed's INI takes [socket] and [tcp] sections") {
       "[rabbitmq]\naddress=amqp://h/\nlisten=127.0.0.1:6000\nproducer={\"a\":{}}\n", "s.ini");
   REQUIRE_FALSE(refused.ok());
   CHECK_THAT(std::string(refused.status().message()), Catch::Contains("tcp.insecure"));
+}
+
+// A file under the temp dir holding `text`, removed at scope exit.
+class PasswordFile {
+ public:
+  explicit PasswordFile(const std::string& text)
+      : path_(std::filesystem::temp_directory_path() /
+              ("mqs-pw-" + std::to_string(::getpid()) + ".txt")) {
+    std::ofstream(path_) << text;
+  }
+  ~PasswordFile() { std::filesystem::remove(path_); }
+  PasswordFile(const PasswordFile&) = delete;
+  PasswordFile& operator=(const PasswordFile&) = delete;
+  std::string path() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+TEST_CASE("secrets: broker.password_file gives every URI its password, encoded, never shown") {
+  PasswordFile file("s3cr/t:@x%\nsecond line ignored\n");
+  absl::StatusOr<Config> c = LoadYamlText(
+      "broker:\n  uris: [\"amqp://svc@h1/\", \"amqp://svc@h2:5673/prod\"]\n  password_file: " +
+          file.path() + "\nproducers: { a: }\n",
+      "s.yaml");
+  REQUIRE(c.ok());
+  REQUIRE(c->broker.uris.size() == 2);
+  for (const std::string& uri : c->broker.uris) {
+    absl::StatusOr<BrokerUri> parsed = ParseBrokerUri(uri);
+    REQUIRE(parsed.ok());
+    CHECK(parsed->user == "svc");
+    CHECK(parsed->password == "s3cr/t:@x%");
+  }
+  CHECK(ParseBrokerUri(c->broker.uris[1])->vhost == "prod");
+  CHECK(Describe(*c).find("s3cr") == std::string::npos);
+
+  // The environment wins over the file.
+  LoadOptions env;
+  env.broker_password = "from-env";
+  absl::StatusOr<Config> e = LoadYamlText(
+      "broker: { uris: \"amqp://svc@h1/\", password_file: /nonexistent }\nproducers: { a: }\n",
+      "s.yaml", env);
+  REQUIRE(e.ok());
+  CHECK(ParseBrokerUri(e->broker.uris[0])->password == "from-env");
+}
+
+TEST_CASE("secrets: password_file errors name the key and never the password") {
+  PasswordFile file("hunter2\n");
+  const std::string own =
+      Errors("broker: { uris: \"amqp://svc:other@h1/\", password_file: " + file.path() +
+             " }\nproducers: { a: }\n");
+  CHECK_THAT(own, Catch::Contains("broker.uris[0]") && Catch::Contains("password of its own"));
+  CHECK(own.find("other") == std::string::npos);
+  CHECK(own.find("hunter2") == std::string::npos);
+  const std::string no_user = Errors(
+      "broker: { uris: \"amqp://h1/\", password_file: " + file.path() + " }\nproducers: { a: }\n");
+  CHECK_THAT(no_user, Catch::Contains("names its user"));
+  CHECK_THAT(Errors("broker: { uris: \"amqp://svc@h1/\", password_file: /nonexistent/pw }\n"
+                    "producers: { a: }\n"),
+             Catch::Contains("broker.password_file: cannot read \"/nonexistent/pw\""));
+  PasswordFile empty("\n");
+  CHECK_THAT(Errors("broker: { uris: \"amqp://svc@h1/\", password_file: " + empty.path() +
+                    " }\nproducers: { a: }\n"),
+             Catch::Contains("the first line is empty"));
 }
 
 }  // namespace
