@@ -931,7 +931,7 @@ void ApplyBrokerPassword(Config& config, Diagnostics& diag, const LoadOptions& o
     std::ifstream in(config.broker.password_file);
     if (!in) {
       diag.ErrorAt("broker.password_file", Cat("cannot read ", Quote(config.broker.password_file),
-                                               ": ", std::strerror(errno)));
+                                               ": ", std::generic_category().message(errno)));
       return;
     }
     std::getline(in, password);

@@ -5,7 +5,6 @@
 #include <sys/stat.h>
 
 #include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <system_error>
@@ -40,8 +39,8 @@ absl::Status PrepareSocketDirectory(const std::string& addr) {
   }
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
-    return absl::PermissionDeniedError(
-        util::StrCat("listen ", addr, ": ", dir.string(), ": ", std::strerror(errno)));
+    return absl::PermissionDeniedError(util::StrCat("listen ", addr, ": ", dir.string(), ": ",
+                                                    std::generic_category().message(errno)));
   }
   if ((st.st_mode & S_IWOTH) != 0 && (st.st_mode & S_ISVTX) == 0) {
     return absl::PermissionDeniedError(util::StrCat(
@@ -59,9 +58,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   std::optional<gid_t> gid;
   if (!socket.group.empty()) {
     gid = util::GroupId(socket.group);
-    if (!gid)
+    if (!gid) {
       return absl::InvalidArgumentError(
           util::StrCat("socket.group: no group named '", socket.group, "'"));
+    }
   }
   // Our own health service (health_service.h says why not gRPC's).
   grpc::EnableDefaultHealthCheckService(false);
@@ -107,7 +107,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
         return absl::PermissionDeniedError(util::StrCat(
             "listen ", listen[i], ": cannot set its mode ", fmt::format("{:04o}", socket.mode),
             gid ? util::StrCat(" and group ", socket.group) : std::string(), ": ",
-            std::strerror(errno)));
+            std::generic_category().message(errno)));
       }
       spdlog::info("listening on {} (mode {:04o}, group {})", listen[i], socket.mode,
                    socket.group.empty() ? "the daemon's" : socket.group);

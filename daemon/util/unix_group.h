@@ -12,7 +12,7 @@ namespace mqs::util {
 // The id of group `name`, or nullopt when there is none (or the lookup
 // failed).
 inline std::optional<gid_t> GroupId(const std::string& name) {
-  std::vector<char> buf(64 * 1024);
+  std::vector<char> buf(size_t{64} * 1024);
   group entry{};
   group* found = nullptr;
   if (getgrnam_r(name.c_str(), &entry, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
