@@ -77,7 +77,8 @@ TEST_CASE("integration: a socket directory that every user may write to is refus
 
 // rabbitmqctl, as root on the broker's host (the tests run there).
 CommandResult Ctl(std::vector<std::string> args) {
-  args.insert(args.begin(), "rabbitmqctl");
+  args.insert(args.begin(), "/usr/bin/env");  // RunCommand does not search PATH
+  args.insert(args.begin() + 1, "rabbitmqctl");
   return RunCommand(args, 60s);
 }
 
