@@ -3,8 +3,8 @@
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #include <netinet/in.h>
-#include <openssl/err.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -66,8 +66,7 @@ absl::StatusCode CodeForReply(int reply_code) {
 
 // An SSL socket with the settings of `tls`: TLS 1.2 or later, the CA bundle,
 // the optional client certificate, peer and host name verification.
-absl::StatusOr<amqp_socket_t*> NewTlsSocket(amqp_connection_state_t state,
-                                            const TlsOptions& tls) {
+absl::StatusOr<amqp_socket_t*> NewTlsSocket(amqp_connection_state_t state, const TlsOptions& tls) {
   amqp_socket_t* socket = amqp_ssl_socket_new(state);
   if (socket == nullptr) return absl::ResourceExhaustedError("amqp_ssl_socket_new failed");
   int rc = amqp_ssl_socket_set_ssl_versions(socket, AMQP_TLSv1_2, AMQP_TLSvLATEST);
@@ -108,21 +107,24 @@ std::string TlsFailureHint(int rc, const config::BrokerUri& uri, const TlsOption
     openssl = util::StrCat(": ", buf);
   }
   ERR_clear_error();
-  const std::string ca = tls.ca.empty() ? util::StrCat("the system's CA bundle ", config::kSystemCaBundle)
-                                        : util::StrCat("broker.tls.ca ", tls.ca);
+  const std::string ca = tls.ca.empty()
+                             ? util::StrCat("the system's CA bundle ", config::kSystemCaBundle)
+                             : util::StrCat("broker.tls.ca ", tls.ca);
   switch (rc) {
     case AMQP_STATUS_SSL_PEER_VERIFY_FAILED:
-      return util::StrCat(" (TLS certificate verification failed: the broker's certificate does "
-                          "not chain to ",
-                          ca, openssl, ")");
+      return util::StrCat(
+          " (TLS certificate verification failed: the broker's certificate does "
+          "not chain to ",
+          ca, openssl, ")");
     case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED:
-      return util::StrCat(" (TLS host name verification failed: the broker's certificate is not "
-                          "for host ",
-                          uri.host, openssl, ")");
+      return util::StrCat(
+          " (TLS host name verification failed: the broker's certificate is not "
+          "for host ",
+          uri.host, openssl, ")");
     case AMQP_STATUS_SSL_CONNECTION_FAILED:
-      return util::StrCat(" (TLS handshake failed: is port ", uri.port,
-                          " a TLS listener? does the broker's certificate chain to ", ca,
-                          "? does the broker require a client certificate?", openssl, ")");
+      return util::StrCat(" (TLS handshake failed", openssl, "; is port ", uri.port,
+                          " a TLS listener, does the broker's certificate chain to ", ca,
+                          ", does the broker require a client certificate?)");
     default:
       return openssl.empty() ? "" : util::StrCat(" (TLS", openssl, ")");
   }
@@ -201,6 +203,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
                           util::StrCat("broker uri ", masked, ": ", tls.status().message()));
     }
     socket = *tls;
+    conn->tls_ = true;
   } else {
     socket = amqp_tcp_socket_new(state);
     if (socket == nullptr) return absl::ResourceExhaustedError("amqp_tcp_socket_new failed");

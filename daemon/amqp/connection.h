@@ -119,6 +119,8 @@ class Connection {
 
   bool dead() const { return dead_; }
   void MarkDead() { dead_ = true; }
+  // amqps: bytes must go through rabbitmq-c (OpenSSL), never straight to fd().
+  bool tls() const { return tls_; }
   // The negotiated maximum frame size (bodies are split to fit).
   uint32_t frame_max() const;
 
@@ -127,6 +129,7 @@ class Connection {
   amqp_connection_state_t state_;
   bool logged_in_ = false;
   bool dead_ = false;
+  bool tls_ = false;
 };
 
 // StatusFromLibrary maps a rabbitmq-c status code (AMQP_STATUS_*) to a status.

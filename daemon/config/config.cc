@@ -998,8 +998,8 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     if (file.empty()) return;
     const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-      diag.ErrorAt(path, Cat("cannot read ", Quote(file), ": ",
-                             std::generic_category().message(errno)));
+      diag.ErrorAt(path,
+                   Cat("cannot read ", Quote(file), ": ", std::generic_category().message(errno)));
       return;
     }
     struct stat st {};

@@ -175,9 +175,8 @@ struct Shutdown {
 };
 
 struct Config {
-  std::string source;  // file it was loaded from ("" for text)
-  std::vector<std::string>
-      listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock
+  std::string source;               // file it was loaded from ("" for text)
+  std::vector<std::string> listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock
   Broker broker;
   std::vector<Producer> producers;  // sorted by name
   std::vector<Consumer> consumers;  // sorted by name

@@ -123,11 +123,11 @@ TEST_CASE(
                 "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
   IntegrationTest t("tls-ok");
   const std::string biz = t.Business("tls");
-  Daemon& d = t.StartDaemon(
-      {{.name = biz}},
-      {.uris = {Amqps("localhost")},
-       .broker_tls_yaml = "{ ca: " + Cert("ca.pem") + ", cert: " + Cert("client.pem") +
-                          ", key: " + Cert("client.key") + " }"});
+  Daemon& d =
+      t.StartDaemon({{.name = biz}}, {.uris = {Amqps("localhost")},
+                                      .broker_tls_yaml = "{ ca: " + Cert("ca.pem") +
+                                                         ", cert: " + Cert("client.pem") +
+                                                         ", key: " + Cert("client.key") + " }"});
   CHECK(d.Health() == HealthCheckResponse::SERVING);
   PublishAndConsume(d, biz, "tls-ok");
   CHECK_THAT(d.Log(), Catch::Contains("connected to amqps://guest:****@localhost:5693/"));
@@ -143,9 +143,9 @@ TEST_CASE(
                 "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
   IntegrationTest t("tls-bad-ca");
   const std::string biz = t.Business("tls");
-  Daemon wrong_ca(t.dir(), "wrong-ca", t.uri(), {{.name = biz}},
-                  {.uris = {Amqps("localhost")},
-                   .broker_tls_yaml = "{ ca: " + Cert("other-ca.pem") + " }"});
+  Daemon wrong_ca(
+      t.dir(), "wrong-ca", t.uri(), {{.name = biz}},
+      {.uris = {Amqps("localhost")}, .broker_tls_yaml = "{ ca: " + Cert("other-ca.pem") + " }"});
   Daemon plain(t.dir(), "plain", t.uri(), {{.name = biz}},
                {.uris = {Amqps("localhost", kPlainPort)},
                 .broker_tls_yaml = "{ ca: " + Cert("ca.pem") + " }"});
@@ -202,9 +202,9 @@ TEST_CASE(
     CHECK(d.Health() == HealthCheckResponse::NOT_SERVING);
     d.Stop();
   }
-  Daemon& d = t.StartDaemon({{.name = biz}},
-                            {.uris = {Amqps("127.0.0.1")},
-                             .broker_tls_yaml = "{ ca: " + Cert("other-ca.pem") + ", verify: false }"});
+  Daemon& d = t.StartDaemon(
+      {{.name = biz}}, {.uris = {Amqps("127.0.0.1")},
+                        .broker_tls_yaml = "{ ca: " + Cert("other-ca.pem") + ", verify: false }"});
   CHECK(d.Health() == HealthCheckResponse::SERVING);
   PublishAndConsume(d, biz, "tls-noverify");
 }

@@ -802,14 +802,15 @@ TEST_CASE("config: amqps:// is accepted, with broker.tls read from YAML and INI"
   CHECK(c->broker.tls.verify);
   CHECK_THAT(Describe(*c), Catch::Contains("ca (system) /etc/ssl/certs/ca-certificates.crt"));
   // tls beside amqp:// URIs only is fine (it applies to amqps:// ones).
-  CHECK(LoadYamlText("broker: { uris: \"amqp://h/\", tls: { ca: " + ca.path() +
-                         " } }\nproducers: { a: }\n",
-                     "p.yaml")
+  CHECK(LoadYamlText(
+            "broker: { uris: \"amqp://h/\", tls: { ca: " + ca.path() + " } }\nproducers: { a: }\n",
+            "p.yaml")
             .ok());
 
-  c = LoadIniText("[rabbitmq]\naddress=amqps://u:p@h:5671/\nproducer={\"a\":{}}\n[broker.tls]\nca=" +
-                      ca.path() + "\nverify=false\n",
-                  "seed.ini");
+  c = LoadIniText(
+      "[rabbitmq]\naddress=amqps://u:p@h:5671/\nproducer={\"a\":{}}\n[broker.tls]\nca=" +
+          ca.path() + "\nverify=false\n",
+      "seed.ini");
   REQUIRE(c.ok());
   CHECK(c->broker.tls.ca == ca.path());
   CHECK_FALSE(c->broker.tls.verify);
@@ -818,11 +819,11 @@ TEST_CASE("config: amqps:// is accepted, with broker.tls read from YAML and INI"
 TEST_CASE("config: broker.tls errors name the key and the line") {
   const TempFile cert("client.pem", "cert");
   const std::string missing = "/nonexistent/mqs-ca.pem";
-  std::string err = ErrorText(LoadYamlText("broker:\n  uris: \"amqps://u:secret@h/\"\n  tls:\n"
-                                           "    ca: " +
-                                               missing + "\n    cert: " + cert.path() +
-                                               "\n    verify: maybe\nproducers: { a: }\n",
-                                           "t.yaml"));
+  std::string err = ErrorText(LoadYamlText(
+      "broker:\n  uris: \"amqps://u:secret@h/\"\n  tls:\n"
+      "    ca: " +
+          missing + "\n    cert: " + cert.path() + "\n    verify: maybe\nproducers: { a: }\n",
+      "t.yaml"));
   CHECK_THAT(err, Catch::Contains("t.yaml:4: broker.tls.ca: cannot read \"" + missing +
                                   "\": No such file or directory"));
   CHECK_THAT(err, Catch::Contains("t.yaml:5: broker.tls.cert: a client certificate needs both "
@@ -831,8 +832,9 @@ TEST_CASE("config: broker.tls errors name the key and the line") {
   CHECK_THAT(err, !Catch::Contains("secret"));
   CHECK(LineCount(err) == 3);
 
-  err = ErrorText(LoadYamlText("broker:\n  tls: { key: " + cert.path() + ", cafile: x, ca: /tmp }\n"
-                               "producers: { a: }\n",
+  err = ErrorText(LoadYamlText("broker:\n  tls: { key: " + cert.path() +
+                                   ", cafile: x, ca: /tmp }\n"
+                                   "producers: { a: }\n",
                                "k.yaml"));
   CHECK_THAT(err, Catch::Contains("k.yaml:2: broker.tls.cafile: unknown key; expected one of: ca, "
                                   "cert, key, verify"));
@@ -843,10 +845,11 @@ TEST_CASE("config: broker.tls errors name the key and the line") {
   err = ErrorText(LoadYamlText("broker:\n  tls: [a]\nproducers: { a: }\n", "m.yaml"));
   CHECK_THAT(err, Catch::Contains("m.yaml:2: broker.tls: expected a map (ca, cert, key, verify)"));
 
-  err = ErrorText(LoadIniText("[rabbitmq]\naddress=amqps://u:p@h/\nproducer={\"a\":{}}\n"
-                              "[broker.tls]\nca=" +
-                                  missing + "\n",
-                              "seed.ini"));
+  err =
+      ErrorText(LoadIniText("[rabbitmq]\naddress=amqps://u:p@h/\nproducer={\"a\":{}}\n"
+                            "[broker.tls]\nca=" +
+                                missing + "\n",
+                            "seed.ini"));
   CHECK_THAT(err, Catch::Contains("seed.ini:5: broker.tls.ca: cannot read"));
 }
 
