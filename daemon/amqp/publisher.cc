@@ -62,8 +62,8 @@ class Publisher::Sink final : public PublishSink {
     if (!conn_.tls()) return absl::OkStatus();
     // The batch writes plaintext to the socket; over TLS the same frames go
     // through rabbitmq-c, which encrypts them (one write per frame). Its
-    // writes have no deadline of their own: a broker that stops reading is
-    // cut off by the socket's TCP_USER_TIMEOUT (2 x heartbeat).
+    // writes have no deadline of their own; only the socket's
+    // TCP_USER_TIMEOUT and keepalive bound them (docs/security.md).
     p_.out_.Clear();
     if (!tls_error_.ok()) return absl::OkStatus();  // pending; lost with the connection
     const int rc =
