@@ -21,6 +21,14 @@ namespace mqs::amqp {
 // Bound of the connection.close handshake when a connection is dropped.
 inline constexpr std::chrono::milliseconds kCloseBound{1000};
 
+// TLS settings for amqps:// URIs (config broker.tls); amqp:// ignores them.
+struct TlsOptions {
+  std::string ca;  // CA bundle file; "": the system's
+  std::string cert;
+  std::string key;
+  bool verify = true;  // peer certificate chain and host name
+};
+
 struct ConnectOptions {
   std::chrono::milliseconds heartbeat{std::chrono::seconds(30)};
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
@@ -28,6 +36,7 @@ struct ConnectOptions {
   // a broker that stops answering becomes an error, not a hang.
   std::chrono::milliseconds rpc_timeout{std::chrono::seconds(10)};
   std::string connection_name;  // shown in the broker's management UI
+  TlsOptions tls;
 };
 
 // SocketTimeouts: kernel-level dead-peer detection set on every AMQP socket
@@ -57,9 +66,10 @@ absl::Status ApplySocketTimeouts(int fd, const SocketTimeouts& timeouts);
 
 class Connection {
  public:
-  // Open connects to `uri` (amqp://user:pass@host:port/vhost), logs in and
-  // returns the connection; Unavailable when the broker cannot be reached,
-  // PermissionDenied when the login is refused.
+  // Open connects to `uri` (amqp:// or amqps://user:pass@host:port/vhost),
+  // logs in and returns the connection; Unavailable when the broker cannot be
+  // reached or the TLS handshake fails (the message says why), PermissionDenied
+  // when the login is refused.
   static absl::StatusOr<std::unique_ptr<Connection>> Open(const std::string& uri,
                                                           const ConnectOptions& options);
   ~Connection();
@@ -109,6 +119,8 @@ class Connection {
 
   bool dead() const { return dead_; }
   void MarkDead() { dead_ = true; }
+  // amqps: bytes must go through rabbitmq-c (OpenSSL), never straight to fd().
+  bool tls() const { return tls_; }
   // The negotiated maximum frame size (bodies are split to fit).
   uint32_t frame_max() const;
 
@@ -117,6 +129,7 @@ class Connection {
   amqp_connection_state_t state_;
   bool logged_in_ = false;
   bool dead_ = false;
+  bool tls_ = false;
 };
 
 // StatusFromLibrary maps a rabbitmq-c status code (AMQP_STATUS_*) to a status.

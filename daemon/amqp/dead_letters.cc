@@ -262,6 +262,7 @@ class Session {
       options.connect_timeout = std::min(broker_.connect_timeout, Left());
       options.rpc_timeout = Left();
       options.connection_name = "dead-letters";
+      options.tls = {broker_.tls.ca, broker_.tls.cert, broker_.tls.key, broker_.tls.verify};
       absl::StatusOr<std::unique_ptr<Connection>> conn = Connection::Open(uri, options);
       if (conn.ok()) {
         conn_ = std::move(*conn);

@@ -126,6 +126,7 @@ void IoLoop::Run() {
   options.heartbeat = broker_.heartbeat;
   options.connect_timeout = broker_.connect_timeout;
   options.connection_name = name_;
+  options.tls = {broker_.tls.ca, broker_.tls.cert, broker_.tls.key, broker_.tls.verify};
 
   while (!stop_requested()) {
     const std::string& uri = broker_.uris[next_uri];

@@ -12,8 +12,8 @@
 // The connection's thread owns the batch and writes it between rabbitmq-c
 // calls, whole or not at all: a write that cannot finish marks the connection
 // dead, so no half frame is ever followed by rabbitmq-c's own frames.
-// Plain TCP only (the daemon does not support amqps yet; a TLS socket would
-// have to go through rabbitmq-c).
+// Plain TCP only: over amqps the publisher still encodes here (to check each
+// message fits) but sends through rabbitmq-c, which encrypts.
 #pragma once
 
 #include <amqp.h>

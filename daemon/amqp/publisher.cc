@@ -32,23 +32,54 @@ class Publisher::Sink final : public PublishSink {
       if (job.sent_before) headers.push_back({kRepublishedHeader, std::string("true")});
       // x-delivery-count is the old queue's; a quorum queue counts afresh.
       p_.copy_props_.Build(job.copy->message->props(), std::move(headers), {"x-delivery-count"});
-      return p_.out_.Add(p_.channel_, job.exchange, r.routing_key(), /*mandatory=*/true,
-                         *p_.copy_props_.props(), job.copy->message->body, frame_max_);
+      return Publish(job.exchange, r.routing_key(), *p_.copy_props_.props(),
+                     job.copy->message->body);
     }
     p_.props_.Build(r, r.message_id(), now_, job.sent_before);
-    return p_.out_.Add(p_.channel_, job.exchange, r.routing_key(), /*mandatory=*/true,
-                       *p_.props_.props(), r.payload(), frame_max_);
+    return Publish(job.exchange, r.routing_key(), *p_.props_.props(), r.payload());
   }
   bool Write(bool all) override {
+    if (conn_.tls()) {
+      if (tls_error_.ok()) return true;
+      spdlog::warn("[publisher] {}", tls_error_.message());
+      conn_.MarkDead();
+      return false;
+    }
     if (!all && p_.out_.bytes() < kMaxBatchBytes) return true;
     return p_.WriteBatch(conn_);
   }
 
  private:
+  absl::Status Publish(const std::string& exchange, const std::string& routing_key,
+                       const amqp_basic_properties_t& props, std::string_view body) {
+    // Encoding first also checks that the properties fit in one frame, so a
+    // message that cannot be sent fails alone, before any byte of it is out.
+    if (absl::Status s = p_.out_.Add(p_.channel_, exchange, routing_key, /*mandatory=*/true, props,
+                                     body, frame_max_);
+        !s.ok()) {
+      return s;
+    }
+    if (!conn_.tls()) return absl::OkStatus();
+    // The batch writes plaintext to the socket; over TLS the same frames go
+    // through rabbitmq-c, which encrypts them (one write per frame). Its
+    // writes have no deadline of their own; only the socket's
+    // TCP_USER_TIMEOUT and keepalive bound them (docs/security.md).
+    p_.out_.Clear();
+    if (!tls_error_.ok()) return absl::OkStatus();  // pending; lost with the connection
+    const int rc =
+        amqp_basic_publish(conn_.state(), p_.channel_, AmqpBytes(exchange), AmqpBytes(routing_key),
+                           /*mandatory=*/1, /*immediate=*/0, &props,
+                           amqp_bytes_t{body.size(), const_cast<char*>(body.data())});
+    // Part of it may be out: it stays pending (Write reports the loss).
+    if (rc != AMQP_STATUS_OK) tls_error_ = StatusFromLibrary(rc, "publishing over TLS");
+    return absl::OkStatus();
+  }
+
   Publisher& p_;
   Connection& conn_;
   const uint32_t frame_max_;
   const int64_t now_;
+  absl::Status tls_error_;
 };
 
 Publisher::Publisher(const config::Config& config, const config::TopologyPlan& plan,

@@ -4,6 +4,7 @@
 
 #include <amqp.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,8 +47,9 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "and consume through them, so they must be on a loopback address, and they need this "
      "set to `true`."},
     {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
-     "Broker URIs, `amqp://`, tried in order (a cluster). An empty vhost (`...:5672/`) means "
-     "`/`. `amqps://` (TLS) is not supported yet: a config error."},
+     "Broker URIs, `amqp://` or `amqps://` (TLS, see `broker.tls`), tried in order (a "
+     "cluster). Default port 5672, 5671 for `amqps://`. An empty vhost (`...:5672/`) means "
+     "`/`."},
     {"broker.password_file", "path or empty", R"("")",
      "File whose first line is the password for every broker URI; the URIs then give a user "
      "only (`amqp://mq-sidecar@host/`). The environment variable `MQ_SIDECAR_BROKER_PASSWORD` "
@@ -58,7 +60,21 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "and TCP_USER_TIMEOUT (2 x heartbeat; 30s with `0`), so `0` still detects a dead broker, "
      "in about 30s."},
     {"broker.connect_timeout", "duration", "5s",
-     "Timeout to connect to one broker URI (TCP, then the AMQP handshake); above 0, at most 5m."},
+     "Timeout to connect to one broker URI (TCP, then the TLS handshake for `amqps://`, then "
+     "the AMQP handshake); above 0, at most 5m."},
+    {"broker.tls", "map", "(all defaults)",
+     "TLS for `amqps://` URIs (TLS 1.2 or later); `amqp://` URIs ignore it."},
+    {"broker.tls.ca", "file path or empty", R"("")",
+     "CA bundle (PEM) the broker's certificate must chain to; must be readable at load. \"\": "
+     "the system's, `/etc/ssl/certs/ca-certificates.crt`."},
+    {"broker.tls.cert", "file path or empty", R"("")",
+     "Client certificate (PEM) for brokers that require one; with `key`, both or neither. "
+     "Must be readable at load."},
+    {"broker.tls.key", "file path or empty", R"("")",
+     "Private key (PEM, unencrypted) of `cert`. Must be readable at load."},
+    {"broker.tls.verify", "boolean", "true",
+     "Verify the broker's certificate (chain to `ca`) and that it names the URI's host. "
+     "false accepts any certificate: encrypted, but open to a man in the middle."},
     {"producers.<business>", "map or null", "(all defaults)",
      "A business this sidecar publishes to. Name: letters, digits, `.`, `_`, `-`."},
     {"producers.<business>.exchange", "name", "`<business>`",
@@ -1043,15 +1059,37 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     absl::StatusOr<BrokerUri> uri = ParseBrokerUri(config.broker.uris[i]);
     if (!uri.ok()) {
       diag.ErrorAt(Cat("broker.uris[", i, "]"), std::string(uri.status().message()));
-    } else if (uri->tls) {
-      // Accepted, the daemon would retry an amqps:// URI forever and never
-      // serve: refuse it here until TLS to the broker exists.
-      diag.ErrorAt(Cat("broker.uris[", i, "]"),
-                   Cat("amqps:// (TLS to the broker) is not supported yet, got ",
-                       Quote(config.broker.uris[i]),
-                       "; use amqp:// (through a local TLS tunnel such as stunnel if the broker "
-                       "is remote)"));
     }
+  }
+  // Checked at load, not at the first connect: a typo must fail the start
+  // (and --check-config), not turn into a reconnect loop.
+  const BrokerTls& tls = config.broker.tls;
+  auto check_readable = [&](const std::string& path, const std::string& file) {
+    if (file.empty()) return;
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      diag.ErrorAt(path,
+                   Cat("cannot read ", Quote(file), ": ", std::generic_category().message(errno)));
+      return;
+    }
+    struct stat st {};
+    const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    ::close(fd);
+    if (!regular) diag.ErrorAt(path, Cat("expected a file, got ", Quote(file)));
+  };
+  check_readable("broker.tls.ca", tls.ca);
+  const bool any_amqps =
+      std::any_of(config.broker.uris.begin(), config.broker.uris.end(),
+                  [](const std::string& u) { return u.starts_with("amqps://"); });
+  if (any_amqps && tls.ca.empty() && ::access(kSystemCaBundle, R_OK) != 0) {
+    diag.ErrorAt("broker.uris", Cat("amqps:// needs a CA bundle: the system's, ", kSystemCaBundle,
+                                    ", is not readable; set broker.tls.ca"));
+  }
+  check_readable("broker.tls.cert", tls.cert);
+  check_readable("broker.tls.key", tls.key);
+  if (tls.cert.empty() != tls.key.empty()) {
+    diag.ErrorAt(tls.cert.empty() ? "broker.tls.key" : "broker.tls.cert",
+                 "a client certificate needs both broker.tls.cert and broker.tls.key");
   }
   const std::chrono::milliseconds heartbeat = config.broker.heartbeat;
   if (heartbeat.count() != 0 &&
@@ -1340,6 +1378,10 @@ std::string Describe(const Config& input) {
                                               : FormatDuration(config.broker.heartbeat),
          "\n");
   Append(&out, "  connect_timeout: ", FormatDuration(config.broker.connect_timeout), "\n");
+  Append(&out, "  tls (amqps:// only): ca ",
+         config.broker.tls.ca.empty() ? Cat("(system) ", kSystemCaBundle) : config.broker.tls.ca,
+         ", client cert ", or_none(config.broker.tls.cert), ", verify ",
+         config.broker.tls.verify ? "true" : "false (any certificate)", "\n");
   Append(&out, "publish:\n  window: ", config.publish.window, "\n");
   Append(&out, "  republish_unconfirmed: ", config.publish.republish_unconfirmed ? "true" : "false",
          "\n");

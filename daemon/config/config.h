@@ -146,6 +146,15 @@ struct TcpOptions {
   bool insecure = false;
 };
 
+// TLS to the broker, used by amqps:// URIs only (docs/security.md).
+struct BrokerTls {
+  std::string ca;    // CA bundle; "": the system's (kSystemCaBundle)
+  std::string cert;  // client certificate (PEM), with `key`; "": none
+  std::string key;
+  bool verify = true;  // the broker's certificate chain and host name
+};
+inline constexpr const char* kSystemCaBundle = "/etc/ssl/certs/ca-certificates.crt";
+
 struct Broker {
   std::vector<std::string> uris;  // default: ["amqp://guest:guest@127.0.0.1:5672/"]
   // The password of every URI, from this file's first line (or from
@@ -154,6 +163,7 @@ struct Broker {
   std::string password_file;
   std::chrono::milliseconds heartbeat{std::chrono::seconds(30)};
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
+  BrokerTls tls;
 };
 
 struct Publish {
@@ -213,7 +223,8 @@ struct BrokerUri {
   bool tls = false;  // amqps://
 };
 
-// ParseBrokerUri accepts amqp:// and amqps:// URIs with a port in 1..65535.
+// ParseBrokerUri accepts amqp:// and amqps:// URIs with a port in 1..65535;
+// without a port, 5672 (amqp) or 5671 (amqps).
 // The error message never contains the password.
 absl::StatusOr<BrokerUri> ParseBrokerUri(std::string_view uri);
 

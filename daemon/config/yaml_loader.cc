@@ -228,7 +228,7 @@ void YamlReader::ReadRoot(const YAML::Node& root) {
 }
 
 void YamlReader::ReadBroker(const YAML::Node& node) {
-  if (!ExpectMap(node, "broker", "a map (uris, heartbeat, connect_timeout)")) return;
+  if (!ExpectMap(node, "broker", "a map (uris, heartbeat, connect_timeout, tls)")) return;
   ForEachKey(node, "broker", "broker", "broker",
              [&](const std::string& key, const std::string& display, const YAML::Node& value) {
                if (key == "uris") {
@@ -239,6 +239,8 @@ void YamlReader::ReadBroker(const YAML::Node& node) {
                  ReadConnectTimeout(value, display);
                } else if (key == "password_file") {
                  if (auto s = String(value, display, true)) config_.broker.password_file = *s;
+               } else if (key == "tls") {
+                 ReadSection(value, "broker.tls");
                }
              });
 }
@@ -314,6 +316,14 @@ void YamlReader::ReadControlKey(std::string_view canonical, const YAML::Node& no
     if (auto s = String(node, display, true)) config_.socket.group = *s;
   } else if (canonical == "tcp.insecure") {
     if (auto b = Bool(node, display)) config_.tcp.insecure = *b;
+  } else if (canonical == "broker.tls.ca") {
+    if (auto s = String(node, display, true)) config_.broker.tls.ca = *s;
+  } else if (canonical == "broker.tls.cert") {
+    if (auto s = String(node, display, true)) config_.broker.tls.cert = *s;
+  } else if (canonical == "broker.tls.key") {
+    if (auto s = String(node, display, true)) config_.broker.tls.key = *s;
+  } else if (canonical == "broker.tls.verify") {
+    if (auto b = Bool(node, display)) config_.broker.tls.verify = *b;
   }
 }
 

@@ -3,9 +3,11 @@
 # then:
 #   lint    clang-format must leave every C++ file as it is;
 #   werror  build with warnings as errors (g++), clang-tidy on the daemon and
-#           client, and run every test (unit, integration, fault, cluster, bench smoke);
+#           client, and run every test (unit, integration, fault, cluster, tls,
+#           bench smoke);
 #   asan    build with AddressSanitizer + UndefinedBehaviorSanitizer and run every
-#           test but the cluster failover (which the werror pass ran);
+#           test but the cluster failover and the amqps tests, which start
+#           RabbitMQ nodes of their own (the werror pass ran them);
 #   tsan    build with Clang, ThreadSanitizer and -Wthread-safety, and run the
 #           unit, integration and fault tests.
 #   deploy/scripts/test.sh                   every pass
@@ -44,7 +46,7 @@ for pass in $PASSES; do
         export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
         export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
         export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-        run_pass asan "-LE cluster" -DCMAKE_BUILD_TYPE=Debug -DMQS_SANITIZE=ON
+        run_pass asan "-LE cluster|tls" -DCMAKE_BUILD_TYPE=Debug -DMQS_SANITIZE=ON
       )
       ;;
     tsan)

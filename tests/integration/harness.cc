@@ -491,6 +491,7 @@ Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
     << "  heartbeat: " << options_.heartbeat.count() << "s\n"
     << "  connect_timeout: 5s\n"
     << options_.broker_extra;
+  if (!options_.broker_tls_yaml.empty()) y << "  tls: " << options_.broker_tls_yaml << "\n";
   std::ostringstream producers, consumers;
   for (const auto& b : businesses_) {
     const std::string exchange = b.exchange.empty() ? b.name : b.exchange;

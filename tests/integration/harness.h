@@ -156,6 +156,9 @@ struct DaemonOptions {
   // Appended to the generated config: top-level keys it does not write
   // (identity, ping, tasks).
   std::string extra_yaml = {};
+  // broker.tls as a YAML flow map ("{ ca: /x/ca.pem, verify: false }"),
+  // written inside the generated broker map; "": not written.
+  std::string broker_tls_yaml = {};
   // Run with this config file instead of a generated one (one file for
   // several daemons); its listen address must be this daemon's
   // unix://<dir>/<name>.sock, e.g. by placeholders.

@@ -719,7 +719,7 @@ TEST_CASE("config: every kConfigKeys key is accepted by the YAML loader") {
   absl::StatusOr<Config> c = LoadYamlText(R"(listen: "127.0.0.1:1"
 socket: { mode: "0600", group: nogroup }
 tcp: { insecure: true }
-broker: { uris: "amqp://h/", heartbeat: 1s, connect_timeout: 1s }
+broker: { uris: "amqp://h/", heartbeat: 1s, connect_timeout: 1s, tls: { ca: "", cert: "", key: "", verify: true } }
 producers: { p: { exchange: e, handle: "" } }
 consumers: { c: { exchange: e, queue: q, binding_keys: "#", queue_type: quorum, prefetch: 1, handle: x, max_deliveries: 5, dead_letter: true, single_active: true, retry: { delays: [1s, 10s], max_attempts: 4 } } }
 publish: { window: 1, republish_unconfirmed: false, wait_timeout: 2s }
@@ -775,14 +775,82 @@ publish: { republish_unconfirmed: maybe }
 namespace mqs::config {
 namespace {
 
-TEST_CASE("config: amqps:// is a config error until TLS to the broker exists") {
-  const std::string err = ErrorText(LoadYamlText(
-      "broker: { uris: [\"amqp://h/\", \"amqps://u:secret@h/\"] }\nproducers: { a: }\n",
-      "tls.yaml"));
-  CHECK_THAT(err, Catch::Contains("broker.uris[1]") &&
-                      Catch::Contains("amqps:// (TLS to the broker) is not supported yet") &&
-                      !Catch::Contains("secret"));
-  CHECK(LoadYamlText("broker: { uris: [\"amqp://h/\"] }\nproducers: { a: }\n", "ok.yaml").ok());
+TEST_CASE("config: amqps:// is accepted, with broker.tls read from YAML and INI") {
+  const TempFile ca("ca.pem", "ca");
+  const TempFile cert("client.pem", "cert");
+  const TempFile key("client.key", "key");
+  absl::StatusOr<Config> c = LoadYamlText(
+      "broker:\n  uris: [\"amqp://h/\", \"amqps://u:secret@h/\"]\n  tls:\n    ca: " + ca.path() +
+          "\n    cert: " + cert.path() + "\n    key: " + key.path() +
+          "\n    verify: false\nproducers: { a: }\n",
+      "tls.yaml");
+  REQUIRE(c.ok());
+  CHECK(c->broker.tls.ca == ca.path());
+  CHECK(c->broker.tls.cert == cert.path());
+  CHECK(c->broker.tls.key == key.path());
+  CHECK_FALSE(c->broker.tls.verify);
+  const std::string described = Describe(*c);
+  CHECK_THAT(described, Catch::Contains("tls (amqps:// only): ca " + ca.path() + ", client cert " +
+                                        cert.path() + ", verify false (any certificate)"));
+  CHECK_THAT(described, !Catch::Contains("secret"));
+
+  // Defaults: the system's CA bundle, no client certificate, verify on.
+  c = LoadYamlText("broker: { uris: \"amqps://u:p@h/\" }\nproducers: { a: }\n", "d.yaml");
+  REQUIRE(c.ok());
+  CHECK(c->broker.tls.ca.empty());
+  CHECK(c->broker.tls.cert.empty());
+  CHECK(c->broker.tls.verify);
+  CHECK_THAT(Describe(*c), Catch::Contains("ca (system) /etc/ssl/certs/ca-certificates.crt"));
+  // tls beside amqp:// URIs only is fine (it applies to amqps:// ones).
+  CHECK(LoadYamlText(
+            "broker: { uris: \"amqp://h/\", tls: { ca: " + ca.path() + " } }\nproducers: { a: }\n",
+            "p.yaml")
+            .ok());
+
+  c = LoadIniText(
+      "[rabbitmq]\naddress=amqps://u:p@h:5671/\nproducer={\"a\":{}}\n[broker.tls]\nca=" +
+          ca.path() + "\nverify=false\n",
+      "seed.ini");
+  REQUIRE(c.ok());
+  CHECK(c->broker.tls.ca == ca.path());
+  CHECK_FALSE(c->broker.tls.verify);
+}
+
+TEST_CASE("config: broker.tls errors name the key and the line") {
+  const TempFile cert("client.pem", "cert");
+  const std::string missing = "/nonexistent/mqs-ca.pem";
+  std::string err = ErrorText(LoadYamlText(
+      "broker:\n  uris: \"amqps://u:secret@h/\"\n  tls:\n"
+      "    ca: " +
+          missing + "\n    cert: " + cert.path() + "\n    verify: maybe\nproducers: { a: }\n",
+      "t.yaml"));
+  CHECK_THAT(err, Catch::Contains("t.yaml:4: broker.tls.ca: cannot read \"" + missing +
+                                  "\": No such file or directory"));
+  CHECK_THAT(err, Catch::Contains("t.yaml:5: broker.tls.cert: a client certificate needs both "
+                                  "broker.tls.cert and broker.tls.key"));
+  CHECK_THAT(err, Catch::Contains("t.yaml:6: broker.tls.verify: expected true or false"));
+  CHECK_THAT(err, !Catch::Contains("secret"));
+  CHECK(LineCount(err) == 3);
+
+  err = ErrorText(LoadYamlText("broker:\n  tls: { key: " + cert.path() +
+                                   ", cafile: x, ca: /tmp }\n"
+                                   "producers: { a: }\n",
+                               "k.yaml"));
+  CHECK_THAT(err, Catch::Contains("k.yaml:2: broker.tls.cafile: unknown key; expected one of: ca, "
+                                  "cert, key, verify"));
+  CHECK_THAT(err, Catch::Contains("k.yaml:2: broker.tls.ca: expected a file, got \"/tmp\""));
+  CHECK_THAT(err, Catch::Contains("k.yaml:2: broker.tls.key: a client certificate needs both"));
+  CHECK(LineCount(err) == 3);
+
+  err = ErrorText(LoadYamlText("broker:\n  tls: [a]\nproducers: { a: }\n", "m.yaml"));
+  CHECK_THAT(err, Catch::Contains("m.yaml:2: broker.tls: expected a map (ca, cert, key, verify)"));
+
+  err =
+      ErrorText(LoadIniText("[rabbitmq]\naddress=amqps://u:p@h/\nproducer={\"a\":{}}\n"
+                            "[broker.tls]\nca=" +
+                                missing + "\n",
+                            "seed.ini"));
+  CHECK_THAT(err, Catch::Contains("seed.ini:5: broker.tls.ca: cannot read"));
 }
 
 }  // namespace
