@@ -228,14 +228,17 @@ TEST_CASE(
 
 TEST_CASE(
     "integration: a nack's own retry_after_ms brings the message back after that delay through a "
-    "retry queue declared on first use, and on a business without retry it is INVALID_ARGUMENT") {
+    "retry queue declared on first use (classic queues), and on a business without retry it is "
+    "INVALID_ARGUMENT") {
   IntegrationTest t("retrya");
   const std::string biz = t.Business("retrya");
   const std::string plain = t.Business("plain");
   const std::string queue = biz + ".queue";
   t.CleanUpQueue(queue + ".retry.10s");
   t.CleanUpQueue(queue + ".retry.700ms");
-  Daemon& d = t.StartDaemon({{.name = biz, .retry = "{delays: [10s]}"}, {.name = plain}});
+  // A classic queue: its retry queues are classic too (the other tests use quorum).
+  Daemon& d = t.StartDaemon(
+      {{.name = biz, .queue_type = "classic", .retry = "{delays: [10s]}"}, {.name = plain}});
   REQUIRE_FALSE(t.admin().InspectQueue(queue + ".retry.700ms").has_value());
 
   RetryingHandler handler(d.stub(), biz, /*succeed_at=*/2, /*retry_after_ms=*/700);
