@@ -6,7 +6,7 @@
 // with 0 confirmed messages lost (History, checker.h).
 //
 // The test starts the cluster itself and stops it at the end, also when it
-// fails (ClusterScope). The default node (5672) is not used. ctest runs it
+// fails (ScriptedNodes). The default node (5672) is not used. ctest runs it
 // under the label `cluster` (RUN_SERIAL); see docs/reliability.md.
 #include <unistd.h>
 
@@ -61,63 +61,6 @@ CommandResult Ctl(size_t node, std::vector<std::string> args, Clock::duration ti
   argv.insert(argv.end(), args.begin(), args.end());
   return RunCommand(argv, timeout);
 }
-
-std::string Output(const CommandResult& r) {
-  return "exit " + std::to_string(r.exit_code) + "\n" + r.out + r.err;
-}
-
-// The three nodes, started by cluster.sh; stopped when this goes out of scope
-// (also when an assertion threw), unless Stop() already did.
-class ClusterScope {
- public:
-  ClusterScope() = default;
-  ~ClusterScope() {
-    if (!started_) return;
-    const CommandResult r = Script("stop", 90s);
-    std::cout << "[cluster] cluster.sh stop (scope end): " << Output(r) << std::flush;
-  }
-  ClusterScope(const ClusterScope&) = delete;
-  ClusterScope& operator=(const ClusterScope&) = delete;
-
-  CommandResult Start() {
-    started_ = true;  // a half-started cluster is stopped too
-    return Script("start", 150s);
-  }
-  CommandResult Stop() {
-    started_ = false;
-    return Script("stop", 90s);
-  }
-
- private:
-  static CommandResult Script(const std::string& command, Clock::duration timeout) {
-    return RunCommand({"/bin/bash", MQS_CLUSTER_SCRIPT, command}, timeout);
-  }
-  bool started_ = false;
-};
-
-// Sets an environment variable for the lifetime of the object. setenv is not
-// thread-safe: use it only before the test starts threads (daemons, streams).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    const char* old = std::getenv(name);
-    if (old != nullptr) old_ = old;
-    setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      setenv(name_, old_->c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // The server-side AMQP ports of the daemon's connections (client property
 // product = mq-sidecar) as node `ask` sees the cluster; nullopt if it cannot tell.
@@ -216,10 +159,10 @@ void RunFailover(Leader placement) {
   REQUIRE(geteuid() == 0);  // cluster.sh and rabbitmqctl run the nodes as the rabbitmq user
 
   const auto cluster_start = Clock::now();
-  ClusterScope cluster;
+  ScriptedNodes cluster(MQS_CLUSTER_SCRIPT, "cluster");
   {
     const CommandResult started = cluster.Start();
-    INFO("cluster.sh start: " << Output(started));
+    INFO("cluster.sh start: " << CommandOutput(started));
     REQUIRE(started.exit_code == 0);
   }
   const auto cluster_up = Clock::now();
@@ -292,7 +235,7 @@ void RunFailover(Leader placement) {
     REQUIRE(victim_pid > 0);
     const auto stop_at = Clock::now();
     const CommandResult stop = Ctl(kVictim, {"stop"}, 60s);
-    INFO("rabbitmqctl -n " << kNodes[kVictim] << " stop: " << Output(stop));
+    INFO("rabbitmqctl -n " << kNodes[kVictim] << " stop: " << CommandOutput(stop));
     REQUIRE(stop.exit_code == 0);
     // rabbitmqctl stop returns as the VM halts; wait until it is gone.
     REQUIRE(WaitUntil([&] { return !Alive(victim_pid); }, 30s, 50ms));
@@ -397,7 +340,7 @@ void RunFailover(Leader placement) {
 
   const auto stop_at = Clock::now();
   const CommandResult stopped = cluster.Stop();
-  INFO("cluster.sh stop: " << Output(stopped));
+  INFO("cluster.sh stop: " << CommandOutput(stopped));
   CHECK(stopped.exit_code == 0);
   WARN("[cluster] timings: cluster.sh start "
        << Fixed(Seconds(cluster_up - cluster_start), 1) << " s, test "

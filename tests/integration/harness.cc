@@ -1211,4 +1211,43 @@ std::string ResultText(const pb::PublishResult& result) {
          (result.error().empty() ? "" : " (" + result.error() + ")");
 }
 
+std::string CommandOutput(const CommandResult& r) {
+  return "exit " + std::to_string(r.exit_code) + "\n" + r.out + r.err;
+}
+
+ScriptedNodes::~ScriptedNodes() {
+  if (!started_) return;
+  const CommandResult r = Script("stop", std::chrono::seconds(90));
+  std::cout << "[" << tag_ << "] " << script_ << " stop (scope end): " << CommandOutput(r)
+            << std::flush;
+}
+
+CommandResult ScriptedNodes::Start() {
+  started_ = true;
+  return Script("start", std::chrono::seconds(150));
+}
+
+CommandResult ScriptedNodes::Stop() {
+  started_ = false;
+  return Script("stop", std::chrono::seconds(90));
+}
+
+CommandResult ScriptedNodes::Script(const std::string& command, Clock::duration timeout) const {
+  return RunCommand({"/bin/bash", script_, command}, timeout);
+}
+
+ScopedEnv::ScopedEnv(const char* name, const std::string& value) : name_(name) {
+  const char* old = std::getenv(name);  // NOLINT(concurrency-mt-unsafe): before any thread
+  if (old != nullptr) old_ = old;
+  setenv(name, value.c_str(), 1);
+}
+
+ScopedEnv::~ScopedEnv() {
+  if (old_) {
+    setenv(name_, old_->c_str(), 1);
+  } else {
+    unsetenv(name_);
+  }
+}
+
 }  // namespace mqs::it

@@ -80,6 +80,43 @@ struct CommandResult {
   std::string err;
 };
 CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration timeout);
+// "exit N" and what it printed, for a test's message.
+std::string CommandOutput(const CommandResult& r);
+
+// Broker nodes a script of ours starts and stops (`script start|stop`, e.g.
+// deploy/scripts/cluster.sh): stopped when this goes out of scope (also when
+// an assertion threw), unless Stop() already did. `tag` prefixes its output.
+class ScriptedNodes {
+ public:
+  ScriptedNodes(std::string script, std::string tag)
+      : script_(std::move(script)), tag_(std::move(tag)) {}
+  ~ScriptedNodes();
+  ScriptedNodes(const ScriptedNodes&) = delete;
+  ScriptedNodes& operator=(const ScriptedNodes&) = delete;
+
+  CommandResult Start();  // a half-started node is stopped too
+  CommandResult Stop();
+
+ private:
+  CommandResult Script(const std::string& command, Clock::duration timeout) const;
+  std::string script_;
+  std::string tag_;
+  bool started_ = false;
+};
+
+// Sets an environment variable for the lifetime of the object. setenv is not
+// thread-safe: use it only before the test starts threads (daemons, streams).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value);
+  ~ScopedEnv();
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
 
 // Direct AMQP access (rabbitmq-c) for inspecting and cleaning up the broker,
 // independent of the daemon under test.

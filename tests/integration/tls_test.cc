@@ -6,7 +6,7 @@
 // the daemon NOT_SERVING with the reason in its log, at every attempt.
 //
 // Each test starts the node and stops it at the end, also when it fails
-// (NodeScope). The shared broker (5672) is not used: the harness's admin
+// (ScriptedNodes). The shared broker (5672) is not used: the harness's admin
 // connection goes to the node's plain AMQP port. ctest runs these under the
 // label `tls` (RUN_SERIAL).
 #include <catch2/catch.hpp>
@@ -35,66 +35,14 @@ std::string TlsDir() {
 }
 std::string Cert(const std::string& file) { return TlsDir() + "/certs/" + file; }
 
-std::string Output(const CommandResult& r) {
-  return "exit " + std::to_string(r.exit_code) + "\n" + r.out + r.err;
-}
-
-// The node, started by tls-broker.sh; stopped when this goes out of scope.
-class NodeScope {
- public:
-  NodeScope() = default;
-  ~NodeScope() {
-    if (!started_) return;
-    const CommandResult r = Script("stop", 90s);
-    std::cout << "[tls] tls-broker.sh stop (scope end): " << Output(r) << std::flush;
-  }
-  NodeScope(const NodeScope&) = delete;
-  NodeScope& operator=(const NodeScope&) = delete;
-
-  CommandResult Start() {
-    started_ = true;  // a half-started node is stopped too
-    return Script("start", 150s);
-  }
-
- private:
-  static CommandResult Script(const std::string& command, Clock::duration timeout) {
-    return RunCommand({"/bin/bash", MQS_TLS_BROKER_SCRIPT, command}, timeout);
-  }
-  bool started_ = false;
-};
-
-// Sets an environment variable for the lifetime of the object; before any
-// thread starts (setenv is not thread-safe).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    const char* old = std::getenv(name);
-    if (old != nullptr) old_ = old;
-    setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      setenv(name_, old_->c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
-
 std::string Amqps(const std::string& host, int port = kTlsPort) {
   return "amqps://guest:guest@" + host + ":" + std::to_string(port) + "/";
 }
 
 // Starts the node (the harness's admin connection then uses its plain port).
-void StartNode(NodeScope& node) {
+void StartNode(ScriptedNodes& node) {
   const CommandResult started = node.Start();
-  INFO(Output(started));
+  INFO(CommandOutput(started));
   REQUIRE(started.exit_code == 0);
 }
 
@@ -117,7 +65,7 @@ TEST_CASE(
     "tls: amqps to localhost with the right CA and a client certificate serves, a message "
     "published is consumed",
     "[tls]") {
-  NodeScope node;
+  ScriptedNodes node(MQS_TLS_BROKER_SCRIPT, "tls");
   StartNode(node);
   ScopedEnv env("MQS_TEST_AMQP_URI",
                 "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
@@ -137,7 +85,7 @@ TEST_CASE(
     "tls: another CA or a port without TLS leave the daemon NOT_SERVING, the reason logged at "
     "every attempt",
     "[tls]") {
-  NodeScope node;
+  ScriptedNodes node(MQS_TLS_BROKER_SCRIPT, "tls");
   StartNode(node);
   ScopedEnv env("MQS_TEST_AMQP_URI",
                 "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
@@ -182,7 +130,7 @@ TEST_CASE(
     "tls: amqps to 127.0.0.1 fails the host name check (the certificate is for localhost), "
     "with verify false it serves",
     "[tls]") {
-  NodeScope node;
+  ScriptedNodes node(MQS_TLS_BROKER_SCRIPT, "tls");
   StartNode(node);
   ScopedEnv env("MQS_TEST_AMQP_URI",
                 "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
