@@ -29,6 +29,11 @@ case "${1:-ensure}" in
       for fd in $(ls /proc/"$BASHPID"/fd); do
         if ((fd > 2)); then eval "exec $fd>&-"; fi
       done
+      # RabbitMQ 3.10 recovers queues before exchanges at boot: a quorum
+      # retry queue that expires messages in between cannot forward them
+      # and tries again only after this timeout (180 s by default); see
+      # docs/operations.md "Broker settings".
+      export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS:-} -rabbit dead_letter_worker_publisher_confirm_timeout 10000"
       exec rabbitmq-server -detached
     )
     for ((i = 0; i < DEADLINE_S * 2; i++)); do

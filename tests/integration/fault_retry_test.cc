@@ -20,12 +20,22 @@ using namespace std::chrono_literals;
 TEST_CASE(
     "fault: broker restarted while copies wait in a retry queue: every message comes back "
     "and is handled, none lost or left in the retry queue",
-    "[fault][!mayfail]") {
+    "[fault]") {
   IntegrationTest t("retryfault");
   BrokerControl broker(t.uri());
   const std::string why = broker.CheckControllable();
   INFO(why);
   REQUIRE(why.empty());
+  // RabbitMQ 3.10 recovers queues before exchanges at boot: a retry queue's
+  // dead-letter worker that expires a message in between finds no exchange
+  // (log: "Cannot forward any dead-letter messages ... does not exist") and
+  // tries again only after this timeout, 180 s by default. docs/operations.md
+  // recommends 10 s; without it this test fails now and then (1 run in 4
+  // under ASan).
+  const std::string tuned =
+      broker.SetRabbitEnv("dead_letter_worker_publisher_confirm_timeout", "10000");
+  INFO(tuned);
+  REQUIRE(tuned.empty());
   const std::string biz = t.Business("retryfault");
   const std::string queue = biz + ".queue";
   const std::string retry = queue + ".retry.3s";

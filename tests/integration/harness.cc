@@ -1164,6 +1164,23 @@ std::string BrokerControl::SetMemoryWatermark(const std::string& fraction) {
   return "";
 }
 
+std::string BrokerControl::SetRabbitEnv(const std::string& key, const std::string& erlang_value) {
+  if (!env_changed_.contains(key)) {
+    // Prints `{ok,Value}` or `undefined`.
+    CommandResult was = Ctl({"eval", "application:get_env(rabbit, " + key + ")."}, seconds(30));
+    if (was.exit_code != 0) return was.err;
+    std::string value = was.out.substr(0, was.out.find('\n'));
+    value = value.starts_with("{ok,") && value.ends_with("}") ? value.substr(4, value.size() - 5)
+                                                                : "";
+    env_changed_[key] = value;
+  }
+  const std::string expr = erlang_value.empty()
+                               ? "application:unset_env(rabbit, " + key + ")."
+                               : "application:set_env(rabbit, " + key + ", " + erlang_value + ").";
+  CommandResult r = Ctl({"eval", expr}, seconds(30));
+  return r.exit_code == 0 ? "" : r.err;
+}
+
 bool BrokerControl::WaitAnswers(Clock::duration timeout) {
   return WaitUntil([&] { return AmqpAdmin(node_.amqp_uri).Connect().empty(); }, timeout,
                    milliseconds(200));
@@ -1178,6 +1195,10 @@ std::string BrokerControl::Restore() {
   if (node_stopped_) note(StartNode());
   if (app_stopped_) note(StartApp());
   if (watermark_changed_) note(SetMemoryWatermark(original_watermark_));
+  for (const auto& [key, value] : std::map<std::string, std::string>(env_changed_)) {
+    note(SetRabbitEnv(key, value));
+  }
+  env_changed_.clear();
   if (!WaitAnswers(seconds(60))) note("the broker at " + node_.amqp_uri + " does not answer");
   return errors;
 }

@@ -461,6 +461,9 @@ class BrokerControl {
   std::string Thaw();
   // rabbitmqctl set_vm_memory_high_watermark <fraction>; "0" raises the memory alarm.
   std::string SetMemoryWatermark(const std::string& fraction);
+  // application:set_env(rabbit, key, value) on the running node (kept across
+  // stop_app/start_app); Restore() puts back what was there.
+  std::string SetRabbitEnv(const std::string& key, const std::string& erlang_value);
   // AMQP login works within `timeout`.
   bool WaitAnswers(Clock::duration timeout);
   // Undoes every change; "" on success, else what could not be restored.
@@ -477,6 +480,8 @@ class BrokerControl {
   std::string original_watermark_ = "0.4";
   bool node_stopped_ = false;
   bool app_stopped_ = false;
+  // key -> the node's value before SetRabbitEnv ("" = it had none).
+  std::map<std::string, std::string> env_changed_;
 };
 
 // Incremented by a Catch listener on every failed assertion; lets scopes know
