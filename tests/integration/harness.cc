@@ -1170,8 +1170,8 @@ std::string BrokerControl::SetRabbitEnv(const std::string& key, const std::strin
     CommandResult was = Ctl({"eval", "application:get_env(rabbit, " + key + ")."}, seconds(30));
     if (was.exit_code != 0) return was.err;
     std::string value = was.out.substr(0, was.out.find('\n'));
-    value = value.starts_with("{ok,") && value.ends_with("}") ? value.substr(4, value.size() - 5)
-                                                                : "";
+    value =
+        value.starts_with("{ok,") && value.ends_with("}") ? value.substr(4, value.size() - 5) : "";
     env_changed_[key] = value;
   }
   const std::string expr = erlang_value.empty()
