@@ -136,66 +136,106 @@ void OutgoingProperties::Build(const mqsidecar::v1::PublishRequest& r, std::stri
   }
 }
 
-std::string FieldToString(const amqp_field_value_t& v) {
+namespace {
+
+// Nesting deeper than this renders as "...". Another AMQP client may send
+// headers nested as deep as one frame allows (~26,000 arrays in 128 KiB);
+// rendering them recursively overflowed the consumer thread's stack (a
+// 20,000-deep header crashed the daemon, and its redelivery crashed it
+// again). Appending keeps the work linear in the header's size.
+constexpr int kMaxFieldDepth = 16;
+
+void AppendField(const amqp_field_value_t& v, int depth, std::string* out) {
   switch (v.kind) {
     case AMQP_FIELD_KIND_BOOLEAN:
-      return v.value.boolean ? "true" : "false";
+      out->append(v.value.boolean ? "true" : "false");
+      return;
     case AMQP_FIELD_KIND_I8:
-      return std::to_string(v.value.i8);
+      util::StrAppend(out, static_cast<int>(v.value.i8));
+      return;
     case AMQP_FIELD_KIND_U8:
-      return std::to_string(v.value.u8);
+      util::StrAppend(out, static_cast<unsigned>(v.value.u8));
+      return;
     case AMQP_FIELD_KIND_I16:
-      return std::to_string(v.value.i16);
+      util::StrAppend(out, v.value.i16);
+      return;
     case AMQP_FIELD_KIND_U16:
-      return std::to_string(v.value.u16);
+      util::StrAppend(out, v.value.u16);
+      return;
     case AMQP_FIELD_KIND_I32:
-      return std::to_string(v.value.i32);
+      util::StrAppend(out, v.value.i32);
+      return;
     case AMQP_FIELD_KIND_U32:
-      return std::to_string(v.value.u32);
+      util::StrAppend(out, v.value.u32);
+      return;
     case AMQP_FIELD_KIND_I64:
-      return std::to_string(v.value.i64);
+      util::StrAppend(out, v.value.i64);
+      return;
     case AMQP_FIELD_KIND_U64:
     case AMQP_FIELD_KIND_TIMESTAMP:
-      return std::to_string(v.value.u64);
+      util::StrAppend(out, v.value.u64);
+      return;
     case AMQP_FIELD_KIND_F32:
-      return util::StrCat(v.value.f32);
+      util::StrAppend(out, v.value.f32);
+      return;
     case AMQP_FIELD_KIND_F64:
-      return util::StrCat(v.value.f64);
+      util::StrAppend(out, v.value.f64);
+      return;
     case AMQP_FIELD_KIND_DECIMAL: {
       // value * 10^-decimals, rendered exactly.
-      std::string digits = std::to_string(v.value.decimal.value);
+      const std::string digits = std::to_string(v.value.decimal.value);
       const size_t d = v.value.decimal.decimals;
-      if (d == 0) return digits;
+      if (d == 0) {
+        out->append(digits);
+        return;
+      }
       const std::string padded =
           digits.size() > d ? digits : std::string(d + 1 - digits.size(), '0') + digits;
-      return util::StrCat(std::string_view(padded).substr(0, padded.size() - d), ".",
-                          std::string_view(padded).substr(padded.size() - d));
+      util::StrAppend(out, std::string_view(padded).substr(0, padded.size() - d), ".",
+                      std::string_view(padded).substr(padded.size() - d));
+      return;
     }
     case AMQP_FIELD_KIND_UTF8:
     case AMQP_FIELD_KIND_BYTES:
-      return std::string(AmqpText(v.value.bytes));
-    case AMQP_FIELD_KIND_VOID:
-      return "";
-    case AMQP_FIELD_KIND_ARRAY: {
-      std::string out = "[";
+      out->append(AmqpText(v.value.bytes));
+      return;
+    case AMQP_FIELD_KIND_ARRAY:
+      if (depth >= kMaxFieldDepth) {
+        out->append("[...]");
+        return;
+      }
+      out->push_back('[');
       for (int i = 0; i < v.value.array.num_entries; ++i) {
-        if (i > 0) out += ",";
-        out += FieldToString(v.value.array.entries[i]);
+        if (i > 0) out->push_back(',');
+        AppendField(v.value.array.entries[i], depth + 1, out);
       }
-      return out + "]";
-    }
-    case AMQP_FIELD_KIND_TABLE: {
-      std::string out = "{";
+      out->push_back(']');
+      return;
+    case AMQP_FIELD_KIND_TABLE:
+      if (depth >= kMaxFieldDepth) {
+        out->append("{...}");
+        return;
+      }
+      out->push_back('{');
       for (int i = 0; i < v.value.table.num_entries; ++i) {
-        if (i > 0) out += ",";
+        if (i > 0) out->push_back(',');
         const auto& e = v.value.table.entries[i];
-        util::StrAppend(&out, AmqpText(e.key), "=", FieldToString(e.value));
+        util::StrAppend(out, AmqpText(e.key), "=");
+        AppendField(e.value, depth + 1, out);
       }
-      return out + "}";
-    }
-    default:
-      return "";
+      out->push_back('}');
+      return;
+    default:  // void, and kinds rabbitmq-c does not decode
+      return;
   }
+}
+
+}  // namespace
+
+std::string FieldToString(const amqp_field_value_t& v) {
+  std::string out;
+  AppendField(v, 0, &out);
+  return out;
 }
 
 void FillDelivery(const amqp_basic_properties_t& p, mqsidecar::v1::Delivery* d) {

@@ -122,7 +122,8 @@ class OutgoingProperties {
 };
 
 // FieldToString renders an AMQP field value as text; the API's headers are
-// strings, and other AMQP clients may send numbers, booleans or nested tables.
+// strings, and other AMQP clients may send numbers, booleans or nested tables
+// (arrays as [a,b], tables as {k=v}; nesting deeper than 16 shows as [...]).
 std::string FieldToString(const amqp_field_value_t& value);
 
 // FillDelivery copies the message properties into `delivery`. x-delivery-count

@@ -436,6 +436,39 @@ void AmqpAdmin::DeleteExchange(const std::string& exchange) {
   });
 }
 
+bool AmqpAdmin::PublishNested(const std::string& queue, const std::string& message_id, int depth) {
+  std::vector<amqp_field_value_t> v(static_cast<size_t>(depth) + 1);
+  v[depth].kind = AMQP_FIELD_KIND_UTF8;
+  v[depth].value.bytes = amqp_cstring_bytes("x");
+  for (int i = depth - 1; i >= 0; --i) {
+    v[i].kind = AMQP_FIELD_KIND_ARRAY;
+    v[i].value.array.num_entries = 1;
+    v[i].value.array.entries = &v[i + 1];
+  }
+  amqp_table_entry_t header;
+  header.key = amqp_cstring_bytes("deep");
+  header.value = v[0];
+  amqp_basic_properties_t props{};
+  props._flags =
+      AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+  props.delivery_mode = 2;
+  props.message_id = amqp_cstring_bytes(message_id.c_str());
+  props.headers.num_entries = 1;
+  props.headers.entries = &header;
+  return OnChannel([&](void* conn, uint16_t ch) {
+    auto c = static_cast<amqp_connection_state_t>(conn);
+    if (amqp_confirm_select(c, ch) == nullptr) return false;
+    if (amqp_basic_publish(c, ch, amqp_cstring_bytes(""), amqp_cstring_bytes(queue.c_str()), 0, 0,
+                           &props, amqp_cstring_bytes("nested")) != AMQP_STATUS_OK) {
+      return false;
+    }
+    amqp_frame_t frame;
+    return amqp_simple_wait_frame(c, &frame) == AMQP_STATUS_OK &&
+           frame.frame_type == AMQP_FRAME_METHOD &&
+           frame.payload.method.id == AMQP_BASIC_ACK_METHOD;
+  });
+}
+
 std::optional<AmqpAdmin::Message> AmqpAdmin::Get(const std::string& queue) {
   std::optional<Message> got;
   OnChannel([&](void* conn, uint16_t ch) {

@@ -149,6 +149,10 @@ class AmqpAdmin {
   };
   // nullopt when the queue is empty or cannot be read.
   std::optional<Message> Get(const std::string& queue);
+  // Publishes (with a confirm) to `queue` through the default exchange a
+  // message whose header `deep` nests `depth` arrays around "x": what a
+  // hostile AMQP client can send. True once the broker confirmed it.
+  bool PublishNested(const std::string& queue, const std::string& message_id, int depth);
 
  private:
   struct Conn;

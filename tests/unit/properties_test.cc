@@ -179,3 +179,57 @@ TEST_CASE("properties: a header name with a control character is refused, escape
   (*del.mutable_headers())[std::string("a\x7f", 2)] = "v";
   CHECK_FALSE(mqs::amqp::ValidatePublish(del).ok());
 }
+
+TEST_CASE("properties: headers nested as deep as a frame allows render without recursion") {
+  // 30,000 nested arrays (more than fit in a 128 KiB frame) around a string:
+  // before the depth limit, rendering this overflowed the stack.
+  constexpr int kDepth = 30000;
+  std::vector<amqp_field_value_t> v(kDepth + 1);
+  v[kDepth].kind = AMQP_FIELD_KIND_UTF8;
+  v[kDepth].value.bytes = amqp_cstring_bytes("x");
+  for (int i = kDepth - 1; i >= 0; --i) {
+    v[i].kind = AMQP_FIELD_KIND_ARRAY;
+    v[i].value.array.num_entries = 1;
+    v[i].value.array.entries = &v[i + 1];
+  }
+  const std::string text = mqs::amqp::FieldToString(v[0]);
+  CHECK(text == std::string(16, '[') + "[...]" + std::string(16, ']'));
+
+  // Tables the same way, inside a delivery's headers.
+  std::vector<amqp_table_entry_t> t(kDepth);
+  for (int i = kDepth - 1; i >= 0; --i) {
+    t[i].key = amqp_cstring_bytes("k");
+    if (i + 1 < kDepth) {
+      t[i].value.kind = AMQP_FIELD_KIND_TABLE;
+      t[i].value.value.table.num_entries = 1;
+      t[i].value.value.table.entries = &t[i + 1];
+    } else {
+      t[i].value.kind = AMQP_FIELD_KIND_I32;
+      t[i].value.value.i32 = 7;
+    }
+  }
+  amqp_basic_properties_t props{};
+  props._flags = AMQP_BASIC_HEADERS_FLAG;
+  props.headers.num_entries = 1;
+  props.headers.entries = &t[0];
+  Delivery d;
+  mqs::amqp::FillDelivery(props, &d);
+  REQUIRE(d.headers().contains("k"));
+  std::string want;
+  for (int i = 0; i < 16; ++i) want += "{k=";
+  want += "{...}";
+  for (int i = 0; i < 16; ++i) want += "}";
+  CHECK(d.headers().at("k") == want);
+
+  // Shallow nesting is unchanged.
+  amqp_field_value_t inner[2];
+  inner[0].kind = AMQP_FIELD_KIND_I8;
+  inner[0].value.i8 = -3;
+  inner[1].kind = AMQP_FIELD_KIND_U8;
+  inner[1].value.u8 = 200;
+  amqp_field_value_t arr;
+  arr.kind = AMQP_FIELD_KIND_ARRAY;
+  arr.value.array.num_entries = 2;
+  arr.value.array.entries = inner;
+  CHECK(mqs::amqp::FieldToString(arr) == "[-3,200]");
+}

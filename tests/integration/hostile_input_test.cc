@@ -1,0 +1,55 @@
+// What another AMQP client on the broker can send the daemon's consumers:
+// messages the API never produces. The daemon must deliver or refuse them and
+// keep serving, never crash (a crash would redeliver the same message to the
+// restarted daemon and crash it again).
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <string>
+
+#include "harness.h"
+
+namespace mqs::it {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST_CASE(
+    "integration: a header nested 25,000 deep from another AMQP client is delivered (rendered "
+    "16 deep), retried, and the daemon keeps serving") {
+  IntegrationTest t("hostile");
+  const std::string biz = t.Business("hostile");
+  const std::string queue = biz + ".queue";
+  t.CleanUpQueue(queue + ".retry.200ms");
+  Daemon& d = t.StartDaemon({{.name = biz, .retry = "{delays: [200ms]}"}});
+  Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "h"});
+  REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
+
+  // 25,000 nested arrays: ~125 KiB, what fits in one 128 KiB frame.
+  REQUIRE(t.admin().PublishNested(queue, "deep-1", 25000));
+  REQUIRE(sub.WaitForCount(1, 20s));
+  const pb::Delivery first = sub.deliveries()[0];
+  CHECK(first.message_id() == "deep-1");
+  REQUIRE(first.headers().contains("deep"));
+  CHECK(first.headers().at("deep") == std::string(16, '[') + "[...]" + std::string(16, ']'));
+  CHECK(first.attempt() == 1);
+
+  // A delayed retry publishes the message again with its headers as they came.
+  REQUIRE(sub.Nack(first.delivery_id(), /*requeue=*/true));
+  REQUIRE(sub.WaitForCount(2, 20s));
+  const pb::Delivery again = sub.deliveries()[1];
+  CHECK(again.message_id() == "deep-1");
+  CHECK(again.attempt() == 2);
+  CHECK(again.headers().at("deep") == first.headers().at("deep"));
+  REQUIRE(sub.Ack(again.delivery_id()));
+
+  // Still serving: a normal message goes through, the daemon never exited.
+  const auto ids = PublishConfirmed(d.stub(), biz, 1, "after");
+  REQUIRE(ids.size() == 1);
+  REQUIRE(sub.WaitForCount(3, 20s));
+  CHECK(sub.deliveries()[2].message_id() == ids[0]);
+  CHECK(sub.Ack(sub.deliveries()[2].delivery_id()));
+  CHECK(d.Running());
+}
+
+}  // namespace
+}  // namespace mqs::it
