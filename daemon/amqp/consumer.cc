@@ -7,6 +7,7 @@
 #include "spdlog/spdlog.h"
 #include "util/grpc_limits.h"
 #include "util/strings.h"
+#include "util/utf8.h"
 
 namespace mqs::amqp {
 namespace {
@@ -351,8 +352,8 @@ void Consumer::OnDeliver(const amqp_basic_deliver_t& deliver, amqp_channel_t cha
   }
   in.tag = deliver.delivery_tag;
   in.consumer_tag.assign(AmqpText(deliver.consumer_tag));
-  in.delivery.set_exchange(std::string(AmqpText(deliver.exchange)));
-  in.delivery.set_routing_key(std::string(AmqpText(deliver.routing_key)));
+  in.delivery.set_exchange(util::ToValidUtf8(AmqpText(deliver.exchange)));
+  in.delivery.set_routing_key(util::ToValidUtf8(AmqpText(deliver.routing_key)));
   in.delivery.set_redelivered(deliver.redelivered != 0);
 }
 

@@ -18,6 +18,7 @@
 #include "util/grpc_limits.h"
 #include "util/strings.h"
 #include "util/uri.h"
+#include "util/utf8.h"
 
 namespace mqs::amqp {
 
@@ -140,8 +141,8 @@ v1::DeadLetter ToDeadLetter(const amqp_basic_properties_t& props, amqp_bytes_t b
   v1::Delivery* d = letter.mutable_message();
   FillDelivery(props, d);
   d->set_business(std::string(business));
-  d->set_exchange(std::string(exchange));
-  d->set_routing_key(std::string(routing_key));
+  d->set_exchange(util::ToValidUtf8(exchange));
+  d->set_routing_key(util::ToValidUtf8(routing_key));
   d->set_payload(std::string(AmqpText(body)));
   ReadDeath(props, &letter);
   return letter;

@@ -8,6 +8,7 @@
 
 #include "amqp/connection.h"
 #include "util/strings.h"
+#include "util/utf8.h"
 
 namespace mqs::amqp {
 namespace {
@@ -197,7 +198,7 @@ void AppendField(const amqp_field_value_t& v, int depth, std::string* out) {
     }
     case AMQP_FIELD_KIND_UTF8:
     case AMQP_FIELD_KIND_BYTES:
-      out->append(AmqpText(v.value.bytes));
+      util::AppendValidUtf8(out, AmqpText(v.value.bytes));
       return;
     case AMQP_FIELD_KIND_ARRAY:
       if (depth >= kMaxFieldDepth) {
@@ -220,7 +221,8 @@ void AppendField(const amqp_field_value_t& v, int depth, std::string* out) {
       for (int i = 0; i < v.value.table.num_entries; ++i) {
         if (i > 0) out->push_back(',');
         const auto& e = v.value.table.entries[i];
-        util::StrAppend(out, AmqpText(e.key), "=");
+        util::AppendValidUtf8(out, AmqpText(e.key));
+        out->push_back('=');
         AppendField(e.value, depth + 1, out);
       }
       out->push_back('}');
@@ -240,14 +242,15 @@ std::string FieldToString(const amqp_field_value_t& v) {
 
 void FillDelivery(const amqp_basic_properties_t& p, mqsidecar::v1::Delivery* d) {
   const auto has = [&p](amqp_flags_t flag) { return (p._flags & flag) != 0; };
-  if (has(AMQP_BASIC_MESSAGE_ID_FLAG)) d->set_message_id(std::string(AmqpText(p.message_id)));
+  // Any AMQP client may have sent these: bytes, made valid UTF-8 (utf8.h).
+  if (has(AMQP_BASIC_MESSAGE_ID_FLAG)) d->set_message_id(util::ToValidUtf8(AmqpText(p.message_id)));
   if (has(AMQP_BASIC_CORRELATION_ID_FLAG)) {
-    d->set_correlation_id(std::string(AmqpText(p.correlation_id)));
+    d->set_correlation_id(util::ToValidUtf8(AmqpText(p.correlation_id)));
   }
   if (has(AMQP_BASIC_CONTENT_TYPE_FLAG)) {
-    d->set_content_type(std::string(AmqpText(p.content_type)));
+    d->set_content_type(util::ToValidUtf8(AmqpText(p.content_type)));
   }
-  if (has(AMQP_BASIC_REPLY_TO_FLAG)) d->set_reply_to(std::string(AmqpText(p.reply_to)));
+  if (has(AMQP_BASIC_REPLY_TO_FLAG)) d->set_reply_to(util::ToValidUtf8(AmqpText(p.reply_to)));
   if (has(AMQP_BASIC_TIMESTAMP_FLAG)) {
     // AMQP timestamps are seconds since the epoch.
     d->set_published_at_ms(static_cast<int64_t>(p.timestamp) * 1000);
@@ -270,7 +273,7 @@ void FillDelivery(const amqp_basic_properties_t& p, mqsidecar::v1::Delivery* d) 
           key == kOriginalRoutingKeyHeader) {
         continue;  // read below
       }
-      (*headers)[std::string(key)] = FieldToString(e.value);
+      (*headers)[util::ToValidUtf8(key)] = FieldToString(e.value);
     }
   }
   const int64_t retries = HeaderNumber(p, kRetriesHeader, 0);

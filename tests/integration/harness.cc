@@ -455,11 +455,32 @@ bool AmqpAdmin::PublishNested(const std::string& queue, const std::string& messa
   props.message_id = amqp_cstring_bytes(message_id.c_str());
   props.headers.num_entries = 1;
   props.headers.entries = &header;
+  return PublishConfirmedRaw(queue, &props);
+}
+
+bool AmqpAdmin::PublishBytes(const std::string& queue, const std::string& message_id,
+                             const std::string& key, const std::string& value) {
+  amqp_table_entry_t header;
+  header.key = {key.size(), const_cast<char*>(key.data())};
+  header.value.kind = AMQP_FIELD_KIND_BYTES;
+  header.value.value.bytes = {value.size(), const_cast<char*>(value.data())};
+  amqp_basic_properties_t props{};
+  props._flags =
+      AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+  props.delivery_mode = 2;
+  props.message_id = {message_id.size(), const_cast<char*>(message_id.data())};
+  props.headers.num_entries = 1;
+  props.headers.entries = &header;
+  return PublishConfirmedRaw(queue, &props);
+}
+
+bool AmqpAdmin::PublishConfirmedRaw(const std::string& queue, const void* props) {
   return OnChannel([&](void* conn, uint16_t ch) {
     auto c = static_cast<amqp_connection_state_t>(conn);
     if (amqp_confirm_select(c, ch) == nullptr) return false;
     if (amqp_basic_publish(c, ch, amqp_cstring_bytes(""), amqp_cstring_bytes(queue.c_str()), 0, 0,
-                           &props, amqp_cstring_bytes("nested")) != AMQP_STATUS_OK) {
+                           static_cast<const amqp_basic_properties_t*>(props),
+                           amqp_cstring_bytes("raw")) != AMQP_STATUS_OK) {
       return false;
     }
     amqp_frame_t frame;

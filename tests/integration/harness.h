@@ -153,12 +153,18 @@ class AmqpAdmin {
   // message whose header `deep` nests `depth` arrays around "x": what a
   // hostile AMQP client can send. True once the broker confirmed it.
   bool PublishNested(const std::string& queue, const std::string& message_id, int depth);
+  // Publishes (with a confirm) a message whose message_id, routing key and
+  // header `key` (a byte-array value) are the given bytes, UTF-8 or not.
+  bool PublishBytes(const std::string& queue, const std::string& message_id, const std::string& key,
+                    const std::string& value);
 
  private:
   struct Conn;
   // Runs `op` on a fresh channel; on any failure drops the connection so the
   // next call reconnects. Returns op's result, false on failure.
   bool OnChannel(const std::function<bool(void* conn, uint16_t channel)>& op);
+  // basic.publish to `queue` with `props` (an amqp_basic_properties_t), confirmed.
+  bool PublishConfirmedRaw(const std::string& queue, const void* props);
   std::string uri_;
   void* conn_ = nullptr;  // amqp_connection_state_t
   uint16_t next_channel_ = 1;

@@ -51,5 +51,33 @@ TEST_CASE(
   CHECK(d.Running());
 }
 
+TEST_CASE(
+    "integration: a message id and header that are not UTF-8 (from another AMQP client) reach "
+    "the client as U+FFFD, and the stream carries on") {
+  IntegrationTest t("notutf8");
+  const std::string biz = t.Business("notutf8");
+  const std::string queue = biz + ".queue";
+  Daemon& d = t.StartDaemon({{.name = biz}});
+  Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "u"});
+  REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
+
+  // Latin-1, as a legacy producer writes it; protobuf clients refuse a
+  // Delivery whose string fields are not UTF-8 (the stream would end).
+  REQUIRE(t.admin().PublishBytes(queue, "caf\xE9-1", "note\xFF", "na\xEFve"));
+  REQUIRE(sub.WaitForCount(1, 20s));
+  const std::string fffd = "\xEF\xBF\xBD";
+  const pb::Delivery got = sub.deliveries()[0];
+  CHECK(got.message_id() == "caf" + fffd + "-1");
+  CHECK(got.headers().contains("note" + fffd));
+  CHECK(got.headers().at("note" + fffd) == "na" + fffd + "ve");
+  REQUIRE(sub.Ack(got.delivery_id()));
+
+  const auto ids = PublishConfirmed(d.stub(), biz, 1, "after");
+  REQUIRE(ids.size() == 1);
+  REQUIRE(sub.WaitForCount(2, 20s));
+  CHECK(sub.deliveries()[1].message_id() == ids[0]);
+  CHECK(sub.Ack(sub.deliveries()[1].delivery_id()));
+}
+
 }  // namespace
 }  // namespace mqs::it

@@ -233,3 +233,41 @@ TEST_CASE("properties: headers nested as deep as a frame allows render without r
   arr.value.array.entries = inner;
   CHECK(mqs::amqp::FieldToString(arr) == "[-3,200]");
 }
+
+TEST_CASE(
+    "properties: bytes that are not UTF-8 in properties and headers become U+FFFD, so every "
+    "client can parse the delivery") {
+  // A Latin-1 message id and header, raw bytes in a header value and key:
+  // protobuf clients refuse a Delivery whose string fields are not UTF-8.
+  const std::string fffd = "\xEF\xBF\xBD";
+  std::string latin1_id = "caf\xE9-1";
+  std::string bad_key = "k\xFF";
+  std::string bytes_value = "\x80\x81ok";
+  amqp_table_entry_t headers[2];
+  headers[0].key = amqp_cstring_bytes("note");
+  headers[0].value.kind = AMQP_FIELD_KIND_UTF8;
+  headers[0].value.value.bytes = amqp_cstring_bytes("na\xEFve");
+  headers[1].key = {bad_key.size(), bad_key.data()};
+  headers[1].value.kind = AMQP_FIELD_KIND_BYTES;
+  headers[1].value.value.bytes = {bytes_value.size(), bytes_value.data()};
+  amqp_basic_properties_t props{};
+  props._flags = AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG |
+                 AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG;
+  props.message_id = {latin1_id.size(), latin1_id.data()};
+  props.correlation_id = amqp_cstring_bytes("\xC3\xA9t\xC3\xA9");  // valid: unchanged
+  props.content_type = amqp_cstring_bytes("text/\xFF");
+  props.headers.num_entries = 2;
+  props.headers.entries = headers;
+  Delivery d;
+  mqs::amqp::FillDelivery(props, &d);
+  d.set_payload("\xFF\xFE raw payload bytes stay as they are");
+
+  Delivery parsed;
+  REQUIRE(parsed.ParseFromString(d.SerializeAsString()));
+  CHECK(parsed.message_id() == "caf" + fffd + "-1");
+  CHECK(parsed.correlation_id() == "\xC3\xA9t\xC3\xA9");
+  CHECK(parsed.content_type() == "text/" + fffd);
+  CHECK(parsed.headers().at("note") == "na" + fffd + "ve");
+  CHECK(parsed.headers().at("k" + fffd) == fffd + fffd + "ok");
+  CHECK(parsed.payload() == d.payload());
+}

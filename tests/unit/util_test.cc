@@ -9,6 +9,7 @@
 
 #include "util/message_id.h"
 #include "util/strings.h"
+#include "util/utf8.h"
 #include "util/wakeup_queue.h"
 
 TEST_CASE("util: message ids are canonical v4 UUIDs and distinct") {
@@ -112,4 +113,29 @@ TEST_CASE("util: ForLog escapes control characters and bounds the length") {
   CHECK(mqs::util::ForLog(std::string(300, 'x'), 10) == "xxxxxxxxxx...");
   CHECK(mqs::util::HasControlChars("a\tb"));
   CHECK_FALSE(mqs::util::HasControlChars("usdtsvr-0 (ü)"));
+}
+
+TEST_CASE("util: UTF-8 validation follows RFC 3629 and replaces each bad byte by U+FFFD") {
+  using mqs::util::IsValidUtf8;
+  using mqs::util::ToValidUtf8;
+  const std::string fffd = "\xEF\xBF\xBD";
+  CHECK(IsValidUtf8(""));
+  CHECK(IsValidUtf8("plain ascii"));
+  CHECK(IsValidUtf8("\xC3\xA9t\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x92\xB8"));  // été € 💸
+  CHECK(IsValidUtf8("\xF4\x8F\xBF\xBF"));                                 // U+10FFFF
+  CHECK_FALSE(IsValidUtf8("\xFF"));
+  CHECK_FALSE(IsValidUtf8("\xC0\xAF"));          // overlong '/'
+  CHECK_FALSE(IsValidUtf8("\xE0\x80\xAF"));      // overlong
+  CHECK_FALSE(IsValidUtf8("\xED\xA0\x80"));      // a surrogate
+  CHECK_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));  // above U+10FFFF
+  CHECK_FALSE(IsValidUtf8("\xE2\x82"));          // cut short
+  CHECK(ToValidUtf8("ok") == "ok");
+  CHECK(ToValidUtf8("a\xFF"
+                    "b") == "a" + fffd + "b");
+  CHECK(ToValidUtf8("\xE2\x82") == fffd + fffd);
+  CHECK(ToValidUtf8("caf\xE9") == "caf" + fffd);  // Latin-1 é
+  CHECK(ToValidUtf8("\xC3\xA9\xFF\xC3\xA9") == "\xC3\xA9" + fffd + "\xC3\xA9");
+  for (const std::string s : {"\xFF\xFE", "\xC0\xAF", "\xED\xA0\x80", "x\xF4\x90\x80\x80y"}) {
+    CHECK(IsValidUtf8(ToValidUtf8(s)));
+  }
 }
