@@ -148,6 +148,17 @@ TEST_CASE("control: what is not a ping is refused, unknown fields are ignored") 
   CHECK(newer->pid() == 0);
 }
 
+TEST_CASE("control: a hostile ping (nested a million deep, not UTF-8) is refused, not a crash") {
+  // Anyone who may publish to the ping exchange can send these.
+  const std::string deep = std::string(1'000'000, '[') + std::string(1'000'000, ']');
+  CHECK_FALSE(ParsePing(deep).ok());
+  const std::string deep_field = R"({"app":"a","region":"1","server":"0","interval_ms":1000,"x":)" +
+                                 std::string(500'000, '[') + std::string(500'000, ']') + "}";
+  CHECK(ParsePing(deep_field).ok());
+  CHECK_FALSE(
+      ParsePing("{\"app\":\"a\xFF\",\"region\":\"1\",\"server\":\"0\",\"interval_ms\":1000}").ok());
+}
+
 TEST_CASE("control: the fleet table marks silence stale after 3 intervals, forgets after 30") {
   FleetTable table;
   auto info = [](const std::string& app, const std::string& server) {
