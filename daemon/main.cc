@@ -11,6 +11,7 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "util/strings.h"
+#include "util/thread_stack.h"
 #include "util/version.h"
 
 namespace {
@@ -100,6 +101,11 @@ int Main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread starts (util/thread_stack.h says why).
+  if (std::string error; !mqs::util::EnsureThreadStacks(&error)) {
+    std::cerr << "mq-sidecar: cannot set the threads' stack size: " << error << "\n";
+    return 1;
+  }
   // Nothing on the message path throws; what could (allocation, the config
   // libraries) still ends with a message and an exit code, not std::terminate.
   try {

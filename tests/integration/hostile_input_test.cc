@@ -2,6 +2,8 @@
 // messages the API never produces. The daemon must deliver or refuse them and
 // keep serving, never crash (a crash would redeliver the same message to the
 // restarted daemon and crash it again).
+#include <sys/resource.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <string>
@@ -15,12 +17,20 @@ using namespace std::chrono_literals;
 
 TEST_CASE(
     "integration: a header nested 25,000 deep from another AMQP client is delivered (rendered "
-    "16 deep), retried, and the daemon keeps serving") {
+    "16 deep), retried, and the daemon keeps serving, also under ulimit -s 1024") {
   IntegrationTest t("hostile");
   const std::string biz = t.Business("hostile");
   const std::string queue = biz + ".queue";
   t.CleanUpQueue(queue + ".retry.200ms");
+  // A 1 MiB stack limit (ulimit -s 1024), which the daemon inherits: its
+  // threads must not take their stack size from it (thread_stack.h).
+  rlimit before{};
+  REQUIRE(getrlimit(RLIMIT_STACK, &before) == 0);
+  rlimit small = before;
+  small.rlim_cur = 1024 * 1024;
+  REQUIRE(setrlimit(RLIMIT_STACK, &small) == 0);
   Daemon& d = t.StartDaemon({{.name = biz, .retry = "{delays: [200ms]}"}});
+  REQUIRE(setrlimit(RLIMIT_STACK, &before) == 0);
   Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "h"});
   REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
 
