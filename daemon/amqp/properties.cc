@@ -253,7 +253,9 @@ void FillDelivery(const amqp_basic_properties_t& p, mqsidecar::v1::Delivery* d) 
   if (has(AMQP_BASIC_REPLY_TO_FLAG)) d->set_reply_to(util::ToValidUtf8(AmqpText(p.reply_to)));
   if (has(AMQP_BASIC_TIMESTAMP_FLAG)) {
     // AMQP timestamps are seconds since the epoch.
-    d->set_published_at_ms(static_cast<int64_t>(p.timestamp) * 1000);
+    // Any client may send any 64-bit value (found by amqp_props_fuzz).
+    d->set_published_at_ms(
+        static_cast<int64_t>(std::min<uint64_t>(p.timestamp, INT64_MAX / 1000) * 1000));
   }
   if (has(AMQP_BASIC_HEADERS_FLAG)) {
     auto* headers = d->mutable_headers();

@@ -9,13 +9,15 @@
 #           test but the cluster failover and the amqps tests, which start
 #           RabbitMQ nodes of their own (the werror pass ran them);
 #   tsan    build with Clang, ThreadSanitizer and -Wthread-safety, and run the
-#           unit, integration and fault tests.
+#           unit, integration and fault tests;
+#   fuzz    build the libFuzzer targets (tests/fuzz) and run each for
+#           MQS_FUZZ_SECONDS (default 60) from its committed corpus.
 #   deploy/scripts/test.sh                   every pass
 #   MQS_TEST_PASSES="werror" test.sh         only some
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 JOBS="${MQS_JOBS:-$(nproc)}"
-PASSES="${MQS_TEST_PASSES:-lint werror asan tsan}"
+PASSES="${MQS_TEST_PASSES:-lint werror asan tsan fuzz}"
 
 deploy/scripts/install-deps.sh
 deploy/scripts/broker.sh ensure
@@ -55,6 +57,25 @@ for pass in $PASSES; do
         run_pass tsan "-L unit|integration|fault" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQS_TSAN=ON \
           -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_C_COMPILER=clang-14
       )
+      ;;
+    fuzz)
+      echo "=== test pass: fuzz ==="
+      t0=$SECONDS
+      cmake -S . -B build/fuzz -G Ninja -DMQS_WERROR=ON -DMQS_FUZZ=ON \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
+      ninja -C build/fuzz -j "$JOBS" config_fuzz amqp_props_fuzz
+      for target in config_fuzz amqp_props_fuzz; do
+        # The committed corpus seeds a scratch copy, which the run may grow.
+        work="build/fuzz/corpus/$target"
+        rm -rf "$work" && mkdir -p "$work"
+        cp tests/fuzz/corpus/"${target%_fuzz}"/* "$work"/
+        if [ "$target" = config_fuzz ]; then cp deploy/config/* "$work"/; fi
+        (cd build/fuzz && "tests/fuzz/$target" -max_total_time="${MQS_FUZZ_SECONDS:-60}" \
+          -rss_limit_mb=2048 -timeout=10 -max_len=65536 -print_final_stats=1 "corpus/$target" \
+          2>&1 | grep -v -e '^#' -e '^"' | tail -30)
+        echo "--- fuzz: $target ran ${MQS_FUZZ_SECONDS:-60} s without a finding"
+      done
+      echo "--- fuzz: passed in $((SECONDS - t0)) s"
       ;;
     *) echo "unknown pass $pass" >&2; exit 64 ;;
   esac

@@ -127,9 +127,12 @@ TEST_CASE(
                                        << over1.back() << " ms; beyond 1 s: min " << over2.front()
                                        << " median " << over2[50] << " max " << over2.back()
                                        << " ms");
-  // Never early: the copy's TTL starts after the nack.
-  CHECK(over1.front() >= 0);
-  CHECK(over2.front() >= 0);
+  // The copy's TTL starts after the nack, so it is late if anything; but the
+  // broker's expiry timer runs on Erlang's clock, which may run up to 1 %
+  // fast to catch up with the OS clock: copies came 2-6 ms early on a loaded
+  // machine. Early within the tolerance (10 %), never by a whole delay.
+  CHECK(over1.front() >= -30);
+  CHECK(over2.front() >= -100);
   // Within the tolerance (100 ms for both delays) as a rule: the median. A
   // single copy can be later by the daemon's own latency (under
   // ThreadSanitizer one came 306 ms late), but never by a whole other delay.
@@ -250,7 +253,7 @@ TEST_CASE(
     REQUIRE(seen.size() == 2);
     const long gap = Ms(seen[1].at - seen[0].at);
     INFO("message " << id << " came back after " << gap << " ms");
-    CHECK(gap >= 700);
+    CHECK(gap >= 630);  // 700 ms, early by at most 10 % (the broker's clock; see above)
     CHECK(gap < 1700);  // the first ones also wait for the queue's declaration
     CHECK(seen[1].attempt == 2);
     gaps.push_back(gap);

@@ -271,3 +271,16 @@ TEST_CASE(
   CHECK(parsed.headers().at("k" + fffd) == fffd + fffd + "ok");
   CHECK(parsed.payload() == d.payload());
 }
+
+TEST_CASE("properties: a timestamp beyond what milliseconds can hold does not overflow") {
+  // Found by tests/fuzz/amqp_props_fuzz: seconds * 1000 overflowed int64.
+  amqp_basic_properties_t props{};
+  props._flags = AMQP_BASIC_TIMESTAMP_FLAG;
+  props.timestamp = UINT64_MAX;
+  Delivery d;
+  mqs::amqp::FillDelivery(props, &d);
+  CHECK(d.published_at_ms() == INT64_MAX / 1000 * 1000);
+  props.timestamp = 1700000000;
+  mqs::amqp::FillDelivery(props, &d);
+  CHECK(d.published_at_ms() == int64_t{1700000000} * 1000);
+}
