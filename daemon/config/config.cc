@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <random>
@@ -33,9 +34,10 @@ namespace {
 // of" lists. Keep docs/configuration.md in step (a unit test checks).
 constexpr ConfigKey kConfigKeyTable[] = {
     {"listen", "string or list of strings", R"(["unix:///run/mq-sidecar/mq-sidecar.sock"])",
-     "gRPC listen addresses: `unix:///absolute/path` or `host:port` on a loopback address "
-     "(`127.0.0.1:50051`, `[::1]:50051`; needs `tcp.insecure`). May contain `{app}`, "
-     "`{region}`, `{server}` (one socket per replica from one file)."},
+     "gRPC listen addresses: `unix:///absolute/path` or `host:port`. A TCP listener serves TLS "
+     "with `tcp.tls` (any address), else it must be on a loopback address (`127.0.0.1:50051`, "
+     "`[::1]:50051`) and needs `tcp.insecure`. May contain `{app}`, `{region}`, `{server}` "
+     "(one socket per replica from one file)."},
     {"socket.mode", "octal mode", R"("0660")",
      "Mode of every unix socket listener, set whatever the umask (owner and group may "
      "connect). Not writable by others: at most `0770`."},
@@ -43,9 +45,22 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "Group of every unix socket listener (clients in it may connect); must exist. \"\": the "
      "daemon's group."},
     {"tcp.insecure", "boolean", "false",
-     "Allow TCP listeners. They have no TLS and no credentials: every local user can publish "
-     "and consume through them, so they must be on a loopback address, and they need this "
-     "set to `true`."},
+     "Allow TCP listeners without `tcp.tls`. They have no TLS and no credentials: every local "
+     "user can publish and consume through them, so they must be on a loopback address, and "
+     "they need this set to `true`."},
+    {"tcp.tls", "map", "(none)",
+     "TLS for every TCP listener (TLS 1.2 or later): with `cert` and `key` set, TCP listeners "
+     "serve TLS and may be on any address (`0.0.0.0:50051`); `tcp.insecure` is then not needed. "
+     "Unix socket listeners are unaffected. The files are re-read every 5s while running "
+     "(docs/security.md)."},
+    {"tcp.tls.cert", "file path or empty", R"("")",
+     "Certificate chain (PEM) of the TCP listeners; with `key`, both or neither. Must be a "
+     "readable PEM certificate at load."},
+    {"tcp.tls.key", "file path or empty", R"("")",
+     "Private key (PEM, unencrypted) of `cert`. Must be readable at load."},
+    {"tcp.tls.client_ca", "file path or empty", R"("")",
+     "Mutual TLS: clients must present a certificate that chains to this CA bundle (PEM), or "
+     "the handshake fails. Needs `cert`. \"\": no client certificate is asked for."},
     {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
      "Broker URIs, `amqp://` or `amqps://` (TLS, see `broker.tls`), tried in order (a "
      "cluster). Default port 5672, 5671 for `amqps://`. An empty vhost (`...:5672/`) means "
@@ -996,6 +1011,61 @@ void ApplyBrokerPassword(Config& config, Diagnostics& diag, const LoadOptions& o
   }
 }
 
+namespace {
+
+// CheckPemFile: `file` is a readable regular file holding a PEM block whose
+// label ends in `label` ("CERTIFICATE", "PRIVATE KEY"). Checked at load: gRPC
+// would only fail each handshake, with the reason in its own log.
+void CheckPemFile(Diagnostics& diag, const std::string& path, const std::string& file,
+                  std::string_view label) {
+  if (file.empty()) return;
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    diag.ErrorAt(path,
+                 Cat("cannot read ", Quote(file), ": ", std::generic_category().message(errno)));
+    return;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    diag.ErrorAt(path, Cat("expected a file, got ", Quote(file)));
+    return;
+  }
+  // PEM files are a few KiB; a bundle of many CAs stays far below the cap.
+  std::string text;
+  std::array<char, 4096> buf{};
+  while (text.size() < kMaxConfigBytes) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n <= 0) break;
+    text.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  if (text.find("-----BEGIN ") == std::string::npos ||
+      text.find(Cat(label, "-----")) == std::string::npos) {
+    diag.ErrorAt(path,
+                 Cat(Quote(file), " holds no PEM ", label, " (-----BEGIN ...", label, "-----)"));
+  }
+}
+
+// CheckListenerTls: tcp.tls's files exist and look right, and the keys go
+// together.
+void CheckListenerTls(const ListenerTls& tls, Diagnostics& diag) {
+  CheckPemFile(diag, "tcp.tls.cert", tls.cert, "CERTIFICATE");
+  CheckPemFile(diag, "tcp.tls.key", tls.key, "PRIVATE KEY");
+  CheckPemFile(diag, "tcp.tls.client_ca", tls.client_ca, "CERTIFICATE");
+  if (tls.cert.empty() != tls.key.empty()) {
+    diag.ErrorAt(tls.cert.empty() ? "tcp.tls.key" : "tcp.tls.cert",
+                 "TLS for TCP listeners needs both tcp.tls.cert and tcp.tls.key");
+  }
+  if (!tls.client_ca.empty() && tls.cert.empty()) {
+    diag.ErrorAt("tcp.tls.client_ca",
+                 "client certificates are checked in a TLS handshake: set tcp.tls.cert and "
+                 "tcp.tls.key too");
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptions& options) {
   const std::array<bool, 3> invalid = ResolveIdentity(config, diag, options);
   const size_t businesses = config.producers.size() + config.consumers.size();
@@ -1027,17 +1097,20 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     if (!listen_seen.insert(config.listen[i]).second) {
       diag.ErrorAt(path, Cat("duplicate listen address ", Quote(config.listen[i])));
     }
-    if (ValidListen(config.listen[i]) && !config.listen[i].starts_with("unix:")) {
+    if (ValidListen(config.listen[i]) && !config.listen[i].starts_with("unix:") &&
+        !config.tcp.tls.enabled()) {
       if (!IsLoopbackListen(config.listen[i])) {
         diag.ErrorAt(path, Cat(Quote(config.listen[i]),
-                               " is not a loopback address: a TCP listener has no TLS and no "
-                               "credentials, so anyone who reaches it could publish and consume; "
-                               "listen on 127.0.0.1 or [::1], or on a unix socket"));
+                               " is not a loopback address: a TCP listener without tcp.tls has no "
+                               "TLS and no credentials, so anyone who reaches it could publish and "
+                               "consume; set tcp.tls (cert, key, client_ca), or listen on "
+                               "127.0.0.1 or [::1], or on a unix socket"));
       } else if (!config.tcp.insecure) {
         diag.ErrorAt(path, Cat(Quote(config.listen[i]),
                                " is a TCP listener without TLS or credentials: every local user "
                                "could publish and consume through it; set tcp.insecure: true to "
-                               "allow it, or listen on a unix socket (socket.mode, socket.group)"));
+                               "allow it, or serve TLS (tcp.tls: cert, key), or listen on a unix "
+                               "socket (socket.mode, socket.group)"));
       }
     }
   }
@@ -1091,6 +1164,7 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     diag.ErrorAt(tls.cert.empty() ? "broker.tls.key" : "broker.tls.cert",
                  "a client certificate needs both broker.tls.cert and broker.tls.key");
   }
+  CheckListenerTls(config.tcp.tls, diag);
   const std::chrono::milliseconds heartbeat = config.broker.heartbeat;
   if (heartbeat.count() != 0 &&
       (heartbeat < std::chrono::seconds(1) || heartbeat > std::chrono::seconds(65535) ||
@@ -1369,6 +1443,13 @@ std::string Describe(const Config& input) {
   Append(&out, "socket: mode ", fmt::format("{:04o}", config.socket.mode), ", group ",
          config.socket.group.empty() ? "(the daemon's)" : config.socket.group, "\n");
   Append(&out, "tcp: insecure ", config.tcp.insecure ? "true" : "false", "\n");
+  if (config.tcp.tls.enabled()) {
+    Append(&out, "tcp.tls: cert ", config.tcp.tls.cert, ", key ", config.tcp.tls.key,
+           ", client_ca ",
+           config.tcp.tls.client_ca.empty() ? "(none: no client certificate asked)"
+                                            : config.tcp.tls.client_ca,
+           "\n");
+  }
   Append(&out, "broker:\n  uris (tried in order):\n");
   for (const std::string& u : config.broker.uris) {
     Append(&out, "    ", util::MaskPassword(u), "\n");

@@ -136,14 +136,28 @@ struct Tasks {
 };
 
 // Listeners (docs/security.md). Every unix socket listener is created with
-// `mode` and `group`, whatever the umask; a TCP listener carries no
-// credentials and no TLS, so it needs `insecure` and a loopback address.
+// `mode` and `group`, whatever the umask; a TCP listener without `tcp.tls`
+// carries no credentials and no TLS, so it needs `insecure` and a loopback
+// address.
 struct SocketOptions {
   uint32_t mode = 0660;
   std::string group;  // "": the daemon's own group
 };
+// TLS for TCP listeners (docs/security.md). With `cert` and `key` every TCP
+// listener serves TLS (1.2 or later) and may be on any address; with
+// `client_ca` too, clients must present a certificate that chains to it
+// (mutual TLS). gRPC re-reads the three files every kListenerTlsRefresh while
+// running, so renewed certificates take effect without a restart.
+struct ListenerTls {
+  std::string cert;       // certificate chain (PEM); "": no TLS
+  std::string key;        // its private key (PEM, unencrypted)
+  std::string client_ca;  // CA bundle (PEM) client certificates must chain to; "": none asked
+  bool enabled() const { return !cert.empty(); }
+};
+inline constexpr std::chrono::seconds kListenerTlsRefresh{5};
 struct TcpOptions {
-  bool insecure = false;
+  bool insecure = false;  // plaintext TCP listeners, on loopback only
+  ListenerTls tls;
 };
 
 // TLS to the broker, used by amqps:// URIs only (docs/security.md).

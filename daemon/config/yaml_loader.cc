@@ -316,6 +316,14 @@ void YamlReader::ReadControlKey(std::string_view canonical, const YAML::Node& no
     if (auto s = String(node, display, true)) config_.socket.group = *s;
   } else if (canonical == "tcp.insecure") {
     if (auto b = Bool(node, display)) config_.tcp.insecure = *b;
+  } else if (canonical == "tcp.tls") {
+    ReadSection(node, "tcp.tls");
+  } else if (canonical == "tcp.tls.cert") {
+    if (auto s = String(node, display, true)) config_.tcp.tls.cert = *s;
+  } else if (canonical == "tcp.tls.key") {
+    if (auto s = String(node, display, true)) config_.tcp.tls.key = *s;
+  } else if (canonical == "tcp.tls.client_ca") {
+    if (auto s = String(node, display, true)) config_.tcp.tls.client_ca = *s;
   } else if (canonical == "broker.tls.ca") {
     if (auto s = String(node, display, true)) config_.broker.tls.ca = *s;
   } else if (canonical == "broker.tls.cert") {

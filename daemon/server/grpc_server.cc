@@ -1,6 +1,9 @@
 #include "server/grpc_server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <pthread.h>
 #include <sys/stat.h>
 
@@ -52,9 +55,30 @@ absl::Status PrepareSocketDirectory(const std::string& addr) {
 
 }  // namespace
 
+std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const config::ListenerTls& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  // The provider re-reads the files on its own thread; a failed read (a file
+  // missing or half-written) makes new handshakes fail until a good read, and
+  // connections already open keep their session (docs/security.md).
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      tls.key, tls.cert, tls.client_ca,
+      static_cast<unsigned int>(config::kListenerTlsRefresh.count()));
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (tls.client_ca.empty()) {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  // gRPC 1.51 serves TLS 1.2 and 1.3 only (its minimum is TLS 1.2, not settable
+  // through this API).
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     const std::vector<std::string>& listen, const config::SocketOptions& socket,
-    grpc::Service* service, AsyncService* async) {
+    const config::TcpOptions& tcp, grpc::Service* service, AsyncService* async) {
   std::optional<gid_t> gid;
   if (!socket.group.empty()) {
     gid = util::GroupId(socket.group);
@@ -74,12 +98,15 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   builder.SetMaxReceiveMessageSize(static_cast<int>(util::kMaxRequestBytes));
   builder.SetMaxSendMessageSize(static_cast<int>(util::kMaxSendBytes));
   std::vector<int> ports(listen.size(), 0);
+  const std::shared_ptr<grpc::ServerCredentials> tcp_credentials = TcpCredentials(tcp.tls);
   for (size_t i = 0; i < listen.size(); ++i) {
     const std::string& addr = listen[i];
     if (absl::StartsWith(addr, "unix://")) {
       if (absl::Status s = PrepareSocketDirectory(addr); !s.ok()) return s;
+      builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &ports[i]);
+    } else {
+      builder.AddListeningPort(addr, tcp_credentials, &ports[i]);
     }
-    builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &ports[i]);
   }
   builder.RegisterService(service);
   builder.RegisterService(out->health_.get());
@@ -111,6 +138,11 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
       }
       spdlog::info("listening on {} (mode {:04o}, group {})", listen[i], socket.mode,
                    socket.group.empty() ? "the daemon's" : socket.group);
+    } else if (tcp.tls.enabled()) {
+      spdlog::info("listening on {} (TLS, certificate {}; {})", listen[i], tcp.tls.cert,
+                   tcp.tls.client_ca.empty()
+                       ? std::string("no client certificate asked")
+                       : util::StrCat("client certificates required, from ", tcp.tls.client_ca));
     } else {
       spdlog::info("listening on {} (TCP without TLS: tcp.insecure)", listen[i]);
     }
