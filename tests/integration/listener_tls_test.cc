@@ -38,7 +38,7 @@ void PublishAndConsume(const std::shared_ptr<grpc::Channel>& channel, const std:
 }
 
 TEST_CASE(
-    "integration: listener tls: a TLS listener on 0.0.0.0 serves a client that trusts its CA; "
+    "integration: listener tls: a TLS listener on 0.0.0.0 serves a client that trusts its CA, "
     "plaintext and a client trusting another CA are refused") {
   IntegrationTest t("tcptls");
   const TestPki pki(t.dir());
