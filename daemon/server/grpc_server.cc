@@ -13,6 +13,7 @@
 #include <system_error>
 
 #include "absl/strings/match.h"
+#include "server/access_policy.h"
 #include "spdlog/spdlog.h"
 #include "util/grpc_limits.h"
 #include "util/strings.h"
@@ -53,6 +54,50 @@ absl::Status PrepareSocketDirectory(const std::string& addr) {
   return absl::OkStatus();
 }
 
+// SocketClientProcessor names the client of a socket of its own on each
+// call (kSocketClientProperty). gRPC 1.51 gives a server neither the peer's
+// uid nor the address a call came in on, so the socket is the identity; the
+// processor needs credentials with a security connector, and local
+// credentials over a unix socket exchange nothing on the wire, so plaintext
+// clients connect as before.
+class SocketClientProcessor final : public grpc::AuthMetadataProcessor {
+ public:
+  explicit SocketClientProcessor(std::string client) : client_(std::move(client)) {}
+  bool IsBlocking() const override { return false; }  // runs inline: no I/O
+  grpc::Status Process(const InputMetadata& /*auth_metadata*/, grpc::AuthContext* context,
+                       OutputMetadata* /*consumed*/, OutputMetadata* /*response*/) override {
+    context->AddProperty(kSocketClientProperty, client_);
+    return grpc::Status::OK;
+  }
+
+ private:
+  const std::string client_;
+};
+
+std::shared_ptr<grpc::ServerCredentials> ClientSocketCredentials(const std::string& client) {
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::experimental::LocalServerCredentials(UDS);
+  creds->SetAuthMetadataProcessor(std::make_shared<SocketClientProcessor>(client));
+  return creds;
+}
+
+// SetSocketOwnership: `mode` and `group` on the unix socket of `addr`.
+absl::Status SetSocketOwnership(const std::string& addr, uint32_t mode, const std::string& group) {
+  std::optional<gid_t> gid;
+  if (!group.empty()) {
+    gid = util::GroupId(group);
+    if (!gid) return absl::InvalidArgumentError(util::StrCat("no group named '", group, "'"));
+  }
+  const std::string path = addr.substr(7);
+  if (::chmod(path.c_str(), mode) != 0 ||
+      (gid && ::chown(path.c_str(), static_cast<uid_t>(-1), *gid) != 0)) {
+    return absl::PermissionDeniedError(
+        util::StrCat("listen ", addr, ": cannot set its mode ", fmt::format("{:04o}", mode),
+                     gid ? util::StrCat(" and group ", group) : std::string(), ": ",
+                     std::generic_category().message(errno)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const config::ListenerTls& tls) {
@@ -78,7 +123,8 @@ std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const config::ListenerTl
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     const std::vector<std::string>& listen, const config::SocketOptions& socket,
-    const config::TcpOptions& tcp, grpc::Service* service, AsyncService* async) {
+    const config::TcpOptions& tcp, const config::Access& access, grpc::Service* service,
+    AsyncService* async) {
   std::optional<gid_t> gid;
   if (!socket.group.empty()) {
     gid = util::GroupId(socket.group);
@@ -107,6 +153,18 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     } else {
       builder.AddListeningPort(addr, tcp_credentials, &ports[i]);
     }
+  }
+  // Clients' own sockets (access), after `listen` in ports/listen order.
+  std::vector<const config::AccessClient*> client_sockets;
+  for (const config::AccessClient& c : access.clients) {
+    if (c.socket.empty()) continue;
+    if (absl::Status s = PrepareSocketDirectory(c.socket); !s.ok()) return s;
+    client_sockets.push_back(&c);
+  }
+  std::vector<int> client_ports(client_sockets.size(), 0);
+  for (size_t i = 0; i < client_sockets.size(); ++i) {
+    builder.AddListeningPort(client_sockets[i]->socket,
+                             ClientSocketCredentials(client_sockets[i]->name), &client_ports[i]);
   }
   builder.RegisterService(service);
   builder.RegisterService(out->health_.get());
@@ -146,6 +204,17 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     } else {
       spdlog::info("listening on {} (TCP without TLS: tcp.insecure)", listen[i]);
     }
+  }
+  for (size_t i = 0; i < client_sockets.size(); ++i) {
+    const config::AccessClient& c = *client_sockets[i];
+    if (client_ports[i] == 0) {
+      return absl::UnavailableError(util::StrCat("cannot listen on ", c.socket));
+    }
+    if (absl::Status s = SetSocketOwnership(c.socket, c.socket_mode, c.socket_group); !s.ok()) {
+      return s;
+    }
+    spdlog::info("listening on {} for client {} alone (mode {:04o}, group {})", c.socket, c.name,
+                 c.socket_mode, c.socket_group.empty() ? "the daemon's" : c.socket_group);
   }
   out->SetServing(false);
   out->async_ = async;

@@ -34,9 +34,13 @@ class GrpcServer {
   // `tcp.tls` is set (TcpCredentials), plaintext otherwise. Fails naming the
   // address that could not be bound. `async` is `service` seen as a service
   // with async methods.
+  // Every client of `access` with a socket of its own gets that listener
+  // too, with its mode and group; each call on it carries the client's name
+  // (kSocketClientProperty).
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::vector<std::string>& listen,
                                                            const config::SocketOptions& socket,
                                                            const config::TcpOptions& tcp,
+                                                           const config::Access& access,
                                                            grpc::Service* service,
                                                            AsyncService* async);
   ~GrpcServer();
