@@ -51,8 +51,8 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"tcp.tls", "map", "(none)",
      "TLS for every TCP listener (TLS 1.2 or later): with `cert` and `key` set, TCP listeners "
      "serve TLS and may be on any address (`0.0.0.0:50051`); `tcp.insecure` is then not needed. "
-     "Unix socket listeners are unaffected. The files are re-read every 5s while running "
-     "(docs/security.md)."},
+     "Unix socket listeners are unaffected (and without a TCP listener it has no effect). The "
+     "files are re-read every 5s while running (docs/security.md)."},
     {"tcp.tls.cert", "file path or empty", R"("")",
      "Certificate chain (PEM) of the TCP listeners; with `key`, both or neither. Must be a "
      "readable PEM certificate at load."},

@@ -2,6 +2,9 @@
 // bearer token, its client certificate), and the verdict as a gRPC status.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <cctype>
+
 #include "control/tasks.h"
 #include "server/pubsub_service.h"
 #include "spdlog/spdlog.h"
@@ -31,8 +34,14 @@ Caller PubSubService::CallerOf(const grpc::ServerContext& ctx) const {
   const auto& metadata = ctx.client_metadata();
   if (auto it = metadata.find("authorization"); it != metadata.end()) {
     const std::string_view value(it->second.data(), it->second.size());
-    constexpr std::string_view kBearer = "Bearer ";
-    if (value.size() > kBearer.size() && value.substr(0, kBearer.size()) == kBearer) {
+    // The scheme's case does not matter (RFC 7235); the token's does.
+    constexpr std::string_view kBearer = "bearer ";
+    // `want` from kBearer (lowercase), `got` from the header.
+    const auto same_letter = [](char want, char got) {
+      return want == std::tolower(static_cast<unsigned char>(got));
+    };
+    if (value.size() > kBearer.size() &&
+        std::equal(kBearer.begin(), kBearer.end(), value.begin(), same_letter)) {
       caller.bearer_token = std::string(value.substr(kBearer.size()));
     } else {
       // Sent, but not as a bearer token: never matches, still reported as

@@ -203,6 +203,13 @@ TEST_CASE("integration: access: a bearer token is its client, a wrong or missing
   CHECK(TopologyAs(d.stub(), "").error_code() == grpc::StatusCode::UNAUTHENTICATED);
   CHECK(SubscribeAs(d.stub(), mine, "").error_code() == grpc::StatusCode::UNAUTHENTICATED);
   {
+    // The scheme in any case.
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", std::string("bearer ") + kToken);
+    pb::Topology topology;
+    CHECK(d.stub().GetTopology(&ctx, pb::GetTopologyRequest(), &topology).ok());
+  }
+  {
     // Not a bearer token: the bare token without "Bearer ".
     grpc::ClientContext ctx;
     ctx.AddMetadata("authorization", kToken);
