@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <random>
@@ -33,9 +34,10 @@ namespace {
 // of" lists. Keep docs/configuration.md in step (a unit test checks).
 constexpr ConfigKey kConfigKeyTable[] = {
     {"listen", "string or list of strings", R"(["unix:///run/mq-sidecar/mq-sidecar.sock"])",
-     "gRPC listen addresses: `unix:///absolute/path` or `host:port` on a loopback address "
-     "(`127.0.0.1:50051`, `[::1]:50051`; needs `tcp.insecure`). May contain `{app}`, "
-     "`{region}`, `{server}` (one socket per replica from one file)."},
+     "gRPC listen addresses: `unix:///absolute/path` or `host:port`. A TCP listener serves TLS "
+     "with `tcp.tls` (any address), else it must be on a loopback address (`127.0.0.1:50051`, "
+     "`[::1]:50051`) and needs `tcp.insecure`. May contain `{app}`, `{region}`, `{server}` "
+     "(one socket per replica from one file)."},
     {"socket.mode", "octal mode", R"("0660")",
      "Mode of every unix socket listener, set whatever the umask (owner and group may "
      "connect). Not writable by others: at most `0770`."},
@@ -43,9 +45,47 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "Group of every unix socket listener (clients in it may connect); must exist. \"\": the "
      "daemon's group."},
     {"tcp.insecure", "boolean", "false",
-     "Allow TCP listeners. They have no TLS and no credentials: every local user can publish "
-     "and consume through them, so they must be on a loopback address, and they need this "
-     "set to `true`."},
+     "Allow TCP listeners without `tcp.tls`. They have no TLS and no credentials: every local "
+     "user can publish and consume through them, so they must be on a loopback address, and "
+     "they need this set to `true`."},
+    {"tcp.tls", "map", "(none)",
+     "TLS for every TCP listener (TLS 1.2 or later): with `cert` and `key` set, TCP listeners "
+     "serve TLS and may be on any address (`0.0.0.0:50051`); `tcp.insecure` is then not needed. "
+     "Unix socket listeners are unaffected (and without a TCP listener it has no effect). The "
+     "files are re-read every 5s while running (docs/security.md)."},
+    {"tcp.tls.cert", "file path or empty", R"("")",
+     "Certificate chain (PEM) of the TCP listeners; with `key`, both or neither. Must be a "
+     "readable PEM certificate at load."},
+    {"tcp.tls.key", "file path or empty", R"("")",
+     "Private key (PEM, unencrypted) of `cert`. Must be readable at load."},
+    {"tcp.tls.client_ca", "file path or empty", R"("")",
+     "Mutual TLS: clients must present a certificate that chains to this CA bundle (PEM), or "
+     "the handshake fails. Needs `cert`. \"\": no client certificate is asked for."},
+    {"access", "map client name -> settings", "(none)",
+     "Who may use which business (docs/security.md). Absent: every caller may use every "
+     "business. Present: every call must come from one of these clients (else "
+     "`UNAUTHENTICATED`) and name only businesses the client may use (else "
+     "`PERMISSION_DENIED`). YAML only."},
+    {"access.<client>.socket", "unix:///path or empty", R"("")",
+     "Who: a unix socket listener created for this client alone (besides `listen`); every call "
+     "on it is this client's. One of `socket`, `token_file`, `cert_subject`."},
+    {"access.<client>.socket_mode", "octal mode", "`socket.mode`",
+     "Mode of the client's socket; at most `0770`."},
+    {"access.<client>.socket_group", "group name or empty", "`socket.group`",
+     "Group of the client's socket; must exist."},
+    {"access.<client>.token_file", "file path or empty", R"("")",
+     "Who: a bearer token, the first line of this file (at least 16 bytes), sent as gRPC "
+     "metadata `authorization: Bearer <token>` on any listener. Read at load."},
+    {"access.<client>.cert_subject", "string or empty", R"("")",
+     "Who: the subject of the client's TLS certificate, as RFC 2253 (`CN=ops,O=example`; "
+     "`openssl x509 -noout -subject -nameopt RFC2253`). Needs `tcp.tls.client_ca`."},
+    {"access.<client>.publish", "list of business names or patterns", "[]",
+     "Businesses the client may publish to (Publish, PublishStream, SendTask to a task "
+     "exchange, CompleteTask to its `reply_to`, ReportStatus to `ping.business`). `*` matches "
+     "any run of characters (`task.*`, `*`); a name without `*` must be a configured business."},
+    {"access.<client>.subscribe", "list of business names or patterns", "[]",
+     "Businesses the client may consume (Subscribe, ListDeadLetters, ReplayDeadLetters; "
+     "ListServers needs `ping.business`). As for `publish`."},
     {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
      "Broker URIs, `amqp://` or `amqps://` (TLS, see `broker.tls`), tried in order (a "
      "cluster). Default port 5672, 5671 for `amqps://`. An empty vhost (`...:5672/`) means "
@@ -996,6 +1036,187 @@ void ApplyBrokerPassword(Config& config, Diagnostics& diag, const LoadOptions& o
   }
 }
 
+namespace {
+
+// CheckPemFile: `file` is a readable regular file holding a PEM block whose
+// label ends in `label` ("CERTIFICATE", "PRIVATE KEY"). Checked at load: gRPC
+// would only fail each handshake, with the reason in its own log.
+void CheckPemFile(Diagnostics& diag, const std::string& path, const std::string& file,
+                  std::string_view label) {
+  if (file.empty()) return;
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    diag.ErrorAt(path,
+                 Cat("cannot read ", Quote(file), ": ", std::generic_category().message(errno)));
+    return;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    diag.ErrorAt(path, Cat("expected a file, got ", Quote(file)));
+    return;
+  }
+  // PEM files are a few KiB; a bundle of many CAs stays far below the cap.
+  std::string text;
+  std::array<char, 4096> buf{};
+  while (text.size() < kMaxConfigBytes) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n <= 0) break;
+    text.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  if (text.find("-----BEGIN ") == std::string::npos ||
+      text.find(Cat(label, "-----")) == std::string::npos) {
+    diag.ErrorAt(path,
+                 Cat(Quote(file), " holds no PEM ", label, " (-----BEGIN ...", label, "-----)"));
+  }
+}
+
+// CheckListenerTls: tcp.tls's files exist and look right, and the keys go
+// together.
+void CheckListenerTls(const ListenerTls& tls, Diagnostics& diag) {
+  CheckPemFile(diag, "tcp.tls.cert", tls.cert, "CERTIFICATE");
+  CheckPemFile(diag, "tcp.tls.key", tls.key, "PRIVATE KEY");
+  CheckPemFile(diag, "tcp.tls.client_ca", tls.client_ca, "CERTIFICATE");
+  if (tls.cert.empty() != tls.key.empty()) {
+    diag.ErrorAt(tls.cert.empty() ? "tcp.tls.key" : "tcp.tls.cert",
+                 "TLS for TCP listeners needs both tcp.tls.cert and tcp.tls.key");
+  }
+  if (!tls.client_ca.empty() && tls.cert.empty()) {
+    diag.ErrorAt("tcp.tls.client_ca",
+                 "client certificates are checked in a TLS handshake: set tcp.tls.cert and "
+                 "tcp.tls.key too");
+  }
+}
+
+// IsBusinessPattern: a business name in which '*' may stand for any run of
+// characters.
+bool IsBusinessPattern(std::string_view p) {
+  return !p.empty() && std::all_of(p.begin(), p.end(), [](char c) {
+    return IsAlnum(c) || c == '.' || c == '_' || c == '-' || c == '*';
+  });
+}
+
+// ReadToken: the first line of `file` (without a trailing '\r'), or an
+// error at `path`. The token itself never appears in an error.
+std::optional<std::string> ReadToken(Diagnostics& diag, const std::string& path,
+                                     const std::string& file) {
+  std::ifstream in(file);
+  if (!in) {
+    diag.ErrorAt(path,
+                 Cat("cannot read ", Quote(file), ": ", std::generic_category().message(errno)));
+    return std::nullopt;
+  }
+  std::string token;
+  std::getline(in, token);
+  if (!token.empty() && token.back() == '\r') token.pop_back();
+  // Long enough that guessing is hopeless; spaces would not survive the
+  // "Bearer <token>" header intact.
+  if (token.size() < 16 || token.find_first_of(" \t") != std::string::npos ||
+      util::HasControlChars(token)) {
+    diag.ErrorAt(path, Cat(Quote(file),
+                           ": the first line must be a token of at least 16 characters without "
+                           "spaces or control characters"));
+    return std::nullopt;
+  }
+  return token;
+}
+
+// CheckAccess: the `access` section. Each client is exactly one of a socket
+// of its own, a token, a certificate subject; sockets, tokens and subjects
+// are each one client's; rules are patterns or configured businesses.
+void CheckAccess(Config& config, Diagnostics& diag) {
+  Access& access = config.access;
+  if (!access.enabled) return;
+  std::sort(access.clients.begin(), access.clients.end(),
+            [](const AccessClient& a, const AccessClient& b) { return a.name < b.name; });
+  if (access.clients.empty()) {
+    diag.ErrorAt("access",
+                 "expected at least one client: an empty access section would refuse every call");
+  }
+  std::set<std::string, std::less<>> businesses;
+  for (const Producer& p : config.producers) businesses.insert(p.name);
+  for (const Consumer& c : config.consumers) businesses.insert(c.name);
+  const std::set<std::string, std::less<>> listen(config.listen.begin(), config.listen.end());
+  std::map<std::string, std::string, std::less<>> sockets, tokens, subjects;  // -> client
+  for (AccessClient& c : access.clients) {
+    const std::string path = BusinessPath("access", c.name);
+    const auto key = [&](std::string_view k) { return Cat(path, ".", k); };
+    if (!IsBusinessPattern(c.name) || c.name.find('*') != std::string::npos) {
+      diag.ErrorAt(path, Cat("expected a client name of letters, digits, '.', '_' and '-', got ",
+                             Quote(c.name)));
+    }
+    const int who =
+        int{!c.socket.empty()} + int{!c.token_file.empty()} + int{!c.cert_subject.empty()};
+    if (who != 1) {
+      diag.ErrorAt(path, Cat("expected exactly one of socket, token_file, cert_subject (who the "
+                             "client is), got ",
+                             who));
+    }
+    // One owner per socket, token and subject: a call must name one client.
+    const auto claim = [&](std::map<std::string, std::string, std::less<>>& owners,
+                           const std::string& value, std::string_view k, std::string_view what) {
+      auto [it, inserted] = owners.emplace(value, c.name);
+      if (!inserted) {
+        diag.ErrorAt(key(k), Cat(what, " is also client ", Quote(it->second),
+                                 "'s: each must be one client's"));
+      }
+    };
+    if (!c.socket.empty()) {
+      if (!c.socket.starts_with("unix:///") || !ValidListen(c.socket)) {
+        diag.ErrorAt(key("socket"), Cat("expected unix:///absolute/path, got ", Quote(c.socket)));
+      } else if (listen.contains(c.socket)) {
+        diag.ErrorAt(key("socket"),
+                     Cat(Quote(c.socket), " is also in listen: a client's socket is its own"));
+      }
+      claim(sockets, c.socket, "socket", Cat("socket ", Quote(c.socket)));
+      if (c.socket_mode == 0) c.socket_mode = config.socket.mode;
+      if (c.socket_group.empty()) c.socket_group = config.socket.group;
+      if (c.socket_mode > 0777 || (c.socket_mode & 0007) != 0) {
+        diag.ErrorAt(key("socket_mode"),
+                     Cat(fmt::format("{:04o}", c.socket_mode),
+                         " lets other users connect; at most 0770 (owner and group)"));
+      }
+      if (!c.socket_group.empty() && !util::GroupId(c.socket_group).has_value()) {
+        diag.ErrorAt(key("socket_group"), Cat("no group named ", Quote(c.socket_group)));
+      }
+    } else if (c.socket_mode != 0 || !c.socket_group.empty()) {
+      diag.ErrorAt(key(c.socket_mode != 0 ? "socket_mode" : "socket_group"),
+                   "applies to a client's own socket: set socket too");
+    }
+    if (!c.token_file.empty()) {
+      if (std::optional<std::string> token = ReadToken(diag, key("token_file"), c.token_file)) {
+        c.token = std::move(*token);
+        claim(tokens, c.token, "token_file", Cat("the token in ", Quote(c.token_file)));
+      }
+    }
+    if (!c.cert_subject.empty()) {
+      if (config.tcp.tls.client_ca.empty()) {
+        diag.ErrorAt(key("cert_subject"),
+                     "a client certificate is asked for only with tcp.tls.client_ca: set it");
+      }
+      claim(subjects, c.cert_subject, "cert_subject", Cat("subject ", Quote(c.cert_subject)));
+    }
+    for (const auto& [list, name] :
+         {std::pair{&c.publish, "publish"}, {&c.subscribe, "subscribe"}}) {
+      for (size_t i = 0; i < list->size(); ++i) {
+        const std::string& rule = (*list)[i];
+        const std::string at = Cat(key(name), "[", i, "]");
+        if (!IsBusinessPattern(rule)) {
+          diag.ErrorAt(at,
+                       Cat("expected a business name or a pattern with '*', got ", Quote(rule)));
+        } else if (rule.find('*') == std::string::npos && !businesses.contains(rule)) {
+          diag.ErrorAt(at, Cat("no business named ", Quote(rule),
+                               " in producers or consumers (a name without '*' must be "
+                               "configured; a pattern such as \"task.*\" need not match one)"));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptions& options) {
   const std::array<bool, 3> invalid = ResolveIdentity(config, diag, options);
   const size_t businesses = config.producers.size() + config.consumers.size();
@@ -1027,17 +1248,20 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     if (!listen_seen.insert(config.listen[i]).second) {
       diag.ErrorAt(path, Cat("duplicate listen address ", Quote(config.listen[i])));
     }
-    if (ValidListen(config.listen[i]) && !config.listen[i].starts_with("unix:")) {
+    if (ValidListen(config.listen[i]) && !config.listen[i].starts_with("unix:") &&
+        !config.tcp.tls.enabled()) {
       if (!IsLoopbackListen(config.listen[i])) {
         diag.ErrorAt(path, Cat(Quote(config.listen[i]),
-                               " is not a loopback address: a TCP listener has no TLS and no "
-                               "credentials, so anyone who reaches it could publish and consume; "
-                               "listen on 127.0.0.1 or [::1], or on a unix socket"));
+                               " is not a loopback address: a TCP listener without tcp.tls has no "
+                               "TLS and no credentials, so anyone who reaches it could publish and "
+                               "consume; set tcp.tls (cert, key, client_ca), or listen on "
+                               "127.0.0.1 or [::1], or on a unix socket"));
       } else if (!config.tcp.insecure) {
         diag.ErrorAt(path, Cat(Quote(config.listen[i]),
                                " is a TCP listener without TLS or credentials: every local user "
                                "could publish and consume through it; set tcp.insecure: true to "
-                               "allow it, or listen on a unix socket (socket.mode, socket.group)"));
+                               "allow it, or serve TLS (tcp.tls: cert, key), or listen on a unix "
+                               "socket (socket.mode, socket.group)"));
       }
     }
   }
@@ -1091,6 +1315,8 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
     diag.ErrorAt(tls.cert.empty() ? "broker.tls.key" : "broker.tls.cert",
                  "a client certificate needs both broker.tls.cert and broker.tls.key");
   }
+  CheckListenerTls(config.tcp.tls, diag);
+  CheckAccess(config, diag);
   const std::chrono::milliseconds heartbeat = config.broker.heartbeat;
   if (heartbeat.count() != 0 &&
       (heartbeat < std::chrono::seconds(1) || heartbeat > std::chrono::seconds(65535) ||
@@ -1369,6 +1595,29 @@ std::string Describe(const Config& input) {
   Append(&out, "socket: mode ", fmt::format("{:04o}", config.socket.mode), ", group ",
          config.socket.group.empty() ? "(the daemon's)" : config.socket.group, "\n");
   Append(&out, "tcp: insecure ", config.tcp.insecure ? "true" : "false", "\n");
+  if (config.access.enabled) {
+    Append(&out, "access:\n");
+    for (const AccessClient& c : config.access.clients) {
+      Append(&out, "  ", c.name, ": ");
+      if (!c.socket.empty()) {
+        Append(&out, "socket ", c.socket, " (mode ", fmt::format("{:04o}", c.socket_mode),
+               ", group ", c.socket_group.empty() ? "(the daemon's)" : c.socket_group, ")");
+      } else if (!c.token_file.empty()) {
+        Append(&out, "token from ", c.token_file);  // never the token
+      } else {
+        Append(&out, "certificate subject ", c.cert_subject);
+      }
+      Append(&out, "; publish [", Join(c.publish, ", "), "]; subscribe [", Join(c.subscribe, ", "),
+             "]\n");
+    }
+  }
+  if (config.tcp.tls.enabled()) {
+    Append(&out, "tcp.tls: cert ", config.tcp.tls.cert, ", key ", config.tcp.tls.key,
+           ", client_ca ",
+           config.tcp.tls.client_ca.empty() ? "(none: no client certificate asked)"
+                                            : config.tcp.tls.client_ca,
+           "\n");
+  }
   Append(&out, "broker:\n  uris (tried in order):\n");
   for (const std::string& u : config.broker.uris) {
     Append(&out, "    ", util::MaskPassword(u), "\n");

@@ -136,14 +136,52 @@ struct Tasks {
 };
 
 // Listeners (docs/security.md). Every unix socket listener is created with
-// `mode` and `group`, whatever the umask; a TCP listener carries no
-// credentials and no TLS, so it needs `insecure` and a loopback address.
+// `mode` and `group`, whatever the umask; a TCP listener without `tcp.tls`
+// carries no credentials and no TLS, so it needs `insecure` and a loopback
+// address.
 struct SocketOptions {
   uint32_t mode = 0660;
   std::string group;  // "": the daemon's own group
 };
+// TLS for TCP listeners (docs/security.md). With `cert` and `key` every TCP
+// listener serves TLS (1.2 or later) and may be on any address; with
+// `client_ca` too, clients must present a certificate that chains to it
+// (mutual TLS). gRPC re-reads the three files every kListenerTlsRefresh while
+// running, so renewed certificates take effect without a restart.
+struct ListenerTls {
+  std::string cert;       // certificate chain (PEM); "": no TLS
+  std::string key;        // its private key (PEM, unencrypted)
+  std::string client_ca;  // CA bundle (PEM) client certificates must chain to; "": none asked
+  bool enabled() const { return !cert.empty(); }
+};
+inline constexpr std::chrono::seconds kListenerTlsRefresh{5};
 struct TcpOptions {
-  bool insecure = false;
+  bool insecure = false;  // plaintext TCP listeners, on loopback only
+  ListenerTls tls;
+};
+
+// Access (docs/security.md#access-who-may-use-which-business): which client
+// may publish to and subscribe to which businesses. Without an `access`
+// section every caller may use every business. With one, each call must be
+// made by one of these clients (else UNAUTHENTICATED), and each business it
+// names must match one of that client's patterns (else PERMISSION_DENIED).
+struct AccessClient {
+  std::string name;  // letters, digits, '.', '_', '-'
+  // Who the client is: exactly one of the three.
+  std::string socket;        // unix:///path: a listener of its own; its callers are this client
+  uint32_t socket_mode = 0;  // 0: socket.mode
+  std::string socket_group;  // "": socket.group
+  std::string token_file;    // bearer token: this file's first line
+  std::string cert_subject;  // mTLS: the client certificate's subject, RFC 2253 ("CN=a,O=b")
+  // Business names or patterns ('*' matches any run of characters).
+  std::vector<std::string> publish;
+  std::vector<std::string> subscribe;
+  // Not a key: token_file's first line, read by Resolve(). Never logged.
+  std::string token;
+};
+struct Access {
+  bool enabled = false;               // the file has an `access` section
+  std::vector<AccessClient> clients;  // sorted by name
 };
 
 // TLS to the broker, used by amqps:// URIs only (docs/security.md).
@@ -198,6 +236,7 @@ struct Config {
   Tasks tasks;
   SocketOptions socket;
   TcpOptions tcp;
+  Access access;
   // Not a key: chosen per process (NewInstanceId) by main before the plan is
   // made; names this sidecar's exclusive queues and its task correlation ids.
   std::string instance;

@@ -28,8 +28,8 @@ using internal::Quote;
 constexpr std::string_view kSection = "rabbitmq";
 // Optional sections whose keys are those of the YAML map of the same name
 // (identity.app = [identity] app=...).
-constexpr std::string_view kControlSections[] = {"identity", "ping", "tasks",
-                                                 "socket",   "tcp",  "broker.tls"};
+constexpr std::string_view kControlSections[] = {"identity", "ping",       "tasks",  "socket",
+                                                 "tcp",      "broker.tls", "tcp.tls"};
 
 bool IsControlSection(std::string_view section) {
   return std::find(std::begin(kControlSections), std::end(kControlSections), section) !=

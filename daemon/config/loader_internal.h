@@ -168,6 +168,7 @@ class YamlReader {
  private:
   int Line(const YAML::Node& node) const;
   void ReadBroker(const YAML::Node& node);
+  void ReadAccess(const YAML::Node& node);
   void ReadPublish(const YAML::Node& node);
   void ReadLog(const YAML::Node& node);
   // consumers.<business>.retry into `retry`; `canonical` is the retry key's.

@@ -216,6 +216,8 @@ void YamlReader::ReadRoot(const YAML::Node& root) {
                } else if (key == "identity" || key == "ping" || key == "tasks" || key == "socket" ||
                           key == "tcp") {
                  ReadSection(value, key);
+               } else if (key == "access") {
+                 ReadAccess(value);
                } else if (key == "shutdown") {
                  if (!ExpectMap(value, "shutdown", "a map (drain)")) return;
                  ForEachKey(value, "shutdown", "shutdown", "shutdown",
@@ -225,6 +227,71 @@ void YamlReader::ReadRoot(const YAML::Node& root) {
                             });
                }
              });
+}
+
+// access: client name -> who it is and what it may use. A map keyed by
+// name, so a name given twice is a duplicate key.
+void YamlReader::ReadAccess(const YAML::Node& node) {
+  config_.access.enabled = true;
+  if (!ExpectMap(node, "access",
+                 "a map of client name -> settings (socket, token_file, "
+                 "cert_subject, publish, subscribe)")) {
+    return;
+  }
+  std::map<std::string, int> seen;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) {
+      diag_.Error(Line(key), "access", Cat("expected a client name, got ", Got(key)));
+      continue;
+    }
+    const std::string& name = key.Scalar();
+    const std::string path = BusinessPath("access", name);
+    auto [first, inserted] = seen.emplace(name, Line(key));
+    if (!inserted) {
+      diag_.Error(Line(key), path, Cat("duplicate client (first at line ", first->second, ")"));
+      continue;
+    }
+    diag_.Note(path, Line(key), path);
+    AccessClient client;
+    client.name = name;
+    if (!ExpectMap(value, path, "a map (socket, token_file, cert_subject, publish, subscribe)")) {
+      if (value.IsNull()) diag_.Error(Line(key), path, "expected settings, got nothing");
+      continue;
+    }
+    ForEachKey(value, "access.<client>", path, path,
+               [&](const std::string& k, const std::string& d, const YAML::Node& v) {
+                 if (k == "socket") {
+                   if (auto str = String(v, d, true)) client.socket = *str;
+                 } else if (k == "socket_mode") {
+                   std::optional<std::string> str = String(v, d, false);
+                   if (!str) return;
+                   if (str->size() >= 3 && str->size() <= 4 &&
+                       str->find_first_not_of("01234567") == std::string::npos) {
+                     client.socket_mode = static_cast<uint32_t>(std::stoul(*str, nullptr, 8));
+                   } else {
+                     diag_.Error(Line(v), d,
+                                 Cat("expected an octal mode like \"0660\", got ", Quote(*str)));
+                   }
+                 } else if (k == "socket_group") {
+                   if (auto str = String(v, d, true)) client.socket_group = *str;
+                 } else if (k == "token_file") {
+                   if (auto str = String(v, d, true)) client.token_file = *str;
+                 } else if (k == "cert_subject") {
+                   if (auto str = String(v, d, true)) client.cert_subject = *str;
+                 } else if (k == "publish") {
+                   if (auto list = StringList(v, d, "business name or pattern")) {
+                     client.publish = std::move(*list);
+                   }
+                 } else if (k == "subscribe") {
+                   if (auto list = StringList(v, d, "business name or pattern")) {
+                     client.subscribe = std::move(*list);
+                   }
+                 }
+               });
+    config_.access.clients.push_back(std::move(client));
+  }
 }
 
 void YamlReader::ReadBroker(const YAML::Node& node) {
@@ -316,6 +383,14 @@ void YamlReader::ReadControlKey(std::string_view canonical, const YAML::Node& no
     if (auto s = String(node, display, true)) config_.socket.group = *s;
   } else if (canonical == "tcp.insecure") {
     if (auto b = Bool(node, display)) config_.tcp.insecure = *b;
+  } else if (canonical == "tcp.tls") {
+    ReadSection(node, "tcp.tls");
+  } else if (canonical == "tcp.tls.cert") {
+    if (auto s = String(node, display, true)) config_.tcp.tls.cert = *s;
+  } else if (canonical == "tcp.tls.key") {
+    if (auto s = String(node, display, true)) config_.tcp.tls.key = *s;
+  } else if (canonical == "tcp.tls.client_ca") {
+    if (auto s = String(node, display, true)) config_.tcp.tls.client_ca = *s;
   } else if (canonical == "broker.tls.ca") {
     if (auto s = String(node, display, true)) config_.broker.tls.ca = *s;
   } else if (canonical == "broker.tls.cert") {

@@ -70,6 +70,10 @@ class ControlCall final : public CallBase {
       Lock lock(this);
       OweLocked();
     }
+    if (absl::Status s = service_.AuthorizeRequest(ctx_, request_); !s.ok()) {
+      OnReply(std::move(s));
+      return;
+    }
     // Not under the lock: a handler may answer at once, on this thread.
     (service_.*handler_)(std::move(request_), ctx_.deadline(),
                          [this](absl::StatusOr<Response> r) { OnReply(std::move(r)); });

@@ -1,6 +1,9 @@
 #include "server/grpc_server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <pthread.h>
 #include <sys/stat.h>
 
@@ -10,6 +13,7 @@
 #include <system_error>
 
 #include "absl/strings/match.h"
+#include "server/access_policy.h"
 #include "spdlog/spdlog.h"
 #include "util/grpc_limits.h"
 #include "util/strings.h"
@@ -50,11 +54,77 @@ absl::Status PrepareSocketDirectory(const std::string& addr) {
   return absl::OkStatus();
 }
 
+// SocketClientProcessor names the client of a socket of its own on each
+// call (kSocketClientProperty). gRPC 1.51 gives a server neither the peer's
+// uid nor the address a call came in on, so the socket is the identity; the
+// processor needs credentials with a security connector, and local
+// credentials over a unix socket exchange nothing on the wire, so plaintext
+// clients connect as before.
+class SocketClientProcessor final : public grpc::AuthMetadataProcessor {
+ public:
+  explicit SocketClientProcessor(std::string client) : client_(std::move(client)) {}
+  bool IsBlocking() const override { return false; }  // runs inline: no I/O
+  grpc::Status Process(const InputMetadata& /*auth_metadata*/, grpc::AuthContext* context,
+                       OutputMetadata* /*consumed*/, OutputMetadata* /*response*/) override {
+    context->AddProperty(kSocketClientProperty, client_);
+    return grpc::Status::OK;
+  }
+
+ private:
+  const std::string client_;
+};
+
+std::shared_ptr<grpc::ServerCredentials> ClientSocketCredentials(const std::string& client) {
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::experimental::LocalServerCredentials(UDS);
+  creds->SetAuthMetadataProcessor(std::make_shared<SocketClientProcessor>(client));
+  return creds;
+}
+
+// SetSocketOwnership: `mode` and `group` on the unix socket of `addr`.
+absl::Status SetSocketOwnership(const std::string& addr, uint32_t mode, const std::string& group) {
+  std::optional<gid_t> gid;
+  if (!group.empty()) {
+    gid = util::GroupId(group);
+    if (!gid) return absl::InvalidArgumentError(util::StrCat("no group named '", group, "'"));
+  }
+  const std::string path = addr.substr(7);
+  if (::chmod(path.c_str(), mode) != 0 ||
+      (gid && ::chown(path.c_str(), static_cast<uid_t>(-1), *gid) != 0)) {
+    return absl::PermissionDeniedError(
+        util::StrCat("listen ", addr, ": cannot set its mode ", fmt::format("{:04o}", mode),
+                     gid ? util::StrCat(" and group ", group) : std::string(), ": ",
+                     std::generic_category().message(errno)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const config::ListenerTls& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  // The provider re-reads the files on its own thread; a failed read (a file
+  // missing or half-written) makes new handshakes fail until a good read, and
+  // connections already open keep their session (docs/security.md).
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      tls.key, tls.cert, tls.client_ca,
+      static_cast<unsigned int>(config::kListenerTlsRefresh.count()));
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (tls.client_ca.empty()) {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  // gRPC 1.51 serves TLS 1.2 and 1.3 only (its minimum is TLS 1.2, not settable
+  // through this API).
+  return grpc::experimental::TlsServerCredentials(options);
+}
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     const std::vector<std::string>& listen, const config::SocketOptions& socket,
-    grpc::Service* service, AsyncService* async) {
+    const config::TcpOptions& tcp, const config::Access& access, grpc::Service* service,
+    AsyncService* async) {
   std::optional<gid_t> gid;
   if (!socket.group.empty()) {
     gid = util::GroupId(socket.group);
@@ -74,12 +144,27 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   builder.SetMaxReceiveMessageSize(static_cast<int>(util::kMaxRequestBytes));
   builder.SetMaxSendMessageSize(static_cast<int>(util::kMaxSendBytes));
   std::vector<int> ports(listen.size(), 0);
+  const std::shared_ptr<grpc::ServerCredentials> tcp_credentials = TcpCredentials(tcp.tls);
   for (size_t i = 0; i < listen.size(); ++i) {
     const std::string& addr = listen[i];
     if (absl::StartsWith(addr, "unix://")) {
       if (absl::Status s = PrepareSocketDirectory(addr); !s.ok()) return s;
+      builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &ports[i]);
+    } else {
+      builder.AddListeningPort(addr, tcp_credentials, &ports[i]);
     }
-    builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &ports[i]);
+  }
+  // Clients' own sockets (access), after `listen` in ports/listen order.
+  std::vector<const config::AccessClient*> client_sockets;
+  for (const config::AccessClient& c : access.clients) {
+    if (c.socket.empty()) continue;
+    if (absl::Status s = PrepareSocketDirectory(c.socket); !s.ok()) return s;
+    client_sockets.push_back(&c);
+  }
+  std::vector<int> client_ports(client_sockets.size(), 0);
+  for (size_t i = 0; i < client_sockets.size(); ++i) {
+    builder.AddListeningPort(client_sockets[i]->socket,
+                             ClientSocketCredentials(client_sockets[i]->name), &client_ports[i]);
   }
   builder.RegisterService(service);
   builder.RegisterService(out->health_.get());
@@ -111,9 +196,25 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
       }
       spdlog::info("listening on {} (mode {:04o}, group {})", listen[i], socket.mode,
                    socket.group.empty() ? "the daemon's" : socket.group);
+    } else if (tcp.tls.enabled()) {
+      spdlog::info("listening on {} (TLS, certificate {}; {})", listen[i], tcp.tls.cert,
+                   tcp.tls.client_ca.empty()
+                       ? std::string("no client certificate asked")
+                       : util::StrCat("client certificates required, from ", tcp.tls.client_ca));
     } else {
       spdlog::info("listening on {} (TCP without TLS: tcp.insecure)", listen[i]);
     }
+  }
+  for (size_t i = 0; i < client_sockets.size(); ++i) {
+    const config::AccessClient& c = *client_sockets[i];
+    if (client_ports[i] == 0) {
+      return absl::UnavailableError(util::StrCat("cannot listen on ", c.socket));
+    }
+    if (absl::Status s = SetSocketOwnership(c.socket, c.socket_mode, c.socket_group); !s.ok()) {
+      return s;
+    }
+    spdlog::info("listening on {} for client {} alone (mode {:04o}, group {})", c.socket, c.name,
+                 c.socket_mode, c.socket_group.empty() ? "the daemon's" : c.socket_group);
   }
   out->SetServing(false);
   out->async_ = async;

@@ -18,15 +18,29 @@
 
 namespace mqs::server {
 
+// TcpCredentials: TLS server credentials from `tls.cert` and `tls.key`,
+// asking for and verifying a client certificate against `tls.client_ca` when
+// set (mutual TLS); plaintext when `tls` is not enabled. gRPC's file watcher
+// re-reads the files every config::kListenerTlsRefresh: a renewed
+// certificate serves the next handshake without a restart.
+std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const config::ListenerTls& tls);
+
 class GrpcServer {
  public:
   // Start listens on every address (`unix:///path` or `host:port`). A unix
   // socket gets `socket.mode` and `socket.group` whatever the umask; its
   // directory is created (0750) when missing and must not be writable by
-  // everyone (unless sticky, like /tmp). Fails naming the address that could
-  // not be bound. `async` is `service` seen as a service with async methods.
+  // everyone (unless sticky, like /tmp). A TCP listener serves TLS when
+  // `tcp.tls` is set (TcpCredentials), plaintext otherwise. Fails naming the
+  // address that could not be bound. `async` is `service` seen as a service
+  // with async methods.
+  // Every client of `access` with a socket of its own gets that listener
+  // too, with its mode and group; each call on it carries the client's name
+  // (kSocketClientProperty).
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::vector<std::string>& listen,
                                                            const config::SocketOptions& socket,
+                                                           const config::TcpOptions& tcp,
+                                                           const config::Access& access,
                                                            grpc::Service* service,
                                                            AsyncService* async);
   ~GrpcServer();

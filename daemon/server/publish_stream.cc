@@ -57,9 +57,19 @@ class PublishStreamCall final : public CallBase, public PubSubService::Drainable
     service_.AcceptPublishStream();  // the next caller
     Accepted();
     service_.Register(this);
+    // Who is asked once; each request's business is checked as it comes.
+    caller_ = service_.CallerOf(ctx_);
+    const absl::Status known = service_.Authorize(caller_, Rpc::kPublishStream, "");
     Lock lock(this);
     accepted_ = true;
     draining_ = service_.draining();
+    if (!known.ok()) {
+      // No client at all: the stream ends at once, nothing read.
+      final_ = ToGrpc(known);
+      reads_done_ = true;
+      MaybeFinishLocked();
+      return;
+    }
     StartReadLocked();
   }
 
@@ -93,10 +103,14 @@ class PublishStreamCall final : public CallBase, public PubSubService::Drainable
       draining = draining_;
     }
     const uint64_t sequence = request.sequence();
+    // A business this client may not use FAILs this request only.
+    const absl::Status allowed =
+        service_.Authorize(caller_, Rpc::kPublishStream, request.business());
     absl::StatusOr<amqp::PublishJob> job =
-        draining ? absl::UnavailableError("mq-sidecar is shutting down: not sent")
-                 : service_.PreparePublish(std::move(request),
-                                           std::chrono::system_clock::time_point::max());
+        draining       ? absl::UnavailableError("mq-sidecar is shutting down: not sent")
+        : allowed.ok() ? service_.PreparePublish(std::move(request),
+                                                 std::chrono::system_clock::time_point::max())
+                       : absl::StatusOr<amqp::PublishJob>(allowed);
     if (job.ok()) {
       job->done = [this](PublishResult&& r, absl::StatusCode) { OnResult(std::move(r)); };
       service_.publisher().Submit(std::move(*job));
@@ -216,6 +230,7 @@ class PublishStreamCall final : public CallBase, public PubSubService::Drainable
   // next read from starting): no lock.
   grpc::ByteBuffer raw_;
   uint64_t reads_ = 0;  // requests read, for error messages; the read handler's
+  Caller caller_;       // set once accepted, before the first read
 
   Op<PublishStreamCall, &PublishStreamCall::OnAccepted> accept_op_{this};
   Op<PublishStreamCall, &PublishStreamCall::OnReadDone> read_op_{this};

@@ -25,7 +25,8 @@ PubSubService::PubSubService(const config::Config& config, const config::Topolog
       publisher_(publisher),
       consumer_(consumer),
       control_(control),
-      dead_letters_(dead_letters) {
+      dead_letters_(dead_letters),
+      access_(config.access.enabled ? std::make_unique<AccessPolicy>(config.access) : nullptr) {
   std::vector<std::string> p, c;
   for (const auto& x : config.producers) p.push_back(x.name);
   for (const auto& x : config.consumers) c.push_back(x.name);

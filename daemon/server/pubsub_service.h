@@ -26,6 +26,7 @@
 #include "config/topology_plan.h"
 #include "control/control_plane.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
+#include "server/access_policy.h"
 #include "server/async_call.h"
 #include "util/mutex.h"
 
@@ -143,6 +144,27 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   // come from the broker (consumer().Inspect).
   void FillTopology(mqsidecar::v1::Topology* topology) const;
 
+  // Access (access_policy.h, access_edge.cc). CallerOf reads who made a
+  // call; Authorize answers OK, or UNAUTHENTICATED / PERMISSION_DENIED,
+  // logged with the client's name (never a token). Without `access` every
+  // call is allowed and neither reads anything.
+  Caller CallerOf(const grpc::ServerContext& ctx) const;
+  absl::Status Authorize(const Caller& caller, Rpc rpc, std::string_view business) const;
+  absl::Status Authorize(const grpc::ServerContext& ctx, Rpc rpc, std::string_view business) const;
+  // The control and dead-letter methods, each on the business it uses.
+  absl::Status AuthorizeRequest(const grpc::ServerContext& ctx,
+                                const mqsidecar::v1::SendTaskRequest& r) const;
+  absl::Status AuthorizeRequest(const grpc::ServerContext& ctx,
+                                const mqsidecar::v1::CompleteTaskRequest& r) const;
+  absl::Status AuthorizeRequest(const grpc::ServerContext& ctx,
+                                const mqsidecar::v1::ReportStatusRequest& r) const;
+  absl::Status AuthorizeRequest(const grpc::ServerContext& ctx,
+                                const mqsidecar::v1::ListServersRequest& r) const;
+  absl::Status AuthorizeRequest(const grpc::ServerContext& ctx,
+                                const mqsidecar::v1::ListDeadLettersRequest& r) const;
+  absl::Status AuthorizeRequest(const grpc::ServerContext& ctx,
+                                const mqsidecar::v1::ReplayDeadLettersRequest& r) const;
+
   const config::Config& config() const { return config_; }
   amqp::Publisher& publisher() { return publisher_; }
   amqp::Consumer& consumer() { return consumer_; }
@@ -155,7 +177,8 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   amqp::Consumer& consumer_;
   control::ControlPlane& control_;
   amqp::DeadLetterWorker* const dead_letters_;
-  std::string producer_names_;  // for error messages
+  std::unique_ptr<AccessPolicy> access_;  // null without `access`
+  std::string producer_names_;            // for error messages
   std::string consumer_names_;
   std::atomic<bool> draining_{false};
   util::Mutex drainables_mu_;

@@ -154,6 +154,10 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   }
 
   absl::Status Open(const SubscribeRequest::Open& open) {
+    // Checked first: a client learns nothing of businesses it may not use.
+    if (absl::Status s = service_.Authorize(ctx_, Rpc::kSubscribe, open.business()); !s.ok()) {
+      return s;
+    }
     const config::Consumer* consumer = service_.config().FindConsumer(open.business());
     if (consumer == nullptr) {
       std::string names;

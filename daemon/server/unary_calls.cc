@@ -41,8 +41,10 @@ class PublishCall final : public CallBase {
     }
     service_.AcceptPublish();  // the next caller
     Accepted();
+    const absl::Status allowed = service_.Authorize(ctx_, Rpc::kPublish, request_.business());
     absl::StatusOr<amqp::PublishJob> job =
-        service_.PreparePublish(std::move(request_), ctx_.deadline());
+        allowed.ok() ? service_.PreparePublish(std::move(request_), ctx_.deadline())
+                     : absl::StatusOr<amqp::PublishJob>(allowed);
     Lock lock(this);
     if (!job.ok()) {
       const grpc::Status status = ToGrpc(job.status());
@@ -112,6 +114,11 @@ class GetTopologyCall final : public CallBase {
     service_.AcceptGetTopology();
     Accepted();
     Lock lock(this);
+    if (absl::Status s = service_.Authorize(ctx_, Rpc::kGetTopology, ""); !s.ok()) {
+      const grpc::Status status = ToGrpc(s);
+      StartFinishLocked([&] { responder_.FinishWithError(status, finish_op_.tag()); });
+      return;
+    }
     service_.FillTopology(&topology_);
     OweLocked();
     // Queue counts come from the broker, on the consumer's thread.

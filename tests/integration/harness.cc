@@ -537,7 +537,9 @@ Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
   std::vector<std::string> uris = options_.uris;
   if (uris.empty()) uris.push_back(uri_);
   std::ostringstream y;
-  y << "listen: [\"" << address_ << "\"]\n"
+  y << "listen: [\"" << address_ << "\"";
+  for (const std::string& extra : options_.extra_listen) y << ", \"" << extra << "\"";
+  y << "]\n"
     << "broker:\n"
     << "  uris: [";
   for (size_t i = 0; i < uris.size(); ++i) y << (i ? ", " : "") << "\"" << uris[i] << "\"";

@@ -203,6 +203,9 @@ struct DaemonOptions {
   // Appended to the generated config: top-level keys it does not write
   // (identity, ping, tasks).
   std::string extra_yaml = {};
+  // More listen addresses after the daemon's own unix socket (which the
+  // harness's stub and health checks use), e.g. "127.0.0.1:50051".
+  std::vector<std::string> extra_listen = {};
   // broker.tls as a YAML flow map ("{ ca: /x/ca.pem, verify: false }"),
   // written inside the generated broker map; "": not written.
   std::string broker_tls_yaml = {};

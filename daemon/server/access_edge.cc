@@ -1,0 +1,113 @@
+// The server edge of AccessPolicy: who made a call (its socket's client, its
+// bearer token, its client certificate), and the verdict as a gRPC status.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include "control/tasks.h"
+#include "server/pubsub_service.h"
+#include "spdlog/spdlog.h"
+#include "util/strings.h"
+
+namespace mqs::server {
+
+namespace v1 = ::mqsidecar::v1;
+
+namespace {
+
+std::string FirstProperty(const grpc::AuthContext& auth, const char* name) {
+  const std::vector<grpc::string_ref> values = auth.FindPropertyValues(name);
+  return values.empty() ? std::string() : std::string(values.front().data(), values.front().size());
+}
+
+}  // namespace
+
+Caller PubSubService::CallerOf(const grpc::ServerContext& ctx) const {
+  Caller caller;
+  if (access_ == nullptr) return caller;
+  if (const std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context(); auth != nullptr) {
+    caller.socket_client = FirstProperty(*auth, kSocketClientProperty);
+    // Set by gRPC only for a certificate that chained to tcp.tls.client_ca.
+    caller.cert_subject = FirstProperty(*auth, GRPC_X509_SUBJECT_PROPERTY_NAME);
+  }
+  const auto& metadata = ctx.client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    const std::string_view value(it->second.data(), it->second.size());
+    // The scheme's case does not matter (RFC 7235); the token's does.
+    constexpr std::string_view kBearer = "bearer ";
+    // `want` from kBearer (lowercase), `got` from the header.
+    const auto same_letter = [](char want, char got) {
+      return want == std::tolower(static_cast<unsigned char>(got));
+    };
+    if (value.size() > kBearer.size() &&
+        std::equal(kBearer.begin(), kBearer.end(), value.begin(), same_letter)) {
+      caller.bearer_token = std::string(value.substr(kBearer.size()));
+    } else {
+      // Sent, but not as a bearer token: never matches, still reported as
+      // a token that is no client's.
+      caller.bearer_token = "\n";
+    }
+  }
+  return caller;
+}
+
+absl::Status PubSubService::Authorize(const Caller& caller, Rpc rpc,
+                                      std::string_view business) const {
+  if (access_ == nullptr) return absl::OkStatus();
+  const Decision d = access_->Check(caller, rpc, business);
+  switch (d.verdict) {
+    case Decision::Verdict::kAllowed:
+      return absl::OkStatus();
+    case Decision::Verdict::kDenied:
+      spdlog::warn("access: {} denied to client {}: {}", RpcName(rpc), d.client, d.reason);
+      return absl::PermissionDeniedError(d.reason);
+    case Decision::Verdict::kUnauthenticated:
+      break;
+  }
+  spdlog::warn("access: {} refused, no client: {}", RpcName(rpc), d.reason);
+  return absl::UnauthenticatedError(d.reason);
+}
+
+absl::Status PubSubService::Authorize(const grpc::ServerContext& ctx, Rpc rpc,
+                                      std::string_view business) const {
+  if (access_ == nullptr) return absl::OkStatus();
+  return Authorize(CallerOf(ctx), rpc, business);
+}
+
+absl::Status PubSubService::AuthorizeRequest(const grpc::ServerContext& ctx,
+                                             const v1::SendTaskRequest& r) const {
+  if (access_ == nullptr) return absl::OkStatus();
+  // A target that names no exchange is the handler's INVALID_ARGUMENT, for
+  // a known client.
+  absl::StatusOr<std::string> exchange = control::TaskExchange(r);
+  return Authorize(ctx, Rpc::kSendTask, exchange.ok() ? *exchange : std::string());
+}
+
+absl::Status PubSubService::AuthorizeRequest(const grpc::ServerContext& ctx,
+                                             const v1::CompleteTaskRequest& r) const {
+  // The business the handler publishes the result to.
+  return Authorize(ctx, Rpc::kCompleteTask, r.reply_to().empty() ? "task.result" : r.reply_to());
+}
+
+absl::Status PubSubService::AuthorizeRequest(const grpc::ServerContext& ctx,
+                                             const v1::ReportStatusRequest& /*r*/) const {
+  return Authorize(ctx, Rpc::kReportStatus, config_.ping.business);
+}
+
+absl::Status PubSubService::AuthorizeRequest(const grpc::ServerContext& ctx,
+                                             const v1::ListServersRequest& /*r*/) const {
+  return Authorize(ctx, Rpc::kListServers, config_.ping.business);
+}
+
+absl::Status PubSubService::AuthorizeRequest(const grpc::ServerContext& ctx,
+                                             const v1::ListDeadLettersRequest& r) const {
+  return Authorize(ctx, Rpc::kListDeadLetters, r.business());
+}
+
+absl::Status PubSubService::AuthorizeRequest(const grpc::ServerContext& ctx,
+                                             const v1::ReplayDeadLettersRequest& r) const {
+  return Authorize(ctx, Rpc::kReplayDeadLetters, r.business());
+}
+
+}  // namespace mqs::server

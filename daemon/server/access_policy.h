@@ -1,0 +1,80 @@
+// AccessPolicy: who may make which call on which business (config `access`,
+// docs/security.md). Pure logic, no sockets: the server edge fills a Caller
+// from the call (its own socket's client, the bearer token, the client
+// certificate's subject), asks Check, and maps the verdict to a gRPC code.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "config/config.h"
+
+namespace mqs::server {
+
+// The auth context property GrpcServer sets on every call that comes on a
+// client's own socket: that client's name.
+inline constexpr char kSocketClientProperty[] = "mq-sidecar-client";
+
+// The PubSub methods a policy decides on.
+enum class Rpc {
+  kPublish,
+  kPublishStream,
+  kSubscribe,
+  kGetTopology,
+  kSendTask,
+  kCompleteTask,
+  kReportStatus,
+  kListServers,
+  kListDeadLetters,
+  kReplayDeadLetters,
+};
+std::string_view RpcName(Rpc rpc);  // "Publish", ...
+
+// Permission: what an RPC needs on its business. Publishing ones need
+// `publish` (the business it sends to), reading ones `subscribe` (the
+// business whose messages it reads), GetTopology none (any known client).
+enum class Permission { kNone, kPublish, kSubscribe };
+Permission PermissionFor(Rpc rpc);
+
+// Caller: what the server edge knows about who made a call.
+struct Caller {
+  std::string socket_client;  // the call came on this client's own socket; "" otherwise
+  std::string bearer_token;   // "authorization: Bearer <token>"; "" if not sent
+  std::string cert_subject;   // the verified client certificate's subject (RFC 2253); ""
+};
+
+struct Decision {
+  enum class Verdict { kAllowed, kDenied, kUnauthenticated };
+  Verdict verdict = Verdict::kUnauthenticated;
+  std::string client;  // the client identified; "" when none
+  std::string reason;  // why not, for the caller and the log (never a token)
+  bool allowed() const { return verdict == Verdict::kAllowed; }
+};
+
+class AccessPolicy {
+ public:
+  // `access` must be resolved (config::Resolve) and outlive the policy.
+  explicit AccessPolicy(const config::Access& access) : access_(access) {}
+
+  // Identify: the client making the call, or nullptr. A call on a client's
+  // own socket is that client's; else a certificate subject named in
+  // access; else a bearer token equal (in constant time) to a client's.
+  const config::AccessClient* Identify(const Caller& caller) const;
+
+  // Check: may `caller` make `rpc` on `business`? An empty business (the RPC
+  // names none, or its business is not configured, which the call then
+  // reports itself) needs a known client only.
+  Decision Check(const Caller& caller, Rpc rpc, std::string_view business) const;
+
+  // Matches: `pattern` (a name, or with '*' for any run of characters)
+  // matches `business`.
+  static bool Matches(std::string_view pattern, std::string_view business);
+
+ private:
+  const config::Access& access_;
+};
+
+// ConstantTimeEquals: a == b, taking time that depends on the lengths only.
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
+}  // namespace mqs::server
