@@ -63,8 +63,8 @@ for pass in $PASSES; do
       t0=$SECONDS
       cmake -S . -B build/fuzz -G Ninja -DMQS_WERROR=ON -DMQS_FUZZ=ON \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
-      ninja -C build/fuzz -j "$JOBS" config_fuzz amqp_props_fuzz
-      for target in config_fuzz amqp_props_fuzz; do
+      ninja -C build/fuzz -j "$JOBS" config_fuzz amqp_props_fuzz consumer_ledger_fuzz
+      for target in config_fuzz amqp_props_fuzz consumer_ledger_fuzz; do
         # The committed corpus seeds a scratch copy, which the run may grow.
         work="build/fuzz/corpus/$target"
         rm -rf "$work" && mkdir -p "$work"
