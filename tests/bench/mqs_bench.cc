@@ -2,6 +2,7 @@
 // mq-sidecar's gRPC API, so the sidecar's extra hop can be measured (issue 4).
 //
 //   mqs_bench --mode direct|sidecar --scenario publish|consume|e2e|streams|ceiling ...
+//   mqs_bench --mode sidecar --scenario unary --callers 100 ...   (concurrent unary Publish)
 //   mqs_bench --mode sidecar --scenario churn --churn-business B --churn-rate 100 ...
 //   mqs_bench --scenario cleanup --queue Q --exchange X      (delete what a run declared)
 //   mqs_bench --report results.jsonl --md table.md --csv table.csv --plot-dir DIR
@@ -75,6 +76,7 @@ struct Options {
   // (sidecar: while an ack is being written; direct: while more is buffered).
   bool ack_multiple = false;
   uint32_t consumers = 1;
+  uint32_t callers = 100;  // unary: threads calling Publish at once
   uint64_t count = 100000;
   double duration = 5;  // publish scenarios stop at count or duration, whichever is first
   double rate = 0;      // msg/s; 0: as fast as the window allows
@@ -1110,6 +1112,60 @@ std::vector<Json> RunPublish(const Options& o) {
   return {j};
 }
 
+// Unary Publish from o.callers threads at once over one channel, each
+// waiting for its answer before its next call: a web service publishing once
+// per request. The daemon pipelines them into its one confirm window; a
+// direct client per caller could only publish at window 1, so the comparison
+// is the direct client at window 64 (scenario publish).
+std::vector<Json> RunUnary(const Options& o) {
+  if (o.mode != "sidecar") throw std::runtime_error("unary: sidecar mode only");
+  PurgeQueue(o);
+  auto stub = mqsidecar::v1::PubSub::NewStub(NewChannel(o.target, 0));
+  std::atomic<uint64_t> confirmed{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> next{0};
+  std::vector<Latencies> lats(o.callers);
+  Row row(o);
+  row.Start();
+  const auto end = SteadyClock::now() + std::chrono::duration<double>(o.duration);
+  std::vector<std::thread> threads;
+  for (uint32_t c = 0; c < o.callers; ++c) {
+    threads.emplace_back([&, c] {
+      std::string payload = MakePayload(o.size);
+      mqsidecar::v1::PublishRequest req;
+      req.set_business(o.business);
+      req.set_routing_key(o.routing_key);
+      while (SteadyClock::now() < end) {
+        const uint64_t seq = next.fetch_add(1);
+        if (seq >= o.count) break;
+        const int64_t t0 = NowNs();
+        Stamp(&payload, t0, seq);
+        req.set_sequence(seq);
+        req.set_payload(payload);
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)));
+        mqsidecar::v1::PublishResult res;
+        const grpc::Status s = stub->Publish(&ctx, req, &res);
+        if (s.ok() && res.status() == mqsidecar::v1::PublishResult::CONFIRMED) {
+          confirmed.fetch_add(1);
+          lats[c].ns.push_back(NowNs() - t0);
+        } else {
+          errors.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  Latencies all;
+  for (const Latencies& l : lats) all.Merge(l);
+  Json j = row.Finish("unary", confirmed.load(), errors.load(), &all);
+  j["callers"] = o.callers;
+  PurgeQueue(o);
+  RequireNoErrors(errors.load(), "unary");
+  return {j};
+}
+
 // Direct publishing without confirms: the broker's own limit. Done when the
 // queue holds every message sent.
 std::vector<Json> RunCeiling(const Options& o) {
@@ -1592,6 +1648,8 @@ int Run(const Options& o) {
     rows = RunPublish(o);
   } else if (o.scenario == "ceiling") {
     rows = RunCeiling(o);
+  } else if (o.scenario == "unary") {
+    rows = RunUnary(o);
   } else if (o.scenario == "consume" || o.scenario == "competing") {
     rows = RunConsume(o, o.scenario);
   } else if (o.scenario == "rtt") {
@@ -1636,6 +1694,7 @@ int main(int argc, char** argv) {
   app.add_flag("--ack-multiple", o.ack_multiple,
                "coalesce acks: what is pending at once goes as one ack with multiple");
   app.add_option("--consumers", o.consumers, "consumers (Subscribe streams or AMQP channels)");
+  app.add_option("--callers", o.callers, "unary: threads calling Publish at once");
   app.add_option("--count", o.count, "messages (publish: at most)");
   app.add_option("--duration", o.duration, "publish: seconds at most (0: until count)");
   app.add_option("--rate", o.rate, "msg/s for paced runs (0: unpaced)");

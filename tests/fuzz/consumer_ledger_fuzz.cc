@@ -84,7 +84,8 @@ class BrokerModel final : public mqs::amqp::ChannelSender {
   void Settle(ChannelNo ch, uint64_t tag, bool multiple) {
     Channel& c = channels[ch];
     if (!c.open) Violation("a settle on a channel that is not open");
-    if (!c.unsettled.contains(tag)) Violation("a settle of a delivery tag the channel does not hold");
+    if (!c.unsettled.contains(tag))
+      Violation("a settle of a delivery tag the channel does not hold");
     if (multiple) {
       c.unsettled.erase(c.unsettled.begin(), c.unsettled.upper_bound(tag));
     } else {
@@ -166,9 +167,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         d.set_message_id("m" + std::to_string(tag));
         const std::string& tag_name = in.ConsumeBool() ? c.consumer_tag : kOtherTag;
         // Captured as a retry business's consumer does, so retries can take it.
-        auto captured = in.ConsumeBool() ? std::make_shared<const mqs::amqp::CapturedMessage>(
-                                               amqp_basic_properties_t{})
-                                         : nullptr;
+        auto captured =
+            in.ConsumeBool()
+                ? std::make_shared<const mqs::amqp::CapturedMessage>(amqp_basic_properties_t{})
+                : nullptr;
         ledger.OnDelivery(ch, tag, tag_name, std::move(d), std::move(captured));
         break;
       }
