@@ -122,7 +122,7 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   dead_letters.Start();
   server::PubSubService service(config, plan, *publisher, *consumer, *control, &dead_letters);
   absl::StatusOr<std::unique_ptr<server::GrpcServer>> server =
-      server::GrpcServer::Start(config.listen, config.socket, &service, &service);
+      server::GrpcServer::Start(config.listen, config.socket, &service, &service, config.limits);
   if (!server.ok()) return server.status();
   health.Attach(server->get(), publisher.get(), consumer.get());
   publisher->Start();

@@ -25,10 +25,13 @@ class GrpcServer {
   // directory is created (0750) when missing and must not be writable by
   // everyone (unless sticky, like /tmp). Fails naming the address that could
   // not be bound. `async` is `service` seen as a service with async methods.
+  // `limits` sets gRPC's receive and send limits and the streams per
+  // connection (ApplyLimits).
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::vector<std::string>& listen,
                                                            const config::SocketOptions& socket,
                                                            grpc::Service* service,
-                                                           AsyncService* async);
+                                                           AsyncService* async,
+                                                           const config::Limits& limits = {});
   ~GrpcServer();
 
   // SetServing reports SERVING or NOT_SERVING for "" and mqsidecar.v1.PubSub.
