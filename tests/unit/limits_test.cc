@@ -178,7 +178,7 @@ TEST_CASE("limits: ValidatePublish passes exactly at every limit and fails one p
   REQUIRE(at.headers().size() == 4);
   REQUIRE(amqp::ValidatePublish(at, l).ok());
 
-  auto fails = [&](PublishRequest r, const std::string& message) {
+  auto fails = [&](const PublishRequest& r, const std::string& message) {
     INFO(message);
     const absl::Status s = amqp::ValidatePublish(r, l);
     CHECK(s.code() == absl::StatusCode::kInvalidArgument);
