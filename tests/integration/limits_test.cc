@@ -213,6 +213,7 @@ TEST_CASE(
   REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 1, std::nullopt));
 
   grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 30s);  // a failure must not hang
   auto stream = d.stub().PublishStream(&ctx);
   for (uint64_t i = 1; i <= 5; ++i) {
     REQUIRE(stream->Write(MakePublish(biz, "early-" + std::to_string(i), i)));
@@ -225,6 +226,7 @@ TEST_CASE(
   }
   // 100 KiB of payload: over gRPC's limit, never reaching the daemon's check.
   stream->Write(MakePublish(biz, "huge", 6, std::string(size_t{100} * 1024, 'h')));
+  stream->WritesDone();
   pb::PublishResult none;
   CHECK_FALSE(stream->Read(&none));
   const grpc::Status s = stream->Finish();
