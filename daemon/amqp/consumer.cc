@@ -88,7 +88,10 @@ std::vector<QueueInfo> UnknownQueues(const config::TopologyPlan& plan) {
 Consumer::Consumer(const config::Config& config, const config::TopologyPlan& plan,
                    std::function<void()> on_state,
                    std::function<void(const absl::Status&)> on_fatal)
-    : IoLoop("consumer", config.broker, std::move(on_state), std::move(on_fatal)), plan_(plan) {}
+    : IoLoop("consumer", config.broker, std::move(on_state), std::move(on_fatal)),
+      plan_(plan),
+      max_send_bytes_(util::MaxSendBytes(util::MaxRequestBytes(
+          config.limits.max_payload_bytes, config.limits.max_header_bytes))) {}
 
 Consumer::~Consumer() { Stop(std::chrono::milliseconds(0)); }
 
@@ -375,7 +378,7 @@ void Consumer::OnContentHeader(amqp_channel_t channel, const amqp_basic_properti
   // is buffered: the payload adds its size plus a tag and a length.
   const uint64_t bytes = in.delivery.ByteSizeLong() + body_size + 16;
   if (!ledger_.AdmitSize(channel, in.tag, in.consumer_tag, in.delivery.message_id(), bytes,
-                         util::kMaxSendBytes)) {
+                         max_send_bytes_)) {
     in.skip_body = true;
   }
   if (body_size == 0) {

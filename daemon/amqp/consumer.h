@@ -166,6 +166,9 @@ class Consumer final : public IoLoop {
                        uint64_t body_size);
   void OnContentBody(amqp_channel_t channel, const amqp_bytes_t& fragment);
   const config::TopologyPlan plan_;
+  // The server's send limit (util::MaxSendBytes of the config's limits): a
+  // delivery above it is never handed to a stream.
+  const size_t max_send_bytes_;
   util::WakeupQueue<Command> inbox_;
   std::atomic<uint64_t> next_stream_id_{0};
 

@@ -29,8 +29,9 @@ namespace {
 
 constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
 constexpr size_t kShortStrMax = 255;
-// A listing stops before its response would pass the gRPC send limit.
-constexpr size_t kListBytesMax = util::kMaxSendBytes - size_t{64} * 1024;
+// A listing stops before its response would pass the gRPC send limit (at
+// least kMinSendBytes, whatever the config's limits).
+constexpr size_t kListBytesMax = util::kMinSendBytes - size_t{64} * 1024;
 // How often a wait for a confirm looks at the stop flag.
 constexpr milliseconds kStopCheck{200};
 

@@ -15,14 +15,19 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "config/config.h"
 #include "mqsidecar/v1/pubsub.pb.h"
 
 namespace mqs::amqp {
 
-// ValidatePublish checks what AMQP itself limits (short strings are at most
-// 255 bytes), and refuses header names with control characters and reserved
-// headers (IsReservedHeader); the message names the offending field.
-absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& request);
+// ValidatePublish checks the config's `limits` (payload, header count and
+// bytes, routing key, message and correlation id; the message names the
+// limit's key and both sizes), what AMQP itself limits (short strings are at
+// most 255 bytes), and refuses header names with control characters and
+// reserved headers (IsReservedHeader); the message names the offending
+// field. Pure: the server calls it for each request, unit tests alone.
+absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& request,
+                             const config::Limits& limits = config::Limits{});
 
 // IsReservedHeader: a header the broker, its plugins or mq-sidecar interpret
 // on a message (CC, BCC, x-delivery-count, x-death, x-first-death-*,

@@ -170,6 +170,27 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"publish.wait_timeout", "duration", "30s",
      "How long a publish waits for a connection or a lifted resource alarm; above 0, at most "
      "1h."},
+    {"limits", "map", "(all defaults)",
+     "What one request may hold. A Publish or PublishStream request over a limit fails alone "
+     "(INVALID_ARGUMENT naming the key, or its result FAILED); the stream goes on."},
+    {"limits.max_payload_bytes", "integer 1..134217728", "16777216",
+     "Largest payload of one publish (16 MiB). gRPC's receive limit is set from it: "
+     "payload + `max_header_bytes` + 64 KiB; a larger request ends its stream "
+     "RESOURCE_EXHAUSTED."},
+    {"limits.max_headers", "integer 0..1024", "64", "Most headers on one publish."},
+    {"limits.max_header_bytes", "integer 0..65536", "65536",
+     "Most bytes of header names and values together on one publish (they travel in one AMQP "
+     "frame)."},
+    {"limits.max_routing_key_bytes", "integer 1..255", "255",
+     "Longest routing key of a publish (AMQP allows 255)."},
+    {"limits.max_message_id_bytes", "integer 1..255", "255",
+     "Longest message_id and correlation_id of a publish (AMQP allows 255)."},
+    {"limits.max_streams_per_connection", "integer 1..100000", "1000",
+     "Calls open at once on one client connection (HTTP/2 max concurrent streams); a client "
+     "queues the ones above it until one ends."},
+    {"limits.max_prefetch", "integer 1..65535", "10000",
+     "Largest prefetch: a Subscribe whose `open.prefetch` is above it ends INVALID_ARGUMENT; a "
+     "`consumers.<business>.prefetch` above it is a config error."},
     {"log.level", "trace, debug, info, warn or error", "info",
      "Log level, in any case (`INFO` = `info`); `--log-level` overrides it, same names."},
     {"shutdown.drain", "duration", "10s",
@@ -1336,6 +1357,20 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
   check_range("publish.wait_timeout", config.publish.wait_timeout, false, kMaxWaitTimeout);
   check_range("shutdown.drain", config.shutdown.drain, true, kMaxDrain);
 
+  // limits: each key's range is the reader's; a configured prefetch is held
+  // to the same ceiling as a client's.
+  for (Consumer& c : config.consumers) {
+    if (c.unroutable) {  // not written in the file: its default yields
+      c.prefetch = std::min(c.prefetch, config.limits.max_prefetch);
+      continue;
+    }
+    if (c.prefetch > config.limits.max_prefetch) {
+      diag.ErrorAt(BusinessPath("consumers", PathName(c), "prefetch"),
+                   Cat("prefetch ", c.prefetch, " exceeds limits.max_prefetch (",
+                       config.limits.max_prefetch, ")"));
+    }
+  }
+
   for (const Producer& p : config.producers) {
     if (std::string_view e = CheckBusinessName(p.name); !e.empty()) {
       diag.ErrorAt(BusinessPath("producers", PathName(p)), Cat(e, ", got ", Quote(p.name)));
@@ -1636,6 +1671,12 @@ std::string Describe(const Config& input) {
          "\n");
   Append(&out, "  wait_timeout: ", FormatDuration(config.publish.wait_timeout), "\n");
   Append(&out, "shutdown:\n  drain: ", FormatDuration(config.shutdown.drain), "\n");
+  const Limits& l = config.limits;
+  Append(&out, "limits:\n  max_payload_bytes: ", l.max_payload_bytes, "\n  max_headers: ",
+         l.max_headers, "\n  max_header_bytes: ", l.max_header_bytes,
+         "\n  max_routing_key_bytes: ", l.max_routing_key_bytes, "\n  max_message_id_bytes: ",
+         l.max_message_id_bytes, "\n  max_streams_per_connection: ", l.max_streams_per_connection,
+         "\n  max_prefetch: ", l.max_prefetch, "\n");
   Append(&out, "log:\n  level: ", config.log_level, "\n");
   auto or_not_set = [](const std::string& s) { return s.empty() ? std::string("(not set)") : s; };
   Append(&out, "identity:\n  app: ", or_not_set(config.identity.app), "\n");

@@ -222,6 +222,26 @@ struct Shutdown {
   std::chrono::milliseconds drain{std::chrono::seconds(10)};
 };
 
+// Limits: what one request may hold (docs/configuration.md, "Limits"). A
+// request over one fails alone; the stream, the other clients and the
+// broker connection carry on. Ranges and defaults are in kConfigKeys.
+struct Limits {
+  uint32_t max_payload_bytes = 16 * 1024 * 1024;
+  uint32_t max_headers = 64;
+  uint32_t max_header_bytes = 64 * 1024;  // names + values
+  uint32_t max_routing_key_bytes = 255;
+  uint32_t max_message_id_bytes = 255;  // message_id and correlation_id
+  uint32_t max_streams_per_connection = 1000;
+  uint32_t max_prefetch = 10000;
+};
+// Upper bounds of the keys above: the headers travel in one AMQP frame (the
+// daemon asks for 128 KiB), prefetch is a 16-bit field of basic.qos, and
+// 128 MiB is RabbitMQ's own largest message by default.
+inline constexpr uint32_t kMaxPayloadBytesLimit = 128 * 1024 * 1024;
+inline constexpr uint32_t kMaxHeadersLimit = 1024;
+inline constexpr uint32_t kMaxHeaderBytesLimit = 64 * 1024;
+inline constexpr uint32_t kMaxStreamsLimit = 100000;
+
 struct Config {
   std::string source;               // file it was loaded from ("" for text)
   std::vector<std::string> listen;  // default: unix:///run/mq-sidecar/mq-sidecar.sock
@@ -230,6 +250,7 @@ struct Config {
   std::vector<Consumer> consumers;  // sorted by name
   Publish publish;
   Shutdown shutdown;
+  Limits limits;
   std::string log_level = "info";  // trace, debug, info, warn, error
   Identity identity;
   Ping ping;

@@ -26,6 +26,8 @@ using internal::Diagnostics;
 using internal::Quote;
 
 constexpr std::string_view kSection = "rabbitmq";
+// [limits]: the YAML map `limits`, same key names.
+constexpr std::string_view kLimitsSection = "limits";
 // Optional sections whose keys are those of the YAML map of the same name
 // (identity.app = [identity] app=...).
 constexpr std::string_view kControlSections[] = {"identity", "ping",       "tasks",  "socket",
@@ -190,7 +192,7 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
         }
         section = std::string(Trim(line.substr(1, line.size() - 2)));
         auto [first, inserted] = sections.emplace(section, line_no);
-        if (section != kSection && !IsControlSection(section)) {
+        if (section != kSection && !IsControlSection(section) && section != kLimitsSection) {
           diag.Error(
               line_no, Cat("[", section, "]"),
               Cat("unknown section; expected [", kSection, "], [identity], [ping] or [tasks]"));
@@ -211,6 +213,24 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
       const std::string_view value = Trim(line.substr(eq + 1));
       if (section.empty()) {
         diag.Error(line_no, key, Cat("expected [", kSection, "] before the first key"));
+        continue;
+      }
+      if (section == kLimitsSection) {
+        // [limits]: the keys of the YAML map `limits`, same names.
+        const std::string canonical = Cat(section, ".", key);
+        const std::vector<std::string_view> known = internal::ChildKeys(section);
+        if (std::find(known.begin(), known.end(), key) == known.end()) {
+          diag.Error(line_no, canonical, internal::UnknownKeyMessage(key, known));
+          continue;
+        }
+        auto [first, inserted] = keys.emplace(canonical, line_no);
+        if (!inserted) {
+          diag.Error(line_no, canonical, Cat("duplicate key (first at line ", first->second, ")"));
+          continue;
+        }
+        diag.Note(canonical, line_no, canonical);
+        reader.set_fixed_line(line_no);
+        reader.ReadLimitKey(key, YAML::Node(std::string{value}), canonical);
         continue;
       }
       if (IsControlSection(section)) {

@@ -160,6 +160,8 @@ class YamlReader {
   void ReadConnectTimeout(const YAML::Node& node, const std::string& display);
   void ReadWindow(const YAML::Node& node, const std::string& display);
   void ReadLogLevel(const YAML::Node& node, const std::string& display);
+  // A key of `limits` ("max_payload_bytes", ...), known to be one of them.
+  void ReadLimitKey(std::string_view key, const YAML::Node& node, const std::string& display);
   // A leaf key under identity, ping or tasks; `canonical` as in kConfigKeys
   // ("identity.app", "ping.interval", ...), known to be one of them.
   void ReadControlKey(std::string_view canonical, const YAML::Node& node,
@@ -171,6 +173,7 @@ class YamlReader {
   void ReadAccess(const YAML::Node& node);
   void ReadPublish(const YAML::Node& node);
   void ReadLog(const YAML::Node& node);
+  void ReadLimits(const YAML::Node& node);
   // consumers.<business>.retry into `retry`; `canonical` is the retry key's.
   void ReadRetry(const YAML::Node& node, const std::string& canonical, const std::string& display,
                  Retry& retry);

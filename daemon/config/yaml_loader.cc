@@ -213,6 +213,8 @@ void YamlReader::ReadRoot(const YAML::Node& root) {
                  ReadPublish(value);
                } else if (key == "log") {
                  ReadLog(value);
+               } else if (key == "limits") {
+                 ReadLimits(value);
                } else if (key == "identity" || key == "ping" || key == "tasks" || key == "socket" ||
                           key == "tcp") {
                  ReadSection(value, key);
@@ -324,6 +326,39 @@ void YamlReader::ReadPublish(const YAML::Node& node) {
                  if (auto d = Duration(value, display)) config_.publish.wait_timeout = *d;
                }
              });
+}
+
+void YamlReader::ReadLimits(const YAML::Node& node) {
+  if (!ExpectMap(node, "limits", Cat("a map (", Join(ChildKeys("limits"), ", "), ")"))) return;
+  ForEachKey(node, "limits", "limits", "limits",
+             [&](const std::string& key, const std::string& display, const YAML::Node& value) {
+               ReadLimitKey(key, value, display);
+             });
+}
+
+void YamlReader::ReadLimitKey(std::string_view key, const YAML::Node& node,
+                              const std::string& display) {
+  // Each key's own range; the checks across keys are Resolve()'s.
+  struct Row {
+    std::string_view key;
+    uint32_t Limits::*value;
+    uint32_t min, max;
+  };
+  static constexpr Row kRows[] = {
+      {"max_payload_bytes", &Limits::max_payload_bytes, 1, kMaxPayloadBytesLimit},
+      {"max_headers", &Limits::max_headers, 0, kMaxHeadersLimit},
+      {"max_header_bytes", &Limits::max_header_bytes, 0, kMaxHeaderBytesLimit},
+      {"max_routing_key_bytes", &Limits::max_routing_key_bytes, 1, 255},
+      {"max_message_id_bytes", &Limits::max_message_id_bytes, 1, 255},
+      {"max_streams_per_connection", &Limits::max_streams_per_connection, 1, kMaxStreamsLimit},
+      {"max_prefetch", &Limits::max_prefetch, 1, 65535},
+  };
+  for (const Row& row : kRows) {
+    if (row.key != key) continue;
+    if (auto n = Uint(diag_, Line(node), node, display, row.min, row.max)) {
+      config_.limits.*row.value = *n;
+    }
+  }
 }
 
 void YamlReader::ReadLog(const YAML::Node& node) {

@@ -120,7 +120,7 @@ void PubSubService::HandleSendTask(v1::SendTaskRequest&& request, SysTime deadli
   publish.set_content_type(request.content_type());
   publish.set_message_id(request.message_id());
   *publish.mutable_headers() = request.headers();
-  if (absl::Status s = amqp::ValidatePublish(publish); !s.ok()) {
+  if (absl::Status s = amqp::ValidatePublish(publish, config_.limits); !s.ok()) {
     reply(s);
     return;
   }

@@ -98,6 +98,20 @@ absl::Status SetSocketOwnership(const std::string& addr, uint32_t mode, const st
   return absl::OkStatus();
 }
 
+// ApplyLimits: the config's `limits` that gRPC enforces. The receive limit
+// leaves room for a request at every limit of ours, so such a request fails
+// alone on ValidatePublish; sends may be larger than requests, since a
+// message published at the limits comes back as a Delivery with its
+// properties (grpc_limits.h). Streams per connection bound what one client
+// holds open on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+void ApplyLimits(grpc::ServerBuilder& builder, const config::Limits& limits) {
+  const size_t receive = util::MaxRequestBytes(limits.max_payload_bytes, limits.max_header_bytes);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(receive));
+  builder.SetMaxSendMessageSize(static_cast<int>(util::MaxSendBytes(receive)));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(limits.max_streams_per_connection));
+}
+
 }  // namespace
 
 std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const config::ListenerTls& tls) {
@@ -124,7 +138,7 @@ std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const config::ListenerTl
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     const std::vector<std::string>& listen, const config::SocketOptions& socket,
     const config::TcpOptions& tcp, const config::Access& access, grpc::Service* service,
-    AsyncService* async) {
+    AsyncService* async, const config::Limits& limits) {
   std::optional<gid_t> gid;
   if (!socket.group.empty()) {
     gid = util::GroupId(socket.group);
@@ -139,10 +153,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   std::unique_ptr<GrpcServer> out(new GrpcServer());
   out->health_ = std::make_unique<HealthService>(kServiceName);
   grpc::ServerBuilder builder;
-  // Sends may be larger than requests: a message published at the request
-  // limit comes back as a Delivery with its properties (grpc_limits.h).
-  builder.SetMaxReceiveMessageSize(static_cast<int>(util::kMaxRequestBytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(util::kMaxSendBytes));
+  ApplyLimits(builder, limits);
   std::vector<int> ports(listen.size(), 0);
   const std::shared_ptr<grpc::ServerCredentials> tcp_credentials = TcpCredentials(tcp.tls);
   for (size_t i = 0; i < listen.size(); ++i) {

@@ -37,12 +37,15 @@ class GrpcServer {
   // Every client of `access` with a socket of its own gets that listener
   // too, with its mode and group; each call on it carries the client's name
   // (kSocketClientProperty).
+  // `limits` sets gRPC's receive and send limits and the streams per
+  // connection (ApplyLimits).
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::vector<std::string>& listen,
                                                            const config::SocketOptions& socket,
                                                            const config::TcpOptions& tcp,
                                                            const config::Access& access,
                                                            grpc::Service* service,
-                                                           AsyncService* async);
+                                                           AsyncService* async,
+                                                           const config::Limits& limits = {});
   ~GrpcServer();
 
   // SetServing reports SERVING or NOT_SERVING for "" and mqsidecar.v1.PubSub.

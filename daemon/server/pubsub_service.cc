@@ -79,7 +79,7 @@ absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(
     return absl::InvalidArgumentError(util::StrCat("unknown business '", request.business(),
                                                    "'; configured producers: ", producer_names_));
   }
-  if (absl::Status s = amqp::ValidatePublish(request); !s.ok()) return s;
+  if (absl::Status s = amqp::ValidatePublish(request, config_.limits); !s.ok()) return s;
   return JobFor(std::move(request), producer->exchange, deadline);
 }
 

@@ -175,6 +175,12 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
           util::StrCat("open.consumer_name holds a control character: '",
                        util::ForLog(open.consumer_name()), "'"));
     }
+    // A ceiling rather than a clamp: the client would otherwise hold fewer
+    // deliveries than it asked for without knowing.
+    if (const uint32_t max = service_.config().limits.max_prefetch; open.prefetch() > max) {
+      return absl::InvalidArgumentError(util::StrCat(
+          "open.prefetch ", open.prefetch(), " exceeds limits.max_prefetch (", max, ")"));
+    }
     amqp::OpenRequest req;
     {
       util::MutexLock lock(&mu_);  // owing makes the call deletable later, never now

@@ -280,7 +280,7 @@ publish: { window: 8, size: 3 }
                                                  "mq-sidecar.yaml"));
   CHECK_THAT(err, Catch::Contains("mq-sidecar.yaml:2: brokr: unknown key; expected one of: listen, "
                                   "socket, tcp, access, broker, producers, consumers, publish, "
-                                  "log, shutdown, identity, ping, tasks (did you mean "
+                                  "limits, log, shutdown, identity, ping, tasks (did you mean "
                                   "\"broker\"?)"));
   CHECK_THAT(err, Catch::Contains(
                       "mq-sidecar.yaml:6: consumers[\"usdt.transfer\"].prefech: unknown key") &&
