@@ -750,7 +750,7 @@ tasks: { results: c }
   CHECK_FALSE(c->publish.republish_unconfirmed);
   CHECK(c->publish.wait_timeout == seconds(2));
   CHECK(c->shutdown.drain == milliseconds(0));
-  CHECK(internal::ChildKeys("").size() == 13);
+  CHECK(internal::ChildKeys("").size() == 14);
   CHECK(internal::ChildKeys("consumers.<business>").size() == 10);
   CHECK(internal::ChildKeys("consumers.<business>.retry") ==
         std::vector<std::string_view>{"delays", "max_attempts"});
