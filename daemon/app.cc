@@ -121,9 +121,8 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   amqp::DeadLetterWorker dead_letters(config.broker);
   dead_letters.Start();
   server::PubSubService service(config, plan, *publisher, *consumer, *control, &dead_letters);
-  absl::StatusOr<std::unique_ptr<server::GrpcServer>> server =
-      server::GrpcServer::Start(config.listen, config.socket, config.tcp, config.access, &service,
-                                &service, config.limits);
+  absl::StatusOr<std::unique_ptr<server::GrpcServer>> server = server::GrpcServer::Start(
+      config.listen, config.socket, config.tcp, config.access, &service, &service, config.limits);
   if (!server.ok()) return server.status();
   health.Attach(server->get(), publisher.get(), consumer.get());
   publisher->Start();

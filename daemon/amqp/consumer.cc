@@ -90,8 +90,8 @@ Consumer::Consumer(const config::Config& config, const config::TopologyPlan& pla
                    std::function<void(const absl::Status&)> on_fatal)
     : IoLoop("consumer", config.broker, std::move(on_state), std::move(on_fatal)),
       plan_(plan),
-      max_send_bytes_(util::MaxSendBytes(util::MaxRequestBytes(
-          config.limits.max_payload_bytes, config.limits.max_header_bytes))) {}
+      max_send_bytes_(util::MaxSendBytes(util::MaxRequestBytes(config.limits.max_payload_bytes,
+                                                               config.limits.max_header_bytes))) {}
 
 Consumer::~Consumer() { Stop(std::chrono::milliseconds(0)); }
 

@@ -81,17 +81,17 @@ absl::Status CheckLimit(std::string_view what, size_t size, std::string_view key
 absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& r, const config::Limits& limits) {
   absl::Status s;
   // The configured limits first: their message names the key to raise.
-  s.Update(CheckLimit("payload", r.payload().size(), "max_payload_bytes",
-                      limits.max_payload_bytes));
+  s.Update(
+      CheckLimit("payload", r.payload().size(), "max_payload_bytes", limits.max_payload_bytes));
   s.Update(CheckLimit("routing_key", r.routing_key().size(), "max_routing_key_bytes",
                       limits.max_routing_key_bytes));
   s.Update(CheckLimit("message_id", r.message_id().size(), "max_message_id_bytes",
                       limits.max_message_id_bytes));
-  s.Update(CheckLimit("correlation_id", r.correlation_id().size(), "max_message_id_bytes", limits.max_message_id_bytes));
+  s.Update(CheckLimit("correlation_id", r.correlation_id().size(), "max_message_id_bytes",
+                      limits.max_message_id_bytes));
   if (static_cast<size_t>(r.headers().size()) > limits.max_headers) {
-    s.Update(absl::InvalidArgumentError(util::StrCat(r.headers().size(),
-                                                     " headers exceed limits.max_headers (",
-                                                     limits.max_headers, ")")));
+    s.Update(absl::InvalidArgumentError(util::StrCat(
+        r.headers().size(), " headers exceed limits.max_headers (", limits.max_headers, ")")));
   }
   size_t header_bytes = 0;
   for (const auto& [key, value] : r.headers()) header_bytes += key.size() + value.size();

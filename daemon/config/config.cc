@@ -1672,10 +1672,11 @@ std::string Describe(const Config& input) {
   Append(&out, "  wait_timeout: ", FormatDuration(config.publish.wait_timeout), "\n");
   Append(&out, "shutdown:\n  drain: ", FormatDuration(config.shutdown.drain), "\n");
   const Limits& l = config.limits;
-  Append(&out, "limits:\n  max_payload_bytes: ", l.max_payload_bytes, "\n  max_headers: ",
-         l.max_headers, "\n  max_header_bytes: ", l.max_header_bytes,
-         "\n  max_routing_key_bytes: ", l.max_routing_key_bytes, "\n  max_message_id_bytes: ",
-         l.max_message_id_bytes, "\n  max_streams_per_connection: ", l.max_streams_per_connection,
+  Append(&out, "limits:\n  max_payload_bytes: ", l.max_payload_bytes,
+         "\n  max_headers: ", l.max_headers, "\n  max_header_bytes: ", l.max_header_bytes,
+         "\n  max_routing_key_bytes: ", l.max_routing_key_bytes,
+         "\n  max_message_id_bytes: ", l.max_message_id_bytes,
+         "\n  max_streams_per_connection: ", l.max_streams_per_connection,
          "\n  max_prefetch: ", l.max_prefetch, "\n");
   Append(&out, "log:\n  level: ", config.log_level, "\n");
   auto or_not_set = [](const std::string& s) { return s.empty() ? std::string("(not set)") : s; };

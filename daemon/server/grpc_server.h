@@ -39,13 +39,10 @@ class GrpcServer {
   // (kSocketClientProperty).
   // `limits` sets gRPC's receive and send limits and the streams per
   // connection (ApplyLimits).
-  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::vector<std::string>& listen,
-                                                           const config::SocketOptions& socket,
-                                                           const config::TcpOptions& tcp,
-                                                           const config::Access& access,
-                                                           grpc::Service* service,
-                                                           AsyncService* async,
-                                                           const config::Limits& limits = {});
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
+      const std::vector<std::string>& listen, const config::SocketOptions& socket,
+      const config::TcpOptions& tcp, const config::Access& access, grpc::Service* service,
+      AsyncService* async, const config::Limits& limits = {});
   ~GrpcServer();
 
   // SetServing reports SERVING or NOT_SERVING for "" and mqsidecar.v1.PubSub.

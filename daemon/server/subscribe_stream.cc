@@ -178,8 +178,8 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
     // A ceiling rather than a clamp: the client would otherwise hold fewer
     // deliveries than it asked for without knowing.
     if (const uint32_t max = service_.config().limits.max_prefetch; open.prefetch() > max) {
-      return absl::InvalidArgumentError(util::StrCat(
-          "open.prefetch ", open.prefetch(), " exceeds limits.max_prefetch (", max, ")"));
+      return absl::InvalidArgumentError(util::StrCat("open.prefetch ", open.prefetch(),
+                                                     " exceeds limits.max_prefetch (", max, ")"));
     }
     amqp::OpenRequest req;
     {

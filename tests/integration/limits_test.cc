@@ -81,7 +81,7 @@ pb::PublishRequest AtLimits(const std::string& biz, const std::string& id) {
 
 TEST_CASE(
     "integration: limits: a publish over a limit fails alone (PublishStream FAILED, unary "
-    "Publish INVALID_ARGUMENT), naming the key and sizes; Subscribe open over max_prefetch "
+    "Publish INVALID_ARGUMENT), naming the key and sizes, and Subscribe open over max_prefetch "
     "is INVALID_ARGUMENT") {
   IntegrationTest t("limits");
   const std::string biz = t.Business("lim");
@@ -156,8 +156,8 @@ TEST_CASE(
   Daemon& d = t.StartDaemon({{.name = biz}});
   auto client = OwnClient(d, 1);
 
-  pb::PublishRequest at = MakePublish(biz, std::string(255, 'm'), 2,
-                                      std::string(size_t{16} * 1024 * 1024, 'p'));
+  pb::PublishRequest at =
+      MakePublish(biz, std::string(255, 'm'), 2, std::string(size_t{16} * 1024 * 1024, 'p'));
   at.set_routing_key(std::string(255, 'k'));
   at.set_correlation_id(std::string(255, 'c'));
   size_t left = size_t{64} * 1024;
@@ -201,12 +201,13 @@ TEST_CASE(
 
 TEST_CASE(
     "integration: limits: a request above gRPC's receive limit ends only its stream "
-    "(RESOURCE_EXHAUSTED); the results it had received stand, other streams carry on") {
+    "(RESOURCE_EXHAUSTED), the results it had received stand, other streams carry on") {
   IntegrationTest t("limitsgrpc");
   const std::string biz = t.Business("grpc");
   // Receive limit: 1000 + 0 + 64 KiB = 66,536 bytes.
-  Daemon& d = t.StartDaemon(
-      {{.name = biz}}, {.extra_yaml = "limits: { max_payload_bytes: 1000, max_header_bytes: 0 }\n"});
+  Daemon& d =
+      t.StartDaemon({{.name = biz}},
+                    {.extra_yaml = "limits: { max_payload_bytes: 1000, max_header_bytes: 0 }\n"});
   auto other_client = OwnClient(d, 2);
   // Another stream on the same connection as the one that fails.
   Subscriber sub(d.stub(), {.business = biz, .prefetch = 64, .auto_ack = true});
@@ -250,12 +251,12 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "integration: limits: max_streams_per_connection caps the calls open on one connection; "
+    "integration: limits: max_streams_per_connection caps the calls open on one connection, "
     "the next waits until one ends, other connections are not held") {
   IntegrationTest t("limitsstreams");
   const std::string biz = t.Business("streams");
-  Daemon& d = t.StartDaemon({{.name = biz}},
-                            {.extra_yaml = "limits: { max_streams_per_connection: 2 }\n"});
+  Daemon& d =
+      t.StartDaemon({{.name = biz}}, {.extra_yaml = "limits: { max_streams_per_connection: 2 }\n"});
   auto client = OwnClient(d, 3);
   // Settings arrive with the connection: make it before filling it.
   pb::PublishResult r;
@@ -373,8 +374,8 @@ TEST_CASE(
     invalid({over_prefetch}, "prefetch over the ceiling");
     invalid({unknown_open}, "unknown business");
     // Over gRPC's receive limit: that stream ends RESOURCE_EXHAUSTED.
-    const PublishStreamOutcome huge =
-        PublishStream(*bad, {MakePublish(biz, "x-huge", 1, std::string(size_t{200} * 1024, 'h'))}, 20s);
+    const PublishStreamOutcome huge = PublishStream(
+        *bad, {MakePublish(biz, "x-huge", 1, std::string(size_t{200} * 1024, 'h'))}, 20s);
     expect(huge.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED,
            "over the receive limit: " + StatusText(huge.status));
   }

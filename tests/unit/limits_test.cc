@@ -67,9 +67,10 @@ TEST_CASE("limits: every key parses at both ends of its range, YAML and INI") {
       absl::StatusOr<Config> c = LoadYamlText(yaml, "l.yaml");
       REQUIRE(c.ok());
       CHECK(c->limits.*k.field == v);
-      const std::string ini = "[rabbitmq]\naddress=amqp://h/\nconsumer={\"c\":{\"prefetch\":1}}\n"
-                              "[limits]\n" +
-                              std::string(k.key) + "=" + std::to_string(v) + "\n";
+      const std::string ini =
+          "[rabbitmq]\naddress=amqp://h/\nconsumer={\"c\":{\"prefetch\":1}}\n"
+          "[limits]\n" +
+          std::string(k.key) + "=" + std::to_string(v) + "\n";
       absl::StatusOr<Config> i = LoadIniText(ini, "l.ini");
       REQUIRE(i.ok());
       CHECK(i->limits.*k.field == v);
@@ -83,18 +84,18 @@ TEST_CASE("limits: out of range, malformed or unknown keys name the file, line a
     const std::string range =
         "expected an integer " + std::to_string(k.min) + ".." + std::to_string(k.max);
     const std::string over = std::to_string(uint64_t{k.max} + 1);
-    CHECK_THAT(YamlErrors("producers: { a: }\nlimits:\n  " + std::string(k.key) + ": " + over +
-                          "\n"),
-               Catch::Contains("l.yaml:3: limits." + std::string(k.key) + ": " + range));
+    CHECK_THAT(
+        YamlErrors("producers: { a: }\nlimits:\n  " + std::string(k.key) + ": " + over + "\n"),
+        Catch::Contains("l.yaml:3: limits." + std::string(k.key) + ": " + range));
     CHECK_THAT(IniErrors("[rabbitmq]\naddress=amqp://h/\n[limits]\n" + std::string(k.key) + "=" +
                          over + "\n"),
                Catch::Contains("l.ini:4: limits." + std::string(k.key) + ": " + range));
     CHECK_THAT(YamlErrors("limits:\n  " + std::string(k.key) + ": lots\n"),
                Catch::Contains("l.yaml:2: limits." + std::string(k.key) + ": " + range));
     if (k.min > 0) {
-      CHECK_THAT(YamlErrors("limits:\n  " + std::string(k.key) + ": " +
-                            std::to_string(k.min - 1) + "\n"),
-                 Catch::Contains("l.yaml:2: limits." + std::string(k.key) + ": " + range));
+      CHECK_THAT(
+          YamlErrors("limits:\n  " + std::string(k.key) + ": " + std::to_string(k.min - 1) + "\n"),
+          Catch::Contains("l.yaml:2: limits." + std::string(k.key) + ": " + range));
     }
   }
   CHECK_THAT(YamlErrors("limits:\n  max_payload: 1\n"),
@@ -108,8 +109,8 @@ TEST_CASE("limits: out of range, malformed or unknown keys name the file, line a
 }
 
 TEST_CASE("limits: a configured prefetch above max_prefetch is a config error") {
-  CHECK(LoadYamlText("limits: { max_prefetch: 64 }\nconsumers: { c: { prefetch: 64 } }\n", "l")
-            .ok());
+  CHECK(
+      LoadYamlText("limits: { max_prefetch: 64 }\nconsumers: { c: { prefetch: 64 } }\n", "l").ok());
   CHECK_THAT(YamlErrors("limits: { max_prefetch: 64 }\nconsumers:\n  c: { prefetch: 65 }\n"),
              Catch::Contains("l.yaml:3: consumers[\"c\"].prefetch: prefetch 65 exceeds "
                              "limits.max_prefetch (64)"));
@@ -117,8 +118,8 @@ TEST_CASE("limits: a configured prefetch above max_prefetch is a config error") 
   CHECK_THAT(YamlErrors("limits: { max_prefetch: 8 }\nconsumers: { c: }\n"),
              Catch::Contains("prefetch 16 exceeds limits.max_prefetch (8)"));
   // An implicit unroutable consumer's default yields instead.
-  absl::StatusOr<Config> c = LoadYamlText(
-      "limits: { max_prefetch: 8 }\nproducers: { p: { handle: p.ae } }\n", "l.yaml");
+  absl::StatusOr<Config> c =
+      LoadYamlText("limits: { max_prefetch: 8 }\nproducers: { p: { handle: p.ae } }\n", "l.yaml");
   REQUIRE(c.ok());
   const Consumer* u = c->FindConsumer("p.unroutable");
   REQUIRE(u != nullptr);
@@ -126,8 +127,8 @@ TEST_CASE("limits: a configured prefetch above max_prefetch is a config error") 
 }
 
 TEST_CASE("limits: --check-config shows them") {
-  absl::StatusOr<Config> c =
-      LoadYamlText("limits: { max_payload_bytes: 1000, max_prefetch: 99 }\nproducers: { a: }\n", "l.yaml");
+  absl::StatusOr<Config> c = LoadYamlText(
+      "limits: { max_payload_bytes: 1000, max_prefetch: 99 }\nproducers: { a: }\n", "l.yaml");
   REQUIRE(c.ok());
   const std::string out = Describe(*c);
   CHECK_THAT(out, Catch::Contains("limits:\n  max_payload_bytes: 1000\n") &&
