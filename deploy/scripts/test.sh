@@ -11,7 +11,7 @@
 #   tsan    build with Clang, ThreadSanitizer and -Wthread-safety, and run the
 #           unit, integration and fault tests;
 #   fuzz    build the libFuzzer targets (tests/fuzz) and run each for
-#           MQS_FUZZ_SECONDS (default 60) from its committed corpus.
+#           MQS_FUZZ_SECONDS (default 30) from its committed corpus.
 #   deploy/scripts/test.sh                   every pass
 #   MQS_TEST_PASSES="werror" test.sh         only some
 set -euo pipefail
@@ -70,10 +70,10 @@ for pass in $PASSES; do
         rm -rf "$work" && mkdir -p "$work"
         cp tests/fuzz/corpus/"${target%_fuzz}"/* "$work"/
         if [ "$target" = config_fuzz ]; then cp deploy/config/* "$work"/; fi
-        (cd build/fuzz && "tests/fuzz/$target" -max_total_time="${MQS_FUZZ_SECONDS:-60}" \
+        (cd build/fuzz && "tests/fuzz/$target" -max_total_time="${MQS_FUZZ_SECONDS:-30}" \
           -rss_limit_mb=2048 -timeout=10 -max_len=65536 -print_final_stats=1 "corpus/$target" \
           2>&1 | grep -v -e '^#' -e '^"' | tail -30)
-        echo "--- fuzz: $target ran ${MQS_FUZZ_SECONDS:-60} s without a finding"
+        echo "--- fuzz: $target ran ${MQS_FUZZ_SECONDS:-30} s without a finding"
       done
       echo "--- fuzz: passed in $((SECONDS - t0)) s"
       ;;
