@@ -215,8 +215,9 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
         diag.Error(line_no, key, Cat("expected [", kSection, "] before the first key"));
         continue;
       }
-      if (section == kLimitsSection) {
-        // [limits]: the keys of the YAML map `limits`, same names.
+      if (section == kLimitsSection || IsControlSection(section)) {
+        // [limits] and the control sections: the keys of the YAML map of the
+        // same name, same names.
         const std::string canonical = Cat(section, ".", key);
         const std::vector<std::string_view> known = internal::ChildKeys(section);
         if (std::find(known.begin(), known.end(), key) == known.end()) {
@@ -230,24 +231,11 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
         }
         diag.Note(canonical, line_no, canonical);
         reader.set_fixed_line(line_no);
-        reader.ReadLimitKey(key, YAML::Node(std::string{value}), canonical);
-        continue;
-      }
-      if (IsControlSection(section)) {
-        const std::string canonical = Cat(section, ".", key);
-        const std::vector<std::string_view> known = internal::ChildKeys(section);
-        if (std::find(known.begin(), known.end(), key) == known.end()) {
-          diag.Error(line_no, canonical, internal::UnknownKeyMessage(key, known));
-          continue;
+        if (section == kLimitsSection) {
+          reader.ReadLimitKey(key, YAML::Node(std::string{value}), canonical);
+        } else {
+          reader.ReadControlKey(canonical, YAML::Node(std::string{value}), canonical);
         }
-        auto [first, inserted] = keys.emplace(canonical, line_no);
-        if (!inserted) {
-          diag.Error(line_no, canonical, Cat("duplicate key (first at line ", first->second, ")"));
-          continue;
-        }
-        diag.Note(canonical, line_no, canonical);
-        reader.set_fixed_line(line_no);
-        reader.ReadControlKey(canonical, YAML::Node(std::string{value}), canonical);
         continue;
       }
       if (section != kSection) continue;  // the section is reported once
