@@ -1,0 +1,63 @@
+// Reload: what SIGHUP (systemctl reload) does with the config read again from
+// disk. Live streams and in-flight publishes are never touched: what can
+// change under them is applied (the log level); anything else that differs
+// (broker, listeners, businesses, identity, ...) is reported and kept until a
+// restart; a file that no longer loads is rejected with its errors and the
+// running config stays. Pure logic: no signal, no file, no socket.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "config/config.h"
+#include "util/mutex.h"
+
+namespace mqs::config {
+
+// ReloadReport: the outcome of one reload, per key.
+struct ReloadReport {
+  enum class Result {
+    kUnchanged,  // the file says what runs
+    kApplied,    // every difference was applied
+    kKept,       // some differences need a restart (`kept`); the rest applied
+    kRejected,   // the file does not load (`error`); nothing changed
+  };
+  Result result = Result::kUnchanged;
+  std::vector<std::string> applied;  // "log.level: info -> debug"
+  std::vector<std::string> kept;     // "broker (restart to apply)", "businesses: + orders ..."
+  std::string error;                 // kRejected: the loader's errors, one per line
+  std::string level;                 // the log level to run with from now on
+
+  // Summary: one log line.
+  std::string Summary() const;
+};
+
+std::string_view ReloadResultName(ReloadReport::Result result);
+
+// PlanReload compares the running config with the one loaded again.
+// `level_pinned`: --log-level was given, and a flag wins over the file.
+ReloadReport PlanReload(const Config& running, const absl::StatusOr<Config>& loaded,
+                        bool level_pinned);
+
+// ReloadLog: the last reload, for GetTopology. Written by the thread that
+// handles signals, read by gRPC threads.
+class ReloadLog {
+ public:
+  struct Entry {
+    ReloadReport report;
+    std::chrono::system_clock::time_point at;
+  };
+  void Record(ReloadReport report, std::chrono::system_clock::time_point at);
+  std::optional<Entry> Last() const;
+
+ private:
+  mutable util::Mutex mu_;
+  std::optional<Entry> last_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace mqs::config
