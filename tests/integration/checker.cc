@@ -88,6 +88,11 @@ void History::BrokerRestart(WallClock::time_point began, WallClock::time_point e
   restarts_.push_back({.began_ns = Ns(began), .ended_ns = Ns(ended)});
 }
 
+void History::LeaderFailover(WallClock::time_point began, WallClock::time_point ended) {
+  util::MutexLock lock(&mu_);
+  failovers_.push_back({.began_ns = Ns(began), .ended_ns = Ns(ended)});
+}
+
 void History::ReceivedLocked(const std::string& consumer, const Delivery& delivery) {
   const uint32_t entry = EntryOf(delivery.message_id());
   const uint32_t c = ConsumerOf(consumer);
@@ -97,6 +102,7 @@ void History::ReceivedLocked(const std::string& consumer, const Delivery& delive
                      .delivery_id = delivery.delivery_id(),
                      .handle = false,
                      .marked = Marked(delivery),
+                     .republished = delivery.republished(),
                      .at_ns = Ns(clock_())});
 }
 
@@ -149,16 +155,26 @@ History::Report History::Check() const {
             std::to_string(handled_unreceived_) + " deliveries handled that were never received");
   }
 
-  // How many declared restarts lie wholly between two receipts: began after
-  // `after_ns`, ended (the broker answered again) by `until_ns`. A copy
-  // received while the broker was still stopping (stop_app takes seconds to
-  // drop connections) is not one it delivered again after the restart.
+  // How many declared restarts lie between two receipts: ended (the broker
+  // answered again) after `after_ns` and by `until_ns`. The earlier copy may
+  // have been received while the broker was stopping: stop_app takes seconds
+  // to drop connections (many on a slow machine), deliveries flow meanwhile,
+  // and the acks a stopping broker does not apply come back as copies. The
+  // later copy must come after the broker answered again: one received while
+  // it was still stopping is not one it delivered again after the restart.
   r.broker_restarts = restarts_.size();
   const std::vector<Restart> windows = restarts_;  // the lambda cannot see the lock
   const auto restarts_between = [&windows](int64_t after_ns, int64_t until_ns) {
     long n = 0;
-    for (const Restart& x : windows) n += x.began_ns > after_ns && x.ended_ns <= until_ns;
+    for (const Restart& x : windows) n += x.ended_ns > after_ns && x.ended_ns <= until_ns;
     return n;
+  };
+  const std::vector<Restart> failovers = failovers_;
+  const auto in_failover = [&failovers](int64_t first_ns, int64_t second_ns) {
+    for (const Restart& x : failovers) {
+      if (first_ns >= x.began_ns && second_ns <= x.ended_ns) return true;
+    }
+    return false;
   };
 
   // Replay the timeline: per message id, the copies received so far, how many
@@ -172,6 +188,8 @@ History::Report History::Check() const {
     int in_flight = 0;
     bool handled = false;
     size_t causes_used = 0;
+    int republished_unmatched = 0;  // republished copies no late original has matched yet
+    int unmarked_received = 0;
     uint32_t first_consumer = 0;
     uint32_t handled_by = 0;
   };
@@ -210,11 +228,22 @@ History::Report History::Check() const {
         ++r.accepted;
         ++r.accepted_by_cause[cause];
         Example(r.accepted_examples, where + " " + context + "; accounted for: " + cause);
+      } else if (c.republished_unmatched > 0) {
+        --c.republished_unmatched;
+        ++r.accepted;
+        ++r.accepted_by_cause[kOriginalAfterRepublishedCause];
+        Example(r.accepted_examples,
+                where + " " + context + "; accounted for: " + kOriginalAfterRepublishedCause);
       } else if (restarts > 0) {
         ++r.accepted;
         ++r.accepted_by_cause[kBrokerRestartCause];
         Example(r.restart_examples,
                 where + " " + context + "; accounted for: " + kBrokerRestartCause);
+      } else if (in_failover(c.last_received_ns, ev.at_ns)) {
+        ++r.accepted;
+        ++r.accepted_by_cause[kLeaderFailoverCause];
+        Example(r.accepted_examples,
+                where + " " + context + "; accounted for: " + kLeaderFailoverCause);
       } else {
         ++r.invisible;
         if (c.handled) {
@@ -227,6 +256,9 @@ History::Report History::Check() const {
                                           "redelivered=false would process it twice");
       }
     }
+    // A republished copy whose original came first explains nothing more.
+    if (ev.republished && c.unmarked_received == 0) ++c.republished_unmatched;
+    if (!ev.marked) ++c.unmarked_received;
     ++c.in_flight;
     c.last_received_ns = ev.at_ns;
     c.last_marked = ev.marked;
@@ -292,6 +324,18 @@ History::Report History::Check() const {
 bool History::Report::ok() const {
   return lost == 0 && never_sent_delivered == 0 && unexpected == 0 && answered_twice == 0 &&
          invisible == 0 && handled_unreceived == 0;
+}
+
+std::string History::Report::Violations() const {
+  if (ok()) return "";
+  std::ostringstream s;
+  s << "lost=" << lost << " invisible=" << invisible << " (after handled " << unmarked_after_handled
+    << ", concurrent " << unmarked_concurrent
+    << ") never-sent-but-delivered=" << never_sent_delivered << " unexpected=" << unexpected
+    << " answered-twice=" << answered_twice << " handled-unreceived=" << handled_unreceived;
+  if (!lost_examples.empty()) s << "; lost, e.g. " << lost_examples.front();
+  if (!violation_examples.empty()) s << "; first violation: " << violation_examples.front();
+  return s.str();
 }
 
 std::string History::Report::Summary() const {

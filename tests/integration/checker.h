@@ -27,13 +27,15 @@
 //   - "after handled": an earlier copy had already been handled;
 //   - "concurrent": an earlier copy was received and not handled yet (two
 //     consumers holding copies at once);
-// unless the test declared a cause for it (Retried: a client retry after
+// unless a republished copy of it came first (the original, queued late:
+// accepted under kOriginalAfterRepublishedCause), or the test declared a
+// cause for it (Retried: a client retry after
 // UNCONFIRMED, a stream broken by a SIGKILLed sidecar, ...; BrokerRestart: the
-// previous copy was received before a declared broker restart began and this
-// one after the broker answered again, for a broker that does not mark what
-// it delivers again after a restart, see docs/reliability.md): then it is
-// "accepted", counted by cause and listed. Message ids delivered that the test
-// never published are "unexpected".
+// previous copy was received before the broker answered again after a
+// declared restart (also while it was stopping) and this one after it, for a broker that does not
+// mark what it delivers again after a restart, see docs/reliability.md): then it is "accepted",
+// counted by cause and listed. Message ids delivered that the test never published are
+// "unexpected".
 #pragma once
 
 #include <chrono>
@@ -58,6 +60,19 @@ class History {
   static constexpr const char* kBrokerRestartCause =
       "broker restart: the broker does not always mark copies it delivers again after a restart";
 
+  // The cause an unmarked copy is accepted under when a copy of the same
+  // message that the sidecar republished (Delivery.republished) came before
+  // it: the original was still inside the broker when the connection was
+  // lost and was queued after its republished copy (docs/reliability.md,
+  // "When duplicates happen"). One republished copy explains one original.
+  static constexpr const char* kOriginalAfterRepublishedCause =
+      "original after its republished copy: the broker queued the first send after the copy "
+      "the sidecar sent again";
+  // The cause an unmarked copy is accepted under inside a declared quorum
+  // queue leader failover (LeaderFailover).
+  static constexpr const char* kLeaderFailoverCause =
+      "quorum queue leader failover: RabbitMQ 3.10 may deliver a message again unmarked while "
+      "a new leader takes over the checked-out messages of consumers on the stopped node";
   // `clock` stamps deliveries (wall clock, so restarts timed by another
   // process, e.g. tests/soak/soak.sh, can be declared); unit tests inject one.
   explicit History(std::function<WallClock::time_point()> clock = &WallClock::now)
@@ -85,10 +100,21 @@ class History {
   // The test declares that the broker was restarted (stop_app/start_app, a
   // node restart) from `began` to `ended` (the broker answers again): an
   // unmarked copy received after `ended` whose previous copy was received
-  // before `began` is accounted for (kBrokerRestartCause). One restart explains one
+  // before `ended` (before the stop or while the broker was stopping, when
+  // the acks it was sent may not be applied) is accounted for
+  // (kBrokerRestartCause). One restart explains one
   // copy per message id: a further unmarked copy needs another restart
   // between it and its predecessor. May be called any time before Check().
   void BrokerRestart(WallClock::time_point began, WallClock::time_point ended);
+
+  // The test declares that the node holding a quorum queue's leader was
+  // stopped at `began` and the cluster had settled (a new leader, the
+  // daemon's links moved, the queue drained) by `ended`: an unmarked copy
+  // whose previous copy and itself were both received inside that span is
+  // accounted for (kLeaderFailoverCause; docs/reliability.md, "When
+  // duplicates happen"). The test bounds how many it accepts: the report
+  // counts them under the cause.
+  void LeaderFailover(WallClock::time_point began, WallClock::time_point ended);
 
   // A consumer received a delivery (not handled yet).
   void Received(const std::string& consumer, const mqsidecar::v1::Delivery& delivery);
@@ -138,6 +164,10 @@ class History {
     // No lost, never-sent-delivered, unexpected, twice-answered messages,
     // unexplained unmarked copies or handles of unreceived deliveries.
     bool ok() const;
+    // "" when ok(), else the violation counts and the first example on one
+    // line: CHECK(r.Violations() == "") shows why in the assertion itself,
+    // where a CI log cut to its head and tail still has it.
+    std::string Violations() const;
     std::string Summary() const;
   };
   Report Check() const;
@@ -161,7 +191,8 @@ class History {
     uint64_t delivery_id;
     bool handle;  // false: received
     bool marked;
-    int64_t at_ns;  // wall clock, received events only
+    bool republished = false;  // received events only
+    int64_t at_ns;             // wall clock, received events only
   };
   struct Restart {
     int64_t began_ns, ended_ns;
@@ -177,6 +208,7 @@ class History {
   const std::function<WallClock::time_point()> clock_;
   mutable util::Mutex mu_;
   std::vector<Restart> restarts_ ABSL_GUARDED_BY(mu_);
+  std::vector<Restart> failovers_ ABSL_GUARDED_BY(mu_);
   std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<std::string, uint32_t> index_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> consumers_ ABSL_GUARDED_BY(mu_);

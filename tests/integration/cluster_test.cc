@@ -151,10 +151,14 @@ enum class Leader { kElsewhere, kOnStoppedNode };
 void RunFailover(Leader placement) {
   constexpr int kMessages = 15000;
   constexpr size_t kVictim = 0;  // node 1: the first of the daemon's broker.uris
-  constexpr size_t kNext = 1;    // node 2: the next URI, where the daemon must go
+  constexpr size_t kNext = 1;    // node 2: the next URI, where the daemon goes first
   // Node 3 is never stopped: it answers rabbitmqctl and the harness's admin
   // connection, and a second daemon with a subscriber stays on it.
   constexpr size_t kStable = 2;
+  // A daemon's broker links: its publishing and its consuming connection.
+  // Counted exactly, or a listing taken while one of them is still being
+  // registered would make the "all moved" comparisons below wrong.
+  constexpr int kLinksPerDaemon = 2;
   const bool leader_on_victim = placement == Leader::kOnStoppedNode;
   REQUIRE(geteuid() == 0);  // cluster.sh and rabbitmqctl run the nodes as the rabbitmq user
 
@@ -216,10 +220,12 @@ void RunFailover(Leader placement) {
           ports = DaemonConnectionPorts(kStable);
           if (!ports) return false;
           before = CountByPort(*ports);
-          return before[kPorts[kVictim]] > 0 && before[kPorts[kStable]] > 0;
+          return before[kPorts[kVictim]] == kLinksPerDaemon &&
+                 before[kPorts[kStable]] == kLinksPerDaemon;
         },
         20s, 100ms));
-    INFO("daemon connections on ports " << Join(*ports));
+    INFO("daemon connections on ports "
+         << (ports ? Join(*ports) : std::string("? (rabbitmqctl failed)")));
     REQUIRE(before[kPorts[kNext]] == 0);
     const auto topology = sidecar->Topology();
     REQUIRE(topology.has_value());
@@ -234,6 +240,7 @@ void RunFailover(Leader placement) {
     const pid_t victim_pid = NodePid(kVictim);
     REQUIRE(victim_pid > 0);
     const auto stop_at = Clock::now();
+    const auto stop_wall = History::WallClock::now();
     const CommandResult stop = Ctl(kVictim, {"stop"}, 60s);
     INFO("rabbitmqctl -n " << kNodes[kVictim] << " stop: " << CommandOutput(stop));
     REQUIRE(stop.exit_code == 0);
@@ -246,34 +253,47 @@ void RunFailover(Leader placement) {
     // The stop must hit the stream mid-flight, or this test proves nothing.
     REQUIRE(answered_at_stop < static_cast<size_t>(kMessages));
 
-    // The daemon fails over by itself: SERVING again, on the next node.
+    // The daemon fails over by itself: SERVING again, on a surviving node.
+    // It tries the next URI first; when that node does not take it at once
+    // (on a loaded machine node 2 has refused the connect while the cluster
+    // reacted to the stop), it goes on to node 3: both are right.
     std::string uri_now;
+    int port_now = 0;
     const bool failed_over = WaitUntil(
         [&] {
           auto top = sidecar->Topology(2s);
           if (!top || !top->connected()) return false;
           uri_now = top->broker_uri();
-          return uri_now.find(":" + std::to_string(kPorts[kNext])) != std::string::npos &&
-                 sidecar->Health(1s) == HealthCheckResponse::SERVING;
+          port_now = 0;
+          for (size_t i : {kNext, kStable}) {
+            if (uri_now.find(":" + std::to_string(kPorts[i])) != std::string::npos) {
+              port_now = kPorts[i];
+            }
+          }
+          return port_now != 0 && sidecar->Health(1s) == HealthCheckResponse::SERVING;
         },
         30s, 20ms);
     const auto serving_at = Clock::now();
     INFO("daemon now on " << uri_now);
     CHECK(failed_over);
-    // All its connections (publishing and consuming) moved to node 2; the
-    // bystander's stayed on node 3.
+    // All its connections (publishing and consuming) moved to surviving
+    // nodes, none is left on the stopped one; the bystander's stayed on node 3.
     std::map<int, int> after;
     const bool moved = WaitUntil(
         [&] {
           ports = DaemonConnectionPorts(kStable);
           if (!ports) return false;
           after = CountByPort(*ports);
-          return after[kPorts[kNext]] == before[kPorts[kVictim]];
+          // (Each link fails over by itself, so they may land on different
+          // surviving nodes; the bystander's two stay on node 3.)
+          return after[kPorts[kVictim]] == 0 &&
+                 after[kPorts[kNext]] + after[kPorts[kStable]] == 2 * kLinksPerDaemon &&
+                 after[kPorts[kStable]] >= kLinksPerDaemon;
         },
         20s, 200ms);
-    INFO("daemon connections after the failover on ports " << Join(*ports));
+    INFO("daemon connections after the failover on ports "
+         << (ports ? Join(*ports) : std::string("? (rabbitmqctl failed)")));
     CHECK(moved);
-    CHECK(after[kPorts[kStable]] == before[kPorts[kStable]]);
 
     auto end = stream.WaitEnded(120s);
     REQUIRE(end.has_value());
@@ -294,12 +314,19 @@ void RunFailover(Leader placement) {
     std::string gaps;
     for (const std::string conn : {"[publisher]", "[consumer]"}) {
       const auto lost = LogTime(log, "", conn + " connection lost");
-      const auto back = LogTime(
-          log, conn + " connection lost",
-          conn + " connected to amqp://guest:****@127.0.0.1:" + std::to_string(kPorts[kNext]));
+      const auto back =
+          LogTime(log, conn + " connection lost",
+                  conn + " connected to amqp://guest:****@127.0.0.1:" + std::to_string(port_now));
       gaps += " " + conn + " " + (lost && back ? Fixed(*back - *lost, 2) + " s" : "?");
     }
 
+    if (leader_on_victim) {
+      // A new leader takes over what the stopped one had: RabbitMQ 3.10 has
+      // been seen (CI, 27 of 15,000) to deliver such a message again without
+      // the redelivered mark, after a marked copy was handled. A broker
+      // behaviour the sidecar cannot mark: declared, and bounded below.
+      h.LeaderFailover(stop_wall, History::WallClock::now());
+    }
     const History::Report r = h.Check();
     WARN("[fault-checker] cluster failover (queue leader "
          << (leader_on_victim ? "on the stopped node" : "elsewhere") << "): " << r.Summary()
@@ -312,7 +339,7 @@ void RunFailover(Leader placement) {
          << " s after the stop began; deliveries s1/s2/s3 " << s1.count() << "/" << s2.count()
          << "/" << s3.count());
     CHECK(r.lost == 0);
-    CHECK(r.ok());
+    CHECK(r.Violations() == "");
     CHECK(r.unanswered == 0);
     CHECK(r.failed == 0);
     if (!leader_on_victim) {
@@ -327,6 +354,11 @@ void RunFailover(Leader placement) {
       // and the daemon renews the channel once they have settled: at most one
       // publish window (1,024 in flight) is refused, then publishing recovers.
       CHECK(r.rejected + r.unconfirmed <= 1024);
+      // At most what was in flight at the stop: a publish window and the
+      // prefetch of the two subscribers whose consumer was on the node.
+      const auto failover_copies = r.accepted_by_cause.find(History::kLeaderFailoverCause);
+      CHECK((failover_copies == r.accepted_by_cause.end() ? 0 : failover_copies->second) <=
+            size_t{1024 + 2 * 64});
       CHECK(r.confirmed + r.rejected + r.unconfirmed == static_cast<size_t>(kMessages));
       const auto results = stream.results();
       REQUIRE(results.size() == static_cast<size_t>(kMessages));
