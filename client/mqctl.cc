@@ -11,16 +11,19 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -32,13 +35,14 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/time/time.h"
 #include "dead_letter_format.h"
 #include "delivery_json.h"
 #include "fleet_format.h"
 #include "google/protobuf/util/json_util.h"
-#include "grpcpp/generic/generic_stub.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "health_check.h"
+#include "mqsidecar/client.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 
 namespace mqctl {
@@ -78,6 +82,11 @@ struct PublishOptions {
   std::vector<std::string> headers;
   uint32_t ttl_ms = 0;
   std::string reply_to;
+  std::string file;      // payload from this file
+  bool lines = false;    // each line of stdin is a message (PublishBatchStream)
+  uint32_t batch = 100;  // with lines or count: messages per request
+  uint64_t count = 0;    // load: this many copies of the payload (PublishBatchStream)
+  double rate = 0;       // with count: messages per second; 0: as fast as confirms allow
 };
 
 enum class Settle { kAck, kNone, kNackRequeue, kNackDrop };
@@ -135,32 +144,21 @@ struct SubscribeOptions {
   std::string name;
   uint64_t count = 0;
   Settle settle = Settle::kAck;
+  bool ack_multiple = false;  // one multiple ack per batch instead of the id list
 };
 
-// "10s", "500ms", "2m", "1h", or a bare number of seconds; fractions allowed.
+// "10s", "500ms", "2m", "1h", "1m30s" (absl::ParseDuration), or a bare
+// number of seconds; fractions allowed. From 1 ms to a day: gRPC deadlines
+// beyond that are meaningless for a CLI.
 std::optional<milliseconds> ParseDuration(std::string_view text) {
-  double value = 0;
-  const char* begin = text.data();
-  const char* end = text.data() + text.size();
-  auto [ptr, ec] = std::from_chars(begin, end, value);
-  if (ec != std::errc() || ptr == begin || !(value > 0)) return std::nullopt;
-  const std::string_view unit(ptr, static_cast<size_t>(end - ptr));
-  double ms = 0;
-  if (unit.empty() || unit == "s") {
-    ms = value * 1e3;
-  } else if (unit == "ms") {
-    ms = value;
-  } else if (unit == "m") {
-    ms = value * 60e3;
-  } else if (unit == "h") {
-    ms = value * 3600e3;
-  } else {
-    return std::nullopt;
+  std::string spelled(text);
+  if (!spelled.empty() && spelled.find_first_not_of("0123456789.") == std::string::npos) {
+    spelled += "s";
   }
-  // Cap at a day: gRPC deadlines beyond that are meaningless for a CLI, and the
-  // cap keeps the double -> integer conversion in range.
-  if (ms < 1 || ms > 86400e3) return std::nullopt;
-  return milliseconds(static_cast<int64_t>(ms));
+  absl::Duration d;
+  if (!absl::ParseDuration(spelled, &d)) return std::nullopt;
+  if (d < absl::Milliseconds(1) || d > absl::Hours(24)) return std::nullopt;
+  return milliseconds(absl::ToInt64Milliseconds(d));
 }
 
 // gRPC accepts "unix:PATH", "unix:///PATH" and "host:port" itself; a bare
@@ -173,50 +171,9 @@ std::string ChannelTarget(const std::string& address) {
 // ---------------------------------------------------------------------------
 // gRPC helpers
 
-const char* StatusCodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN_CODE";
-  }
-}
-
 int ReportRpcError(const grpc::Status& status) {
-  std::cerr << "mqctl: " << StatusCodeName(status.error_code()) << ": " << status.error_message()
-            << "\n";
+  std::cerr << "mqctl: " << mqsidecar::CodeName(status.error_code()) << ": "
+            << status.error_message() << "\n";
   return kExitError;
 }
 
@@ -255,7 +212,232 @@ bool ReadAll(std::FILE* in, std::string* out) {
   return std::ferror(in) == 0;
 }
 
+// WriteBatch sends what `batch` gathered (nothing when empty) and empties it;
+// false once the stream is broken.
+bool WriteBatch(grpc::ClientReaderWriter<v1::PublishBatch, v1::PublishResultBatch>* stream,
+                v1::PublishBatch* batch) {
+  if (batch->messages_size() == 0) return true;
+  const bool ok = stream->Write(*batch);
+  batch->clear_messages();
+  return ok;
+}
+
+// RunPublishLines: every line of stdin (without its '\n') is one message
+// with `base`'s properties, sent over one PublishBatchStream in requests of
+// up to o.batch lines, sequence = line number. Each result is printed as it
+// comes (settle order; its sequence says which line). Exits 0 only when
+// every line was confirmed.
+int RunPublishLines(const GlobalOptions& g, const PublishOptions& o,
+                    const v1::PublishRequest& base) {
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  std::unique_ptr<grpc::ClientReaderWriter<v1::PublishBatch, v1::PublishResultBatch>> stream =
+      stub->PublishBatchStream(&ctx);
+  // The reader runs beside the writer: the daemon stops reading once its
+  // window is full, until results go out.
+  uint64_t answered = 0;
+  bool all_confirmed = true;
+  bool output_ok = true;
+  std::thread reader([&] {
+    v1::PublishResultBatch results;
+    while (stream->Read(&results)) {
+      for (const v1::PublishResult& r : results.results()) {
+        ++answered;
+        if (r.status() != v1::PublishResult::CONFIRMED) all_confirmed = false;
+        if (output_ok && !WriteLine(DumpLine(PublishResultToJson(r)))) output_ok = false;
+      }
+    }
+  });
+  uint64_t sent = 0;
+  bool read_ok = true;
+  v1::PublishBatch batch;
+  const auto flush = [&] { return WriteBatch(stream.get(), &batch); };
+  std::string line;
+  bool stream_ok = true;
+  while (stream_ok) {
+    const int c = std::getchar();
+    if (c == EOF) break;
+    if (c != '\n') {
+      line.push_back(static_cast<char>(c));
+      continue;
+    }
+    v1::PublishRequest* m = batch.add_messages();
+    *m = base;
+    m->set_payload(std::move(line));
+    m->set_sequence(++sent);
+    line.clear();
+    if (static_cast<uint32_t>(batch.messages_size()) >= o.batch) stream_ok = flush();
+  }
+  if (std::ferror(stdin) != 0) read_ok = false;
+  if (stream_ok && !line.empty()) {  // a last line without '\n'
+    v1::PublishRequest* m = batch.add_messages();
+    *m = base;
+    m->set_payload(std::move(line));
+    m->set_sequence(++sent);
+  }
+  if (stream_ok) stream_ok = flush();
+  if (stream_ok) stream->WritesDone();
+  reader.join();
+  const grpc::Status status = stream->Finish();
+  if (!read_ok) {
+    std::cerr << "mqctl: reading stdin: " << std::generic_category().message(errno) << "\n";
+    return kExitError;
+  }
+  if (!status.ok()) return ReportRpcError(status);
+  if (!output_ok) return kExitError;
+  if (answered != sent) {
+    std::cerr << "mqctl: " << sent << " lines sent, " << answered << " answered\n";
+    return kExitError;
+  }
+  return all_confirmed ? kExitOk : kExitNotConfirmed;
+}
+
+// RunPublishLoad: o.count copies of `base` (payload included) over one
+// PublishBatchStream, paced at o.rate per second when given, sequence = 1..N.
+// A progress line on a terminal's stderr; at the end one JSON summary line on
+// stdout: counts by status, duration, rate and confirm latency percentiles
+// (from the request's write to its result). Exits 0 only when every message
+// was confirmed. The call's deadline is --timeout after the pacing's end.
+int RunPublishLoad(const GlobalOptions& g, const PublishOptions& o,
+                   const v1::PublishRequest& base) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  const auto paced = [&](uint64_t i) {
+    return start + std::chrono::duration_cast<Clock::duration>(
+                       std::chrono::duration<double>(static_cast<double>(i) / o.rate));
+  };
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ctx.set_wait_for_ready(g.wait);
+  {
+    const double pacing_s = o.rate > 0 ? static_cast<double>(o.count) / o.rate : 0;
+    ctx.set_deadline(std::chrono::system_clock::now() + g.timeout +
+                     std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                         std::chrono::duration<double>(pacing_s)));
+  }
+  auto stream = stub->PublishBatchStream(&ctx);
+  // Written before the request goes out, read when its result comes back
+  // (atomics: the two threads synchronise only through gRPC).
+  std::vector<std::atomic<int64_t>> sent_ns(o.count);
+  std::atomic<uint64_t> sent{0};
+  std::atomic<uint64_t> answered{0};
+  std::atomic<uint64_t> confirmed{0};
+  std::vector<int64_t> latency_ns;  // reader thread only, then main after join
+  latency_ns.reserve(o.count);
+  std::map<std::string, uint64_t> by_status;  // reader thread only
+  const auto now_ns = [&] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+  };
+  std::thread reader([&] {
+    v1::PublishResultBatch results;
+    while (stream->Read(&results)) {
+      const int64_t at = now_ns();
+      for (const v1::PublishResult& r : results.results()) {
+        answered.fetch_add(1, std::memory_order_relaxed);
+        ++by_status[v1::PublishResult::Status_Name(r.status())];
+        if (r.status() == v1::PublishResult::CONFIRMED) {
+          confirmed.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (r.sequence() >= 1 && r.sequence() <= o.count) {
+          latency_ns.push_back(at - sent_ns[r.sequence() - 1].load(std::memory_order_relaxed));
+        }
+      }
+    }
+  });
+  // Progress on a terminal only: a pipe or a log gets the summary alone.
+  std::mutex progress_mu;
+  std::condition_variable progress_cv;
+  bool done = false;
+  std::thread progress;
+  if (isatty(STDERR_FILENO) != 0) {
+    progress = std::thread([&] {
+      std::unique_lock<std::mutex> lock(progress_mu);
+      while (!progress_cv.wait_for(lock, std::chrono::seconds(1), [&] { return done; })) {
+        std::cerr << "\rmqctl: sent " << sent.load() << "/" << o.count << ", confirmed "
+                  << confirmed.load() << ", not confirmed " << (answered.load() - confirmed.load())
+                  << "   " << std::flush;
+      }
+      std::cerr << "\r" << std::string(72, ' ') << "\r" << std::flush;
+    });
+  }
+
+  bool stream_ok = true;
+  v1::PublishBatch batch;
+  const auto flush = [&] { return WriteBatch(stream.get(), &batch); };
+  for (uint64_t i = 0; i < o.count && stream_ok; ++i) {
+    if (o.rate > 0) {
+      const auto due = paced(i);
+      if (due > Clock::now()) {
+        // Nothing more is due: what is gathered goes now, then wait.
+        stream_ok = flush();
+        std::this_thread::sleep_until(due);
+        if (!stream_ok) break;
+      }
+    }
+    v1::PublishRequest* m = batch.add_messages();
+    *m = base;
+    m->set_sequence(i + 1);
+    sent_ns[i].store(now_ns(), std::memory_order_relaxed);
+    sent.fetch_add(1, std::memory_order_relaxed);
+    if (static_cast<uint32_t>(batch.messages_size()) >= o.batch) stream_ok = flush();
+  }
+  if (stream_ok) stream_ok = flush();
+  if (stream_ok) stream->WritesDone();
+  reader.join();
+  const grpc::Status status = stream->Finish();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  if (progress.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(progress_mu);
+      done = true;
+    }
+    progress_cv.notify_all();
+    progress.join();
+  }
+
+  std::sort(latency_ns.begin(), latency_ns.end());
+  const auto pct_ms = [&](double q) {
+    if (latency_ns.empty()) return 0.0;
+    const auto at = static_cast<size_t>(q * static_cast<double>(latency_ns.size() - 1));
+    return static_cast<double>(latency_ns[at]) / 1e6;
+  };
+  nlohmann::ordered_json summary;
+  summary["sent"] = sent.load();
+  summary["answered"] = answered.load();
+  summary["confirmed"] = confirmed.load();
+  summary["not_confirmed"] = answered.load() - confirmed.load();
+  summary["by_status"] = by_status;
+  summary["seconds"] = seconds;
+  summary["per_second"] = seconds > 0 ? static_cast<double>(answered.load()) / seconds : 0;
+  summary["latency_ms"] = {
+      {"p50", pct_ms(0.5)}, {"p90", pct_ms(0.9)}, {"p99", pct_ms(0.99)}, {"max", pct_ms(1.0)}};
+  if (!status.ok()) summary["error"] = mqsidecar::CodeName(status.error_code());
+  const bool output_ok = WriteLine(DumpLine(summary));
+  if (!status.ok()) return ReportRpcError(status);
+  if (!output_ok) return kExitError;
+  if (answered.load() != o.count) {
+    std::cerr << "mqctl: " << o.count << " messages, " << answered.load() << " answered\n";
+    return kExitError;
+  }
+  return confirmed.load() == o.count ? kExitOk : kExitNotConfirmed;
+}
+
 int RunPublish(const GlobalOptions& g, const PublishOptions& o) {
+  if (o.lines && (o.payload != "-" || !o.message_id.empty())) {
+    std::cerr << "mqctl: publish --lines reads every message from stdin, each with its own "
+                 "message id: no payload argument, no --message-id\n";
+    return kExitUsage;
+  }
+  if (!o.file.empty() && o.payload != "-") {
+    std::cerr << "mqctl: publish takes its payload from the argument or from --file, not both\n";
+    return kExitUsage;
+  }
+  if (o.count > 0 && !o.message_id.empty()) {
+    std::cerr << "mqctl: publish --count sends N messages, each with its own message id: no "
+                 "--message-id\n";
+    return kExitUsage;
+  }
   v1::PublishRequest req;
   req.set_business(o.business);
   req.set_routing_key(o.routing_key);
@@ -274,7 +456,18 @@ int RunPublish(const GlobalOptions& g, const PublishOptions& o) {
     }
     (*req.mutable_headers())[key] = h.substr(eq + 1);
   }
-  if (o.payload == "-") {
+  if (o.lines) return RunPublishLines(g, o, req);
+  if (!o.file.empty()) {
+    std::FILE* in = std::fopen(o.file.c_str(), "rb");
+    const bool read = in != nullptr && ReadAll(in, req.mutable_payload());
+    const int err = errno;
+    if (in != nullptr) std::fclose(in);
+    if (!read) {
+      std::cerr << "mqctl: reading the payload from " << o.file << ": "
+                << std::generic_category().message(err) << "\n";
+      return kExitError;
+    }
+  } else if (o.payload == "-") {
     if (!ReadAll(stdin, req.mutable_payload())) {
       std::cerr << "mqctl: reading the payload from stdin: "
                 << std::generic_category().message(errno) << "\n";
@@ -283,6 +476,7 @@ int RunPublish(const GlobalOptions& g, const PublishOptions& o) {
   } else {
     req.set_payload(o.payload);
   }
+  if (o.count > 0) return RunPublishLoad(g, o, req);
 
   auto stub = v1::PubSub::NewStub(MakeChannel(g));
   grpc::ClientContext ctx;
@@ -310,7 +504,8 @@ void OnStopSignal(int /*signo*/) {
   errno = saved_errno;
 }
 
-// One Subscribe stream. The main thread reads, prints and settles deliveries;
+// One SubscribeBatch stream. The main thread reads each batch, prints its
+// deliveries and settles them in one request (delivery_ids);
 // a watcher thread reacts to SIGINT/SIGTERM and enforces the close deadline.
 //
 // Shutdown is graceful: mqctl half-closes (WritesDone) so the daemon sees every
@@ -349,7 +544,7 @@ class SubscribeSession {
   int Stream() {
     auto stub = v1::PubSub::NewStub(MakeChannel(g_));
     ctx_.set_wait_for_ready(g_.wait);
-    auto stream = stub->Subscribe(&ctx_);
+    auto stream = stub->SubscribeBatch(&ctx_);
 
     v1::SubscribeRequest open;
     open.mutable_open()->set_business(o_.business);
@@ -377,20 +572,31 @@ class SubscribeSession {
 
     uint64_t handled = 0;
     bool output_failed = false;
-    v1::Delivery delivery;
-    while (stream_->Read(&delivery)) {
+    v1::DeliveryBatch batch;
+    std::vector<uint64_t> printed;
+    while (stream_->Read(&batch)) {
       if (stop_requested_) HalfClose();  // in case the watcher could not take the lock
-      // Deliveries after the close started are neither printed nor settled;
-      // the daemon requeues them when the stream ends.
-      if (closing_ || stop_requested_) continue;
-      if (!WriteLine(DumpLine(DeliveryToJson(delivery)))) {
-        output_failed = true;
-        BeginClose();
-        continue;
+      printed.clear();
+      bool close = false;
+      for (const v1::Delivery& delivery : batch.deliveries()) {
+        // Deliveries after the close started are neither printed nor settled;
+        // the daemon requeues them when the stream ends.
+        if (closing_ || stop_requested_) break;
+        if (!WriteLine(DumpLine(DeliveryToJson(delivery)))) {
+          output_failed = true;
+          close = true;
+          break;
+        }
+        ++handled;
+        printed.push_back(delivery.delivery_id());
+        if (o_.count > 0 && handled >= o_.count) {
+          close = true;
+          break;
+        }
       }
-      ++handled;
-      Settle(delivery.delivery_id());
-      if (o_.count > 0 && handled >= o_.count) BeginClose();
+      // What was printed is settled in one request, before the close.
+      if (!printed.empty()) Settle(printed);
+      if (close) BeginClose();
     }
     const grpc::Status status = stream_->Finish();
 
@@ -404,17 +610,24 @@ class SubscribeSession {
     return ReportRpcError(status);
   }
 
-  void Settle(uint64_t delivery_id) {
+  void Settle(const std::vector<uint64_t>& ids) {
     v1::SubscribeRequest req;
     switch (o_.settle) {
       case Settle::kNone:
         return;
       case Settle::kAck:
-        req.mutable_ack()->set_delivery_id(delivery_id);
+        if (o_.ack_multiple) {
+          // Every delivery of this stream up to the last printed one has
+          // been printed (those after a close began are not in `ids`).
+          req.mutable_ack()->set_delivery_id(ids.back());
+          req.mutable_ack()->set_multiple(true);
+        } else {
+          req.mutable_ack()->mutable_delivery_ids()->Add(ids.begin(), ids.end());
+        }
         break;
       case Settle::kNackRequeue:
       case Settle::kNackDrop:
-        req.mutable_nack()->set_delivery_id(delivery_id);
+        req.mutable_nack()->mutable_delivery_ids()->Add(ids.begin(), ids.end());
         req.mutable_nack()->set_requeue(o_.settle == Settle::kNackRequeue);
         break;
     }
@@ -510,7 +723,7 @@ class SubscribeSession {
   int pipe_[2] = {-1, -1};
 
   std::mutex write_mu_;  // serializes Write()/WritesDone() and guards the three below
-  std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::Delivery>> stream_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::DeliveryBatch>> stream_;
   bool half_closed_ = false;
   bool write_failed_ = false;
 
@@ -545,41 +758,19 @@ int RunTopology(const GlobalOptions& g, bool pretty) {
 }
 
 int RunHealth(const GlobalOptions& g, const std::string& service) {
-  grpc::GenericStub stub(MakeChannel(g));
+  auto stub = grpc::health::v1::Health::NewStub(MakeChannel(g));
   grpc::ClientContext ctx;
   ApplyCallOptions(&ctx, g);
-  const std::string request = EncodeHealthCheckRequest(service);
-  grpc::Slice slice(request);
-  const grpc::ByteBuffer request_buffer(&slice, 1);
-  grpc::ByteBuffer response_buffer;
-  grpc::Status status;
-
-  grpc::CompletionQueue cq;
-  auto call = stub.PrepareUnaryCall(&ctx, kHealthCheckMethod, request_buffer, &cq);
-  call->StartCall();
-  call->Finish(&response_buffer, &status, &cq);
-  void* tag = nullptr;
-  bool ok = false;
-  cq.Next(&tag, &ok);  // the only event: Finish
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&ctx, request, &response);
   if (!status.ok()) return ReportRpcError(status);
-
-  std::vector<grpc::Slice> slices;
-  std::string response;
-  if (response_buffer.Dump(&slices).ok()) {
-    for (const grpc::Slice& s : slices) {
-      response.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
-  }
-  const std::optional<int> serving = DecodeHealthCheckResponse(response);
-  if (!serving) {
-    std::cerr << "mqctl: malformed grpc.health.v1.HealthCheckResponse\n";
+  if (!WriteLine(grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()))) {
     return kExitError;
   }
-  if (!WriteLine(HealthStatusName(*serving))) return kExitError;
-  return *serving == kHealthServing ? kExitOk : kExitNotConfirmed;
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk
+                                                                             : kExitNotConfirmed;
 }
 
 // ---------------------------------------------------------------------------
@@ -799,7 +990,8 @@ int Main(int argc, char** argv) {
   CLI::App* publish = app.add_subcommand(
       "publish",
       "Publish one message and print its result as JSON: "
-      "{sequence, message_id, status, error}. Exits 0 only when the broker confirmed it.");
+      "{sequence, message_id, status, error}; or one message per stdin line (--lines), or N "
+      "copies for load (--count). Exits 0 only when the broker confirmed every message.");
   publish->add_option("business", po.business, "A producer business configured in the daemon")
       ->required();
   publish->add_option("routing_key", po.routing_key, "AMQP routing key")->required();
@@ -822,6 +1014,26 @@ int Main(int argc, char** argv) {
   publish->add_option("--ttl-ms", po.ttl_ms, "Per-message expiry in milliseconds; 0: none")
       ->check(CLI::Range(uint32_t{0}, UINT32_MAX));
   publish->add_option("--reply-to", po.reply_to, "Business name replies should go to");
+  publish->add_flag("--lines", po.lines,
+                    "Each line of stdin is one message (without its newline), all with these "
+                    "options, sent over PublishBatchStream; one result line per message "
+                    "(sequence = line number), in the order the broker settles them. Exits 0 "
+                    "only when every line was confirmed; --timeout bounds the whole run");
+  CLI::Option* file_opt = publish->add_option("--file", po.file, "Read the payload from this file");
+  CLI::Option* count_opt = publish->add_option(
+      "--count", po.count,
+      "Load: publish N copies of the payload over PublishBatchStream (each with its own "
+      "message id) and print one JSON summary line: counts by status, seconds, per_second, "
+      "confirm latency_ms p50/p90/p99/max (a progress line on a terminal's stderr). Exits 0 "
+      "only when all N were confirmed; --timeout bounds the run after the pacing's end");
+  count_opt->check(CLI::Range(uint64_t{1}, uint64_t{100000000}));
+  CLI::Option* rate_opt = publish->add_option(
+      "--rate", po.rate, "With --count: messages per second; absent: as fast as confirms allow");
+  rate_opt->check(CLI::PositiveNumber)->needs(count_opt);
+  CLI::Option* lines_opt = publish->get_option("--lines");
+  lines_opt->excludes(count_opt)->excludes(file_opt);
+  publish->add_option("--batch", po.batch, "With --lines or --count: messages per request")
+      ->check(CLI::Range(uint32_t{1}, uint32_t{1000}));
 
   // subscribe
   SubscribeOptions so;
@@ -852,6 +1064,13 @@ int Main(int argc, char** argv) {
                           "of acking");
   no_ack->excludes(nack_requeue)->excludes(nack_drop);
   nack_requeue->excludes(nack_drop);
+  subscribe
+      ->add_flag("--ack-multiple", so.ack_multiple,
+                 "Ack each batch of printed deliveries with one multiple ack (its last id) "
+                 "instead of listing every id")
+      ->excludes(no_ack)
+      ->excludes(nack_requeue)
+      ->excludes(nack_drop);
 
   // topology
   bool pretty = false;

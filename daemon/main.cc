@@ -1,4 +1,6 @@
 // mq-sidecar: flags, logging and signals; everything else lives in the library.
+#include <grpc/support/log.h>
+
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -8,13 +10,22 @@
 #include "absl/synchronization/mutex.h"
 #include "app.h"
 #include "config/config.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
+#include "util/log_fields.h"
 #include "util/strings.h"
 #include "util/thread_stack.h"
 #include "util/version.h"
 
 namespace {
+
+void GrpcLog(gpr_log_func_args* args) {
+  const spdlog::level::level_enum level =
+      args->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
+      : args->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
+                                                : spdlog::level::debug;
+  if (!spdlog::should_log(level)) return;
+  spdlog::log(level, "grpc: {} ({}:{})", args->message, args->file, args->line);
+}
 
 int Main(int argc, char** argv) {
   CLI::App cli{"mq-sidecar: RabbitMQ publish/subscribe for local services, over gRPC"};
@@ -27,6 +38,8 @@ int Main(int argc, char** argv) {
                "validate the config, print the resolved topology and exit");
   cli.add_option("--log-level", log_level,
                  "override log.level (trace|debug|info|warn|error, any case)");
+  std::string log_format;
+  cli.add_option("--log-format", log_format, "override log.format (text|json, any case)");
   // Identity overrides: one config file serves every replica, each started
   // with its own --server (or MQ_SIDECAR_SERVER).
   std::string app, region, server;
@@ -36,7 +49,14 @@ int Main(int argc, char** argv) {
   CLI::Option* server_flag =
       cli.add_option("--server", server, "override identity.server (MQ_SIDECAR_SERVER)");
   cli.set_version_flag("--version", std::string("mq-sidecar ") + mqs::util::kVersion);
-  CLI11_PARSE(cli, argc, argv);
+  // CLI11_PARSE would exit with CLI11's own codes (e.g. 109): every invalid
+  // command line is 2, as an invalid config is, so that systemd's
+  // RestartPreventExitStatus=2 stops a restart loop. --help and --version: 0.
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return cli.exit(e) == 0 ? 0 : 2;
+  }
 
   // spdlog::level::from_str answers "off" for a name it does not know (even
   // "INFO"): a typo must not silence the daemon.
@@ -47,6 +67,15 @@ int Main(int argc, char** argv) {
       std::cerr << "mq-sidecar: --log-level: expected trace, debug, info, warn or error (any "
                    "case), got \""
                 << mqs::util::ForLog(log_level) << "\"\n";
+      return 2;
+    }
+  }
+  std::optional<mqs::util::LogFormat> format_override;
+  if (!log_format.empty()) {
+    format_override = mqs::util::ParseLogFormat(log_format);
+    if (!format_override) {
+      std::cerr << "mq-sidecar: --log-format: expected text or json (any case), got \""
+                << mqs::util::ForLog(log_format) << "\"\n";
       return 2;
     }
   }
@@ -81,16 +110,29 @@ int Main(int argc, char** argv) {
   // debugging Abseil users, not for production.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  // Block SIGINT/SIGTERM before any thread starts, so only Run's sigwait
-  // sees them.
+  // Block SIGINT/SIGTERM/SIGHUP before any thread starts, so only Run's
+  // sigwait sees them.
   mqs::BlockShutdownSignals();
-  auto logger = spdlog::stderr_color_mt("mq-sidecar");
-  spdlog::set_default_logger(logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  // Both names are validated (ParseLogLevel), so from_str never yields "off".
-  spdlog::set_level(spdlog::level::from_str(level_override.value_or(config->log_level)));
+  // Both names are validated (ParseLogLevel, ParseLogFormat), so from_str
+  // never yields "off".
+  const mqs::util::LogFormat format = format_override.value_or(
+      mqs::util::ParseLogFormat(config->log_format).value_or(mqs::util::LogFormat::kText));
+  mqs::util::SetUpLogging(format,
+                          spdlog::level::from_str(level_override.value_or(config->log_level)));
+  // gRPC writes its own lines to stderr; in json mode they go through spdlog
+  // too, so every line of the log parses.
+  if (format == mqs::util::LogFormat::kJson) gpr_set_log_function(GrpcLog);
 
-  absl::Status status = mqs::Run(*config, mqs::RunOptions{});
+  mqs::RunOptions run;
+  // SIGHUP reads the same file with the same flags and environment.
+  const std::string instance = config->instance;
+  run.reload = [config_path, options, instance]() -> absl::StatusOr<mqs::config::Config> {
+    absl::StatusOr<mqs::config::Config> next = mqs::config::LoadFile(config_path, options);
+    if (next.ok()) next->instance = instance;
+    return next;
+  };
+  run.log_level_pinned = level_override.has_value();
+  absl::Status status = mqs::Run(*config, run);
   if (!status.ok()) {
     spdlog::critical("{}", status.message());
     return 1;

@@ -185,8 +185,50 @@ absl::Status ApplySocketTimeouts(int fd, const SocketTimeouts& t) {
   return absl::OkStatus();
 }
 
+void WriteGuard::Arm(int fd, std::chrono::steady_clock::time_point deadline) {
+  util::MutexLock lock(&mu_);
+  fd_ = fd;
+  deadline_ = deadline;
+}
+
+void WriteGuard::Disarm() {
+  util::MutexLock lock(&mu_);
+  fd_ = -1;
+}
+
+bool WriteGuard::Expire(std::chrono::steady_clock::time_point now) {
+  util::MutexLock lock(&mu_);
+  if (fd_ < 0 || now < deadline_) return false;
+  ::shutdown(fd_, SHUT_RDWR);
+  fd_ = -1;
+  return true;
+}
+
+void ConnectAbort::Arm(int fd) {
+  util::MutexLock lock(&mu_);
+  fd_ = fd;
+  if (aborted_ && fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+}
+
+void ConnectAbort::Disarm() {
+  util::MutexLock lock(&mu_);
+  fd_ = -1;
+}
+
+void ConnectAbort::Abort() {
+  util::MutexLock lock(&mu_);
+  aborted_ = true;
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+}
+
+bool ConnectAbort::aborted() const {
+  util::MutexLock lock(&mu_);
+  return aborted_;
+}
+
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& uri,
-                                                             const ConnectOptions& options) {
+                                                             const ConnectOptions& options,
+                                                             ConnectAbort* abort) {
   const std::string masked = util::MaskPassword(uri);
   absl::StatusOr<config::BrokerUri> info = config::ParseBrokerUri(uri);
   if (!info.ok()) return info.status();
@@ -217,6 +259,15 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
                                                amqp_error_string2(rc),
                                                TlsFailureHint(rc, *info, options.tls)));
   }
+  // Unregistered before `conn` can close the socket (a failed open below
+  // destroys it; declared after it, so destroyed first).
+  struct Disarm {
+    ConnectAbort* abort;
+    ~Disarm() {
+      if (abort != nullptr) abort->Disarm();
+    }
+  } disarm{abort};
+  if (abort != nullptr) abort->Arm(amqp_get_sockfd(state));
   // Dead-peer detection from the first byte on, the handshake included;
   // refined below once the broker has agreed a heartbeat.
   if (absl::Status s =
@@ -310,6 +361,11 @@ int Connection::channel_max() const {
   return max == 0 ? 65535 : max;
 }
 int Connection::heartbeat_seconds() const { return amqp_get_heartbeat(state_); }
+
+void Connection::SetRpcTimeout(std::chrono::milliseconds timeout) {
+  timeval tv = ToTimeval(timeout);
+  amqp_set_rpc_timeout(state_, &tv);
+}
 
 absl::Status Connection::OpenChannel(amqp_channel_t channel) {
   amqp_channel_open(state_, channel);

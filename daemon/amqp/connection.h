@@ -13,8 +13,10 @@
 #include <string>
 #include <string_view>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "util/mutex.h"
 
 namespace mqs::amqp {
 
@@ -64,14 +66,63 @@ SocketTimeouts SocketTimeoutsFor(std::chrono::milliseconds heartbeat);
 // TCP_KEEPCNT and TCP_USER_TIMEOUT on the TCP socket `fd`.
 absl::Status ApplySocketTimeouts(int fd, const SocketTimeouts& timeouts);
 
+// ConnectAbort: lets another thread end a connect in progress (TCP connect
+// done, then the login and set-up round trips, which a frozen broker never
+// answers) by shutting its socket down, so a stop need not wait for the
+// connect or RPC timeout. Thread-safe. The socket is registered (Arm) only
+// while it is open and unregistered (Disarm) before it is closed, so Abort
+// never reaches a descriptor number the process has reused.
+class ConnectAbort {
+ public:
+  // Arm: `fd` is the connecting socket; after an Abort it is shut down at once.
+  void Arm(int fd);
+  void Disarm();
+  // Abort: shuts the armed socket down (the blocked call fails at once) and
+  // any socket armed later.
+  void Abort();
+  bool aborted() const;
+
+ private:
+  mutable util::Mutex mu_;
+  int fd_ ABSL_GUARDED_BY(mu_) = -1;
+  bool aborted_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// WriteGuard: a deadline for a write that rabbitmq-c makes with none of its
+// own. Over TLS, amqp_basic_publish ends in SSL_write and, when the socket is
+// full, a poll for POLLOUT without a timeout: a broker that stops reading (a
+// frozen node still ACKs into a zero window) holds the writing thread until
+// it wakes, and with it the thread's heartbeat checks and every deadline it
+// serves. The writer arms the guard around the call; another thread calls
+// Expire periodically, which shuts the socket down once the deadline has
+// passed, so the write fails and the connection counts as lost (as the
+// plaintext write's own 2 x heartbeat timeout does). Thread-safe; like
+// ConnectAbort, a socket is armed only while it is open.
+class WriteGuard {
+ public:
+  void Arm(int fd, std::chrono::steady_clock::time_point deadline);
+  void Disarm();
+  // Expire: true if an armed write was past its deadline at `now` (its socket
+  // is then shut down, once).
+  bool Expire(std::chrono::steady_clock::time_point now);
+
+ private:
+  util::Mutex mu_;
+  int fd_ ABSL_GUARDED_BY(mu_) = -1;
+  std::chrono::steady_clock::time_point deadline_ ABSL_GUARDED_BY(mu_);
+};
+
 class Connection {
  public:
   // Open connects to `uri` (amqp:// or amqps://user:pass@host:port/vhost),
   // logs in and returns the connection; Unavailable when the broker cannot be
   // reached or the TLS handshake fails (the message says why), PermissionDenied
   // when the login is refused.
+  // `abort` (optional): the socket is armed on it from the TCP connect until
+  // Open returns (the TLS handshake, inside the connect, is not).
   static absl::StatusOr<std::unique_ptr<Connection>> Open(const std::string& uri,
-                                                          const ConnectOptions& options);
+                                                          const ConnectOptions& options,
+                                                          ConnectAbort* abort = nullptr);
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -80,6 +131,8 @@ class Connection {
   int fd() const;
   int channel_max() const;
   int heartbeat_seconds() const;
+  // SetRpcTimeout: the deadline of each synchronous RPC from now on.
+  void SetRpcTimeout(std::chrono::milliseconds timeout);
 
   absl::Status OpenChannel(amqp_channel_t channel);
   // CloseChannel closes a channel we opened; the broker requeues its unacked

@@ -6,6 +6,7 @@
 #include "amqp/retry.h"
 #include "spdlog/spdlog.h"
 #include "util/grpc_limits.h"
+#include "util/log_fields.h"
 #include "util/strings.h"
 #include "util/utf8.h"
 
@@ -146,13 +147,12 @@ void Consumer::ProcessInbox(Connection* conn) {
         ledger_.Open(std::move(*open));
       }
     } else if (auto* settle = std::get_if<SettleCmd>(&cmd)) {
-      const OpenRequest* open =
-          settle->ack || !settle->requeue ? nullptr : ledger_.open_request(settle->stream_id);
-      if (open != nullptr && open->config != nullptr && open->config->retry.enabled()) {
-        NackWithRetry(conn, *settle, *open->config);
-      } else {
-        ledger_.Settle(settle->stream_id, settle->delivery_id, settle->ack, settle->requeue,
-                       settle->multiple);
+      // A list's ids go one by one, with no flush in between: the acks among
+      // them coalesce as a run of single acks does. An id that ends the
+      // stream (unknown) leaves the rest to an ended stream, which ignores them.
+      for (uint64_t id : settle->ids) SettleOne(conn, *settle, id, false);
+      if (settle->delivery_id != 0 || settle->ids.empty()) {
+        SettleOne(conn, *settle, settle->delivery_id, settle->multiple);
       }
     } else if (auto* retried = std::get_if<RetryDoneCmd>(&cmd)) {
       if (retried->unroutable) {
@@ -375,8 +375,9 @@ void Consumer::OnContentHeader(amqp_channel_t channel, const amqp_basic_properti
   }
   // A Delivery the server cannot send would fail the stream's write, return
   // to the queue and kill every stream it reaches. Checked before the body
-  // is buffered: the payload adds its size plus a tag and a length.
-  const uint64_t bytes = in.delivery.ByteSizeLong() + body_size + 16;
+  // is buffered: the payload adds its size plus a tag and a length, and a
+  // DeliveryBatch (SubscribeBatch) a tag and a length around the delivery.
+  const uint64_t bytes = in.delivery.ByteSizeLong() + body_size + 16 + 6;
   if (!ledger_.AdmitSize(channel, in.tag, in.consumer_tag, in.delivery.message_id(), bytes,
                          max_send_bytes_)) {
     in.skip_body = true;
@@ -469,16 +470,26 @@ void Consumer::OnFrame(Connection& conn, const amqp_frame_t& frame) {
 // The publisher's connection, not this one, so a broker alarm that blocks
 // publishers never stops this connection's deliveries and acks.
 
-void Consumer::NackWithRetry(Connection* conn, const SettleCmd& cmd,
-                             const config::Consumer& business) {
-  if (!cmd.multiple) {
-    RetryOne(conn, cmd.stream_id, cmd.delivery_id, cmd.retry_after_ms, business);
+void Consumer::SettleOne(Connection* conn, const SettleCmd& cmd, uint64_t delivery_id,
+                         bool multiple) {
+  const OpenRequest* open = cmd.ack || !cmd.requeue ? nullptr : ledger_.open_request(cmd.stream_id);
+  if (open != nullptr && open->config != nullptr && open->config->retry.enabled()) {
+    NackWithRetry(conn, cmd, delivery_id, multiple, *open->config);
+  } else {
+    ledger_.Settle(cmd.stream_id, delivery_id, cmd.ack, cmd.requeue, multiple);
+  }
+}
+
+void Consumer::NackWithRetry(Connection* conn, const SettleCmd& cmd, uint64_t delivery_id,
+                             bool multiple, const config::Consumer& business) {
+  if (!multiple) {
+    RetryOne(conn, cmd.stream_id, delivery_id, cmd.retry_after_ms, business);
     return;
   }
-  const std::vector<uint64_t> ids = ledger_.LiveUpTo(cmd.stream_id, cmd.delivery_id);
+  const std::vector<uint64_t> ids = ledger_.LiveUpTo(cmd.stream_id, delivery_id);
   if (ids.empty()) {
     // Stale or unknown: answered as before.
-    ledger_.Settle(cmd.stream_id, cmd.delivery_id, false, true, true);
+    ledger_.Settle(cmd.stream_id, delivery_id, false, true, true);
     return;
   }
   for (uint64_t id : ids) RetryOne(conn, cmd.stream_id, id, cmd.retry_after_ms, business);
@@ -527,11 +538,11 @@ void Consumer::RetryOne(Connection* conn, uint64_t stream_id, uint64_t delivery_
         Command{RetryDoneCmd{t, r.status() == R::CONFIRMED, r.status() == R::UNROUTABLE, queue}});
   };
   if (step.kind == RetryStep::kExhausted) {
-    spdlog::info(
-        "[consumer] stream {}: delivery_id {} (message_id '{}') failed attempt {} of {}: "
-        "to the dead-letter queue",
-        stream_id, delivery_id, util::ForLog(job.request.message_id()), retries + 1,
-        business.retry.max_attempts);
+    util::LogWith(spdlog::level::info, {{"business", business.name}},
+                  "[consumer] stream {}: delivery_id {} (message_id '{}') failed attempt {} of {}: "
+                  "to the dead-letter queue",
+                  stream_id, delivery_id, util::ForLog(job.request.message_id()), retries + 1,
+                  business.retry.max_attempts);
   }
   if (step.kind == RetryStep::kExhausted || retry_queues_.contains(queue)) {
     SubmitRetry(*ticket, std::move(job));

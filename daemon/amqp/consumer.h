@@ -49,15 +49,21 @@ class Consumer final : public IoLoop {
   // All of these queue a command and return at once; results reach the sink.
   void Open(OpenRequest request) { inbox_.Push(Command{std::move(request)}); }
   // multiple: also settles every unacked delivery of the stream with a lower
-  // id (AMQP's `multiple`): one request for a whole batch.
-  void Ack(uint64_t stream_id, uint64_t delivery_id, bool multiple = false) {
-    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, true, false, multiple}});
+  // id (AMQP's `multiple`): one request for a whole batch. `ids`: each
+  // settled alone first, in order, as its own Ack would be; then
+  // `delivery_id`, unless it is 0 and `ids` is not empty. One command for the
+  // whole list: one hand-off, and the acks coalesce (ConsumerLedger::FlushAcks).
+  void Ack(uint64_t stream_id, uint64_t delivery_id, bool multiple = false,
+           std::vector<uint64_t> ids = {}) {
+    inbox_.Push(
+        Command{SettleCmd{stream_id, delivery_id, true, false, multiple, 0, std::move(ids)}});
   }
   // retry_after_ms: see SubscribeRequest.Nack (checked by ValidateNackDelay).
+  // `ids` as for Ack, each with this requeue and retry_after_ms.
   void Nack(uint64_t stream_id, uint64_t delivery_id, bool requeue, bool multiple = false,
-            uint32_t retry_after_ms = 0) {
-    inbox_.Push(
-        Command{SettleCmd{stream_id, delivery_id, false, requeue, multiple, retry_after_ms}});
+            uint32_t retry_after_ms = 0, std::vector<uint64_t> ids = {}) {
+    inbox_.Push(Command{SettleCmd{stream_id, delivery_id, false, requeue, multiple, retry_after_ms,
+                                  std::move(ids)}});
   }
   // Delayed retries publish their copies through `publish` (the Publisher's
   // Submit); set before Start. Without it a retry requeues instead.
@@ -83,6 +89,7 @@ class Consumer final : public IoLoop {
     bool requeue;
     bool multiple;
     uint32_t retry_after_ms = 0;
+    std::vector<uint64_t> ids;  // settled alone, before delivery_id
   };
   // A retry copy's publish ended: confirmed, or not (then the original is
   // requeued).
@@ -149,7 +156,10 @@ class Consumer final : public IoLoop {
     std::shared_ptr<CapturedMessage> captured;  // retry businesses
   };
   // Delayed retry: a nack on a business with retry (see DecideRetry).
-  void NackWithRetry(Connection* conn, const SettleCmd& cmd, const config::Consumer& business);
+  // SettleOne settles one id of `cmd` (`multiple` for cmd.delivery_id only).
+  void SettleOne(Connection* conn, const SettleCmd& cmd, uint64_t delivery_id, bool multiple);
+  void NackWithRetry(Connection* conn, const SettleCmd& cmd, uint64_t delivery_id, bool multiple,
+                     const config::Consumer& business);
   void RetryOne(Connection* conn, uint64_t stream_id, uint64_t delivery_id, uint32_t retry_after_ms,
                 const config::Consumer& business);
   // Publishes the copy (retry queue `queue` is declared on this connection).

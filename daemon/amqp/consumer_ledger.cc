@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "spdlog/spdlog.h"
+#include "util/log_fields.h"
 #include "util/strings.h"
 
 namespace mqs::amqp {
@@ -170,12 +171,14 @@ void ConsumerLedger::OnConsumeOk(ChannelNo ch) {
   const uint64_t id = it->second.stream_id;
   const Stream& stream = streams_.at(id);
   if (stream.resumed) {
-    spdlog::info("[consumer] stream {} resumed on channel {} ({} deliveries will come again)", id,
-                 ch, stream.stale.size());
+    util::LogWith(spdlog::level::info, {{"business", stream.open.business}},
+                  "[consumer] stream {} resumed on channel {} ({} deliveries will come again)", id,
+                  ch, stream.stale.size());
   } else {
-    spdlog::info("[consumer] stream {} consumes '{}' on channel {} (prefetch {}, tag {})", id,
-                 util::ForLog(stream.open.queue), ch, stream.open.prefetch,
-                 util::ForLog(stream.open.consumer_tag));
+    util::LogWith(spdlog::level::info, {{"business", stream.open.business}},
+                  "[consumer] stream {} consumes '{}' on channel {} (prefetch {}, tag {})", id,
+                  util::ForLog(stream.open.queue), ch, stream.open.prefetch,
+                  util::ForLog(stream.open.consumer_tag));
   }
 }
 
@@ -262,7 +265,8 @@ bool ConsumerLedger::AdmitSize(ChannelNo ch, uint64_t tag, const std::string& co
   // business (tag, length, text) and delivery_id (tag, varint) come on top.
   const uint64_t total = bytes + stream->open.business.size() + 6 + 11;
   if (total <= limit) return true;
-  spdlog::error(
+  util::LogWith(
+      spdlog::level::err, {{"business", stream->open.business}},
       "[consumer] stream {}: delivery from queue '{}' (message_id '{}', {} bytes as a Delivery) "
       "is larger than the gRPC send limit ({} bytes); rejected without requeue (dead-lettered if "
       "the queue has a dead-letter exchange, else dropped by the broker)",
@@ -431,9 +435,10 @@ void ConsumerLedger::EndStream(uint64_t stream_id, const absl::Status& why, bool
       }
     }
   }
-  spdlog::info("[consumer] stream {} ended ({} unacked returned to '{}'): {}", stream_id,
-               stream.unacked.size(), util::ForLog(stream.open.queue),
-               why.ok() ? std::string("closed by the client") : std::string(why.message()));
+  util::LogWith(spdlog::level::info, {{"business", stream.open.business}},
+                "[consumer] stream {} ended ({} unacked returned to '{}'): {}", stream_id,
+                stream.unacked.size(), util::ForLog(stream.open.queue),
+                why.ok() ? std::string("closed by the client") : std::string(why.message()));
   stream.open.sink->OnClosed(why);
 }
 

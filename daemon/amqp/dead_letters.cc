@@ -16,6 +16,7 @@
 #include "amqp/topology.h"
 #include "spdlog/spdlog.h"
 #include "util/grpc_limits.h"
+#include "util/log_fields.h"
 #include "util/strings.h"
 #include "util/uri.h"
 #include "util/utf8.h"
@@ -682,8 +683,9 @@ void DeadLetterWorker::Serve(Job& job) {
       r = ServeList(session, job.target, job.max);
     }
     if (!r.ok()) {
-      spdlog::warn("dead letters: listing business '{}' failed: {}", job.target.business,
-                   r.status().message());
+      util::LogWith(spdlog::level::warn, {{"business", job.target.business, false}},
+                    "dead letters: listing business '{}' failed: {}", job.target.business,
+                    r.status().message());
     }
     job.list_done(std::move(r));
     return;
@@ -696,11 +698,13 @@ void DeadLetterWorker::Serve(Job& job) {
   }
   if (!status.ok()) {
     if (response.replayed() > 0) status = ReplayError(response, status, job.target);
-    spdlog::warn("dead letters: replay of business '{}': {}", job.target.business,
-                 status.message());
+    util::LogWith(spdlog::level::warn, {{"business", job.target.business, false}},
+                  "dead letters: replay of business '{}': {}", job.target.business,
+                  status.message());
   } else {
-    spdlog::info("dead letters: replayed {} message(s) of business '{}'; {} left",
-                 response.replayed(), job.target.business, response.remaining());
+    util::LogWith(spdlog::level::info, {{"business", job.target.business, false}},
+                  "dead letters: replayed {} message(s) of business '{}'; {} left",
+                  response.replayed(), job.target.business, response.remaining());
   }
   job.replay_done(std::move(status), std::move(response));
 }

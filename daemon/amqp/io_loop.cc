@@ -4,9 +4,12 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <optional>
 #include <random>
 
+#include "observability/metrics.h"
 #include "spdlog/spdlog.h"
+#include "util/log_fields.h"
 #include "util/strings.h"
 #include "util/uri.h"
 
@@ -25,6 +28,19 @@ milliseconds Jitter(milliseconds d) {
   thread_local std::mt19937 rng{std::random_device{}()};
   std::uniform_int_distribution<int64_t> dist(d.count() / 2, d.count());
   return milliseconds(dist(rng));
+}
+
+// The metrics role of a loop (its name), if it has one.
+std::optional<observability::Role> MetricsRole(std::string_view name) {
+  if (name == "publisher") return observability::Role::kPublisher;
+  if (name == "consumer") return observability::Role::kConsumer;
+  return std::nullopt;
+}
+
+void CountBlocked(std::string_view name, bool blocked) {
+  observability::Metrics* m = observability::Metrics::Active();
+  std::optional<observability::Role> role = MetricsRole(name);
+  if (m != nullptr && role) m->SetBlocked(*role, blocked, Clock::now());
 }
 
 }  // namespace
@@ -46,6 +62,7 @@ std::string_view LinkStateName(LinkState s) {
 IoLoop::IoLoop(std::string name, const config::Broker& broker, std::function<void()> on_state,
                std::function<void(const absl::Status&)> on_fatal)
     : name_(std::move(name)),
+      watch_(name_),
       broker_(broker),
       on_state_(std::move(on_state)),
       on_fatal_(std::move(on_fatal)) {}
@@ -67,7 +84,19 @@ void IoLoop::Stop(milliseconds drain) {
   drain_ms_ = drain.count();
   stop_.store(true, std::memory_order_release);
   Wake();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  {
+    util::MutexLock lock(&run_mu_);
+    const auto grace = Clock::now() + kStopConnectGrace;
+    while (!run_ended_flag_) {
+      if (!run_ended_.WaitUntil(&run_mu_, grace)) break;
+    }
+  }
+  // Still running: if it is connecting (a node that accepted the TCP
+  // connection and stopped answering), end the connect now; a loop that
+  // is draining a live connection is not affected.
+  connect_abort_.Abort();
+  thread_.join();
 }
 
 std::string IoLoop::broker_uri() const {
@@ -76,7 +105,16 @@ std::string IoLoop::broker_uri() const {
 }
 
 void IoLoop::SetState(LinkState s) {
-  if (state_.exchange(s, std::memory_order_acq_rel) != s && on_state_) on_state_();
+  if (state_.exchange(s, std::memory_order_acq_rel) == s) return;
+  if (observability::Metrics* m = observability::Metrics::Active(); m != nullptr) {
+    if (std::optional<observability::Role> role = MetricsRole(name_)) {
+      m->SetConnected(*role, s == LinkState::kConnected);
+      if (s == LinkState::kConnected && connected_before_) m->CountReconnect(*role);
+      if (s != LinkState::kConnected) m->SetBlocked(*role, false, std::chrono::steady_clock::now());
+    }
+  }
+  if (s == LinkState::kConnected) connected_before_ = true;
+  if (on_state_) on_state_();
 }
 
 void IoLoop::WaitDisconnected(milliseconds d) {
@@ -87,8 +125,10 @@ void IoLoop::WaitDisconnected(milliseconds d) {
     if (left.count() <= 0) return;
     pollfd pfd{WakeFd(), POLLIN, 0};
     // Short slices while commands wait on deadlines.
+    watch_.Idle();
     ::poll(&pfd, 1,
            static_cast<int>(HasTimers() ? std::min<int64_t>(left.count(), 50) : left.count()));
+    watch_.Busy();
   }
 }
 
@@ -100,7 +140,18 @@ absl::StatusOr<std::unique_ptr<Connection>> IoLoop::OpenWhileServing(
   // rabbitmq-c state in it) to this thread, which alone uses it from then on.
   std::thread connector([&] {
     pthread_setname_np(pthread_self(), util::StrCat("mqs-", name_, "-c").substr(0, 15).c_str());
-    result = Connection::Open(uri, options);
+    result = Connection::Open(uri, options, &connect_abort_);
+    if (result.ok()) {
+      Connection& conn = **result;
+      // Armed again until OnConnected returns (Run disarms).
+      connect_abort_.Arm(conn.fd());
+      // The set-up is part of the connect: a node that froze after the
+      // login fails it within connect_timeout, not the RPC timeout.
+      conn.SetRpcTimeout(options.connect_timeout);
+      absl::Status s = PrepareConnection(conn);
+      conn.SetRpcTimeout(options.rpc_timeout);
+      if (!s.ok()) result = s;
+    }
     done.store(true, std::memory_order_release);
     Wake();
   });
@@ -110,7 +161,9 @@ absl::StatusOr<std::unique_ptr<Connection>> IoLoop::OpenWhileServing(
     ProcessInbox(nullptr);
     if (done.load(std::memory_order_acquire)) break;
     pollfd pfd{WakeFd(), POLLIN, 0};
+    watch_.Idle();
     ::poll(&pfd, 1, HasTimers() ? 50 : 200);
+    watch_.Busy();
   }
   connector.join();
   return result;
@@ -130,21 +183,34 @@ void IoLoop::Run() {
 
   while (!stop_requested()) {
     const std::string& uri = broker_.uris[next_uri];
+    const std::string masked = util::MaskPassword(uri);
     {
       util::MutexLock lock(&uri_mu_);
-      broker_uri_ = util::MaskPassword(uri);
+      broker_uri_ = masked;
     }
+    // The structured fields of this connection's lines (json logs).
+    const util::LogField conn_field{"connection", name_, false};
+    const util::LogField uri_field{"uri", masked};
     auto conn = OpenWhileServing(uri, options);
     absl::Status status = conn.ok() ? OnConnected(**conn) : conn.status();
+    connect_abort_.Disarm();
+    if (!status.ok() && stop_requested()) {
+      // A connect ended by Stop: nothing to retry.
+      spdlog::info("[{}] connect abandoned at stop: {}", name_, status.message());
+      OnDisconnected(status);
+      break;
+    }
     if (!status.ok()) {
       if (IsFatal(status)) {
-        spdlog::critical("[{}] {}", name_, status.message());
+        util::LogWith(spdlog::level::critical, {conn_field, uri_field}, "[{}] {}", name_,
+                      status.message());
         OnDisconnected(status);
         SetState(LinkState::kStopped);
         if (on_fatal_) on_fatal_(status);
         break;
       }
-      spdlog::warn("[{}] {} (retrying in ~{} ms)", name_, status.message(), backoff.count());
+      util::LogWith(spdlog::level::warn, {conn_field, uri_field}, "[{}] {} (retrying in ~{} ms)",
+                    name_, status.message(), backoff.count());
       OnDisconnected(status);
       SetState(LinkState::kReconnecting);
       // Move on to the next node of a cluster; back off once per full round.
@@ -153,8 +219,9 @@ void IoLoop::Run() {
       backoff = std::min(backoff * 2, kBackoffMax);
       continue;
     }
-    spdlog::info("[{}] connected to {} (heartbeat {} s)", name_, util::MaskPassword(uri),
-                 (*conn)->heartbeat_seconds());
+    util::LogWith(spdlog::level::info, {conn_field, {"uri", masked, false}},
+                  "[{}] connected to {} (heartbeat {} s)", name_, masked,
+                  (*conn)->heartbeat_seconds());
     backoff = kBackoffMin;
     SetState(LinkState::kConnected);
     status = Pump(**conn);
@@ -167,7 +234,8 @@ void IoLoop::Run() {
       }
       break;
     }
-    spdlog::warn("[{}] connection lost: {}", name_, status.message());
+    util::LogWith(spdlog::level::warn, {conn_field, uri_field}, "[{}] connection lost: {}", name_,
+                  status.message());
     blocked_.store(false, std::memory_order_release);
     SetState(LinkState::kReconnecting);
     OnDisconnected(status);
@@ -176,6 +244,9 @@ void IoLoop::Run() {
   ProcessInbox(nullptr);
   OnDisconnected(absl::UnavailableError("mq-sidecar is shutting down"));
   SetState(LinkState::kStopped);
+  util::MutexLock lock(&run_mu_);
+  run_ended_flag_ = true;
+  run_ended_.SignalAll();
 }
 
 absl::Status IoLoop::Pump(Connection& conn) {
@@ -215,8 +286,11 @@ absl::Status IoLoop::Pump(Connection& conn) {
         timeout = std::clamp(static_cast<int>(left.count()) + 1, 0, timeout);
       }
       pollfd pfds[2] = {{conn.fd(), POLLIN, 0}, {WakeFd(), POLLIN, 0}};
+      watch_.Idle();
       ::poll(pfds, 2, timeout);
       const auto now = Clock::now();
+      watch_.Busy(now);
+      util::TestWedge(name_);
       if ((pfds[0].revents & (POLLIN | POLLERR | POLLHUP)) != 0) {
         last_rx = now;
       } else if (dead_after.count() > 0 && now - last_rx >= dead_after) {
@@ -262,12 +336,14 @@ absl::Status IoLoop::OnConnectionMethod(Connection& conn, const amqp_method_t& m
       auto* blocked = static_cast<amqp_connection_blocked_t*>(method.decoded);
       spdlog::warn("[{}] broker blocked this connection: {}", name_, AmqpText(blocked->reason));
       blocked_.store(true, std::memory_order_release);
+      CountBlocked(name_, true);
       if (on_state_) on_state_();
       return absl::OkStatus();
     }
     case AMQP_CONNECTION_UNBLOCKED_METHOD:
       spdlog::info("[{}] broker unblocked this connection", name_);
       blocked_.store(false, std::memory_order_release);
+      CountBlocked(name_, false);
       if (on_state_) on_state_();
       return absl::OkStatus();
     default:

@@ -21,8 +21,15 @@
 #include "amqp/connection.h"
 #include "config/config.h"
 #include "util/mutex.h"
+#include "util/thread_watch.h"
 
 namespace mqs::amqp {
+
+// kStopConnectGrace: how long a stop lets a connect in progress (TCP, login,
+// the set-up round trips) finish before its socket is shut down. A node that
+// froze mid-connect would otherwise hold the stop for the connect or RPC
+// timeout.
+inline constexpr std::chrono::milliseconds kStopConnectGrace{500};
 
 enum class LinkState { kConnecting, kConnected, kReconnecting, kStopped };
 std::string_view LinkStateName(LinkState s);
@@ -41,7 +48,8 @@ class IoLoop {
   void Start();
   // Stop asks the loop to finish: OnStopping() runs on the loop thread, the
   // loop keeps pumping until Drained() or `drain` has passed, then closes the
-  // connection. Blocks until the thread has joined.
+  // connection. A connect in progress gets kStopConnectGrace, then its socket
+  // is shut down. Blocks until the thread has joined.
   void Stop(std::chrono::milliseconds drain);
 
   LinkState state() const { return state_.load(std::memory_order_acquire); }
@@ -49,10 +57,19 @@ class IoLoop {
   // blocked: the broker has paused this connection (resource alarm).
   bool blocked() const { return blocked_.load(std::memory_order_acquire); }
   std::string broker_uri() const;  // masked; the one connected or last tried
+  // The loop thread's progress, for the watchdog (util/thread_watch.h).
+  const util::ThreadWatch& watch() const { return watch_; }
 
  protected:
-  // OnConnected prepares a fresh connection (channels, topology). An error
-  // drops the connection and retries, unless IsFatal(error).
+  // PrepareConnection runs on the connector thread right after the login,
+  // before OnConnected, while the loop thread keeps serving the inbox and its
+  // deadlines: the synchronous set-up round trips (channels, topology) go
+  // here. Its RPCs are bounded by broker.connect_timeout. It may use `conn`
+  // and state no other thread touches (const config), nothing of the loop
+  // thread's. An error drops the connection as OnConnected's does.
+  virtual absl::Status PrepareConnection(Connection& conn) { return absl::OkStatus(); }
+  // OnConnected prepares a fresh connection (channels, topology), on the loop
+  // thread. An error drops the connection and retries, unless IsFatal(error).
   virtual absl::Status OnConnected(Connection& conn) = 0;
   // OnDisconnected: the connection is gone; settle everything tied to it.
   virtual void OnDisconnected(const absl::Status& why) = 0;
@@ -87,10 +104,12 @@ class IoLoop {
   // thread keeps serving the inbox and its deadlines with no connection:
   // TCP connect and login can take up to 2 x connect_timeout (a frozen broker
   // accepts the TCP connection and never answers the login).
+  // PrepareConnection runs there too, after the login.
   absl::StatusOr<std::unique_ptr<Connection>> OpenWhileServing(const std::string& uri,
                                                                const ConnectOptions& options);
 
   const std::string name_;
+  util::ThreadWatch watch_;
   const config::Broker broker_;
   const std::function<void()> on_state_;
   const std::function<void(const absl::Status&)> on_fatal_;
@@ -101,6 +120,14 @@ class IoLoop {
   mutable util::Mutex uri_mu_;
   std::string broker_uri_ ABSL_GUARDED_BY(uri_mu_);
   std::thread thread_;
+  // The socket of the connect in progress (from the TCP connect until
+  // OnConnected returns), for Stop to shut down after kStopConnectGrace.
+  ConnectAbort connect_abort_;
+  util::Mutex run_mu_;
+  util::CondVar run_ended_;
+  bool run_ended_flag_ ABSL_GUARDED_BY(run_mu_) = false;
+  // Loop thread: a connection was up before (metrics count reconnects).
+  bool connected_before_ = false;
 };
 
 }  // namespace mqs::amqp

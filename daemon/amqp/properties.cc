@@ -103,7 +103,7 @@ absl::Status ValidatePublish(const mqsidecar::v1::PublishRequest& r, const confi
   s.Update(CheckShort("content_type", r.content_type()));
   s.Update(CheckShort("reply_to", r.reply_to()));
   for (const auto& [key, value] : r.headers()) {
-    s.Update(CheckShort(util::StrCat("header name '", key.substr(0, 32), "'"), key));
+    s.Update(CheckShort(util::StrCat("header name '", util::ForLog(key, 32), "'"), key));
     if (key.empty()) s.Update(absl::InvalidArgumentError("header name is empty"));
     if (util::HasControlChars(key)) {
       s.Update(absl::InvalidArgumentError(
@@ -296,7 +296,10 @@ void FillDelivery(const amqp_basic_properties_t& p, mqsidecar::v1::Delivery* d) 
         continue;
       }
       if (key == kRepublishedHeader) {
-        if (FieldToString(e.value) == "true") d->set_redelivered(true);
+        if (FieldToString(e.value) == "true") {
+          d->set_redelivered(true);
+          d->set_republished(true);
+        }
         continue;
       }
       if (key == kRetriesHeader || key == kOriginalExchangeHeader ||

@@ -1,5 +1,6 @@
 #include "amqp/publish_ledger.h"
 
+#include "observability/metrics.h"
 #include "util/strings.h"
 
 namespace mqs::amqp {
@@ -31,6 +32,10 @@ void PublishLedger::Complete(PublishJob& job, Status status, std::string_view er
   result.set_message_id(job.request.message_id());
   result.set_status(status);
   if (!error.empty()) result.set_error(std::string(error));
+  if (observability::Metrics* m = observability::Metrics::Active(); m != nullptr) {
+    m->CountPublish(m->Slot(job.request.business()), status,
+                    std::chrono::steady_clock::now() - job.submitted);
+  }
   job.done(std::move(result), code);
 }
 
@@ -43,6 +48,16 @@ size_t PublishLedger::unanswered_in_flight() const {
   size_t n = 0;
   for (const Pending& p : pending_) n += (!p.settled && !p.answered) ? 1 : 0;
   return n;
+}
+
+bool PublishLedger::AwaitsInternalAnswer() const {
+  for (const PublishJob& job : waiting_) {
+    if (job.copy != nullptr) return true;
+  }
+  for (const Pending& p : pending_) {
+    if (!p.settled && !p.answered && p.job.copy != nullptr) return true;
+  }
+  return false;
 }
 
 void PublishLedger::Send(Clock::time_point now, PublishSink& sink) {

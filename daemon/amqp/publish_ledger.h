@@ -75,6 +75,8 @@ struct PublishJob {
   bool probe = false;
   // Set: publish this captured message instead of the request's.
   std::shared_ptr<const CopyOf> copy;
+  // When the publisher took it (Publisher::Submit): the confirm latency metric.
+  std::chrono::steady_clock::time_point submitted{};
 };
 
 // PublishSink: the narrow channel the ledger sends through.
@@ -145,6 +147,11 @@ class PublishLedger {
   // renewed without turning one into a republished copy).
   bool Quiet() const { return unanswered_in_flight() == 0; }
   bool Drained() const { return pending_.empty() && waiting_.empty(); }
+  // AwaitsInternalAnswer: a job whose answer the daemon itself acts on (a
+  // delayed-retry copy: CONFIRMED acks the original) is waiting, or in
+  // flight, unsettled and unanswered. Once the gRPC server is shut down no
+  // caller can receive an answer, so only these are worth waiting for.
+  bool AwaitsInternalAnswer() const;
   bool HasTimers() const { return !pending_.empty() || !waiting_.empty(); }
   bool probing() const;
   size_t waiting() const { return waiting_.size(); }

@@ -10,6 +10,8 @@ namespace mqs::amqp {
 namespace {
 
 using mqsidecar::v1::PublishResult;
+// The publishing channel of a fresh connection (a renewal alternates 1 and 2).
+constexpr amqp_channel_t kFirstChannel = 1;
 // A batch is written once it holds this much (bounded memory, early first bytes).
 constexpr size_t kMaxBatchBytes = size_t{256} * 1024;
 
@@ -17,6 +19,13 @@ int64_t NowSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+// WriteTimeout: a broker that takes nothing for 2 x heartbeat is as good as
+// dead (the same rule as for reading); without heartbeats, give it 30 s.
+std::chrono::milliseconds WriteTimeout(const Connection& conn) {
+  const int hb = conn.heartbeat_seconds();
+  return std::chrono::milliseconds(hb > 0 ? hb * 2000 : 30000);
 }
 
 }  // namespace
@@ -66,10 +75,14 @@ class Publisher::Sink final : public PublishSink {
     // TCP_USER_TIMEOUT and keepalive bound them (docs/security.md).
     p_.out_.Clear();
     if (!tls_error_.ok()) return absl::OkStatus();  // pending; lost with the connection
+    // The same bound as the plaintext write's (WriteBatch), kept by another
+    // thread (ExpireStuckWrite) since rabbitmq-c's TLS write has none.
+    p_.tls_write_.Arm(conn_.fd(), std::chrono::steady_clock::now() + WriteTimeout(conn_));
     const int rc =
         amqp_basic_publish(conn_.state(), p_.channel_, AmqpBytes(exchange), AmqpBytes(routing_key),
                            /*mandatory=*/1, /*immediate=*/0, &props,
                            amqp_bytes_t{body.size(), const_cast<char*>(body.data())});
+    p_.tls_write_.Disarm();
     // Part of it may be out: it stays pending (Write reports the loss).
     if (rc != AMQP_STATUS_OK) tls_error_ = StatusFromLibrary(rc, "publishing over TLS");
     return absl::OkStatus();
@@ -93,20 +106,32 @@ Publisher::~Publisher() { Stop(std::chrono::milliseconds(0)); }
 
 bool Publisher::IsFatal(const absl::Status& s) const { return IsTopologyConflict(s); }
 
+absl::Status Publisher::OpenPublishingChannel(Connection& conn, amqp_channel_t channel) const {
+  if (absl::Status s = conn.OpenChannel(channel); !s.ok()) return s;
+  if (absl::Status s = DeclareTopology(conn, channel, plan_); !s.ok()) return s;
+  amqp_confirm_select(conn.state(), channel);
+  return conn.RpcStatus("confirm.select", channel);
+}
+
 absl::Status Publisher::SetUpChannel(Connection& conn) {
   channel_ok_ = false;
-  if (absl::Status s = conn.OpenChannel(channel_); !s.ok()) return s;
-  if (absl::Status s = DeclareTopology(conn, channel_, plan_); !s.ok()) return s;
-  amqp_confirm_select(conn.state(), channel_);
-  if (absl::Status s = conn.RpcStatus("confirm.select", channel_); !s.ok()) return s;
+  if (absl::Status s = OpenPublishingChannel(conn, channel_); !s.ok()) return s;
   ledger_.ChannelOpened();
   channel_ok_ = true;
   return absl::OkStatus();
 }
 
+absl::Status Publisher::PrepareConnection(Connection& conn) {
+  // On the connector thread: the loop thread keeps answering publishes at
+  // their deadlines while these round trips wait for the broker.
+  return OpenPublishingChannel(conn, kFirstChannel);
+}
+
 absl::Status Publisher::OnConnected(Connection& conn) {
-  channel_ = 1;
-  if (absl::Status s = SetUpChannel(conn); !s.ok()) return s;
+  // PrepareConnection opened channel 1 in confirm mode, topology declared.
+  channel_ = kFirstChannel;
+  ledger_.ChannelOpened();
+  channel_ok_ = true;
   if (resend_after_loss_ && ledger_.waiting() > 0) {
     // The originals of the copies about to be sent again may still be
     // inside the broker (a frozen node's socket buffer, a stopping node's
@@ -219,13 +244,17 @@ void Publisher::Flush(Connection* conn) {
   ledger_.Send(std::chrono::steady_clock::now(), sink);
 }
 
+void Publisher::ExpireStuckWrite(std::chrono::steady_clock::time_point now) {
+  if (tls_write_.Expire(now)) {
+    spdlog::warn(
+        "[publisher] a TLS write to the broker made no progress for 2 x heartbeat: connection "
+        "shut down (a broker that stopped reading)");
+  }
+}
+
 bool Publisher::WriteBatch(Connection& conn) {
   if (out_.empty()) return true;
-  // A broker that takes nothing for 2 x heartbeat is as good as dead (the
-  // same rule as for reading); without heartbeats, give it 30 s.
-  const int hb = conn.heartbeat_seconds();
-  const std::chrono::milliseconds timeout(hb > 0 ? hb * 2000 : 30000);
-  if (absl::Status s = out_.WriteTo(conn.fd(), timeout); !s.ok()) {
+  if (absl::Status s = out_.WriteTo(conn.fd(), WriteTimeout(conn)); !s.ok()) {
     // Part of the batch may be out: everything in it stays pending, so the
     // disconnect republishes it or answers UNCONFIRMED.
     spdlog::warn("[publisher] {}", s.message());

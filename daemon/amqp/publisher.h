@@ -34,7 +34,10 @@ class Publisher final : public IoLoop {
   ~Publisher() override;
 
   // Submit queues a job for the publisher thread; never blocks.
-  void Submit(PublishJob job) { inbox_.Push(std::move(job)); }
+  void Submit(PublishJob job) {
+    job.submitted = std::chrono::steady_clock::now();
+    inbox_.Push(std::move(job));
+  }
 
   // Drain: shutdown has begun; publishes that cannot be sent right now fail
   // at once instead of waiting for the broker.
@@ -42,22 +45,42 @@ class Publisher final : public IoLoop {
     draining_.store(true, std::memory_order_release);
     inbox_.Notify();
   }
+  // CallersGone: the gRPC server has shut down, so no client call can
+  // receive an answer any more. A stop then waits only for the confirms the
+  // daemon acts on itself (delayed-retry copies), not the whole drain.
+  void CallersGone() {
+    callers_gone_.store(true, std::memory_order_release);
+    inbox_.Notify();
+  }
+  // ExpireStuckWrite: called periodically from another thread (the main
+  // loop, every second): cuts a TLS write that has made no progress for
+  // 2 x heartbeat (WriteGuard), so that the publisher thread gets back to its
+  // deadlines and reconnects.
+  void ExpireStuckWrite(std::chrono::steady_clock::time_point now);
 
  private:
   // Sink: the ledger's way to the socket (properties, frames, writes).
   class Sink;
 
+  absl::Status PrepareConnection(Connection& conn) override;
   absl::Status OnConnected(Connection& conn) override;
   void OnDisconnected(const absl::Status& why) override;
   void ProcessInbox(Connection* conn) override;
   void OnFrame(Connection& conn, const amqp_frame_t& frame) override;
-  bool Drained() const override { return ledger_.Drained(); }
+  bool Drained() const override {
+    return ledger_.Drained() ||
+           (callers_gone_.load(std::memory_order_acquire) && !ledger_.AwaitsInternalAnswer());
+  }
   bool IsFatal(const absl::Status& s) const override;
   int WakeFd() const override { return inbox_.fd(); }
   void Wake() override { inbox_.Notify(); }
   bool HasTimers() const override { return ledger_.HasTimers() || Holding(); }
 
-  // Opens the publishing channel, declares the topology, enables confirms.
+  // Opens `channel`, declares the topology on it, enables confirms: only
+  // socket work, no loop-thread state (PrepareConnection runs it on the
+  // connector thread).
+  absl::Status OpenPublishingChannel(Connection& conn, amqp_channel_t channel) const;
+  // OpenPublishingChannel(channel_) on the loop thread, and the ledger told.
   absl::Status SetUpChannel(Connection& conn);
   // Writes out_ to the broker; false (connection marked dead) on failure.
   bool WriteBatch(Connection& conn);
@@ -81,13 +104,15 @@ class Publisher final : public IoLoop {
 
   const config::TopologyPlan plan_;
   std::atomic<bool> draining_{false};
+  std::atomic<bool> callers_gone_{false};
   util::WakeupQueue<PublishJob> inbox_;
 
   // Loop-thread state.
   std::vector<PublishJob> batch_;
   OutgoingProperties props_;
   CopyProperties copy_props_;
-  PublishBatch out_;  // frames encoded by the Sink, written by WriteBatch
+  PublishBatch out_;      // frames encoded by the Sink, written by WriteBatch
+  WriteGuard tls_write_;  // armed around each TLS publish (Sink)
   PublishLedger ledger_;
   amqp_channel_t channel_ = 1;  // 1, or 2 after a renewal (see MaybeResetChannel)
   bool channel_ok_ = false;

@@ -23,6 +23,7 @@
 
 #include "config/loader_internal.h"
 #include "config/topology_plan.h"
+#include "observability/metrics_http.h"
 #include "util/unix_group.h"
 #include "util/uri.h"
 
@@ -65,7 +66,7 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "Who may use which business (docs/security.md). Absent: every caller may use every "
      "business. Present: every call must come from one of these clients (else "
      "`UNAUTHENTICATED`) and name only businesses the client may use (else "
-     "`PERMISSION_DENIED`). YAML only."},
+     "`PERMISSION_DENIED`). INI: an `[access]` section, one `name = {json}` line per client."},
     {"access.<client>.socket", "unix:///path or empty", R"("")",
      "Who: a unix socket listener created for this client alone (besides `listen`); every call "
      "on it is this client's. One of `socket`, `token_file`, `cert_subject`."},
@@ -75,7 +76,8 @@ constexpr ConfigKey kConfigKeyTable[] = {
      "Group of the client's socket; must exist."},
     {"access.<client>.token_file", "file path or empty", R"("")",
      "Who: a bearer token, the first line of this file (at least 16 bytes), sent as gRPC "
-     "metadata `authorization: Bearer <token>` on any listener. Read at load."},
+     "metadata `authorization: Bearer <token>` on any listener. Read at load and again "
+     "when the file changes (rotation without a restart)."},
     {"access.<client>.cert_subject", "string or empty", R"("")",
      "Who: the subject of the client's TLS certificate, as RFC 2253 (`CN=ops,O=example`; "
      "`openssl x509 -noout -subject -nameopt RFC2253`). Needs `tcp.tls.client_ca`."},
@@ -191,11 +193,23 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"limits.max_prefetch", "integer 1..65535", "10000",
      "Largest prefetch: a Subscribe whose `open.prefetch` is above it ends INVALID_ARGUMENT; a "
      "`consumers.<business>.prefetch` above it is a config error."},
+    {"limits.max_batch_messages", "integer 1..100000", "1000",
+     "Most messages in one PublishBatch of PublishBatchStream: a batch over it ends the stream "
+     "INVALID_ARGUMENT naming the limit (what was read before is answered)."},
     {"log.level", "trace, debug, info, warn or error", "info",
      "Log level, in any case (`INFO` = `info`); `--log-level` overrides it, same names."},
+    {"log.format", "text or json", "text",
+     "`text`: one line per event as before; `json`: one JSON object per line (time, level, "
+     "thread, message and fields such as business and uri; docs/operations.md, Logs). "
+     "`--log-format` overrides it."},
     {"shutdown.drain", "duration", "10s",
      "On SIGTERM, time for subscribers to ack and for publishes to be confirmed; 0..1h (keep it "
      "below systemd's TimeoutStopSec, 60s in the shipped unit)."},
+    {"metrics.listen", "host:port or empty", R"("127.0.0.1:9464")",
+     "HTTP endpoint for Prometheus (`/metrics`) and the probes `/healthz` and `/readyz` "
+     "([operations.md](operations.md#metrics)): `127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:9464`. "
+     "\"\": off. A port that cannot be bound stops the daemon at startup. INI: a `[metrics]` "
+     "section, `listen = ...`."},
     {"identity.app", "identity part", R"("")",
      "The application this sidecar serves (`otc`, `usdtsvr`): letters, digits, `_` and `-`, "
      "1..64 bytes; \"\" (omitted): not set. `--app`, else `MQ_SIDECAR_APP`, overrides it. "
@@ -1118,15 +1132,16 @@ bool IsBusinessPattern(std::string_view p) {
   });
 }
 
-// ReadToken: the first line of `file` (without a trailing '\r'), or an
-// error at `path`. The token itself never appears in an error.
-std::optional<std::string> ReadToken(Diagnostics& diag, const std::string& path,
-                                     const std::string& file) {
+}  // namespace
+}  // namespace internal
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& file) {
+  using internal::Cat;
+  using internal::Quote;
   std::ifstream in(file);
   if (!in) {
-    diag.ErrorAt(path,
-                 Cat("cannot read ", Quote(file), ": ", std::generic_category().message(errno)));
-    return std::nullopt;
+    return absl::NotFoundError(
+        Cat("cannot read ", Quote(file), ": ", std::generic_category().message(errno)));
   }
   std::string token;
   std::getline(in, token);
@@ -1135,12 +1150,26 @@ std::optional<std::string> ReadToken(Diagnostics& diag, const std::string& path,
   // "Bearer <token>" header intact.
   if (token.size() < 16 || token.find_first_of(" \t") != std::string::npos ||
       util::HasControlChars(token)) {
-    diag.ErrorAt(path, Cat(Quote(file),
-                           ": the first line must be a token of at least 16 characters without "
-                           "spaces or control characters"));
-    return std::nullopt;
+    return absl::InvalidArgumentError(
+        Cat(Quote(file),
+            ": the first line must be a token of at least 16 characters without "
+            "spaces or control characters"));
   }
   return token;
+}
+
+namespace internal {
+namespace {
+
+// ReadToken: ReadTokenFile, its error reported at `path`.
+std::optional<std::string> ReadToken(Diagnostics& diag, const std::string& path,
+                                     const std::string& file) {
+  absl::StatusOr<std::string> token = ReadTokenFile(file);
+  if (!token.ok()) {
+    diag.ErrorAt(path, std::string(token.status().message()));
+    return std::nullopt;
+  }
+  return *std::move(token);
 }
 
 // CheckAccess: the `access` section. Each client is exactly one of a socket
@@ -1356,6 +1385,14 @@ absl::StatusOr<Config> Resolve(Config config, Diagnostics& diag, const LoadOptio
   check_range("broker.connect_timeout", config.broker.connect_timeout, false, kMaxConnectTimeout);
   check_range("publish.wait_timeout", config.publish.wait_timeout, false, kMaxWaitTimeout);
   check_range("shutdown.drain", config.shutdown.drain, true, kMaxDrain);
+  if (!config.metrics.listen.empty()) {
+    if (absl::StatusOr<observability::ListenAddress> a =
+            observability::ParseListenAddress(config.metrics.listen);
+        !a.ok()) {
+      diag.ErrorAt("metrics.listen",
+                   Cat(a.status().message(), ", got ", Quote(config.metrics.listen)));
+    }
+  }
 
   // limits: each key's range is the reader's; a configured prefetch is held
   // to the same ceiling as a client's.
@@ -1671,14 +1708,16 @@ std::string Describe(const Config& input) {
          "\n");
   Append(&out, "  wait_timeout: ", FormatDuration(config.publish.wait_timeout), "\n");
   Append(&out, "shutdown:\n  drain: ", FormatDuration(config.shutdown.drain), "\n");
+  Append(&out, "metrics:\n  listen: \"", config.metrics.listen, "\"\n");
   const Limits& l = config.limits;
   Append(&out, "limits:\n  max_payload_bytes: ", l.max_payload_bytes,
          "\n  max_headers: ", l.max_headers, "\n  max_header_bytes: ", l.max_header_bytes,
          "\n  max_routing_key_bytes: ", l.max_routing_key_bytes,
          "\n  max_message_id_bytes: ", l.max_message_id_bytes,
          "\n  max_streams_per_connection: ", l.max_streams_per_connection,
-         "\n  max_prefetch: ", l.max_prefetch, "\n");
-  Append(&out, "log:\n  level: ", config.log_level, "\n");
+         "\n  max_prefetch: ", l.max_prefetch, "\n  max_batch_messages: ", l.max_batch_messages,
+         "\n");
+  Append(&out, "log:\n  level: ", config.log_level, "\n  format: ", config.log_format, "\n");
   auto or_not_set = [](const std::string& s) { return s.empty() ? std::string("(not set)") : s; };
   Append(&out, "identity:\n  app: ", or_not_set(config.identity.app), "\n");
   Append(&out, "  region: ", or_not_set(config.identity.region), "\n");

@@ -184,6 +184,11 @@ struct Access {
   std::vector<AccessClient> clients;  // sorted by name
 };
 
+// ReadTokenFile: a bearer token file's first line (without a trailing '\r'),
+// or an error naming the file and what is wrong (never the token). Used at
+// load and by the access policy when the file changes.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& file);
+
 // TLS to the broker, used by amqps:// URIs only (docs/security.md).
 struct BrokerTls {
   std::string ca;    // CA bundle; "": the system's (kSystemCaBundle)
@@ -233,6 +238,9 @@ struct Limits {
   uint32_t max_message_id_bytes = 255;  // message_id and correlation_id
   uint32_t max_streams_per_connection = 1000;
   uint32_t max_prefetch = 10000;
+  // Messages in one PublishBatch: bounds what one read of a
+  // PublishBatchStream holds in memory before the window lets it go out.
+  uint32_t max_batch_messages = 1000;
 };
 // Upper bounds of the keys above: the headers travel in one AMQP frame (the
 // daemon asks for 128 KiB), prefetch is a 16-bit field of basic.qos, and
@@ -241,6 +249,12 @@ inline constexpr uint32_t kMaxPayloadBytesLimit = 128 * 1024 * 1024;
 inline constexpr uint32_t kMaxHeadersLimit = 1024;
 inline constexpr uint32_t kMaxHeaderBytesLimit = 64 * 1024;
 inline constexpr uint32_t kMaxStreamsLimit = 100000;
+inline constexpr uint32_t kMaxBatchMessagesLimit = 100000;
+
+// MetricsEndpoint: the Prometheus endpoint (docs/operations.md, "Metrics").
+struct MetricsEndpoint {
+  std::string listen = "127.0.0.1:9464";  // host:port; "": off
+};
 
 struct Config {
   std::string source;               // file it was loaded from ("" for text)
@@ -251,7 +265,8 @@ struct Config {
   Publish publish;
   Shutdown shutdown;
   Limits limits;
-  std::string log_level = "info";  // trace, debug, info, warn, error
+  std::string log_level = "info";   // trace, debug, info, warn, error
+  std::string log_format = "text";  // text, json (util::ParseLogFormat)
   Identity identity;
   Ping ping;
   Tasks tasks;
@@ -261,6 +276,7 @@ struct Config {
   // Not a key: chosen per process (NewInstanceId) by main before the plan is
   // made; names this sidecar's exclusive queues and its task correlation ids.
   std::string instance;
+  MetricsEndpoint metrics;
 
   // By the resolved name or as written ("task.{app}.{region}.{server}").
   const Producer* FindProducer(std::string_view business) const;

@@ -1,6 +1,8 @@
 // INI loader: the seed's format, one [rabbitmq] section whose producer and
-// consumer keys hold JSON maps, plus the optional [identity], [ping] and
-// [tasks] sections (the YAML maps of the same names). Values go through the
+// consumer keys hold JSON maps, plus optional sections that mirror YAML maps
+// of the same names ([identity], [ping], [tasks], [socket], [tcp],
+// [broker.tls], [tcp.tls], [limits]) and [access], one client per line
+// (`billing = {"socket": "unix:///...", "publish": ["usdt.*"]}`). Values go through the
 // YAML reader (JSON is converted to YAML nodes), so both formats share every
 // check and message.
 #include <yaml-cpp/yaml.h>
@@ -28,10 +30,12 @@ using internal::Quote;
 constexpr std::string_view kSection = "rabbitmq";
 // [limits]: the YAML map `limits`, same key names.
 constexpr std::string_view kLimitsSection = "limits";
+// [access]: one line per client, name = a JSON map of its YAML settings.
+constexpr std::string_view kAccessSection = "access";
 // Optional sections whose keys are those of the YAML map of the same name
 // (identity.app = [identity] app=...).
-constexpr std::string_view kControlSections[] = {"identity", "ping",       "tasks",  "socket",
-                                                 "tcp",      "broker.tls", "tcp.tls"};
+constexpr std::string_view kControlSections[] = {"identity", "ping",       "tasks",   "socket",
+                                                 "tcp",      "broker.tls", "tcp.tls", "metrics"};
 
 bool IsControlSection(std::string_view section) {
   return std::find(std::begin(kControlSections), std::end(kControlSections), section) !=
@@ -42,7 +46,7 @@ bool IsControlSection(std::string_view section) {
 // has address, producer and consumer; the rest mirror YAML keys.
 constexpr std::string_view kIniKeys[] = {"address",        "producer",  "consumer",
                                          "listen",         "heartbeat", "connect_timeout",
-                                         "publish_window", "log_level"};
+                                         "publish_window", "log_level", "log_format"};
 
 YAML::Node JsonToYaml(const nlohmann::json& j) {
   switch (j.type()) {
@@ -192,13 +196,20 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
         }
         section = std::string(Trim(line.substr(1, line.size() - 2)));
         auto [first, inserted] = sections.emplace(section, line_no);
-        if (section != kSection && !IsControlSection(section) && section != kLimitsSection) {
-          diag.Error(
-              line_no, Cat("[", section, "]"),
-              Cat("unknown section; expected [", kSection, "], [identity], [ping] or [tasks]"));
+        if (section != kSection && !IsControlSection(section) && section != kLimitsSection &&
+            section != kAccessSection) {
+          std::string expected = Cat("[", kSection, "]");
+          for (std::string_view s : kControlSections) expected += Cat(", [", s, "]");
+          diag.Error(line_no, Cat("[", section, "]"),
+                     Cat("unknown section; expected ", expected, ", [", kLimitsSection, "] or [",
+                         kAccessSection, "]"));
         } else if (!inserted) {
           diag.Error(line_no, Cat("[", section, "]"),
                      Cat("duplicate section (first at line ", first->second, ")"));
+        } else if (section == kAccessSection) {
+          // The section alone turns access on, as `access:` does in YAML.
+          reader.set_fixed_line(line_no);
+          reader.ReadAccess(YAML::Node(YAML::NodeType::Map));
         }
         continue;
       }
@@ -236,6 +247,22 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
         } else {
           reader.ReadControlKey(canonical, YAML::Node(std::string{value}), canonical);
         }
+        continue;
+      }
+      if (section == kAccessSection) {
+        // name = {json}: the client's YAML settings, checked by the same code.
+        const std::string display = Cat(kAccessSection, ".", key);
+        auto [first, inserted] = keys.emplace(display, line_no);
+        if (!inserted) {
+          diag.Error(line_no, display, Cat("duplicate client (first at line ", first->second, ")"));
+          continue;
+        }
+        std::optional<nlohmann::json> json = ParseJson(value, line_no, display, diag);
+        if (!json) continue;
+        YAML::Node client(YAML::NodeType::Map);
+        client.force_insert(key, JsonToYaml(*json));
+        reader.set_fixed_line(line_no);
+        reader.ReadAccess(client);
         continue;
       }
       if (section != kSection) continue;  // the section is reported once
@@ -285,6 +312,9 @@ absl::StatusOr<Config> LoadIniText(std::string_view text, std::string_view filen
         } else if (key == "log_level") {
           diag.Note("log.level", line_no, display);
           reader.ReadLogLevel(node, display);
+        } else if (key == "log_format") {
+          diag.Note("log.format", line_no, display);
+          reader.ReadLogFormat(node, display);
         }
       }
     }

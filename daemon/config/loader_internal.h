@@ -160,17 +160,20 @@ class YamlReader {
   void ReadConnectTimeout(const YAML::Node& node, const std::string& display);
   void ReadWindow(const YAML::Node& node, const std::string& display);
   void ReadLogLevel(const YAML::Node& node, const std::string& display);
+  void ReadLogFormat(const YAML::Node& node, const std::string& display);
   // A key of `limits` ("max_payload_bytes", ...), known to be one of them.
   void ReadLimitKey(std::string_view key, const YAML::Node& node, const std::string& display);
   // A leaf key under identity, ping or tasks; `canonical` as in kConfigKeys
   // ("identity.app", "ping.interval", ...), known to be one of them.
   void ReadControlKey(std::string_view canonical, const YAML::Node& node,
                       const std::string& display);
+  // `access`: a map client name -> settings; turns access on, even empty.
+  // INI reads one client per call ([access] name = {json}).
+  void ReadAccess(const YAML::Node& node);
 
  private:
   int Line(const YAML::Node& node) const;
   void ReadBroker(const YAML::Node& node);
-  void ReadAccess(const YAML::Node& node);
   void ReadPublish(const YAML::Node& node);
   void ReadLog(const YAML::Node& node);
   void ReadLimits(const YAML::Node& node);

@@ -14,6 +14,7 @@
 
 #include "config/config.h"
 #include "config/loader_internal.h"
+#include "util/log_fields.h"
 
 namespace mqs::config {
 namespace internal {
@@ -216,7 +217,7 @@ void YamlReader::ReadRoot(const YAML::Node& root) {
                } else if (key == "limits") {
                  ReadLimits(value);
                } else if (key == "identity" || key == "ping" || key == "tasks" || key == "socket" ||
-                          key == "tcp") {
+                          key == "tcp" || key == "metrics") {
                  ReadSection(value, key);
                } else if (key == "access") {
                  ReadAccess(value);
@@ -352,6 +353,7 @@ void YamlReader::ReadLimitKey(std::string_view key, const YAML::Node& node,
       {"max_message_id_bytes", &Limits::max_message_id_bytes, 1, 255},
       {"max_streams_per_connection", &Limits::max_streams_per_connection, 1, kMaxStreamsLimit},
       {"max_prefetch", &Limits::max_prefetch, 1, 65535},
+      {"max_batch_messages", &Limits::max_batch_messages, 1, kMaxBatchMessagesLimit},
   };
   for (const Row& row : kRows) {
     if (row.key != key) continue;
@@ -362,10 +364,11 @@ void YamlReader::ReadLimitKey(std::string_view key, const YAML::Node& node,
 }
 
 void YamlReader::ReadLog(const YAML::Node& node) {
-  if (!ExpectMap(node, "log", "a map (level)")) return;
+  if (!ExpectMap(node, "log", "a map (level, format)")) return;
   ForEachKey(node, "log", "log", "log",
              [&](const std::string& key, const std::string& display, const YAML::Node& value) {
                if (key == "level") ReadLogLevel(value, display);
+               if (key == "format") ReadLogFormat(value, display);
              });
 }
 
@@ -434,6 +437,8 @@ void YamlReader::ReadControlKey(std::string_view canonical, const YAML::Node& no
     if (auto s = String(node, display, true)) config_.broker.tls.key = *s;
   } else if (canonical == "broker.tls.verify") {
     if (auto b = Bool(node, display)) config_.broker.tls.verify = *b;
+  } else if (canonical == "metrics.listen") {
+    if (auto s = String(node, display, true)) config_.metrics.listen = *s;
   }
 }
 
@@ -473,6 +478,17 @@ void YamlReader::ReadLogLevel(const YAML::Node& node, const std::string& display
   }
   diag_.Error(Line(node), display,
               Cat("expected trace, debug, info, warn or error (any case), got ", Got(node)));
+}
+
+void YamlReader::ReadLogFormat(const YAML::Node& node, const std::string& display) {
+  if (node.IsNull()) return;
+  if (node.IsScalar()) {
+    if (std::optional<util::LogFormat> f = util::ParseLogFormat(node.Scalar())) {
+      config_.log_format = *f == util::LogFormat::kJson ? "json" : "text";
+      return;
+    }
+  }
+  diag_.Error(Line(node), display, Cat("expected text or json (any case), got ", Got(node)));
 }
 
 namespace {

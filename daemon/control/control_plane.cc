@@ -198,7 +198,11 @@ void ControlPlane::Loop() {
       until = std::min(until, *next);
     }
     util::MutexLock lock(&mu_);
-    if (!stop_ && !kicked_ && !ping_soon_) wake_.WaitUntil(&mu_, until);
+    if (!stop_ && !kicked_ && !ping_soon_) {
+      watch_.Idle();
+      wake_.WaitUntil(&mu_, until);
+    }
+    watch_.Busy();
   }
 }
 

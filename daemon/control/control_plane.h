@@ -30,6 +30,7 @@
 #include "control/task_waiters.h"
 #include "mqsidecar/v1/pubsub.pb.h"
 #include "util/mutex.h"
+#include "util/thread_watch.h"
 #include "util/version.h"
 
 namespace mqs::control {
@@ -67,6 +68,8 @@ class ControlPlane {
   // Stop joins the thread; after the consumer has stopped (the feeds' sinks
   // must outlive every call the consumer thread makes to them).
   void Stop();
+  // The thread's progress, for the watchdog (util/thread_watch.h).
+  const util::ThreadWatch& watch() const { return watch_; }
 
   mqsidecar::v1::Identity identity() const;
   const std::string& instance() const { return config_.instance; }
@@ -114,6 +117,7 @@ class ControlPlane {
   std::chrono::steady_clock::time_point next_ping_{};
   std::chrono::steady_clock::time_point last_ping_{};
   std::thread thread_;
+  util::ThreadWatch watch_{"control"};
 };
 
 }  // namespace mqs::control

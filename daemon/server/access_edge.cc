@@ -8,6 +8,7 @@
 #include "control/tasks.h"
 #include "server/pubsub_service.h"
 #include "spdlog/spdlog.h"
+#include "util/log_limiter.h"
 #include "util/strings.h"
 
 namespace mqs::server {
@@ -15,6 +16,18 @@ namespace mqs::server {
 namespace v1 = ::mqsidecar::v1;
 
 namespace {
+
+// DeniedLog: refusals are logged, but a client sending a flood of refused
+// requests gets 10 lines per client (and 10 for callers no client matched)
+// per 10 s; the next line says how many were held back.
+util::LogLimiter& DeniedLog() {
+  static util::LogLimiter limiter(10, std::chrono::seconds(10));
+  return limiter;
+}
+
+std::string HeldBack(uint64_t count) {
+  return count == 0 ? std::string() : util::StrCat(" (", count, " similar lines held back)");
+}
 
 std::string FirstProperty(const grpc::AuthContext& auth, const char* name) {
   const std::vector<grpc::string_ref> values = auth.FindPropertyValues(name);
@@ -61,12 +74,17 @@ absl::Status PubSubService::Authorize(const Caller& caller, Rpc rpc,
     case Decision::Verdict::kAllowed:
       return absl::OkStatus();
     case Decision::Verdict::kDenied:
-      spdlog::warn("access: {} denied to client {}: {}", RpcName(rpc), d.client, d.reason);
+      if (const std::optional<uint64_t> held = DeniedLog().Admit(d.client)) {
+        spdlog::warn("access: {} denied to client {}: {}{}", RpcName(rpc), d.client, d.reason,
+                     HeldBack(*held));
+      }
       return absl::PermissionDeniedError(d.reason);
     case Decision::Verdict::kUnauthenticated:
       break;
   }
-  spdlog::warn("access: {} refused, no client: {}", RpcName(rpc), d.reason);
+  if (const std::optional<uint64_t> held = DeniedLog().Admit("")) {
+    spdlog::warn("access: {} refused, no client: {}{}", RpcName(rpc), d.reason, HeldBack(*held));
+  }
   return absl::UnauthenticatedError(d.reason);
 }
 

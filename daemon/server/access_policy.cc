@@ -1,8 +1,11 @@
 #include "server/access_policy.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <vector>
 
+#include "spdlog/spdlog.h"
 #include "util/strings.h"
 
 namespace mqs::server {
@@ -13,8 +16,12 @@ std::string_view RpcName(Rpc rpc) {
       return "Publish";
     case Rpc::kPublishStream:
       return "PublishStream";
+    case Rpc::kPublishBatchStream:
+      return "PublishBatchStream";
     case Rpc::kSubscribe:
       return "Subscribe";
+    case Rpc::kSubscribeBatch:
+      return "SubscribeBatch";
     case Rpc::kGetTopology:
       return "GetTopology";
     case Rpc::kSendTask:
@@ -37,11 +44,13 @@ Permission PermissionFor(Rpc rpc) {
   switch (rpc) {
     case Rpc::kPublish:
     case Rpc::kPublishStream:
+    case Rpc::kPublishBatchStream:
     case Rpc::kSendTask:      // to the task exchange
     case Rpc::kCompleteTask:  // to reply_to (task.result)
     case Rpc::kReportStatus:  // travels in ping.business
       return Permission::kPublish;
     case Rpc::kSubscribe:
+    case Rpc::kSubscribeBatch:
     case Rpc::kListDeadLetters:    // reads the business's dead letters
     case Rpc::kReplayDeadLetters:  // and moves them back to its queue
     case Rpc::kListServers:        // reads ping.business
@@ -91,6 +100,74 @@ bool AccessPolicy::Matches(std::string_view pattern, std::string_view business) 
   return p == pattern.size();
 }
 
+namespace {
+
+// FileState: what stat says of `path` (present false if it cannot).
+struct FileState {
+  bool present = false;
+  ino_t inode = 0;
+  off_t size = 0;
+  timespec mtime{};
+};
+
+FileState StatFile(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {true, st.st_ino, st.st_size, st.st_mtim};
+}
+
+}  // namespace
+
+AccessPolicy::AccessPolicy(const config::Access& access, std::chrono::milliseconds token_recheck)
+    : access_(access), token_recheck_(token_recheck) {
+  util::MutexLock lock(&mu_);
+  for (const config::AccessClient& c : access_.clients) {
+    if (c.token_file.empty()) continue;
+    // The token as loaded; the file as it is now (a change after this is
+    // read again).
+    const FileState f = StatFile(c.token_file);
+    tokens_.push_back({&c, c.token, f.present, f.inode, f.size, f.mtime});
+  }
+  tokens_checked_ = Clock::now();
+}
+
+void AccessPolicy::RefreshTokensLocked() const {
+  const Clock::time_point now = Clock::now();
+  if (now - tokens_checked_ < token_recheck_) return;
+  tokens_checked_ = now;
+  for (TokenFile& t : tokens_) {
+    const FileState f = StatFile(t.client->token_file);
+    if (f.present == t.present && f.inode == t.inode && f.size == t.size &&
+        f.mtime.tv_sec == t.mtime.tv_sec && f.mtime.tv_nsec == t.mtime.tv_nsec) {
+      continue;
+    }
+    t.present = f.present;
+    t.inode = f.inode;
+    t.size = f.size;
+    t.mtime = f.mtime;
+    absl::StatusOr<std::string> token = config::ReadTokenFile(t.client->token_file);
+    if (!token.ok()) {
+      spdlog::error("access: client {}: {}; it keeps its previous token", t.client->name,
+                    token.status().message());
+      continue;
+    }
+    if (*token == t.token) continue;
+    const bool taken = std::any_of(tokens_.begin(), tokens_.end(), [&](const TokenFile& other) {
+      return &other != &t && ConstantTimeEquals(other.token, *token);
+    });
+    if (taken) {
+      spdlog::error(
+          "access: client {}: the new token in {} is another client's; it keeps its previous "
+          "token",
+          t.client->name, util::ForLog(t.client->token_file));
+      continue;
+    }
+    t.token = *std::move(token);
+    spdlog::info("access: client {}: new token read from {}", t.client->name,
+                 util::ForLog(t.client->token_file));
+  }
+}
+
 const config::AccessClient* AccessPolicy::Identify(const Caller& caller) const {
   if (!caller.socket_client.empty()) {
     for (const config::AccessClient& c : access_.clients) {
@@ -104,10 +181,12 @@ const config::AccessClient* AccessPolicy::Identify(const Caller& caller) const {
     }
   }
   if (!caller.bearer_token.empty()) {
+    util::MutexLock lock(&mu_);
+    RefreshTokensLocked();
     // Every token is compared, the match or not: no early exit to time.
     const config::AccessClient* found = nullptr;
-    for (const config::AccessClient& c : access_.clients) {
-      if (!c.token.empty() && ConstantTimeEquals(c.token, caller.bearer_token)) found = &c;
+    for (const TokenFile& t : tokens_) {
+      if (ConstantTimeEquals(t.token, caller.bearer_token)) found = t.client;
     }
     return found;
   }

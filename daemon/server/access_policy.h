@@ -4,10 +4,16 @@
 // certificate's subject), asks Check, and maps the verdict to a gRPC code.
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
+#include <ctime>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "config/config.h"
+#include "util/mutex.h"
 
 namespace mqs::server {
 
@@ -19,7 +25,9 @@ inline constexpr char kSocketClientProperty[] = "mq-sidecar-client";
 enum class Rpc {
   kPublish,
   kPublishStream,
+  kPublishBatchStream,
   kSubscribe,
+  kSubscribeBatch,
   kGetTopology,
   kSendTask,
   kCompleteTask,
@@ -54,11 +62,16 @@ struct Decision {
 class AccessPolicy {
  public:
   // `access` must be resolved (config::Resolve) and outlive the policy.
-  explicit AccessPolicy(const config::Access& access) : access_(access) {}
+  // Token files are looked at again at most every `token_recheck` (on a call
+  // that sends a token): a rotated token replaces the old one without a
+  // restart.
+  explicit AccessPolicy(const config::Access& access,
+                        std::chrono::milliseconds token_recheck = std::chrono::seconds(1));
 
   // Identify: the client making the call, or nullptr. A call on a client's
   // own socket is that client's; else a certificate subject named in
-  // access; else a bearer token equal (in constant time) to a client's.
+  // access; else a bearer token equal (in constant time) to a client's
+  // current token.
   const config::AccessClient* Identify(const Caller& caller) const;
 
   // Check: may `caller` make `rpc` on `business`? An empty business (the RPC
@@ -71,7 +84,29 @@ class AccessPolicy {
   static bool Matches(std::string_view pattern, std::string_view business);
 
  private:
+  using Clock = std::chrono::steady_clock;
+
+  // TokenFile: a token_file client's current token, and what its file was
+  // when last read (a change of any of these means: read it again).
+  struct TokenFile {
+    const config::AccessClient* client;
+    std::string token;
+    bool present = false;
+    ino_t inode = 0;
+    off_t size = 0;
+    timespec mtime{};
+  };
+
+  // RefreshTokensLocked: re-reads every token file that changed. A file that
+  // is gone or holds no valid token, or another client's token, leaves the
+  // client its previous token and logs why, once per change.
+  void RefreshTokensLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const config::Access& access_;
+  const std::chrono::milliseconds token_recheck_;
+  mutable util::Mutex mu_;
+  mutable std::vector<TokenFile> tokens_ ABSL_GUARDED_BY(mu_);
+  mutable Clock::time_point tokens_checked_ ABSL_GUARDED_BY(mu_);
 };
 
 // ConstantTimeEquals: a == b, taking time that depends on the lengths only.

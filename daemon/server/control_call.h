@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "absl/strings/cord.h"
+#include "observability/metrics.h"
 #include "server/async_call.h"
 #include "server/pubsub_service.h"
 
@@ -92,14 +93,24 @@ class ControlCall final : public CallBase {
                                      std::string(value));
           }
         });
+        CountCallLocked(status.error_code());
         responder_.FinishWithError(status, finish_op_.tag());
       });
       return;
     }
     response_ = std::move(*r);
     StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      CountCallLocked(grpc::StatusCode::OK);
       responder_.Finish(response_, grpc::Status::OK, finish_op_.tag());
     });
+  }
+
+  // The method is the request's name without "Request" (SendTaskRequest:
+  // SendTask), as every control and dead-letter method is named.
+  static void CountCallLocked(int code) {
+    std::string_view name = Request::descriptor()->name();
+    if (name.ends_with("Request")) name.remove_suffix(7);
+    observability::CountCall("mqsidecar.v1.PubSub", name, code);
   }
 
   void OnFinished(bool /*ok*/) {

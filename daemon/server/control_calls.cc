@@ -124,6 +124,11 @@ void PubSubService::HandleSendTask(v1::SendTaskRequest&& request, SysTime deadli
     reply(s);
     return;
   }
+  // Trace headers are checked as on a publish (the metadata is not read here).
+  if (absl::Status s = util::ApplyTrace({}, publish.mutable_headers()); !s.ok()) {
+    reply(s);
+    return;
+  }
   const std::string from = control::FormatIdentity(control_.identity());
   if (!from.empty()) (*publish.mutable_headers())[control::kTaskFromHeader] = from;
   const std::string correlation_id = control::NewCorrelationId(control_.instance());

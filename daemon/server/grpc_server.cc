@@ -254,7 +254,12 @@ void GrpcServer::ServeCompletions() {
   pthread_setname_np(pthread_self(), "mqs-grpc");
   void* tag;
   bool ok;
-  while (cq_->Next(&tag, &ok)) static_cast<Completion*>(tag)->Complete(ok);
+  while (true) {
+    watch_.Idle();
+    if (!cq_->Next(&tag, &ok)) break;
+    watch_.Busy();
+    static_cast<Completion*>(tag)->Complete(ok);
+  }
 }
 
 void GrpcServer::SetServing(bool serving) { health_->SetServing(serving); }

@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "server/async_call.h"
 #include "server/health_service.h"
+#include "util/thread_watch.h"
 
 namespace mqs::server {
 
@@ -47,6 +48,8 @@ class GrpcServer {
 
   // SetServing reports SERVING or NOT_SERVING for "" and mqsidecar.v1.PubSub.
   void SetServing(bool serving);
+  // The completion-queue thread's progress, for the watchdog.
+  const util::ThreadWatch& watch() const { return watch_; }
   // Shutdown stops accepting calls; calls still running after `deadline` are
   // cancelled. Blocks until all have finished and the completion-queue
   // thread has ended.
@@ -67,6 +70,7 @@ class GrpcServer {
   std::unique_ptr<grpc::Server> server_;
   AsyncService* async_ = nullptr;
   std::thread cq_thread_;
+  util::ThreadWatch watch_{"grpc"};
   bool shut_down_ = false;
 };
 

@@ -1,5 +1,7 @@
 #include "server/health_service.h"
 
+#include "observability/metrics.h"
+
 namespace mqs::server {
 namespace {
 
@@ -28,11 +30,15 @@ class CheckCall final : public CallBase {
     if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
       const grpc::Status error(grpc::StatusCode::NOT_FOUND,
                                "unknown service '" + util::ForLog(request_.service()) + "'");
-      StartFinishLocked([&] { responder_.FinishWithError(error, finish_op_.tag()); });
+      StartFinishLocked([&] {
+        observability::CountCall("grpc.health.v1.Health", "Check", error.error_code());
+        responder_.FinishWithError(error, finish_op_.tag());
+      });
       return;
     }
     response_.set_status(status);
     StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      observability::CountCall("grpc.health.v1.Health", "Check", grpc::StatusCode::OK);
       responder_.Finish(response_, grpc::Status::OK, finish_op_.tag());
     });
   }
@@ -139,6 +145,7 @@ class WatchCall final : public CallBase, public HealthService::Watcher {
     }
     if (ending_) {
       StartFinishLocked([&] {
+        observability::CountCall("grpc.health.v1.Health", "Watch", grpc::StatusCode::UNAVAILABLE);
         writer_.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "mq-sidecar is shutting down"),
                        finish_op_.tag());
       });

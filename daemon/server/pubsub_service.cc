@@ -5,6 +5,8 @@
 
 #include "absl/strings/str_join.h"
 #include "amqp/properties.h"
+#include "spdlog/spdlog.h"
+#include "util/log_limiter.h"
 #include "util/message_id.h"
 #include "util/strings.h"
 
@@ -19,28 +21,21 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 PubSubService::PubSubService(const config::Config& config, const config::TopologyPlan& plan,
                              amqp::Publisher& publisher, amqp::Consumer& consumer,
-                             control::ControlPlane& control, amqp::DeadLetterWorker* dead_letters)
+                             control::ControlPlane& control, amqp::DeadLetterWorker* dead_letters,
+                             const config::ReloadLog* reloads)
     : config_(config),
       plan_(plan),
       publisher_(publisher),
       consumer_(consumer),
       control_(control),
       dead_letters_(dead_letters),
+      reloads_(reloads),
       access_(config.access.enabled ? std::make_unique<AccessPolicy>(config.access) : nullptr) {
   std::vector<std::string> p, c;
   for (const auto& x : config.producers) p.push_back(x.name);
   for (const auto& x : config.consumers) c.push_back(x.name);
   producer_names_ = p.empty() ? "none" : absl::StrJoin(p, ", ");
   consumer_names_ = c.empty() ? "none" : absl::StrJoin(c, ", ");
-}
-
-absl::Status ParseRequest(grpc::ByteBuffer* raw, google::protobuf::Message* out, uint64_t n) {
-  if (grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(raw, out).ok()) {
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(util::StrCat("request ", n, " could not be parsed as ",
-                                                 out->GetDescriptor()->full_name(),
-                                                 " (malformed, or a string field is not UTF-8)"));
 }
 
 grpc::ByteBuffer Serialize(const google::protobuf::Message& message) {
@@ -73,14 +68,46 @@ void PubSubService::Drain() {
 }
 
 absl::StatusOr<amqp::PublishJob> PubSubService::PreparePublish(
-    PublishRequest&& request, std::chrono::system_clock::time_point deadline) const {
+    PublishRequest&& request, std::chrono::system_clock::time_point deadline,
+    const util::TraceContext& trace) const {
   const config::Producer* producer = config_.FindProducer(request.business());
   if (producer == nullptr) {
-    return absl::InvalidArgumentError(util::StrCat("unknown business '", request.business(),
+    return absl::InvalidArgumentError(util::StrCat("unknown business '",
+                                                   util::ForLog(request.business()),
                                                    "'; configured producers: ", producer_names_));
   }
   if (absl::Status s = amqp::ValidatePublish(request, config_.limits); !s.ok()) return s;
+  if (absl::Status s = util::ApplyTrace(trace, request.mutable_headers()); !s.ok()) return s;
   return JobFor(std::move(request), producer->exchange, deadline);
+}
+
+util::TraceContext PubSubService::TraceOf(const grpc::ServerContext& ctx) {
+  const auto& metadata = ctx.client_metadata();
+  // Several values of one key are joined with commas, as HTTP does: right
+  // for tracestate (the W3C allows it split), and never a valid traceparent.
+  auto value = [&](std::string_view key) -> std::optional<std::string> {
+    std::optional<std::string> joined;
+    const auto [first, last] = metadata.equal_range(grpc::string_ref(key.data(), key.size()));
+    for (auto it = first; it != last; ++it) {
+      if (joined) joined->push_back(',');
+      joined = joined.value_or("").append(it->second.data(), it->second.size());
+    }
+    return joined;
+  };
+  const std::optional<std::string> parent = value(util::kTraceparentHeader);
+  if (!parent) return {};
+  std::string dropped;
+  util::TraceContext trace =
+      util::TraceFromMetadata(*parent, value(util::kTracestateHeader), &dropped);
+  if (!dropped.empty()) {
+    static util::LogLimiter limiter(10, std::chrono::seconds(10));
+    if (const std::optional<uint64_t> held = limiter.Admit("")) {
+      spdlog::warn(
+          "trace context: {}{}", dropped,
+          *held == 0 ? std::string() : util::StrCat(" (", *held, " similar lines held back)"));
+    }
+  }
+  return trace;
 }
 
 amqp::PublishJob PubSubService::JobFor(PublishRequest&& request, std::string exchange,
@@ -113,7 +140,9 @@ void PubSubService::StartAccepting(grpc::ServerCompletionQueue* cq, OpGate* gate
   AcceptPublish();
   AcceptGetTopology();
   AcceptPublishStream();
+  AcceptPublishBatchStream();
   AcceptSubscribe();
+  AcceptSubscribeBatch();
   AcceptControl();
   AcceptDeadLetters();
 }
@@ -163,6 +192,16 @@ void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
   topology->set_connected(publisher_.connected() && consumer_.connected());
   topology->set_state(control::BrokerStateName(publisher_, consumer_));
   *topology->mutable_identity() = control_.identity();
+  if (reloads_ == nullptr) return;
+  if (const std::optional<config::ReloadLog::Entry> last = reloads_->Last()) {
+    auto* r = topology->mutable_last_reload();
+    r->set_at_ms(
+        std::chrono::duration_cast<std::chrono::milliseconds>(last->at.time_since_epoch()).count());
+    r->set_result(std::string(config::ReloadResultName(last->report.result)));
+    for (const std::string& a : last->report.applied) r->add_applied(a);
+    for (const std::string& k : last->report.kept) r->add_kept(k);
+    r->set_error(last->report.error);
+  }
 }
 
 }  // namespace mqs::server

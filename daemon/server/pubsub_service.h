@@ -7,7 +7,7 @@
 // ours (async_call.h says why): unary_calls.cc, publish_stream.cc,
 // subscribe_stream.cc.
 //
-// The two streaming methods are registered raw (grpc::ByteBuffer): the calls
+// The streaming methods are registered raw (grpc::ByteBuffer): the calls
 // parse each request themselves, because gRPC's typed read reports a request
 // that cannot be parsed exactly as a half-close (ok=false), and the stream
 // would end OK with the request unanswered. They end INVALID_ARGUMENT instead.
@@ -23,20 +23,23 @@
 #include "amqp/dead_letters.h"
 #include "amqp/publisher.h"
 #include "config/config.h"
+#include "config/reload.h"
 #include "config/topology_plan.h"
 #include "control/control_plane.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 #include "server/access_policy.h"
 #include "server/async_call.h"
+#include "server/request_checks.h"
 #include "util/mutex.h"
+#include "util/trace_context.h"
 
 namespace mqs::server {
 
 // ToGrpc maps an absl status to a gRPC status with the same code and message.
 grpc::Status ToGrpc(const absl::Status& s);
 
-// The generated service with the unary methods typed, PublishStream and
-// Subscribe raw.
+// The generated service with the unary methods typed, PublishStream,
+// PublishBatchStream, Subscribe and SubscribeBatch raw.
 using PubSubAsyncBase = mqsidecar::v1::PubSub::WithAsyncMethod_Publish<
     mqsidecar::v1::PubSub::WithAsyncMethod_GetTopology<
         mqsidecar::v1::PubSub::WithAsyncMethod_SendTask<
@@ -46,17 +49,16 @@ using PubSubAsyncBase = mqsidecar::v1::PubSub::WithAsyncMethod_Publish<
                         mqsidecar::v1::PubSub::WithAsyncMethod_ListDeadLetters<
                             mqsidecar::v1::PubSub::WithAsyncMethod_ReplayDeadLetters<
                                 mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
-                                    mqsidecar::v1::PubSub::WithRawMethod_Subscribe<
-                                        mqsidecar::v1::PubSub::Service>>>>>>>>>>;
+                                    mqsidecar::v1::PubSub::WithRawMethod_PublishBatchStream<
+                                        mqsidecar::v1::PubSub::WithRawMethod_Subscribe<
+                                            mqsidecar::v1::PubSub::WithRawMethod_SubscribeBatch<
+                                                mqsidecar::v1::PubSub::Service>>>>>>>>>>>>;
 
 // Reply: how a control-plane handler answers its call, exactly once, from
 // any thread.
 template <class Response>
 using Reply = std::function<void(absl::StatusOr<Response>)>;
 
-// ParseRequest parses a request read raw into `out`, or says which request
-// (1-based `n`) of the stream could not be parsed (INVALID_ARGUMENT).
-absl::Status ParseRequest(grpc::ByteBuffer* raw, google::protobuf::Message* out, uint64_t n);
 // Serialize turns a response into the bytes a raw stream writes.
 grpc::ByteBuffer Serialize(const google::protobuf::Message& message);
 
@@ -64,15 +66,21 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
  public:
   PubSubService(const config::Config& config, const config::TopologyPlan& plan,
                 amqp::Publisher& publisher, amqp::Consumer& consumer,
-                control::ControlPlane& control, amqp::DeadLetterWorker* dead_letters = nullptr);
+                control::ControlPlane& control, amqp::DeadLetterWorker* dead_letters = nullptr,
+                const config::ReloadLog* reloads = nullptr);
 
   // PreparePublish resolves the business and checks the request; the job's
   // `done` is left for the caller to set. InvalidArgument names what is wrong.
   // `deadline` bounds how long it may wait for the broker (capped by
-  // publish.wait_timeout).
-  absl::StatusOr<amqp::PublishJob> PreparePublish(
-      mqsidecar::v1::PublishRequest&& request,
-      std::chrono::system_clock::time_point deadline) const;
+  // publish.wait_timeout). `trace` (the caller's metadata, TraceOf) goes into
+  // the headers of a request that has no traceparent of its own; the
+  // request's own trace headers are checked (util/trace_context.h).
+  absl::StatusOr<amqp::PublishJob> PreparePublish(mqsidecar::v1::PublishRequest&& request,
+                                                  std::chrono::system_clock::time_point deadline,
+                                                  const util::TraceContext& trace = {}) const;
+  // TraceOf: the W3C trace context of the caller's gRPC metadata; an invalid
+  // one is dropped with a rate-limited log line.
+  static util::TraceContext TraceOf(const grpc::ServerContext& ctx);
   // JobFor: a job for `request` (already validated) to `exchange`, with the
   // deadline derived as PreparePublish does.
   amqp::PublishJob JobFor(mqsidecar::v1::PublishRequest&& request, std::string exchange,
@@ -127,13 +135,15 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
 
   // StartAccepting posts one request for each streaming method; each call,
   // once accepted, posts the next (AcceptPublishStream, AcceptSubscribe, in
-  // publish_stream.cc and subscribe_stream.cc).
+  // publish_stream.cc and subscribe_stream.cc, which serves SubscribeBatch too).
   void StartAccepting(grpc::ServerCompletionQueue* cq, OpGate* gate) override;
   void StopAccepting() override;
   void AcceptPublish();
   void AcceptGetTopology();
   void AcceptPublishStream();
+  void AcceptPublishBatchStream();
   void AcceptSubscribe();
+  void AcceptSubscribeBatch();
   void AcceptControl();      // SendTask, CompleteTask, ReportStatus, ListServers
   void AcceptDeadLetters();  // ListDeadLetters, ReplayDeadLetters
   // AcceptControlMethod runs `post` with the queue and gate, unless accepting
@@ -177,8 +187,9 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   amqp::Consumer& consumer_;
   control::ControlPlane& control_;
   amqp::DeadLetterWorker* const dead_letters_;
-  std::unique_ptr<AccessPolicy> access_;  // null without `access`
-  std::string producer_names_;            // for error messages
+  const config::ReloadLog* const reloads_;  // may be null
+  std::unique_ptr<AccessPolicy> access_;    // null without `access`
+  std::string producer_names_;              // for error messages
   std::string consumer_names_;
   std::atomic<bool> draining_{false};
   util::Mutex drainables_mu_;

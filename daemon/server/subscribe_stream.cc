@@ -1,19 +1,30 @@
-// Subscribe: one competing consumer of a business's queue (async API; see
-// async_call.h for why).
+// Subscribe and SubscribeBatch: one competing consumer of a business's queue
+// (async API; see async_call.h for why). One call class serves both: they
+// differ only in how many deliveries one response carries (one, or whatever
+// waits when the stream can write, bounded by open's max_batch_*).
 //
-// The call is also the stream's DeliverySink: the consumer thread pushes
-// deliveries into a small outbox (bounded by the prefetch, since the broker
-// sends no more than that unacked) and writes them one at a time itself.
+// The call is also the stream's DeliverySink: the consumer thread encodes
+// each delivery and pushes it into a small outbox (bounded by the prefetch,
+// since the broker sends no more than that unacked) and writes one response
+// at a time itself. A batch is never waited for: a write starts as soon as
+// none is in flight, so at a low rate each delivery goes alone at once.
 // The stream finishes only after the consumer thread has closed the stream's
 // channel and said so (OnClosed): once the stream is opened, the consumer
 // owes the call that callback (CallBase), so no callback can outlive it.
 // The method is registered raw (pubsub_service.h says why): a request that
 // cannot be parsed ends the stream with INVALID_ARGUMENT.
-#include <deque>
+#include <algorithm>
+#include <optional>
+#include <string_view>
+#include <vector>
 
 #include "amqp/retry.h"
+#include "observability/metrics.h"
 #include "server/async_call.h"
+#include "server/delivery_batch.h"
 #include "server/pubsub_service.h"
+#include "server/request_checks.h"
+#include "util/grpc_limits.h"
 #include "util/strings.h"
 
 namespace mqs::server {
@@ -24,34 +35,47 @@ using mqsidecar::v1::SubscribeRequest;
 
 class SubscribeCall final : public CallBase, public amqp::DeliverySink {
  public:
-  SubscribeCall(PubSubService& service, grpc::ServerCompletionQueue* cq, OpGate& gate)
-      : CallBase(gate, service.calls()), service_(service) {
+  // batch: SubscribeBatch (DeliveryBatch responses), else Subscribe.
+  SubscribeCall(PubSubService& service, grpc::ServerCompletionQueue* cq, OpGate& gate, bool batch)
+      : CallBase(gate, service.calls()), service_(service), batch_(batch) {
     ctx_.AsyncNotifyWhenDone(done_op_.tag());
-    service_.RequestSubscribe(&ctx_, &stream_, cq, cq, accept_op_.tag());
+    if (batch_) {
+      service_.RequestSubscribeBatch(&ctx_, &stream_, cq, cq, accept_op_.tag());
+    } else {
+      service_.RequestSubscribe(&ctx_, &stream_, cq, cq, accept_op_.tag());
+    }
   }
 
-  // DeliverySink, on the consumer thread.
+  // DeliverySink, on the consumer thread. Encoded here, outside the lock.
   void OnDelivery(Delivery&& d) override {
-    grpc::ByteBuffer bytes = Serialize(d);
+    grpc::Slice encoded = EncodeDelivery(d, batch_);
     Lock lock(this);
     if (closed_ || done()) return;  // the channel is closing; the broker requeues it
-    outbox_.push_back(std::move(bytes));
+    if (metrics_ != nullptr) {
+      metrics_->CountDelivery(metrics_slot_, d.redelivered());
+      metrics_->AddUnacked(metrics_slot_, 1);
+      ++unsettled_;
+      max_delivered_ = std::max(max_delivered_, d.delivery_id());
+    }
+    outbox_.Push(std::move(encoded));
     if (!writing_) StartNextWriteLocked();
   }
 
   void OnClosed(const absl::Status& status) override {
     service_.control().streams().Add(business_, -1);
     Lock lock(this);
+    if (metrics_ != nullptr) {
+      metrics_->AddStreams(metrics_slot_, -1);
+      // What the client still held went back to the queue with the channel.
+      metrics_->AddUnacked(metrics_slot_, -unsettled_);
+      unsettled_ = 0;
+    }
     PaidLocked();
     closed_ = true;
     final_ = status;
-    // Undelivered deliveries are already back in the queue; keep only the
-    // one being written (its buffer is in use).
-    if (writing_) {
-      outbox_.resize(1);
-    } else {
-      outbox_.clear();
-    }
+    // Undelivered deliveries are already back in the queue (the response
+    // being written, if any, has its own buffer).
+    outbox_.Clear();
     MaybeFinishLocked();
   }
 
@@ -65,7 +89,12 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
       DeleteUnaccepted();
       return;
     }
-    service_.AcceptSubscribe();  // the next caller
+    // The next caller of the same method.
+    if (batch_) {
+      service_.AcceptSubscribeBatch();
+    } else {
+      service_.AcceptSubscribe();
+    }
     Accepted();
     Lock lock(this);
     StartReadLocked();
@@ -94,45 +123,63 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   absl::Status Handle(bool ok) {
     if (!ok) return absl::OkStatus();
     if (absl::Status s = ParseRequest(&raw_, &request_, ++reads_); !s.ok()) return s;
-    switch (request_.kind_case()) {
-      case SubscribeRequest::kOpen:
-        if (stream_id_ != 0) {
-          return absl::InvalidArgumentError("open sent twice on one Subscribe stream");
-        }
+    absl::StatusOr<SubscribeStep> step = CheckSubscribeRequest(request_, config_);
+    if (!step.ok()) return step.status();
+    switch (*step) {
+      case SubscribeStep::kOpen:
         return Open(request_.open());
-      case SubscribeRequest::kAck:
-      case SubscribeRequest::kNack:
-        if (stream_id_ == 0) {
-          return absl::InvalidArgumentError("the first request of a Subscribe stream must be open");
-        }
-        if (request_.has_ack()) {
-          service_.consumer().Ack(stream_id_, request_.ack().delivery_id(),
-                                  request_.ack().multiple());
-        } else {
-          const auto& nack = request_.nack();
-          if (absl::Status s =
-                  amqp::ValidateNackDelay(*config_, nack.requeue(), nack.retry_after_ms());
-              !s.ok()) {
-            return s;
-          }
-          service_.consumer().Nack(stream_id_, nack.delivery_id(), nack.requeue(), nack.multiple(),
-                                   nack.retry_after_ms());
-        }
+      case SubscribeStep::kAck: {
+        const auto& ack = request_.ack();
+        CountSettle(ack.delivery_id(), ack.multiple(), ack.delivery_ids_size(), std::nullopt);
+        service_.consumer().Ack(
+            stream_id_, ack.delivery_id(), ack.multiple(),
+            std::vector<uint64_t>(ack.delivery_ids().begin(), ack.delivery_ids().end()));
         return absl::OkStatus();
-      case SubscribeRequest::KIND_NOT_SET:
-        break;
+      }
+      case SubscribeStep::kNack: {
+        const auto& nack = request_.nack();
+        CountSettle(nack.delivery_id(), nack.multiple(), nack.delivery_ids_size(),
+                    !nack.requeue()            ? observability::NackOutcome::kReject
+                    : config_->retry.enabled() ? observability::NackOutcome::kRetry
+                                               : observability::NackOutcome::kRequeue);
+        service_.consumer().Nack(
+            stream_id_, nack.delivery_id(), nack.requeue(), nack.multiple(), nack.retry_after_ms(),
+            std::vector<uint64_t>(nack.delivery_ids().begin(), nack.delivery_ids().end()));
+        return absl::OkStatus();
+      }
     }
-    return absl::InvalidArgumentError("empty SubscribeRequest: set open, ack or nack");
+    return absl::InternalError("unreachable");
+  }
+
+  // CountSettle counts an ack (no `nack`) or nack the client sent: each id
+  // it names once; `multiple` on the latest delivery covers all the stream
+  // holds (on an earlier one it counts once; the stream's end evens the
+  // unacked gauge out).
+  void CountSettle(uint64_t delivery_id, bool multiple, int listed,
+                   std::optional<observability::NackOutcome> nack) {
+    if (metrics_ == nullptr) return;
+    int64_t n = listed + (delivery_id != 0 ? 1 : 0);
+    {
+      Lock lock(this);
+      if (multiple && delivery_id >= max_delivered_) n = std::max<int64_t>(n, unsettled_);
+      const int64_t held = std::min<int64_t>(n, unsettled_);
+      unsettled_ -= held;
+      metrics_->AddUnacked(metrics_slot_, -held);
+    }
+    if (nack) {
+      metrics_->CountNacks(metrics_slot_, *nack, static_cast<uint64_t>(n));
+    } else {
+      metrics_->CountAcks(metrics_slot_, static_cast<uint64_t>(n));
+    }
   }
 
   void OnWriteDone(bool ok) {
     Lock lock(this);
     OpDoneLocked();
-    outbox_.pop_front();
     writing_ = false;
     if (!ok) {
       // The client is gone: close the consumer (its OnClosed may release us).
-      outbox_.clear();
+      outbox_.Clear();
       RequestCloseLocked(absl::OkStatus());
     } else if (!closed_ && !done() && !outbox_.empty()) {
       StartNextWriteLocked();
@@ -155,35 +202,18 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
 
   absl::Status Open(const SubscribeRequest::Open& open) {
     // Checked first: a client learns nothing of businesses it may not use.
-    if (absl::Status s = service_.Authorize(ctx_, Rpc::kSubscribe, open.business()); !s.ok()) {
+    if (absl::Status s = service_.Authorize(ctx_, batch_ ? Rpc::kSubscribeBatch : Rpc::kSubscribe,
+                                            open.business());
+        !s.ok()) {
       return s;
     }
-    const config::Consumer* consumer = service_.config().FindConsumer(open.business());
-    if (consumer == nullptr) {
-      std::string names;
-      for (const auto& c : service_.config().consumers) {
-        util::StrAppend(&names, names.empty() ? "" : ", ", c.name);
-      }
-      return absl::InvalidArgumentError(
-          util::StrCat("unknown business '", util::ForLog(open.business()),
-                       "'; configured consumers: ", names.empty() ? "none" : names));
-    }
-    // The name goes into the consumer tag, which operators read in the
-    // broker's tools and in our logs.
-    if (util::HasControlChars(open.consumer_name())) {
-      return absl::InvalidArgumentError(
-          util::StrCat("open.consumer_name holds a control character: '",
-                       util::ForLog(open.consumer_name()), "'"));
-    }
-    // A ceiling rather than a clamp: the client would otherwise hold fewer
-    // deliveries than it asked for without knowing.
-    if (const uint32_t max = service_.config().limits.max_prefetch; open.prefetch() > max) {
-      return absl::InvalidArgumentError(util::StrCat("open.prefetch ", open.prefetch(),
-                                                     " exceeds limits.max_prefetch (", max, ")"));
-    }
+    absl::StatusOr<OpenPlan> plan = CheckOpen(open, service_.config());
+    if (!plan.ok()) return plan.status();
+    const config::Consumer* consumer = plan->consumer;
     amqp::OpenRequest req;
     {
-      util::MutexLock lock(&mu_);  // owing makes the call deletable later, never now
+      util::MutexLock lock(&mu_);          // owing makes the call deletable later, never now
+      if (batch_) limits_ = plan->limits;  // Subscribe keeps batches of one
       stream_id_ = service_.consumer().NewStreamId();
       opened_ = true;
       OweLocked();  // OnClosed
@@ -194,6 +224,10 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
     config_ = consumer;
     business_ = consumer->name;
     service_.control().streams().Add(business_, +1);
+    if (metrics_ != nullptr) {
+      metrics_slot_ = metrics_->Slot(business_);
+      metrics_->AddStreams(metrics_slot_, +1);
+    }
     req.queue = consumer->queue;
     req.prefetch = open.prefetch() != 0 ? open.prefetch() : consumer->prefetch;
     // The consumer tag shows operators who consumes; the stream id keeps it
@@ -232,23 +266,33 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!closed_ || writing_ || finished() || done()) return;
     StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      observability::CountCall("mqsidecar.v1.PubSub", batch_ ? "SubscribeBatch" : "Subscribe",
+                               static_cast<int>(final_.code()));
       stream_.Finish(ToGrpc(final_), finish_op_.tag());
     });
   }
 
+  // StartNextWriteLocked writes what waits, up to the batch limits. While
+  // more waits behind it, gRPC may hold this write back (buffer hint) and
+  // coalesce it with the next into fewer frames and syscalls; the last write
+  // of a burst flushes.
   void StartNextWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (StartOpLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          WriteFront(stream_, outbox_, write_op_.tag());
+          outbox_.Take(limits_, &writing_buf_);
+          grpc::WriteOptions options;
+          if (!outbox_.empty()) options.set_buffer_hint();
+          stream_.Write(writing_buf_, options, write_op_.tag());
         })) {
       writing_ = true;
     } else {
       // The call is over; the deliveries return to the queue when the
       // consumer closes the channel.
-      outbox_.clear();
+      outbox_.Clear();
     }
   }
 
   PubSubService& service_;
+  const bool batch_;  // SubscribeBatch
   grpc::ServerContext ctx_;
   grpc::ServerAsyncReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer> stream_{&ctx_};
   // The read side's own (the read in flight, then its handler): no lock.
@@ -260,6 +304,9 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   uint64_t stream_id_ = 0;
   std::string business_;                      // set once, before the consumer hears of the stream
   const config::Consumer* config_ = nullptr;  // its config; set with business_
+  // Metrics (null: none installed); the slot is set with business_.
+  observability::Metrics* const metrics_ = observability::Metrics::Active();
+  size_t metrics_slot_ = 0;
 
   Op<SubscribeCall, &SubscribeCall::OnAccepted> accept_op_{this};
   Op<SubscribeCall, &SubscribeCall::OnReadDone> read_op_{this};
@@ -267,20 +314,30 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   Op<SubscribeCall, &SubscribeCall::OnFinishDone> finish_op_{this};
   Op<SubscribeCall, &SubscribeCall::OnDone> done_op_{this};
 
-  // front() is being written while writing_.
-  std::deque<grpc::ByteBuffer> outbox_ ABSL_GUARDED_BY(mu_);
+  DeliveryOutbox outbox_ ABSL_GUARDED_BY(mu_);
+  BatchLimits limits_ ABSL_GUARDED_BY(mu_);            // Subscribe: one per response
+  grpc::ByteBuffer writing_buf_ ABSL_GUARDED_BY(mu_);  // the response being written
   bool opened_ ABSL_GUARDED_BY(mu_) = false;
   bool close_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;  // the consumer thread will call no more
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status final_ ABSL_GUARDED_BY(mu_);
+  // Deliveries handed to the client and not settled (the unacked gauge), and
+  // the highest delivery id handed out.
+  int64_t unsettled_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t max_delivered_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace
 
 void PubSubService::AcceptSubscribe() {
   util::MutexLock lock(&accept_mu_);
-  if (cq_ != nullptr) new SubscribeCall(*this, cq_, *gate_);
+  if (cq_ != nullptr) new SubscribeCall(*this, cq_, *gate_, /*batch=*/false);
+}
+
+void PubSubService::AcceptSubscribeBatch() {
+  util::MutexLock lock(&accept_mu_);
+  if (cq_ != nullptr) new SubscribeCall(*this, cq_, *gate_, /*batch=*/true);
 }
 
 }  // namespace mqs::server

@@ -12,6 +12,7 @@
 #include <map>
 #include <string>
 
+#include "observability/metrics.h"
 #include "server/async_call.h"
 #include "server/pubsub_service.h"
 
@@ -22,6 +23,8 @@ using mqsidecar::v1::GetTopologyRequest;
 using mqsidecar::v1::PublishRequest;
 using mqsidecar::v1::PublishResult;
 using mqsidecar::v1::Topology;
+
+constexpr std::string_view kPubSub = "mqsidecar.v1.PubSub";
 
 class PublishCall final : public CallBase {
  public:
@@ -43,12 +46,16 @@ class PublishCall final : public CallBase {
     Accepted();
     const absl::Status allowed = service_.Authorize(ctx_, Rpc::kPublish, request_.business());
     absl::StatusOr<amqp::PublishJob> job =
-        allowed.ok() ? service_.PreparePublish(std::move(request_), ctx_.deadline())
+        allowed.ok() ? service_.PreparePublish(std::move(request_), ctx_.deadline(),
+                                               PubSubService::TraceOf(ctx_))
                      : absl::StatusOr<amqp::PublishJob>(allowed);
     Lock lock(this);
     if (!job.ok()) {
       const grpc::Status status = ToGrpc(job.status());
-      StartFinishLocked([&] { responder_.FinishWithError(status, finish_op_.tag()); });
+      StartFinishLocked([&] {
+        observability::CountCall(kPubSub, "Publish", status.error_code());
+        responder_.FinishWithError(status, finish_op_.tag());
+      });
       return;
     }
     job->done = [this](PublishResult&& r, absl::StatusCode code) { OnResult(std::move(r), code); };
@@ -66,10 +73,14 @@ class PublishCall final : public CallBase {
     // broker's answer, carried in the result.
     if (r.status() == PublishResult::FAILED) {
       const grpc::Status status(static_cast<grpc::StatusCode>(code), r.error());
-      StartFinishLocked([&] { responder_.FinishWithError(status, finish_op_.tag()); });
+      StartFinishLocked([&] {
+        observability::CountCall(kPubSub, "Publish", status.error_code());
+        responder_.FinishWithError(status, finish_op_.tag());
+      });
     } else {
       result_ = std::move(r);
       StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        observability::CountCall(kPubSub, "Publish", grpc::StatusCode::OK);
         responder_.Finish(result_, grpc::Status::OK, finish_op_.tag());
       });
     }
@@ -116,7 +127,10 @@ class GetTopologyCall final : public CallBase {
     Lock lock(this);
     if (absl::Status s = service_.Authorize(ctx_, Rpc::kGetTopology, ""); !s.ok()) {
       const grpc::Status status = ToGrpc(s);
-      StartFinishLocked([&] { responder_.FinishWithError(status, finish_op_.tag()); });
+      StartFinishLocked([&] {
+        observability::CountCall(kPubSub, "GetTopology", status.error_code());
+        responder_.FinishWithError(status, finish_op_.tag());
+      });
       return;
     }
     service_.FillTopology(&topology_);
@@ -149,6 +163,7 @@ class GetTopologyCall final : public CallBase {
       }
     }
     StartFinishLocked([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      observability::CountCall(kPubSub, "GetTopology", grpc::StatusCode::OK);
       responder_.Finish(topology_, grpc::Status::OK, finish_op_.tag());
     });
   }

@@ -47,6 +47,24 @@ std::string StrCat(const Args&... args) {
   return out;
 }
 
+// DropPartialUtf8: removes a UTF-8 sequence cut short at the end of `s`
+// (a cut must not turn valid UTF-8 into invalid: gRPC status messages and
+// JSON logs carry these strings).
+inline void DropPartialUtf8(std::string* s) {
+  size_t lead = s->size();
+  size_t back = 0;
+  while (lead > 0 && back < 4) {
+    --lead;
+    ++back;
+    const auto u = static_cast<unsigned char>((*s)[lead]);
+    if ((u & 0xC0) != 0x80) {
+      const size_t need = u < 0x80 ? 1 : (u & 0xE0) == 0xC0 ? 2 : (u & 0xF0) == 0xE0 ? 3 : 4;
+      if (back < need) s->resize(lead);
+      return;
+    }
+  }
+}
+
 // ForLog: `s` made safe for one log line. Client-supplied names (consumer
 // names, message ids, routing keys) reach the logs; a control character in
 // one could forge or break a line. Bytes below 0x20 and 0x7f become \xNN;
@@ -56,6 +74,7 @@ inline std::string ForLog(std::string_view s, size_t max = 200) {
   out.reserve(std::min(s.size(), max) + 8);
   for (const char c : s) {
     if (out.size() >= max) {
+      DropPartialUtf8(&out);
       out.append("...");
       break;
     }

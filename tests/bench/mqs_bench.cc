@@ -2,6 +2,7 @@
 // mq-sidecar's gRPC API, so the sidecar's extra hop can be measured (issue 4).
 //
 //   mqs_bench --mode direct|sidecar --scenario publish|consume|e2e|streams|ceiling ...
+//   mqs_bench --mode sidecar --scenario publish --batch 64 ...   (PublishBatchStream)
 //   mqs_bench --mode sidecar --scenario unary --callers 100 ...   (concurrent unary Publish)
 //   mqs_bench --mode sidecar --scenario churn --churn-business B --churn-rate 100 ...
 //   mqs_bench --scenario cleanup --queue Q --exchange X      (delete what a run declared)
@@ -71,6 +72,12 @@ struct Options {
   std::string queue_type = "classic";  // a label: the daemon declared the queue
   size_t size = 256;
   uint32_t window = 64;
+  // The sidecar's batch forms: N > 0 publishes with PublishBatchStream,
+  // requests of up to N messages (as many as the window has room for), and
+  // consumes with SubscribeBatch, max_batch_messages N, every pending
+  // delivery acked in one request (delivery_ids). 0: PublishStream and
+  // Subscribe, one message per gRPC message.
+  uint32_t batch = 0;
   uint32_t prefetch = 64;
   // Acks coalesced: what is pending at once goes as one ack with `multiple`
   // (sidecar: while an ack is being written; direct: while more is buffered).
@@ -185,6 +192,7 @@ class Row {
            {"queue_type", o_.queue_type},
            {"size", o_.size},
            {"window", o_.window},
+           {"batch", o_.batch},
            {"prefetch", o_.prefetch},
            {"ack_multiple", o_.ack_multiple},
            {"consumers", o_.consumers},
@@ -641,20 +649,30 @@ class StreamOps {
   grpc::Status status_;
 };
 
-// PublishStream with up to `window` requests unanswered; results are matched
-// by sequence. Latency: Write -> the result.
+// PublishStream (kBatch false) or PublishBatchStream (true: requests of up
+// to `batch` messages, as many as the window has room for) with up to
+// `window` messages unanswered; results are matched by sequence. Latency:
+// Write -> the result.
+template <bool kBatch>
 class PublishCall final : StreamOps {
+  using Request = std::conditional_t<kBatch, mqsidecar::v1::PublishBatch, PublishRequest>;
+  using Response = std::conditional_t<kBatch, mqsidecar::v1::PublishResultBatch, PublishResult>;
+
  public:
   PublishCall(mqsidecar::v1::PubSub::Stub* stub, grpc::CompletionQueue* cq, const Options& o,
               uint64_t count, double duration)
-      : window_(o.window), count_(count) {
+      : window_(o.window), batch_(std::max<uint32_t>(o.batch, 1)), count_(count) {
     request_.set_business(o.business);
     request_.set_routing_key(o.routing_key);
     payload_ = MakePayload(o.size);
     start_ = NowNs();
     end_ = duration > 0 ? start_ + static_cast<int64_t>(duration * 1e9) : INT64_MAX;
     pacer_ = Pacer{o.rate, start_};
-    stream_ = stub->PrepareAsyncPublishStream(&ctx_, cq);
+    if constexpr (kBatch) {
+      stream_ = stub->PrepareAsyncPublishBatchStream(&ctx_, cq);
+    } else {
+      stream_ = stub->PrepareAsyncPublishStream(&ctx_, cq);
+    }
     std::lock_guard<std::mutex> lock(mu_);
     ++ops_;
     stream_->StartCall(&start_tag_);
@@ -720,18 +738,11 @@ class PublishCall final : StreamOps {
       OpDoneLocked();
       return;
     }
-    const uint64_t seq = result_.sequence();
-    if (seq < send_ns_.size() && send_ns_[seq] >= 0) {
-      lat_.ns.push_back(now - send_ns_[seq]);
-      send_ns_[seq] = -1;
+    if constexpr (kBatch) {
+      for (const PublishResult& r : result_.results()) OnResultLocked(r, now);
+    } else {
+      OnResultLocked(result_, now);
     }
-    if (result_.status() == PublishResult::CONFIRMED) {
-      ++confirmed_;
-    } else if (errors_++ < 5) {
-      std::cerr << "mqs_bench: publish " << seq << ": "
-                << PublishResult::Status_Name(result_.status()) << " " << result_.error() << "\n";
-    }
-    --outstanding_;
     MaybeWriteLocked();
     stream_->Read(&result_, &read_tag_);  // the read op stays counted
   }
@@ -740,6 +751,21 @@ class PublishCall final : StreamOps {
     std::lock_guard<std::mutex> lock(mu_);
     finished_ = true;
     OpDoneLocked();
+  }
+
+  void OnResultLocked(const PublishResult& r, int64_t now) {
+    const uint64_t seq = r.sequence();
+    if (seq < send_ns_.size() && send_ns_[seq] >= 0) {
+      lat_.ns.push_back(now - send_ns_[seq]);
+      send_ns_[seq] = -1;
+    }
+    if (r.status() == PublishResult::CONFIRMED) {
+      ++confirmed_;
+    } else if (errors_++ < 5) {
+      std::cerr << "mqs_bench: publish " << seq << ": " << PublishResult::Status_Name(r.status())
+                << " " << r.error() << "\n";
+    }
+    --outstanding_;
   }
 
   void MaybeWriteLocked() {
@@ -755,27 +781,39 @@ class PublishCall final : StreamOps {
       return;
     }
     if (outstanding_ >= window_ || sent_ >= pacer_.Allowed(now)) return;
-    Stamp(&payload_, now, sent_);
-    request_.set_sequence(sent_);
-    request_.set_payload(payload_);
-    send_ns_.push_back(now);
-    ++sent_;
-    ++outstanding_;
+    const uint64_t n = std::min<uint64_t>(
+        {batch_, window_ - outstanding_, count_ - sent_, pacer_.Allowed(now) - sent_});
+    if constexpr (kBatch) batch_request_.clear_messages();
+    for (uint64_t i = 0; i < n; ++i) {
+      Stamp(&payload_, now, sent_);
+      request_.set_sequence(sent_);
+      request_.set_payload(payload_);
+      if constexpr (kBatch) *batch_request_.add_messages() = request_;
+      send_ns_.push_back(now);
+      ++sent_;
+      ++outstanding_;
+    }
     writing_ = true;
     ++ops_;
-    stream_->Write(request_, &write_tag_);
+    if constexpr (kBatch) {
+      stream_->Write(batch_request_, &write_tag_);
+    } else {
+      stream_->Write(request_, &write_tag_);
+    }
   }
 
   const uint32_t window_;
+  const uint32_t batch_;
   const uint64_t count_;
   grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientAsyncReaderWriter<PublishRequest, PublishResult>> stream_;
+  std::unique_ptr<grpc::ClientAsyncReaderWriter<Request, Response>> stream_;
   OpTag<PublishCall, &PublishCall::OnStarted> start_tag_{this};
   OpTag<PublishCall, &PublishCall::OnWriteDone> write_tag_{this};
   OpTag<PublishCall, &PublishCall::OnReadDone> read_tag_{this};
   OpTag<PublishCall, &PublishCall::OnFinished> finish_tag_{this};
-  PublishRequest request_;  // serialized by Write
-  PublishResult result_;    // owned by the read in flight
+  PublishRequest request_;                     // serialized by Write
+  mqsidecar::v1::PublishBatch batch_request_;  // kBatch: serialized by Write
+  Response result_;                            // owned by the read in flight
   std::string payload_;
   int64_t start_ = 0, end_ = 0;
   Pacer pacer_;
@@ -787,19 +825,30 @@ class PublishCall final : StreamOps {
 
 // One Subscribe stream: acks every delivery, one write at a time; with
 // --ack-multiple, the acks that piled up during a write go as one (multiple).
+// With --batch N, a SubscribeBatch stream instead: the acks that piled up
+// go as one request listing them (delivery_ids).
 class SubscribeCall final : StreamOps {
  public:
   SubscribeCall(mqsidecar::v1::PubSub::Stub* stub, grpc::CompletionQueue* cq, const Options& o,
                 int index, ConsumeGoal* goal)
-      : goal_(goal), ack_multiple_(o.ack_multiple) {
+      : goal_(goal), ack_multiple_(o.ack_multiple), batch_(o.batch > 0) {
     auto* open = out_.mutable_open();
     open->set_business(o.business);
     open->set_prefetch(o.prefetch);
+    open->set_max_batch_messages(o.batch);
     open->set_consumer_name("bench" + std::to_string(index));
-    stream_ = stub->PrepareAsyncSubscribe(&ctx_, cq);
+    if (batch_) {
+      batch_stream_ = stub->PrepareAsyncSubscribeBatch(&ctx_, cq);
+    } else {
+      stream_ = stub->PrepareAsyncSubscribe(&ctx_, cq);
+    }
     std::lock_guard<std::mutex> lock(mu_);
     ++ops_;
-    stream_->StartCall(&start_tag_);
+    if (batch_) {
+      batch_stream_->StartCall(&start_tag_);
+    } else {
+      stream_->StartCall(&start_tag_);
+    }
   }
 
   // Half-closes once every ack is written; the daemon then ends the stream.
@@ -829,35 +878,66 @@ class SubscribeCall final : StreamOps {
       started_ = true;
       writing_ = true;
       ops_ += 2;
-      stream_->Write(out_, &write_tag_);
-      stream_->Read(&delivery_, &read_tag_);
+      WriteLocked();
+      ReadLocked();
     } else {
       failed_ = true;
       ++ops_;
-      stream_->Finish(&status_, &finish_tag_);
+      FinishLocked();
     }
     OpDoneLocked();
   }
 
+  void WriteLocked() {
+    if (batch_) {
+      batch_stream_->Write(out_, &write_tag_);
+    } else {
+      stream_->Write(out_, &write_tag_);
+    }
+  }
+  void ReadLocked() {
+    if (batch_) {
+      batch_stream_->Read(&batch_in_, &read_tag_);
+    } else {
+      stream_->Read(&delivery_, &read_tag_);
+    }
+  }
+  void FinishLocked() {
+    if (batch_) {
+      batch_stream_->Finish(&status_, &finish_tag_);
+    } else {
+      stream_->Finish(&status_, &finish_tag_);
+    }
+  }
+  void See(const Delivery& d, int64_t now) {
+    const std::string& p = d.payload();
+    lat_.ns.push_back(now - SendNsOf(p.data(), p.size()));
+    goal_->See(p.data(), p.size(), d.redelivered());
+    acks_.push_back(d.delivery_id());
+  }
+
   void OnReadDone(bool ok) {
     const int64_t now = NowNs();
+    uint64_t seen = 1;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!ok) {
         ended_ = true;
         ++ops_;
-        stream_->Finish(&status_, &finish_tag_);
+        FinishLocked();
         OpDoneLocked();
         return;
       }
-      const std::string& p = delivery_.payload();
-      lat_.ns.push_back(now - SendNsOf(p.data(), p.size()));
-      goal_->See(p.data(), p.size(), delivery_.redelivered());
-      acks_.push_back(delivery_.delivery_id());
+      if (batch_) {
+        seen = static_cast<uint64_t>(batch_in_.deliveries_size());
+        for (const Delivery& d : batch_in_.deliveries()) See(d, now);
+      } else {
+        See(delivery_, now);
+      }
       MaybeWriteLocked();
-      stream_->Read(&delivery_, &read_tag_);  // the read op stays counted
+      ReadLocked();  // the read op stays counted
     }
-    goal_->Add();
+    for (uint64_t i = 0; i < seen; ++i) goal_->Add();
   }
 
   void OnWriteDone(bool ok) {
@@ -900,7 +980,12 @@ class SubscribeCall final : StreamOps {
       // every one before it.
       auto* ack = out_.mutable_ack();
       ack->set_multiple(ack_multiple_ && acks_.size() > 1);
-      if (ack->multiple()) {
+      if (batch_) {
+        ack->set_delivery_id(0);
+        ack->set_multiple(false);
+        ack->mutable_delivery_ids()->Assign(acks_.begin(), acks_.end());
+        acks_.clear();
+      } else if (ack->multiple()) {
         ack->set_delivery_id(acks_.back());
         acks_.clear();
       } else {
@@ -909,25 +994,33 @@ class SubscribeCall final : StreamOps {
       }
       writing_ = true;
       ++ops_;
-      stream_->Write(out_, &write_tag_);
+      WriteLocked();
     } else if (closing_) {
       half_closed_ = true;
       writing_ = true;
       ++ops_;
-      stream_->WritesDone(&write_tag_);
+      if (batch_) {
+        batch_stream_->WritesDone(&write_tag_);
+      } else {
+        stream_->WritesDone(&write_tag_);
+      }
     }
   }
 
   ConsumeGoal* goal_;
   const bool ack_multiple_;
+  const bool batch_;  // SubscribeBatch
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientAsyncReaderWriter<SubscribeRequest, Delivery>> stream_;
+  std::unique_ptr<grpc::ClientAsyncReaderWriter<SubscribeRequest, mqsidecar::v1::DeliveryBatch>>
+      batch_stream_;
   OpTag<SubscribeCall, &SubscribeCall::OnStarted> start_tag_{this};
   OpTag<SubscribeCall, &SubscribeCall::OnWriteDone> write_tag_{this};
   OpTag<SubscribeCall, &SubscribeCall::OnReadDone> read_tag_{this};
   OpTag<SubscribeCall, &SubscribeCall::OnFinished> finish_tag_{this};
-  SubscribeRequest out_;  // serialized by Write
-  Delivery delivery_;     // owned by the read in flight
+  SubscribeRequest out_;                   // serialized by Write
+  Delivery delivery_;                      // owned by the read in flight
+  mqsidecar::v1::DeliveryBatch batch_in_;  // the same, with --batch
   std::deque<uint64_t> acks_;
   bool started_ = false, writing_ = false, closing_ = false, half_closed_ = false, failed_ = false,
        ended_ = false;
@@ -1011,12 +1104,12 @@ class ConsumerGroup {
   Latencies lat_;
 };
 
-// Publishes in the run's mode; paced when o.rate > 0.
-PublishOutcome Publish(const Options& o, uint64_t count, double duration) {
-  if (o.mode == "direct") return DirectPublish(o, o.window, true, count, duration, o.rate);
+// SidecarPublish: one publishing stream of the daemon's, paced when o.rate > 0.
+template <bool kBatch>
+PublishOutcome SidecarPublish(const Options& o, uint64_t count, double duration) {
   auto stub = mqsidecar::v1::PubSub::NewStub(NewChannel(o.target, 1));
   ClientQueue queue;
-  PublishCall call(stub.get(), queue.cq(), o, count, duration);
+  PublishCall<kBatch> call(stub.get(), queue.cq(), o, count, duration);
   std::atomic<bool> done{false};
   std::thread pacer;
   if (o.rate > 0) {
@@ -1048,6 +1141,13 @@ PublishOutcome Publish(const Options& o, uint64_t count, double duration) {
   done.store(true);
   if (pacer.joinable()) pacer.join();
   return out;
+}
+
+// Publishes in the run's mode; paced when o.rate > 0.
+PublishOutcome Publish(const Options& o, uint64_t count, double duration) {
+  if (o.mode == "direct") return DirectPublish(o, o.window, true, count, duration, o.rate);
+  if (o.batch > 0) return SidecarPublish<true>(o, count, duration);
+  return SidecarPublish<false>(o, count, duration);
 }
 
 void WaitSidecarReady(const Options& o) {
@@ -1495,6 +1595,7 @@ std::string Params(const Json& r) {
     p << r["consumers"] << " streams, " << r["rate"].get<double>() << " msg/s";
   }
   if (r.value("ack_multiple", false)) p << ", acks multiple";
+  if (r.value("batch", 0) > 0) p << ", batch " << r["batch"];
   return p.str();
 }
 
@@ -1517,6 +1618,7 @@ std::string ShortLabel(const Json& r) {
     p << r["consumers"] << " streams";
   }
   if (r.value("ack_multiple", false)) p << " m";
+  if (r.value("batch", 0) > 0) p << " b" << r["batch"];
   return p.str() + q;
 }
 
@@ -1535,7 +1637,8 @@ int Report(const Options& o) {
     std::vector<std::string> order;
     for (const auto& r : rows) {
       const std::string k = Key(r) + "|" + r["scenario"].get<std::string>() + "|" +
-                            r["mode"].get<std::string>() + "|" + r["transport"].get<std::string>();
+                            r["mode"].get<std::string>() + "|" + r["transport"].get<std::string>() +
+                            "|" + std::to_string(r.value("batch", 0));
       if (runs[k].empty()) order.push_back(k);
       runs[k].push_back(r);
     }
@@ -1691,6 +1794,10 @@ int main(int argc, char** argv) {
   app.add_option("--size", o.size, "payload bytes (>= 16: timestamp + sequence)");
   app.add_option("--window", o.window, "publishes unconfirmed at once");
   app.add_option("--prefetch", o.prefetch, "unacked deliveries per consumer");
+  app.add_option("--batch", o.batch,
+                 "sidecar: PublishBatchStream with up to N messages per request and "
+                 "SubscribeBatch with max_batch_messages N, acks listed in one request (0: "
+                 "PublishStream and Subscribe)");
   app.add_flag("--ack-multiple", o.ack_multiple,
                "coalesce acks: what is pending at once goes as one ack with multiple");
   app.add_option("--consumers", o.consumers, "consumers (Subscribe streams or AMQP channels)");

@@ -41,6 +41,7 @@ consumers:
       dead_letter: false }
 publish: { window: 1024 }
 log: { level: warn }
+metrics: { listen: "" }
 YAML
 if ((PERF)); then
   "$DAEMON" --config "$WORK/c.yaml" >"$WORK/daemon.log" 2>&1 &

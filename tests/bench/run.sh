@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # run.sh: the issue-4 benchmark matrix, sidecar beside a direct rabbitmq-c client.
 #
-#   tests/bench/run.sh [--quick|--key|--full|--churn] [--daemon PATH] [--bench PATH] [--out DIR]
+#   tests/bench/run.sh [--quick|--key|--full|--churn|--batch] [--daemon PATH] [--bench PATH]
+#                      [--out DIR]
 #
 #   --quick  smoke: every scenario once, small (seconds; the ctest bench-smoke)
 #   --key    the rows issue 4 sets targets for, each run 3 times (median kept), ~10 min
 #   --full   the whole matrix once, ~15 min
 #   --churn  issue 11: delivery latency of 10 streams while 100 other streams
 #            open and close per second, 3 runs, ~1 min
+#   --batch  issue 15, 3 runs, ~8 min: publish with confirms (quorum, 256 B)
+#            direct beside the sidecar's PublishStream and PublishBatchStream
+#            (batch 1/16/64) at window 64 and 512, and 1/10/100 unary Publish
+#            callers; consume with acks through SubscribeBatch (batch 1, 64,
+#            256) beside Subscribe and direct, end to end at 1,000 and 10,000
+#            msg/s, and the bare gRPC round trip
 #
 # Starts a RabbitMQ node when none answers (deploy/scripts/broker.sh ensure) and
 # its own mq-sidecar on a private config (exchanges/queues named bench.<pid>.*,
@@ -27,10 +34,11 @@ while (($#)); do
     --full) MODE=full ;;
     --key) MODE=key ;;
     --churn) MODE=churn ;;
+    --batch) MODE=batch ;;
     --daemon) DAEMON="$2"; shift ;;
     --bench) BENCH="$2"; shift ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 64 ;;
   esac
   shift
@@ -69,6 +77,7 @@ consumers:
       dead_letter: false }
 publish: { window: 1024 }
 log: { level: warn }
+metrics: { listen: "" }
 EOF
 start_daemon() {
   "$DAEMON" --config "$WORK/mq-sidecar.yaml" >>"$WORK/daemon.log" 2>&1 &
@@ -153,13 +162,56 @@ if [[ $MODE == churn ]]; then
     bench classic unix --scenario churn --consumers 10 --rate 1000 --window 64 --prefetch 64 \
       --size 256 --duration 10 --churn-business "$PFX.quorum" --churn-rate 100 --churn-life 0.5
   done
+elif [[ $MODE == batch ]]; then
+  # Interleaved repetitions, as --key: a burst of other load hits one run.
+  # Publish rows (PublishBatchStream, --batch N messages per request; 0:
+  # PublishStream), then the consume rows.
+  # Consume rows: SubscribeBatch (--batch N: max_batch_messages N, acks listed in one
+  # request) beside Subscribe (batch 0) and direct, interleaved as --key is;
+  # the second run goes in the other order, so no variant always follows
+  # the same one.
+  for run in 1 2 3; do
+    for win in 64 512; do
+      bench quorum direct --scenario publish --window "$win" --size 256 --duration 4 \
+        --count 10000000
+      for b in 0 1 16 64; do
+        bench quorum unix --scenario publish --window "$win" --batch "$b" --size 256 \
+          --duration 4 --count 10000000
+      done
+    done
+    for callers in 1 10 100; do
+      bench quorum unix --scenario unary --callers "$callers" --size 256 --duration 4 \
+        --count 10000000
+    done
+    BATCHES="0 1 64 256" E2E_BATCHES="0 256"
+    if ((run == 2)); then BATCHES="256 64 1 0" E2E_BATCHES="256 0"; fi
+    for pf in 64 512; do
+      bench classic direct --scenario consume --prefetch "$pf" --size 256 --count 20000 --duration 8
+      for b in $BATCHES; do
+        bench classic unix --scenario consume --prefetch "$pf" --size 256 --count 20000 \
+          --duration 8 --batch "$b"
+      done
+    done
+    for rate in 1000 10000; do
+      bench classic direct --scenario e2e --rate "$rate" --window 64 --prefetch 64 --size 256 \
+        --duration 4
+      for b in $E2E_BATCHES; do
+        bench classic unix --scenario e2e --rate "$rate" --window 64 --prefetch 64 --size 256 \
+          --duration 4 --batch "$b"
+      done
+    done
+    bench classic unix --scenario rtt --rate 1000 --duration 4
+  done
 elif [[ $MODE == quick ]]; then
   # Smoke: every scenario once, small, seconds in all.
   VIAS="unix"
   each classic --scenario publish --window 64 --size 256 --duration 1 --count 2000
+  bench classic unix --scenario publish --window 64 --batch 16 --size 256 --duration 1 \
+    --count 2000
   bench classic direct --scenario ceiling --window 64 --size 256 --duration 1 --count 2000
   each classic --scenario consume --prefetch 64 --size 256 --count 1000
   each classic --scenario consume --prefetch 64 --size 256 --count 1000 --ack-multiple
+  bench classic unix --scenario consume --prefetch 64 --size 256 --count 1000 --batch 64
   each classic --scenario competing --consumers 2 --prefetch 64 --size 256 --count 1000
   each classic --scenario e2e --rate 1000 --window 64 --prefetch 64 --size 256 --duration 1
   bench classic unix --scenario rtt --rate 1000 --duration 0.5

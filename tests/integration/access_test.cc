@@ -217,9 +217,22 @@ TEST_CASE("integration: access: a bearer token is its client, a wrong or missing
     CHECK(d.stub().GetTopology(&ctx, pb::GetTopologyRequest(), &topology).error_code() ==
           grpc::StatusCode::UNAUTHENTICATED);
   }
+  // A flood of refused requests logs 10 lines per client, not one each
+  // (the count held back comes with the next line, after 10 s).
+  for (int i = 0; i < 50; ++i) {
+    CHECK(PublishAs(d.stub(), other, kToken).error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK(TopologyAs(d.stub(), "").error_code() == grpc::StatusCode::UNAUTHENTICATED);
+  }
   const std::string log = d.Log();
   CHECK_THAT(log, Catch::Contains("access: Publish denied to client reports"));
   CHECK(log.find(kToken) == std::string::npos);
+  const auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count("denied to client reports") == 10);
+  CHECK(count("refused, no client") == 10);
 }
 
 TEST_CASE(

@@ -102,7 +102,9 @@ struct Fleet {
                                  << "  \"task.{app}\": { prefetch: 1 }\n"
                                  << "  \"task.{app}.{region}.{server}\": { prefetch: 1 }\n"
                                  << "ping: { business: server.ping, interval: 1s }\n"
-                                 << "shutdown: { drain: 1s }\n";
+                                 << "shutdown: { drain: 1s }\n"
+                                 // Three daemons share it: no metrics port.
+                                 << "metrics: { listen: \"\" }\n";
     u10 = &StartService(usdtsvr, "0");
     u11 = &StartService(usdtsvr, "1");
     e10 = &StartService(eusdsvr, "0");

@@ -112,16 +112,13 @@ TEST_CASE(
     const CommandResult r = Mqctl(d, {"dlq", "list", biz});
     INFO(r.out << r.err);
     REQUIRE(r.exit_code == 0);
-    size_t lines = 0;
-    for (size_t at = 0; at < r.out.size();) {
-      const size_t nl = r.out.find('\n', at);
-      const auto j = nlohmann::json::parse(r.out.substr(at, nl - at));
+    const std::vector<std::string> lines = OutputLines(r.out);
+    for (const std::string& line : lines) {
+      const auto j = nlohmann::json::parse(line);
       CHECK(j["reason"] == "rejected");
       CHECK(j["message"]["payload"] == "payload");
-      ++lines;
-      at = nl == std::string::npos ? r.out.size() : nl + 1;
     }
-    CHECK(lines == 3);
+    CHECK(lines.size() == 3);
     CHECK(WaitForQueue(t.admin(), dead, 0u, 3u));
   }
 

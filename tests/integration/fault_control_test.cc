@@ -24,7 +24,7 @@ int64_t WallMs() {
 }
 
 TEST_CASE("fault: broker down for 10 s: no ping backlog, client publishes not delayed by pings",
-          "[fault]") {
+          "[fault][slow]") {
   constexpr auto kOutage = 10s;
   IntegrationTest t("pingoutage");
   BrokerControl broker(t.uri());

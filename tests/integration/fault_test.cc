@@ -71,7 +71,7 @@ std::set<std::string> Ids(const std::vector<pb::Delivery>& ds) {
 TEST_CASE(
     "fault: broker node stopped and started during a 20000-message PublishStream with 3 "
     "subscribers: 0 confirmed lost, streams carry on",
-    "[fault]") {
+    "[fault][slow]") {
   constexpr int kMessages = 20000;
   const auto test_start = Clock::now();
   IntegrationTest t("restart");
@@ -157,7 +157,7 @@ TEST_CASE(
                   " s after the node answered; test " + Fixed(Seconds(Clock::now() - test_start)) +
                   " s");
   CHECK(r.lost == 0);
-  CHECK(r.ok());
+  CHECK(r.Violations() == "");
   // With a wait_timeout longer than the outage every publish is settled by the broker.
   CHECK(r.confirmed == static_cast<size_t>(kMessages) + 300);
   CHECK(r.unanswered == 0);
@@ -226,7 +226,7 @@ TEST_CASE(
                   (serving ? Fixed(Seconds(*serving)) : std::string("never")) +
                   " s after SIGCONT; answered at freeze " + std::to_string(answered_at_freeze));
   CHECK(r.lost == 0);
-  CHECK(r.ok());
+  CHECK(r.Violations() == "");
   CHECK(r.confirmed == static_cast<size_t>(kMessages));
 }
 
@@ -429,7 +429,7 @@ TEST_CASE(
                   " s; SERVING " + (serving ? Fixed(Seconds(*serving)) : std::string("never")) +
                   " s after the alarm cleared");
   CHECK(r.lost == 0);
-  CHECK(r.ok());
+  CHECK(r.Violations() == "");
 }
 
 TEST_CASE(
@@ -462,7 +462,7 @@ TEST_CASE(
   CHECK(WaitUntil([&] { return h.ConfirmedUndelivered() == 0; }, 10s));
   const History::Report r = h.Check();
   CHECK(r.confirmed == 5);
-  CHECK(r.ok());
+  CHECK(r.Violations() == "");
   const grpc::Status left = again.Leave();
   INFO(StatusText(left));
   CHECK(left.ok());
@@ -674,7 +674,7 @@ TEST_CASE(
           std::to_string(kDrain.count()) + " s), daemon exited " + Fixed(Seconds(exit_took)) +
           " s; 10 held deliveries redelivered on d2: " + (handed_over ? "yes" : "NO"));
   CHECK(r.lost == 0);
-  CHECK(r.ok());
+  CHECK(r.Violations() == "");
 }
 
 }  // namespace

@@ -3,9 +3,11 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -268,6 +270,36 @@ std::optional<std::string> ChildProcess::ReadLine(Clock::duration timeout) {
     if (n <= 0) return std::nullopt;
     buffer_.append(buf, static_cast<size_t>(n));
   }
+}
+
+int ListenOnLoopback(int* port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::listen(fd, 16) != 0) {
+    throw std::runtime_error("cannot listen on 127.0.0.1");
+  }
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  *port = ntohs(addr.sin_port);
+  return fd;
+}
+
+int DialLoopback(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration timeout) {
@@ -577,7 +609,10 @@ Daemon::Daemon(std::string dir, std::string name, std::string amqp_uri,
   y << " }\n"
     // Tests stop daemons when done; the 10 s default drain would only slow the suite.
     << "shutdown: { drain: " << options_.drain.count() << "ms }\n"
-    << "log: { level: " << options_.log_level << " }\n"
+    << "log: { level: " << options_.log_level << ", format: " << options_.log_format
+    << " }\n"
+    // Many daemons run at once: the default port would collide.
+    << "metrics: { listen: \"" << options_.metrics_listen << "\" }\n"
     << options_.extra_yaml;
   if (!options_.config_file.empty()) {
     config_path_ = options_.config_file;
@@ -1286,6 +1321,17 @@ std::string ResultText(const pb::PublishResult& result) {
   return "seq=" + std::to_string(result.sequence()) + " id=" + result.message_id() + " " +
          pb::PublishResult::Status_Name(result.status()) +
          (result.error().empty() ? "" : " (" + result.error() + ")");
+}
+
+std::vector<std::string> OutputLines(const std::string& text) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at < text.size();) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    out.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  return out;
 }
 
 std::string CommandOutput(const CommandResult& r) {

@@ -72,6 +72,12 @@ class ChildProcess {
   std::string buffer_;
 };
 
+// ListenOnLoopback: a TCP socket listening on 127.0.0.1 at a free port, which
+// goes to *port (the tests' proxies in front of the broker).
+int ListenOnLoopback(int* port);
+// DialLoopback: a TCP connection to 127.0.0.1:port, or -1.
+int DialLoopback(int port);
+
 // Runs a command to completion: its exit code (-1: timeout or signal), stdout
 // and stderr.
 struct CommandResult {
@@ -82,6 +88,9 @@ struct CommandResult {
 CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration timeout);
 // "exit N" and what it printed, for a test's message.
 std::string CommandOutput(const CommandResult& r);
+// The lines of a command's output, without their '\n' (a last newline ends
+// the last line; it does not start an empty one).
+std::vector<std::string> OutputLines(const std::string& text);
 
 // Broker nodes a script of ours starts and stops (`script start|stop`, e.g.
 // deploy/scripts/cluster.sh): stopped when this goes out of scope (also when
@@ -217,6 +226,11 @@ struct DaemonOptions {
   std::vector<std::string> env = {};
   std::vector<std::string> extra_args = {};
   std::string name = {};  // the daemon's name (its socket and log files); "": d<n>
+  // log.format: text or json.
+  std::string log_format = "text";
+  // metrics.listen ("host:port"); "": off, so that concurrent daemons do not
+  // collide on the default port.
+  std::string metrics_listen = {};
 };
 
 // One mq-sidecar process with its own config, unix socket and log file.

@@ -227,13 +227,26 @@ TEST_CASE(
   }
   Daemon& d2 = t.StartDaemon({spec});
   Subscriber sub(d2.stub(), {.business = biz, .prefetch = 50, .auto_ack = true});
-  REQUIRE(sub.WaitForCount(20, 15s));
-  std::vector<std::string> got = MessageIds(sub.deliveries());
-  std::sort(got.begin(), got.end());
+  // The ready count above leaves out unacked messages: an original whose
+  // copy was confirmed but whose ack had not reached the broker at the kill
+  // comes back too, as itself (attempt 1, redelivered). At least once; each
+  // copy (attempt 2) exactly once.
+  const auto copies = [&] {
+    std::vector<std::string> out;
+    for (const pb::Delivery& x : sub.deliveries()) {
+      if (x.attempt() == 2) out.push_back(x.message_id());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  REQUIRE(WaitUntil([&] { return copies().size() >= 20; }, 15s));
   std::vector<std::string> want = ids;
   std::sort(want.begin(), want.end());
-  CHECK(got == want);
-  for (const pb::Delivery& x : sub.deliveries()) CHECK(x.attempt() == 2);
+  CHECK(copies() == want);
+  for (const pb::Delivery& x : sub.deliveries()) {
+    INFO(x.message_id() << " attempt " << x.attempt() << " redelivered " << x.redelivered());
+    CHECK((x.attempt() == 2 || (x.attempt() == 1 && x.redelivered())));
+  }
 }
 
 TEST_CASE(
@@ -266,7 +279,11 @@ TEST_CASE(
     gaps.push_back(gap);
   }
   std::sort(gaps.begin(), gaps.end());
-  CHECK(gaps[gaps.size() / 2] <= 800);  // 700 ms, within 100 ms, as a rule
+  // 700 ms, within 100 ms, as a rule; under a sanitizer within 400 ms (as
+  // above: TSan once gave a median of 897 ms here).
+  const bool sanitized =
+      std::getenv("TSAN_OPTIONS") != nullptr || std::getenv("ASAN_OPTIONS") != nullptr;
+  CHECK(gaps[gaps.size() / 2] <= (sanitized ? 1100 : 800));
 
   REQUIRE(PublishConfirmed(d.stub(), plain, 1, "p").size() == 1);
   std::atomic<Subscriber*> self{nullptr};

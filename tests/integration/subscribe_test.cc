@@ -36,16 +36,7 @@ class DelayProxy {
  public:
   DelayProxy(int broker_port, std::chrono::milliseconds delay)
       : broker_port_(broker_port), delay_(delay) {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    ::listen(listen_fd_, 16);
-    socklen_t len = sizeof addr;
-    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
+    listen_fd_ = ListenOnLoopback(&port_);
     acceptor_ = std::thread([this] { AcceptLoop(); });
   }
   ~DelayProxy() {
@@ -78,14 +69,9 @@ class DelayProxy {
       if (::poll(&pfd, 1, 50) <= 0) continue;
       const int client = ::accept(listen_fd_, nullptr, nullptr);
       if (client < 0) continue;
-      const int broker = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in addr{};
-      addr.sin_family = AF_INET;
-      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      addr.sin_port = htons(static_cast<uint16_t>(broker_port_));
-      if (::connect(broker, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      const int broker = DialLoopback(broker_port_);
+      if (broker < 0) {
         ::close(client);
-        ::close(broker);
         continue;
       }
       std::lock_guard<std::mutex> lock(mu_);

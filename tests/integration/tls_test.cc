@@ -9,15 +9,19 @@
 // (ScriptedNodes). The shared broker (5672) is not used: the harness's admin
 // connection goes to the node's plain AMQP port. ctest runs these under the
 // label `tls` (RUN_SERIAL).
+#include <signal.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "harness.h"
+#include "recorded.h"
 
 namespace mqs::it {
 namespace {
@@ -155,6 +159,75 @@ TEST_CASE(
                         .broker_tls_yaml = "{ ca: " + Cert("other-ca.pem") + ", verify: false }"});
   CHECK(d.Health() == HealthCheckResponse::SERVING);
   PublishAndConsume(d, biz, "tls-noverify");
+}
+
+// Thaw: SIGCONT for a frozen process when the test ends, also when it fails
+// (the node must stop at the end).
+struct Thaw {
+  pid_t pid;
+  ~Thaw() { ::kill(pid, SIGCONT); }
+};
+
+TEST_CASE(
+    "tls: the broker frozen (SIGSTOP) under a publish flood over amqps: the TLS write that "
+    "cannot finish is cut after 2 x heartbeat, waiting publishes are answered, and publishing "
+    "resumes after SIGCONT",
+    "[tls]") {
+  ScriptedNodes node(MQS_TLS_BROKER_SCRIPT, "tls");
+  StartNode(node);
+  ScopedEnv env("MQS_TEST_AMQP_URI",
+                "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
+  IntegrationTest t("tls-freeze");
+  const std::string biz = t.Business("tls");
+  Daemon& d = t.StartDaemon({{.name = biz}}, {.uris = {Amqps("localhost")},
+                                              .heartbeat = 2s,
+                                              .wait_timeout = 4s,
+                                              .broker_tls_yaml = "{ ca: " + Cert("ca.pem") + " }"});
+  long pid = 0;
+  std::ifstream(TlsDir() + "/node/pid") >> pid;
+  REQUIRE(pid > 0);
+
+  // 64 KiB each: a few hundred fill the socket buffers of both ends, and the
+  // publish window (1,024) keeps the publisher writing.
+  std::vector<pb::PublishRequest> requests = MakeRequests(biz, "flood", 1500);
+  for (auto& r : requests) r.set_payload(std::string(64 * 1024, 'x'));
+  AsyncPublishStream flood(d.stub(), {.requests = std::move(requests), .timeout = 180s});
+  REQUIRE(flood.WaitAnswered(100, 30s));
+
+  REQUIRE(::kill(static_cast<pid_t>(pid), SIGSTOP) == 0);
+  const Thaw thaw{static_cast<pid_t>(pid)};
+  const auto frozen_at = Clock::now();
+  // The publisher gives its connection up by itself: the stuck TLS write is
+  // cut (or, had it not blocked, the silence is noticed) within 2 x
+  // heartbeat and a tick, not when the broker wakes.
+  const bool gave_up = WaitUntil(
+      [&] {
+        const std::string log = d.Log();
+        return log.find("[publisher] a TLS write to the broker made no progress") !=
+                   std::string::npos ||
+               log.find("[publisher] connection lost") != std::string::npos;
+      },
+      20s, 50ms);
+  INFO("frozen " << Fixed(Seconds(Clock::now() - frozen_at), 1) << " s; log:\n" << d.LogTail(30));
+  CHECK(gave_up);
+  // A publish made while the broker is frozen is answered by its deadline
+  // (wait_timeout 4 s), not left to the caller's own deadline.
+  pb::PublishResult result;
+  const grpc::Status unary =
+      PublishOne(d.stub(), MakePublish(biz, "while-frozen", 1), &result, 12s);
+  INFO("unary: " << StatusText(unary) << " " << ResultText(result));
+  CHECK(unary.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED);
+  CHECK(result.status() != pb::PublishResult::CONFIRMED);
+
+  ::kill(static_cast<pid_t>(pid), SIGCONT);
+  // Every request of the flood gets an answer, and publishing works again.
+  const auto end = flood.WaitEnded(150s);
+  REQUIRE(end.has_value());
+  CHECK(flood.answered() == 1500u);
+  CHECK(WaitUntil([&] { return d.Health() == HealthCheckResponse::SERVING; }, 60s, 100ms));
+  pb::PublishResult after;
+  CHECK(PublishOne(d.stub(), MakePublish(biz, "after-thaw", 2), &after, 30s).ok());
+  CHECK(after.status() == pb::PublishResult::CONFIRMED);
 }
 
 }  // namespace

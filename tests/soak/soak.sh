@@ -97,6 +97,7 @@ consumers:
 publish: { window: 1024, wait_timeout: 60s }
 shutdown: { drain: 1000ms }
 log: { level: info }
+metrics: { listen: "" }
 EOF
 done
 

@@ -111,6 +111,39 @@ TEST_CASE("access policy: a client by its socket, token or certificate subject")
             .client == "reports");
 }
 
+TEST_CASE("access policy: a rotated token file replaces the client's token without a restart") {
+  TokenFile reports_file("rotate-reports", "reports-token-0123456789\n");
+  TokenFile audit_file("rotate-audit", "audit-token-0123456789ab\n");
+  config::Access access = ThreeClients();
+  access.clients[2].token_file = reports_file.path();
+  config::AccessClient audit;
+  audit.name = "audit";
+  audit.token_file = audit_file.path();
+  audit.token = "audit-token-0123456789ab";
+  access.clients.push_back(audit);
+  // Looked at on every call that sends a token (1 s in the daemon).
+  const AccessPolicy policy(access, std::chrono::milliseconds(0));
+  const auto client_of = [&](const std::string& token) {
+    return policy.Check({.bearer_token = token}, Rpc::kGetTopology, "").client;
+  };
+  CHECK(client_of("reports-token-0123456789") == "reports");
+
+  std::ofstream(reports_file.path()) << "reports-token-rotated-0001\n";
+  CHECK(client_of("reports-token-rotated-0001") == "reports");
+  CHECK(client_of("reports-token-0123456789").empty());  // the old one is gone
+  CHECK(client_of("audit-token-0123456789ab") == "audit");
+
+  // A file that holds no valid token, then another client's token, then is
+  // gone: the client keeps the token it had.
+  std::ofstream(reports_file.path()) << "short\n";
+  CHECK(client_of("reports-token-rotated-0001") == "reports");
+  std::ofstream(reports_file.path()) << "audit-token-0123456789ab\n";
+  CHECK(client_of("reports-token-rotated-0001") == "reports");
+  CHECK(client_of("audit-token-0123456789ab") == "audit");
+  std::filesystem::remove(reports_file.path());
+  CHECK(client_of("reports-token-rotated-0001") == "reports");
+}
+
 TEST_CASE("access policy: no client is unauthenticated, a business not allowed is denied") {
   const config::Access access = ThreeClients();
   const AccessPolicy policy(access);
@@ -151,15 +184,15 @@ TEST_CASE("access policy: what each RPC needs") {
   CHECK(policy.Check(reports, Rpc::kGetTopology, "").allowed());
   CHECK(policy.Check(reports, Rpc::kReportStatus, "").allowed());
   // Publishing RPCs need publish on their business.
-  for (Rpc rpc : {Rpc::kPublish, Rpc::kPublishStream, Rpc::kSendTask, Rpc::kCompleteTask,
-                  Rpc::kReportStatus}) {
+  for (Rpc rpc : {Rpc::kPublish, Rpc::kPublishStream, Rpc::kPublishBatchStream, Rpc::kSendTask,
+                  Rpc::kCompleteTask, Rpc::kReportStatus}) {
     INFO(server::RpcName(rpc));
     CHECK(policy.Check(billing, rpc, "task.usdtsvr").allowed());
     CHECK(policy.Check(reports, rpc, "usdt.transfer").verdict == Verdict::kDenied);
   }
   // Reading RPCs need subscribe.
-  for (Rpc rpc :
-       {Rpc::kSubscribe, Rpc::kListDeadLetters, Rpc::kReplayDeadLetters, Rpc::kListServers}) {
+  for (Rpc rpc : {Rpc::kSubscribe, Rpc::kSubscribeBatch, Rpc::kListDeadLetters,
+                  Rpc::kReplayDeadLetters, Rpc::kListServers}) {
     INFO(server::RpcName(rpc));
     CHECK(policy.Check(reports, rpc, "usdt.transfer").allowed());
     CHECK(policy.Check(billing, rpc, "task.usdtsvr").verdict == Verdict::kDenied);
@@ -221,6 +254,43 @@ TEST_CASE("access config: clients by socket, token and subject load, absent mean
       "a.yaml");
   REQUIRE(d.ok());
   CHECK(d->access.clients[0].socket_mode == 0640);
+}
+
+TEST_CASE("access config: the INI form, one client per line of [access], reads as the YAML") {
+  const TokenFile token("t5", "reports-token-0123456789\n");
+  const std::string businesses =
+      "[rabbitmq]\nproducer={\"usdt.transfer\":{}}\nconsumer={\"usdt.transfer\":{}}\n";
+  absl::StatusOr<config::Config> c = config::LoadIniText(
+      businesses +
+          "[access]\n"
+          "billing = {\"socket\": \"unix:///run/mq-sidecar/billing.sock\", \"socket_mode\": "
+          "\"0600\", \"publish\": [\"usdt.transfer\", \"task.*\"], \"subscribe\": "
+          "\"usdt.transfer\"}\n"
+          "reports = {\"token_file\": \"" +
+          token.path() + "\", \"subscribe\": [\"usdt.*\"]}\n",
+      "a.ini");
+  REQUIRE(c.ok());
+  REQUIRE(c->access.enabled);
+  REQUIRE(c->access.clients.size() == 2);
+  CHECK(c->access.clients[0].name == "billing");
+  CHECK(c->access.clients[0].socket_mode == 0600);
+  CHECK(c->access.clients[0].publish == std::vector<std::string>{"usdt.transfer", "task.*"});
+  CHECK(c->access.clients[1].token == "reports-token-0123456789");
+  CHECK(c->access.clients[1].subscribe == std::vector<std::string>{"usdt.*"});
+
+  // Errors name the line and the client's key.
+  const auto error_of = [&](const std::string& access) {
+    absl::StatusOr<config::Config> bad = config::LoadIniText(businesses + access, "b.ini");
+    REQUIRE_FALSE(bad.ok());
+    return std::string(bad.status().message());
+  };
+  CHECK_THAT(error_of("[access]\nops = {\"publish\": [\"*\"], \"colour\": 1}\n"),
+             Catch::Contains("b.ini:5") && Catch::Contains("colour"));
+  CHECK_THAT(error_of("[access]\nops = {\"cert_subject\": \"CN=a\"}\nops = {}\n"),
+             Catch::Contains("b.ini:6") && Catch::Contains("duplicate client (first at line 5)"));
+  CHECK_THAT(error_of("[access]\nops = not json\n"), Catch::Contains("b.ini:5"));
+  // An empty [access] admits no one: a config error, as in YAML.
+  CHECK_THAT(error_of("[access]\n"), Catch::Contains("access"));
 }
 
 TEST_CASE("access config: errors name the client and the key") {

@@ -102,11 +102,12 @@ TEST_CASE("config robustness: a stray ',' at the top level of YAML is an error, 
 }
 
 TEST_CASE("config robustness: long lists load in linear time") {
-  // 200,000 listen addresses and businesses (about 3 MiB of INI): the
-  // duplicate check and Describe compared every pair, for minutes.
+  // 64,000 listen addresses and businesses (about 1 MiB of INI): the
+  // duplicate check and Describe compared every pair (14 minutes for 200,000,
+  // so about 90 s for these).
   std::string listen;
   std::string producers;
-  for (int i = 0; i < 200000; ++i) {
+  for (int i = 0; i < 64000; ++i) {
     listen += (i == 0 ? "" : ",") + ("unix:///s/" + std::to_string(i) + ".sock");
     producers += (i == 0 ? "{" : ",") + ("\"b" + std::to_string(i) + "\":{}");
   }
@@ -115,12 +116,11 @@ TEST_CASE("config robustness: long lists load in linear time") {
   absl::StatusOr<Config> c =
       LoadIniText("[rabbitmq]\nlisten=" + listen + "\nproducer=" + producers + "\n", "long.ini");
   REQUIRE(c.ok());
-  CHECK(c->listen.size() == 200000);
-  CHECK(Describe(*c).size() > 200000);
-  // A complexity check, not a speed target: about 3 s optimised, under a
-  // minute in the sanitizer builds; the quadratic version ran for over 14
-  // minutes.
-  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(120));
+  CHECK(c->listen.size() == 64000);
+  CHECK(Describe(*c).size() > 64000);
+  // A complexity check, not a speed target: about 1.3 s optimised, 15 s in
+  // the sanitizer builds.
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(45));
 }
 
 TEST_CASE("config robustness: a config file above 1 MiB is refused") {

@@ -278,10 +278,11 @@ consumers:
 publish: { window: 8, size: 3 }
 )",
                                                  "mq-sidecar.yaml"));
-  CHECK_THAT(err, Catch::Contains("mq-sidecar.yaml:2: brokr: unknown key; expected one of: listen, "
-                                  "socket, tcp, access, broker, producers, consumers, publish, "
-                                  "limits, log, shutdown, identity, ping, tasks (did you mean "
-                                  "\"broker\"?)"));
+  CHECK_THAT(err,
+             Catch::Contains("mq-sidecar.yaml:2: brokr: unknown key; expected one of: listen, "
+                             "socket, tcp, access, broker, producers, consumers, publish, "
+                             "limits, log, shutdown, metrics, identity, ping, tasks (did you mean "
+                             "\"broker\"?)"));
   CHECK_THAT(err, Catch::Contains(
                       "mq-sidecar.yaml:6: consumers[\"usdt.transfer\"].prefech: unknown key") &&
                       Catch::Contains("(did you mean \"prefetch\"?)"));
@@ -750,7 +751,7 @@ tasks: { results: c }
   CHECK_FALSE(c->publish.republish_unconfirmed);
   CHECK(c->publish.wait_timeout == seconds(2));
   CHECK(c->shutdown.drain == milliseconds(0));
-  CHECK(internal::ChildKeys("").size() == 14);
+  CHECK(internal::ChildKeys("").size() == 15);
   CHECK(internal::ChildKeys("consumers.<business>").size() == 10);
   CHECK(internal::ChildKeys("consumers.<business>.retry") ==
         std::vector<std::string_view>{"delays", "max_attempts"});

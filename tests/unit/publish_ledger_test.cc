@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -542,4 +543,25 @@ TEST_CASE("ledger: a channel opened with publishes still pending handles them as
   CHECK(f.ledger.Settle(1, false, kAck));
   CHECK(f.answers.status("b") == PublishResult::CONFIRMED);
   CHECK(f.answers.duplicates == 0);
+}
+
+TEST_CASE(
+    "ledger: only a delayed-retry copy, waiting or unsettled and unanswered, awaits an "
+    "internal answer") {
+  Fixture f;
+  CHECK_FALSE(f.ledger.AwaitsInternalAnswer());
+  f.Enqueue({"client"});
+  CHECK_FALSE(f.ledger.AwaitsInternalAnswer());  // a client's publish
+  PublishJob copy = f.Job("copy", 1s);
+  copy.copy = std::make_shared<mqs::amqp::CopyOf>();
+  f.ledger.Enqueue(std::move(copy));
+  CHECK(f.ledger.AwaitsInternalAnswer());  // waiting
+  f.Send();
+  CHECK(f.ledger.AwaitsInternalAnswer());  // in flight, unsettled
+  CHECK(f.ledger.Settle(1, false, kAck));
+  CHECK(f.ledger.AwaitsInternalAnswer());
+  f.ledger.ExpirePending(f.now + 2s, false);  // answered UNCONFIRMED at its deadline
+  CHECK(f.answers.status("copy") == PublishResult::UNCONFIRMED);
+  CHECK_FALSE(f.ledger.AwaitsInternalAnswer());
+  CHECK_FALSE(f.ledger.Drained());  // still pending until settled
 }

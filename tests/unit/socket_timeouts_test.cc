@@ -7,7 +7,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <string>
+#include <thread>
 
 #include "amqp/connection.h"
 
@@ -89,6 +93,56 @@ TEST_CASE("socket timeouts: a socket that is not TCP is an error, not ignored") 
   ::close(fds[1]);
   CHECK(s.code() == absl::StatusCode::kInternal);
   CHECK_THAT(std::string(s.message()), Catch::Contains("setsockopt TCP_KEEPIDLE"));
+}
+
+}  // namespace
+}  // namespace mqs::amqp
+
+namespace mqs::amqp {
+namespace {
+
+// WriteGuard: a write blocked on a peer that reads nothing (a full unix
+// socket pair, no TCP timeouts at all) fails once another thread expires the
+// guard after its deadline; before the deadline, Expire leaves it alone.
+TEST_CASE("write guard: a write blocked on a peer that reads nothing fails once expired") {
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+  WriteGuard guard;
+  const auto start = std::chrono::steady_clock::now();
+  guard.Arm(fds[0], start + std::chrono::milliseconds(200));
+  CHECK_FALSE(guard.Expire(start));  // not yet
+  std::atomic<bool> failed{false};
+  std::thread writer([&] {
+    const std::string chunk(64 * 1024, 'x');
+    while (true) {  // blocks once the pair's buffers are full
+      if (::send(fds[0], chunk.data(), chunk.size(), MSG_NOSIGNAL) < 0) break;
+    }
+    failed = true;
+  });
+  bool expired = false;
+  const auto deadline = start + std::chrono::seconds(10);
+  while (!expired && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    expired = guard.Expire(std::chrono::steady_clock::now());
+  }
+  CHECK(expired);
+  writer.join();  // returns only because the write failed
+  CHECK(failed);
+  CHECK_FALSE(guard.Expire(std::chrono::steady_clock::now()));  // once
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+TEST_CASE("write guard: a disarmed guard never shuts anything down") {
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+  WriteGuard guard;
+  guard.Arm(fds[0], std::chrono::steady_clock::now());
+  guard.Disarm();
+  CHECK_FALSE(guard.Expire(std::chrono::steady_clock::now() + std::chrono::hours(1)));
+  CHECK(::write(fds[0], "x", 1) == 1);  // still open
+  ::close(fds[0]);
+  ::close(fds[1]);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "util/log_limiter.h"
 #include "util/message_id.h"
 #include "util/strings.h"
 #include "util/utf8.h"
@@ -138,4 +139,19 @@ TEST_CASE("util: UTF-8 validation follows RFC 3629 and replaces each bad byte by
   for (const std::string s : {"\xFF\xFE", "\xC0\xAF", "\xED\xA0\x80", "x\xF4\x90\x80\x80y"}) {
     CHECK(IsValidUtf8(ToValidUtf8(s)));
   }
+}
+
+TEST_CASE(
+    "util: LogLimiter lets a burst through per key and window, then counts what it held back") {
+  using mqs::util::LogLimiter;
+  using std::chrono::seconds;
+  LogLimiter limiter(3, seconds(10));
+  const LogLimiter::Clock::time_point t0{};
+  for (int i = 0; i < 3; ++i) CHECK(limiter.Admit("billing", t0 + seconds(i)) == 0u);
+  for (int i = 0; i < 100; ++i) CHECK_FALSE(limiter.Admit("billing", t0 + seconds(5)).has_value());
+  // Another key has its own allowance.
+  CHECK(limiter.Admit("", t0 + seconds(5)) == 0u);
+  // The next window: the first line admitted carries the count held back.
+  CHECK(limiter.Admit("billing", t0 + seconds(10)) == 100u);
+  CHECK(limiter.Admit("billing", t0 + seconds(11)) == 0u);
 }

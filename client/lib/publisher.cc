@@ -1,0 +1,259 @@
+// Publisher: PublishStream with a window of messages in flight. Callers write
+// (one at a time, per stream); one reader thread per stream reads results and
+// runs the callbacks. A stream that breaks answers what it still owes
+// UNCONFIRMED; the next Publish opens a new one.
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "core.h"
+#include "mqsidecar/client.h"
+#include "util/mutex.h"
+
+namespace mqsidecar {
+
+using mqs::util::CondVar;
+using mqs::util::Mutex;
+using mqs::util::MutexLock;
+
+namespace {
+
+// Stream: one PublishStream call.
+struct Stream {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::PublishRequest, v1::PublishResult>> rw;
+  Mutex write_mu;  // one writer at a time; no write after WritesDone or Finish
+  bool writes_closed ABSL_GUARDED_BY(write_mu) = false;
+};
+
+struct Pending {
+  uint64_t user_sequence = 0;
+  std::string message_id;
+  PublishCallback done;
+  std::shared_ptr<Stream> stream;
+};
+
+v1::PublishResult Synthetic(const Pending& p, v1::PublishResult::Status status, std::string error) {
+  v1::PublishResult r;
+  r.set_sequence(p.user_sequence);
+  r.set_message_id(p.message_id);
+  r.set_status(status);
+  r.set_error(std::move(error));
+  return r;
+}
+
+}  // namespace
+
+struct Publisher::Impl {
+  std::shared_ptr<Client::Core> core;
+  PublisherOptions options;
+
+  Mutex mu;
+  CondVar cv;  // a result came in, a stream ended, closed
+  std::shared_ptr<Stream> stream ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);  // by our sequence
+  uint64_t next_sequence ABSL_GUARDED_BY(mu) = 1;
+  bool closed ABSL_GUARDED_BY(mu) = false;
+  // Every reader thread started, joined in Close (a finished one is joined
+  // when the next stream opens, unless that happens on the reader itself).
+  std::vector<std::thread> readers ABSL_GUARDED_BY(mu);
+
+  void Deliver(const Pending& p, const v1::PublishResult& r) const {
+    try {
+      p.done(r);
+    } catch (const std::exception& e) {
+      core->Report(std::string("publish callback threw: ") + e.what());
+    } catch (...) {
+      core->Report("publish callback threw");
+    }
+  }
+
+  void ReadLoop(const std::shared_ptr<Stream>& s) {
+    v1::PublishResult r;
+    while (s->rw->Read(&r)) {
+      Pending p;
+      {
+        MutexLock lock(&mu);
+        auto it = pending.find(r.sequence());
+        if (it == pending.end()) continue;  // not ours: ignore
+        p = std::move(it->second);
+        pending.erase(it);
+        cv.SignalAll();
+      }
+      r.set_sequence(p.user_sequence);
+      Deliver(p, r);
+    }
+    {
+      MutexLock lock(&s->write_mu);
+      s->writes_closed = true;
+    }
+    const grpc::Status status = s->rw->Finish();
+    std::vector<Pending> lost;
+    bool report = false;
+    {
+      MutexLock lock(&mu);
+      report = !status.ok() && !closed;
+      for (auto it = pending.begin(); it != pending.end();) {
+        if (it->second.stream == s) {
+          lost.push_back(std::move(it->second));
+          it = pending.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (stream == s) stream.reset();
+      cv.SignalAll();
+    }
+    if (report) {
+      core->Report("PublishStream ended (" + StatusText(status) +
+                   "); the next publish opens a new one");
+    }
+    if (!lost.empty()) {
+      const std::string error = "the PublishStream ended before its result (" + StatusText(status) +
+                                "): it may or may not be queued";
+      for (const Pending& p : lost) Deliver(p, Synthetic(p, v1::PublishResult::UNCONFIRMED, error));
+    }
+  }
+
+  // Opens a stream and its reader (mu held). The readers of earlier streams
+  // (all ended: stream was reset) go to *finished, for the caller to join
+  // once it has let go of mu (they may still be running callbacks); not the
+  // calling thread itself, which may be one of them.
+  std::shared_ptr<Stream> OpenLocked(std::vector<std::thread>* finished)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (auto it = readers.begin(); it != readers.end();) {
+      if (it->get_id() != std::this_thread::get_id()) {
+        finished->push_back(std::move(*it));
+        it = readers.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto s = std::make_shared<Stream>();
+    core->Prepare(&s->context);
+    s->rw = core->stub->PublishStream(&s->context);
+    stream = s;
+    readers.emplace_back([this, s] { ReadLoop(s); });
+    return s;
+  }
+
+  void Publish(v1::PublishRequest request, PublishCallback done) {
+    Pending p{request.sequence(), request.message_id(), std::move(done), nullptr};
+    std::shared_ptr<Stream> s;
+    uint64_t sequence = 0;
+    std::vector<std::thread> finished;
+    {
+      MutexLock lock(&mu);
+      while (!closed && pending.size() >= std::max<size_t>(1, options.window)) cv.Wait(&mu);
+      if (!closed) {
+        s = stream ? stream : OpenLocked(&finished);
+        sequence = next_sequence++;
+        p.stream = s;
+        pending.emplace(sequence, p);
+      }
+    }
+    for (std::thread& t : finished) t.join();
+    if (!s) {
+      Deliver(p, Synthetic(p, v1::PublishResult::FAILED, "the publisher is closed"));
+      return;
+    }
+    request.set_sequence(sequence);
+    MutexLock lock(&s->write_mu);
+    // A failed write means the stream broke: its reader answers the message.
+    if (!s->writes_closed) s->rw->Write(request);
+  }
+
+  bool Flush(std::chrono::steady_clock::time_point deadline) {
+    MutexLock lock(&mu);
+    while (!pending.empty()) {
+      if (!cv.WaitUntil(&mu, deadline) && !pending.empty()) return false;
+    }
+    return true;
+  }
+
+  void Close(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    {
+      MutexLock lock(&mu);
+      closed = true;
+      cv.SignalAll();
+    }
+    Flush(deadline);
+    std::shared_ptr<Stream> s;
+    {
+      MutexLock lock(&mu);
+      s = stream;
+    }
+    if (s) {
+      {
+        MutexLock lock(&s->write_mu);
+        if (!s->writes_closed) {
+          s->writes_closed = true;
+          s->rw->WritesDone();
+        }
+      }
+      bool ended = false;
+      {
+        MutexLock lock(&mu);
+        while (stream == s && cv.WaitUntil(&mu, deadline)) {
+        }
+        ended = stream != s;
+      }
+      // The sidecar did not end the stream in time: what is still in flight
+      // is answered UNCONFIRMED by the reader.
+      if (!ended) s->context.TryCancel();
+    }
+    std::vector<std::thread> joining;
+    {
+      MutexLock lock(&mu);
+      joining.swap(readers);
+    }
+    for (std::thread& t : joining) {
+      if (t.get_id() != std::this_thread::get_id()) {
+        t.join();
+      } else {  // Close from a callback (documented as not allowed): joined later
+        MutexLock lock(&mu);
+        readers.push_back(std::move(t));
+      }
+    }
+  }
+};
+
+Publisher::Publisher(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Publisher::~Publisher() { Close(); }
+
+void Publisher::Publish(v1::PublishRequest request, PublishCallback done) {
+  impl_->Publish(std::move(request), std::move(done));
+}
+
+std::future<v1::PublishResult> Publisher::Publish(v1::PublishRequest request) {
+  auto promise = std::make_shared<std::promise<v1::PublishResult>>();
+  std::future<v1::PublishResult> future = promise->get_future();
+  impl_->Publish(std::move(request),
+                 [promise](const v1::PublishResult& r) { promise->set_value(r); });
+  return future;
+}
+
+bool Publisher::Flush(std::chrono::milliseconds timeout) {
+  return impl_->Flush(std::chrono::steady_clock::now() + timeout);
+}
+
+void Publisher::Close(std::chrono::milliseconds timeout) { impl_->Close(timeout); }
+
+size_t Publisher::in_flight() const {
+  MutexLock lock(&impl_->mu);
+  return impl_->pending.size();
+}
+
+std::unique_ptr<Publisher> Client::NewPublisher(PublisherOptions options) {
+  auto impl = std::make_shared<Publisher::Impl>();
+  impl->core = core_;
+  impl->options = options;
+  return std::unique_ptr<Publisher>(new Publisher(std::move(impl)));
+}
+
+}  // namespace mqsidecar

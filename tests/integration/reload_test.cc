@@ -1,0 +1,157 @@
+// Reload (SIGHUP, systemctl reload) on a running daemon: the log level
+// changes live, what needs a restart is kept and named, a broken file is
+// rejected; streams and the broker links are untouched throughout. And the
+// command line's exit codes (2 for anything invalid).
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "harness.h"
+
+namespace mqs::it {
+namespace {
+
+using namespace std::chrono_literals;
+using grpc::health::v1::HealthCheckResponse;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Replaces the first `from` in the file with `to`; REQUIREs that it was there.
+void Edit(const std::string& path, const std::string& from, const std::string& to) {
+  std::string text = ReadFile(path);
+  const size_t at = text.find(from);
+  INFO(path << " has no \"" << from << "\":\n" << text);
+  REQUIRE(at != std::string::npos);
+  text.replace(at, from.size(), to);
+  std::ofstream(path) << text;
+}
+
+// The last reload GetTopology reports, once its time is after `after_ms`.
+std::optional<pb::Topology::Reload> WaitReload(Daemon& d, int64_t after_ms) {
+  std::optional<pb::Topology::Reload> last;
+  WaitUntil(
+      [&] {
+        const auto top = d.Topology(2s);
+        if (!top || !top->has_last_reload() || top->last_reload().at_ms() <= after_ms) {
+          return false;
+        }
+        last = top->last_reload();
+        return true;
+      },
+      10s, 20ms);
+  return last;
+}
+
+bool Delivered(Daemon& d, Subscriber& s, const std::string& biz, const std::string& id) {
+  pb::PublishResult result;
+  if (!PublishOne(d.stub(), MakePublish(biz, id, 1), &result).ok()) return false;
+  if (result.status() != pb::PublishResult::CONFIRMED) return false;
+  return WaitUntil(
+      [&] {
+        for (const auto& x : s.deliveries()) {
+          if (x.message_id() == id) return true;
+        }
+        return false;
+      },
+      10s, 10ms);
+}
+
+TEST_CASE(
+    "integration: SIGHUP applies a new log level live, keeps and names what needs a restart, "
+    "rejects a broken file, while an open stream and publishing carry on throughout") {
+  IntegrationTest t("reload");
+  const std::string biz = t.Business("orders");
+  Daemon& d = t.StartDaemon({{.name = biz}}, {.heartbeat = 10s});
+  Subscriber s(d.stub(), {.business = biz, .consumer_name = "before-reload", .auto_ack = true});
+  REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 1u, std::nullopt));
+  REQUIRE(Delivered(d, s, biz, "before"));
+
+  // A stricter level and a broker change: the level applies, the broker stays.
+  const std::string original = ReadFile(d.config_path());
+  Edit(d.config_path(), "level: info", "level: warn");
+  Edit(d.config_path(), "heartbeat: 10s", "heartbeat: 20s");
+  d.Signal(SIGHUP);
+  auto first = WaitReload(d, 0);
+  REQUIRE(first.has_value());
+  CHECK(first->result() == "kept");
+  REQUIRE(first->applied_size() == 1);
+  CHECK(first->applied(0) == "log.level: info -> warn");
+  REQUIRE(first->kept_size() == 1);
+  CHECK(first->kept(0) == "broker");
+  CHECK(d.Log().find("reload: kept; applied: log.level: info -> warn; kept until a restart: "
+                     "broker") != std::string::npos);
+  CHECK(d.Health() == HealthCheckResponse::SERVING);
+  CHECK_FALSE(s.ended());
+  CHECK(Delivered(d, s, biz, "after-first"));
+
+  // The same file again: the broker still differs from what runs (kept
+  // again), nothing to apply, and its info line is not written any more:
+  // the level is warn now.
+  d.Signal(SIGHUP);
+  auto second = WaitReload(d, first->at_ms());
+  REQUIRE(second.has_value());
+  CHECK(second->result() == "kept");
+  CHECK(second->applied_size() == 0);
+  CHECK(second->kept_size() == 1);
+  CHECK(d.Log().find("reload: kept; kept until a restart: broker") == std::string::npos);
+
+  // A broken file: rejected with the loader's error, the running config stays.
+  std::ofstream(d.config_path()) << "broker: { heartbeat: soon }\n";
+  d.Signal(SIGHUP);
+  auto third = WaitReload(d, second->at_ms());
+  REQUIRE(third.has_value());
+  CHECK(third->result() == "rejected");
+  CHECK(third->error().find(d.config_path() + ":1") != std::string::npos);
+  CHECK(third->applied_size() == 0);
+  CHECK(d.Log().find("reload: rejected: the running config stays") != std::string::npos);
+  CHECK(d.Health() == HealthCheckResponse::SERVING);
+  CHECK_FALSE(s.ended());
+  CHECK(Delivered(d, s, biz, "after-rejected"));
+
+  // The original file: back to info (the line saying so is written: a more
+  // verbose level applies before it), nothing else differs.
+  std::ofstream(d.config_path()) << original;
+  d.Signal(SIGHUP);
+  auto fourth = WaitReload(d, third->at_ms());
+  REQUIRE(fourth.has_value());
+  CHECK(fourth->result() == "applied");
+  REQUIRE(fourth->applied_size() == 1);
+  CHECK(fourth->applied(0) == "log.level: warn -> info");
+  CHECK(WaitUntil(
+      [&] {
+        return d.Log().find("reload: applied; applied: log.level: warn -> info") !=
+               std::string::npos;
+      },
+      5s, 20ms));
+  // And once more: the file says what runs.
+  d.Signal(SIGHUP);
+  auto fifth = WaitReload(d, fourth->at_ms());
+  REQUIRE(fifth.has_value());
+  CHECK(fifth->result() == "unchanged");
+  CHECK(d.Running());
+  CHECK(s.Leave().ok());
+}
+
+TEST_CASE("integration: an invalid command line exits 2, --help and --version 0") {
+  const CommandResult bad = RunCommand({DaemonPathForTests(), "--no-such-flag"}, 10s);
+  INFO(CommandOutput(bad));
+  CHECK(bad.exit_code == 2);
+  CHECK(bad.err.find("--no-such-flag") != std::string::npos);
+  const CommandResult missing = RunCommand({DaemonPathForTests(), "--config"}, 10s);
+  INFO(CommandOutput(missing));
+  CHECK(missing.exit_code == 2);
+  CHECK(RunCommand({DaemonPathForTests(), "--help"}, 10s).exit_code == 0);
+  CHECK(RunCommand({DaemonPathForTests(), "--version"}, 10s).exit_code == 0);
+}
+
+}  // namespace
+}  // namespace mqs::it

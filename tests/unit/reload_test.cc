@@ -1,0 +1,111 @@
+// Reload planning (config/reload.h): what a SIGHUP applies, keeps or rejects.
+#include "config/reload.h"
+
+#include <catch2/catch.hpp>
+#include <string>
+
+namespace mqs::config {
+namespace {
+
+Config Load(const std::string& extra, const std::string& level = "info") {
+  absl::StatusOr<Config> c = LoadYamlText(
+      "listen: [\"unix:///tmp/reload-test.sock\"]\n"
+      "broker: { uris: [\"amqp://guest:guest@127.0.0.1:5672/\"], heartbeat: 10s }\n"
+      "producers:\n"
+      "  orders: { exchange: orders }\n"
+      "consumers:\n"
+      "  orders: { exchange: orders, prefetch: 16 }\n" +
+          extra + "log: { level: " + level + " }\n",
+      "sidecar.yaml");
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  c->instance = "0123456789abcdef";
+  return *c;
+}
+
+TEST_CASE("reload: the same file is unchanged") {
+  const ReloadReport r = PlanReload(Load(""), Load(""), false);
+  CHECK(r.result == ReloadReport::Result::kUnchanged);
+  CHECK(r.applied.empty());
+  CHECK(r.kept.empty());
+  CHECK(r.level == "info");
+  CHECK(r.Summary() == "reload: unchanged (the file says what runs)");
+}
+
+TEST_CASE("reload: a new instance id is not a change") {
+  Config next = Load("");
+  next.instance = "fedcba9876543210";
+  CHECK(PlanReload(Load(""), next, false).result == ReloadReport::Result::kUnchanged);
+}
+
+TEST_CASE("reload: the log level is applied live, unless --log-level pinned it") {
+  const ReloadReport r = PlanReload(Load(""), Load("", "debug"), false);
+  CHECK(r.result == ReloadReport::Result::kApplied);
+  CHECK(r.level == "debug");
+  REQUIRE(r.applied.size() == 1);
+  CHECK(r.applied[0] == "log.level: info -> debug");
+  CHECK(r.kept.empty());
+
+  const ReloadReport pinned = PlanReload(Load(""), Load("", "debug"), true);
+  CHECK(pinned.result == ReloadReport::Result::kKept);
+  CHECK(pinned.level == "info");
+  REQUIRE(pinned.kept.size() == 1);
+  CHECK(pinned.kept[0].find("--log-level on the command line wins") != std::string::npos);
+}
+
+TEST_CASE("reload: what needs a restart is kept and named, by section and by business") {
+  const Config running = Load("");
+  Config next = Load(
+      "  payments: { exchange: payments }\n"  // a second consumer (under consumers:)
+      "publish: { window: 64 }\n",
+      "debug");
+  next.broker.uris = {"amqp://guest:guest@10.0.0.1:5672/"};
+  const ReloadReport r = PlanReload(running, next, false);
+  INFO(r.Summary());
+  CHECK(r.result == ReloadReport::Result::kKept);
+  CHECK(r.level == "debug");  // applied beside what is kept
+  CHECK(r.applied.size() == 1);
+  CHECK(r.kept == std::vector<std::string>{"broker", "businesses: added [payments]", "publish"});
+  CHECK(r.Summary() ==
+        "reload: kept; applied: log.level: info -> debug; kept until a restart: broker, "
+        "businesses: added [payments], publish");
+}
+
+TEST_CASE("reload: a business removed or changed is named") {
+  Config next = Load("");
+  next.consumers[0].prefetch = 32;
+  next.producers.clear();
+  const ReloadReport r = PlanReload(Load(""), next, false);
+  INFO(r.Summary());
+  REQUIRE(r.kept.size() == 1);
+  CHECK(r.kept[0] == "businesses: changed [orders]");
+}
+
+TEST_CASE("reload: a file that does not load is rejected with its errors, nothing changes") {
+  const absl::StatusOr<Config> broken =
+      LoadYamlText("broker: { heartbeat: soon }\n", "sidecar.yaml");
+  REQUIRE_FALSE(broken.ok());
+  const ReloadReport r = PlanReload(Load("", "warn"), broken, false);
+  CHECK(r.result == ReloadReport::Result::kRejected);
+  CHECK(r.level == "warn");
+  CHECK(r.applied.empty());
+  CHECK(r.error.find("sidecar.yaml:1") != std::string::npos);
+  CHECK(r.Summary().find("reload: rejected: the running config stays; the file: sidecar.yaml:1") ==
+        0);
+}
+
+TEST_CASE("reload: the log keeps the last report") {
+  ReloadLog log;
+  CHECK_FALSE(log.Last().has_value());
+  ReloadReport r;
+  r.result = ReloadReport::Result::kApplied;
+  log.Record(r, std::chrono::system_clock::time_point(std::chrono::seconds(5)));
+  r.result = ReloadReport::Result::kRejected;
+  log.Record(r, std::chrono::system_clock::time_point(std::chrono::seconds(9)));
+  REQUIRE(log.Last().has_value());
+  CHECK(log.Last()->report.result == ReloadReport::Result::kRejected);
+  CHECK(log.Last()->at == std::chrono::system_clock::time_point(std::chrono::seconds(9)));
+}
+
+}  // namespace
+}  // namespace mqs::config
