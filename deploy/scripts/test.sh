@@ -27,15 +27,18 @@ deploy/scripts/broker.sh ensure
 # sanitizer or a crash prints, and a quarter less compile time than -g.
 LINES_ONLY="-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG"
 
-# run_pass NAME CTEST_ARGS CMAKE_ARGS...: configure, build, run the tests
-# ctest selects with CTEST_ARGS (e.g. "-LE cluster").
+# run_pass NAME CTEST_ARGS TARGETS CMAKE_ARGS...: configure, build TARGETS
+# (all when empty: a sanitizer pass builds only the test binaries it runs,
+# which pull in the daemon, mqctl and the helpers they start), run the tests
+# ctest selects with CTEST_ARGS (e.g. "-LE cluster"), then print the slowest.
 run_pass() {
-  local name=$1 select=$2; shift 2
+  local name=$1 select=$2 targets=$3; shift 3
   local dir="build/$name"
   echo "=== test pass: $name ==="
   local t0=$SECONDS
   cmake -S . -B "$dir" -G Ninja -DMQS_WERROR=ON "$@" >/dev/null
-  ninja -C "$dir" -j "$JOBS"
+  # shellcheck disable=SC2086  # $targets is a list of ninja targets
+  ninja -C "$dir" -j "$JOBS" $targets
   echo "--- $name: built in $((SECONDS - t0)) s"
   # clang-tidy (about 10 minutes of CPU) runs at the lowest priority beside
   # the tests, which mostly wait on the broker: the tests keep their CPU, the
@@ -52,6 +55,11 @@ run_pass() {
     deploy/scripts/failure-digest.sh "$dir/Testing/Temporary/LastTest.log" || true
     exit 8
   fi
+  # Where the pass's time went (CTest keeps each test's last duration).
+  echo "--- $name: slowest tests (s):"
+  # (Its lines are "NAME RUNS SECONDS", the name with spaces; "---" ends them.)
+  awk '$1 == "---" { exit } NF >= 3 { c = $NF; NF -= 2; printf "  %7.1f  %s\n", c, $0 }' \
+    "$dir/Testing/Temporary/CTestCostData.txt" 2>/dev/null | sort -g -r | head -15 || true
   if [ -n "$tidy_pid" ]; then
     local tidy_rc=0
     wait "$tidy_pid" || tidy_rc=$?
@@ -65,19 +73,20 @@ run_pass() {
 for pass in $PASSES; do
   case "$pass" in
     lint) deploy/scripts/lint.sh format ;;
-    werror) run_pass werror "" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$LINES_ONLY" ;;
+    werror) run_pass werror "" "" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$LINES_ONLY" ;;
     asan)
       (
         export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
         export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
         export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-        run_pass asan "-L unit|integration" -DCMAKE_BUILD_TYPE=Debug -DMQS_SANITIZE=ON
+        run_pass asan "-L unit|integration" "unit_tests integration_tests" -DCMAKE_BUILD_TYPE=Debug -DMQS_SANITIZE=ON
       )
       ;;
     tsan)
       (
         export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$PWD/tests/tsan.supp"
-        run_pass tsan "-L unit|integration|fault -LE slow" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQS_TSAN=ON \
+        run_pass tsan "-L unit|integration|fault -LE slow" "unit_tests integration_tests fault_tests" \
+          -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQS_TSAN=ON \
           -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_C_COMPILER=clang-14 "$LINES_ONLY"
       )
       ;;
@@ -87,17 +96,37 @@ for pass in $PASSES; do
       cmake -S . -B build/fuzz -G Ninja -DMQS_WERROR=ON -DMQS_FUZZ=ON \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 "$LINES_ONLY" >/dev/null
       ninja -C build/fuzz -j "$JOBS" config_fuzz amqp_props_fuzz consumer_ledger_fuzz publish_ledger_fuzz request_fuzz
-      for target in config_fuzz amqp_props_fuzz consumer_ledger_fuzz publish_ledger_fuzz request_fuzz; do
+      # Two at a time: each fuzzer uses one core, the machine has two (JOBS).
+      fuzz_one() {
+        local target=$1 work="build/fuzz/corpus/$1"
         # The committed corpus seeds a scratch copy, which the run may grow.
-        work="build/fuzz/corpus/$target"
         rm -rf "$work" && mkdir -p "$work"
         cp tests/fuzz/corpus/"${target%_fuzz}"/* "$work"/
         if [ "$target" = config_fuzz ]; then cp deploy/config/* "$work"/; fi
         (cd build/fuzz && "tests/fuzz/$target" -max_total_time="${MQS_FUZZ_SECONDS:-20}" \
-          -rss_limit_mb=2048 -timeout=10 -max_len=65536 -print_final_stats=1 "corpus/$target" \
-          2>&1 | grep -v -e '^#' -e '^"' | tail -30)
-        echo "--- fuzz: $target ran ${MQS_FUZZ_SECONDS:-20} s without a finding"
+          -rss_limit_mb=2048 -timeout=10 -max_len=65536 -print_final_stats=1 "corpus/$target")
+      }
+      targets=(config_fuzz amqp_props_fuzz consumer_ledger_fuzz publish_ledger_fuzz request_fuzz)
+      fuzz_failed=0
+      for ((i = 0; i < ${#targets[@]}; i += JOBS)); do
+        pids=()
+        for target in "${targets[@]:i:JOBS}"; do
+          fuzz_one "$target" >"build/fuzz/$target.log" 2>&1 &
+          pids+=("$!:$target")
+        done
+        for entry in "${pids[@]}"; do
+          target=${entry#*:}
+          if wait "${entry%%:*}"; then
+            grep -v -e '^#' -e '^"' "build/fuzz/$target.log" | tail -8
+            echo "--- fuzz: $target ran ${MQS_FUZZ_SECONDS:-20} s without a finding"
+          else
+            grep -v -e '^#' -e '^"' "build/fuzz/$target.log" | tail -60
+            echo "--- fuzz: $target FAILED (its input is in build/fuzz/)"
+            fuzz_failed=1
+          fi
+        done
       done
+      if [ "$fuzz_failed" -ne 0 ]; then exit 9; fi
       echo "--- fuzz: passed in $((SECONDS - t0)) s"
       ;;
     *) echo "unknown pass $pass" >&2; exit 64 ;;
