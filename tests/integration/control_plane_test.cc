@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "nlohmann/json.hpp"
 
 namespace mqs::it {
 namespace {
@@ -343,6 +344,109 @@ TEST_CASE(
   for (const auto& s : ListServers(*f.admin)) {
     if (Key(s.identity()) != k11) CHECK_FALSE(s.stale());
   }
+}
+
+TEST_CASE(
+    "integration: mqctl drives the control plane end to end: status report, servers, task send "
+    "--wait answered by task complete, topology, and their exit codes") {
+  IntegrationTest t("mqctl-control");
+  Fleet f(t);
+  const auto mqctl = [](Daemon& d, std::vector<std::string> args) {
+    std::vector<std::string> argv{MqctlPath(), "--address", d.address()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv, 30s);
+  };
+
+  // status report on one replica; the admin's `servers` shows it in the pings.
+  const CommandResult report = mqctl(
+      *f.u11, {"status", "report", "--state", "ready", "--load", "0.5", "--label", "build=42"});
+  INFO(CommandOutput(report));
+  REQUIRE(report.exit_code == 0);
+  const std::string k11 = f.usdtsvr + ".1.1";
+  nlohmann::json seen;
+  REQUIRE(WaitUntil(
+      [&] {
+        const CommandResult r = mqctl(*f.admin, {"servers", "--json", "--app", f.usdtsvr});
+        if (r.exit_code != 0) return false;
+        size_t rows = 0;
+        for (const std::string& line : OutputLines(r.out)) {
+          const auto j = nlohmann::json::parse(line);
+          ++rows;
+          if (j.at("app") != f.usdtsvr) return false;  // --app filters
+          if (j.at("server") == "1" && j.at("status").is_object()) seen = j;
+        }
+        return rows == 2 && seen.is_object() && seen.at("status").at("state") == "ready";
+      },
+      10s, 200ms));
+  CHECK(seen.at("status").at("load") == 0.5);
+  CHECK(seen.at("status").at("labels").at("build") == "42");
+  CHECK(seen.at("stale") == false);
+  CHECK(seen.at("broker_state") == "connected");
+  const CommandResult table = mqctl(*f.admin, {"servers"});
+  INFO(CommandOutput(table));
+  CHECK(table.exit_code == 0);
+  CHECK_THAT(table.out,
+             Catch::Contains("APP") && Catch::Contains(f.eusdsvr) && Catch::Contains("ready"));
+
+  // task send --wait to one server, answered by the service with task complete.
+  Subscriber own(f.u10->stub(),
+                 {.business = "task.{app}.{region}.{server}",
+                  .prefetch = 1,
+                  .auto_ack = true,
+                  .on_delivery = [&](const pb::Delivery& d) {
+                    const CommandResult done = mqctl(
+                        *f.u10, {"task", "complete", d.correlation_id(), "result-of-" + d.payload(),
+                                 "--reply-to", d.reply_to(), "--state", "done"});
+                    if (done.exit_code != 0) {
+                      std::fprintf(stderr, "task complete: %s\n", CommandOutput(done).c_str());
+                    }
+                  }});
+  REQUIRE(WaitUntil(
+      [&] {
+        auto q = t.admin().InspectQueue("task." + f.usdtsvr + ".1.0.queue");
+        return q && q->consumers == 1;
+      },
+      10s));
+  const CommandResult sent =
+      mqctl(*f.admin, {"task", "send", "run", "echo", "--app", f.usdtsvr, "--region", "1",
+                       "--server", "0", "--wait", "--timeout", "10s", "--json"});
+  INFO(CommandOutput(sent));
+  REQUIRE(sent.exit_code == 0);
+  const auto answer = nlohmann::json::parse(sent.out);
+  CHECK(answer.at("command") == "run");
+  CHECK(answer.at("exchange") == "task." + f.usdtsvr + ".1.0");
+  REQUIRE(answer.at("result").is_object());
+  CHECK(answer.at("result").at("correlation_id") == answer.at("correlation_id"));
+  CHECK(answer.at("result").at("state") == "done");
+  CHECK(answer.at("result").at("payload") == "result-of-echo");
+  CHECK(answer.at("result").at("from").at("server") == "0");
+
+  // Nobody answers on server 1: exit 2 at the timeout. A task for an app no
+  // queue serves: exit 2 (NOT_FOUND). Bad usage: 64.
+  const CommandResult unanswered =
+      mqctl(*f.admin, {"task", "send", "run", "x", "--app", f.usdtsvr, "--region", "1", "--server",
+                       "1", "--wait", "--timeout", "1s"});
+  INFO(CommandOutput(unanswered));
+  CHECK(unanswered.exit_code == 2);
+  const CommandResult nobody =
+      mqctl(*f.admin, {"task", "send", "run", "x", "--app", "nosuchapp-" + f.usdtsvr});
+  INFO(CommandOutput(nobody));
+  CHECK(nobody.exit_code == 2);
+  CHECK(mqctl(*f.admin, {"task", "send", "run"}).exit_code == 64);  // --app is required
+  CHECK(mqctl(*f.admin, {"task", "send", "run", "--app", "a", "--region", "1"}).exit_code ==
+        64);  // --region needs --server
+
+  // topology: JSON with the connection and what the daemon declared.
+  const CommandResult top = mqctl(*f.u10, {"topology", "--pretty"});
+  INFO(CommandOutput(top));
+  REQUIRE(top.exit_code == 0);
+  const auto topology = nlohmann::json::parse(top.out);
+  CHECK(topology.at("connected") == true);
+  bool own_queue = false;
+  for (const auto& q : topology.at("queues")) {
+    own_queue = own_queue || q.at("name") == "task." + f.usdtsvr + ".1.0.queue";
+  }
+  CHECK(own_queue);
 }
 
 TEST_CASE(

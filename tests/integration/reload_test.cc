@@ -10,7 +10,9 @@
 #include <sstream>
 #include <string>
 
+#include "checker.h"
 #include "harness.h"
+#include "recorded.h"
 
 namespace mqs::it {
 namespace {
@@ -139,6 +141,52 @@ TEST_CASE(
   CHECK(fifth->result() == "unchanged");
   CHECK(d.Running());
   CHECK(s.Leave().ok());
+}
+
+TEST_CASE(
+    "integration: PublishStream and Subscribe in flight across three SIGHUP reloads: the "
+    "streams never end, every message confirmed once and delivered, nothing lost") {
+  IntegrationTest t("reload-flight");
+  const std::string biz = t.Business("orders");
+  Daemon& d = t.StartDaemon({{.name = biz, .prefetch = 64}}, {.heartbeat = 10s});
+  History h;
+  Subscriber s(d.stub(), Recording(h, biz, "s1"));
+  REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 1u, std::nullopt));
+  constexpr int kMessages = 6000;
+  // Paced (3,000/s: 2 s), so that each reload lands while publishes are in flight.
+  AsyncPublishStream stream(d.stub(), Recorded(h, MakeRequests(biz, biz, kMessages), 3000));
+  int64_t after_ms = 0;
+  const std::string original = ReadFile(d.config_path());
+  for (const size_t answered : {1000u, 2500u, 4000u}) {
+    REQUIRE(stream.WaitAnswered(answered, 30s));
+    // A change that applies live (the level), alternating, so each reload
+    // does something while the streams run.
+    if (after_ms == 0 || answered == 4000u) {
+      Edit(d.config_path(), "level: info", "level: debug");
+    } else {
+      std::ofstream(d.config_path()) << original;
+    }
+    d.Signal(SIGHUP);
+    const auto reload = WaitReload(d, after_ms);
+    REQUIRE(reload.has_value());
+    CHECK(reload->result() == "applied");
+    after_ms = reload->at_ms();
+    CHECK_FALSE(stream.ended());
+    CHECK_FALSE(s.ended());
+  }
+  const auto end = stream.WaitEnded(60s);
+  REQUIRE(end.has_value());
+  INFO("stream: " << StatusText(*end));
+  CHECK(end->ok());
+  CHECK(WaitUntil([&] { return h.ConfirmedUndelivered() == 0; }, 30s, 20ms));
+  const History::Report r = h.Check();
+  INFO(r.Summary());
+  CHECK(r.confirmed == static_cast<size_t>(kMessages));
+  CHECK(r.lost == 0);
+  CHECK(r.extra_copies == 0);
+  CHECK(r.Violations() == "");
+  CHECK_FALSE(s.ended());
+  CHECK(d.Health() == HealthCheckResponse::SERVING);
 }
 
 TEST_CASE("integration: an invalid command line exits 2, --help and --version 0") {
