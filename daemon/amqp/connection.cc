@@ -329,6 +329,19 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const std::string& 
       return absl::PermissionDeniedError(util::StrCat(
           "login to ", masked, " failed: connection closed (wrong user, password or vhost?)"));
     }
+    if (reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+        reply.library_error == AMQP_STATUS_SSL_ERROR && info->tls) {
+      // With TLS 1.3 a broker that refuses the client's certificate (or its
+      // absence) says so after the handshake: the login's first read fails.
+      std::string hint = TlsFailureHint(reply.library_error, *info, options.tls);
+      return absl::UnavailableError(
+          util::StrCat("login to ", masked, " failed: the broker ended the TLS session", hint,
+                       options.tls.cert.empty()
+                           ? " (no client certificate is configured: does the broker require one? "
+                             "broker.tls.cert and broker.tls.key)"
+                           : util::StrCat(" (does the broker accept the client certificate ",
+                                          options.tls.cert, "?)")));
+    }
     return absl::UnavailableError(util::StrCat("login to ", masked, " failed: ",
                                                reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
                                                    ? amqp_error_string2(reply.library_error)

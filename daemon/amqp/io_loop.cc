@@ -104,6 +104,16 @@ std::string IoLoop::broker_uri() const {
   return broker_uri_;
 }
 
+std::string IoLoop::last_error() const {
+  util::MutexLock lock(&uri_mu_);
+  return last_error_;
+}
+
+void IoLoop::SetLastError(const absl::Status& why) {
+  util::MutexLock lock(&uri_mu_);
+  last_error_ = std::string(why.message());
+}
+
 void IoLoop::SetState(LinkState s) {
   if (state_.exchange(s, std::memory_order_acq_rel) == s) return;
   if (observability::Metrics* m = observability::Metrics::Active(); m != nullptr) {
@@ -211,6 +221,7 @@ void IoLoop::Run() {
       }
       util::LogWith(spdlog::level::warn, {conn_field, uri_field}, "[{}] {} (retrying in ~{} ms)",
                     name_, status.message(), backoff.count());
+      SetLastError(status);
       OnDisconnected(status);
       SetState(LinkState::kReconnecting);
       // Move on to the next node of a cluster; back off once per full round.
@@ -236,6 +247,7 @@ void IoLoop::Run() {
     }
     util::LogWith(spdlog::level::warn, {conn_field, uri_field}, "[{}] connection lost: {}", name_,
                   status.message());
+    SetLastError(absl::Status(status.code(), util::StrCat("connection lost: ", status.message())));
     blocked_.store(false, std::memory_order_release);
     SetState(LinkState::kReconnecting);
     OnDisconnected(status);

@@ -57,6 +57,10 @@ class IoLoop {
   // blocked: the broker has paused this connection (resource alarm).
   bool blocked() const { return blocked_.load(std::memory_order_acquire); }
   std::string broker_uri() const;  // masked; the one connected or last tried
+  // Why the last connect failed or the last connection was lost (password
+  // masked, as logged); "" before the first failure. GetTopology shows it
+  // while the link is down, so a wrong CA is visible without the log.
+  std::string last_error() const;
   // The loop thread's progress, for the watchdog (util/thread_watch.h).
   const util::ThreadWatch& watch() const { return watch_; }
 
@@ -96,6 +100,7 @@ class IoLoop {
   // drained after a stop (returns OK).
   absl::Status Pump(Connection& conn);
   void SetState(LinkState s);
+  void SetLastError(const absl::Status& why);
   // Handles channel-0 methods: connection.close, connection.(un)blocked.
   absl::Status OnConnectionMethod(Connection& conn, const amqp_method_t& method);
   // Sleeps up to `d`, still serving the inbox (with no connection).
@@ -119,6 +124,7 @@ class IoLoop {
   std::atomic<int64_t> drain_ms_{0};
   mutable util::Mutex uri_mu_;
   std::string broker_uri_ ABSL_GUARDED_BY(uri_mu_);
+  std::string last_error_ ABSL_GUARDED_BY(uri_mu_);
   std::thread thread_;
   // The socket of the connect in progress (from the TCP connect until
   // OnConnected returns), for Stop to shut down after kStopConnectGrace.

@@ -191,6 +191,11 @@ void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
   topology->set_broker_uri(publisher_.broker_uri());
   topology->set_connected(publisher_.connected() && consumer_.connected());
   topology->set_state(control::BrokerStateName(publisher_, consumer_));
+  if (!publisher_.connected()) {
+    topology->set_last_error(publisher_.last_error());
+  } else if (!consumer_.connected()) {
+    topology->set_last_error(consumer_.last_error());
+  }
   *topology->mutable_identity() = control_.identity();
   if (reloads_ == nullptr) return;
   if (const std::optional<config::ReloadLog::Entry> last = reloads_->Last()) {

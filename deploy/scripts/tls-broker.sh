@@ -17,8 +17,9 @@
 #                          (SAN DNS:localhost, no IP: 127.0.0.1 does not match)
 #   client.pem, .key       a client certificate signed by ca.pem
 #   other-ca.pem           an unrelated CA (signs nothing the broker has)
-# The broker does not ask for a client certificate (verify_none,
-# fail_if_no_peer_cert false).
+# The broker requires a client certificate signed by ca.pem (verify_peer,
+# fail_if_no_peer_cert true), so a test that serves proves the daemon sent its
+# broker.tls cert and key.
 #
 # The default node (rabbit@host, 5672) and the cluster nodes are never
 # touched: every setting comes from the environment below, not from
@@ -155,8 +156,8 @@ listeners.ssl.default = 127.0.0.1:$TLS_PORT
 ssl_options.cacertfile = $CERTS/ca.pem
 ssl_options.certfile = $CERTS/server.pem
 ssl_options.keyfile = $CERTS/server.key
-ssl_options.verify = verify_none
-ssl_options.fail_if_no_peer_cert = false
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
 EOF
   if [[ $(id -u) -eq 0 ]]; then chown -R rabbitmq:rabbitmq "$BASE"; fi
 }

@@ -265,5 +265,50 @@ TEST_CASE(
   CHECK_THAT(unknown.error_message(), Catch::Contains("'CN=client-a2,O=mqs-test' is no client's"));
 }
 
+TEST_CASE(
+    "integration: access: over TCP with server-only TLS a bearer token is its client, a wrong or "
+    "missing one is UNAUTHENTICATED, another business PERMISSION_DENIED") {
+  IntegrationTest t("acctlstoken");
+  const TestPki pki(t.dir());
+  const std::string mine = t.Business("mine");
+  const std::string other = t.Business("other");
+  const std::string token_file = t.dir() + "/web.token";
+  std::ofstream(token_file) << kToken << "\n";
+  const int port = FreePort();
+  // TLS without client_ca: no client certificate is asked for; the token
+  // alone says who calls.
+  t.StartDaemon({{.name = mine}, {.name = other}},
+                {.extra_yaml = "tcp:\n  tls:\n    cert: " + pki.Path("server-a.pem") +
+                               "\n    key: " + pki.Path("server-a.key") +
+                               "\naccess:\n  web:\n    token_file: " + token_file +
+                               "\n    publish: [" + mine + "]\n    subscribe: [" + mine + "]\n",
+                 .extra_listen = {"0.0.0.0:" + std::to_string(port)}});
+  auto tcp = pb::PubSub::NewStub(TlsChannel(pki, port, "ca-a.pem"));
+  pb::PublishResult result;
+  const grpc::Status allowed = PublishAs(*tcp, mine, kToken, &result);
+  INFO(StatusText(allowed));
+  REQUIRE(allowed.ok());
+  CHECK(result.status() == pb::PublishResult::CONFIRMED);
+  CHECK(SubscribeAs(*tcp, mine, kToken, [&] {
+          return WaitForQueue(t.admin(), mine + ".queue", 1, std::nullopt);
+        }).error_code() == grpc::StatusCode::CANCELLED);
+
+  const grpc::Status denied = PublishAs(*tcp, other, kToken);
+  CHECK(denied.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+  CHECK_THAT(denied.error_message(),
+             Catch::Contains("client 'web' may not publish to business '" + other + "'"));
+  CHECK(SubscribeAs(*tcp, other, kToken).error_code() == grpc::StatusCode::PERMISSION_DENIED);
+
+  const grpc::Status wrong = PublishAs(*tcp, mine, std::string(kToken) + "x");
+  CHECK(wrong.error_code() == grpc::StatusCode::UNAUTHENTICATED);
+  CHECK_THAT(wrong.error_message(), Catch::Contains("bearer token is no client's"));
+  CHECK(PublishAs(*tcp, mine, "").error_code() == grpc::StatusCode::UNAUTHENTICATED);
+  CHECK(TopologyAs(*tcp, "").error_code() == grpc::StatusCode::UNAUTHENTICATED);
+
+  // The listener is TLS only: plaintext gets nothing, with or without a token.
+  auto plain = pb::PubSub::NewStub(PlainChannel(port));
+  CHECK(PublishAs(*plain, mine, kToken).error_code() == grpc::StatusCode::UNAVAILABLE);
+}
+
 }  // namespace
 }  // namespace mqs::it

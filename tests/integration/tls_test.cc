@@ -83,6 +83,27 @@ TEST_CASE(
   CHECK(d.Health() == HealthCheckResponse::SERVING);
   PublishAndConsume(d, biz, "tls-ok");
   CHECK_THAT(d.Log(), Catch::Contains("connected to amqps://guest:****@localhost:5693/"));
+
+  // The broker requires a client certificate (tls-broker.sh): without one,
+  // the right CA is not enough, and the daemon says why.
+  Daemon no_cert(
+      t.dir(), "no-cert", t.uri(), {{.name = biz}},
+      {.uris = {Amqps("localhost")}, .broker_tls_yaml = "{ ca: " + Cert("ca.pem") + " }"});
+  StartNotServing(no_cert, 3s);
+  std::optional<pb::Topology> top;
+  CHECK(WaitUntil(
+      [&] {
+        top = no_cert.Topology();
+        return top && !top->last_error().empty();
+      },
+      10s));
+  INFO(no_cert.Log());
+  REQUIRE(top.has_value());
+  CHECK_FALSE(top->connected());
+  CHECK_THAT(top->last_error(), Catch::Contains("the broker ended the TLS session") &&
+                                    Catch::Contains("no client certificate is configured"));
+  CHECK(no_cert.Health() == HealthCheckResponse::NOT_SERVING);
+  no_cert.Stop();
 }
 
 TEST_CASE(
@@ -119,6 +140,12 @@ TEST_CASE(
   CHECK_THAT(log, Catch::Contains("cannot connect to amqps://guest:****@localhost:5693/"));
   CHECK_THAT(log, Catch::Contains(Cert("other-ca.pem")));
   CHECK_THAT(log, !Catch::Contains("guest:guest"));
+  // And without the log: GetTopology (mqctl topology) says why.
+  const auto top = wrong_ca.Topology();
+  REQUIRE(top.has_value());
+  CHECK_FALSE(top->connected());
+  CHECK_THAT(top->last_error(), Catch::Contains(verify) && Catch::Contains(Cert("other-ca.pem")) &&
+                                    !Catch::Contains("guest:guest"));
 
   CHECK(WaitUntil([&] { return count(plain.Log(), "TLS handshake failed") >= 2; }, 10s));
   const std::string plain_log = plain.Log();
@@ -155,8 +182,10 @@ TEST_CASE(
     d.Stop();
   }
   Daemon& d = t.StartDaemon(
-      {{.name = biz}}, {.uris = {Amqps("127.0.0.1")},
-                        .broker_tls_yaml = "{ ca: " + Cert("other-ca.pem") + ", verify: false }"});
+      {{.name = biz}},
+      {.uris = {Amqps("127.0.0.1")},
+       .broker_tls_yaml = "{ ca: " + Cert("other-ca.pem") + ", verify: false" +
+                          ", cert: " + Cert("client.pem") + ", key: " + Cert("client.key") + " }"});
   CHECK(d.Health() == HealthCheckResponse::SERVING);
   PublishAndConsume(d, biz, "tls-noverify");
 }
@@ -179,10 +208,13 @@ TEST_CASE(
                 "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
   IntegrationTest t("tls-freeze");
   const std::string biz = t.Business("tls");
-  Daemon& d = t.StartDaemon({{.name = biz}}, {.uris = {Amqps("localhost")},
-                                              .heartbeat = 2s,
-                                              .wait_timeout = 4s,
-                                              .broker_tls_yaml = "{ ca: " + Cert("ca.pem") + " }"});
+  Daemon& d =
+      t.StartDaemon({{.name = biz}}, {.uris = {Amqps("localhost")},
+                                      .heartbeat = 2s,
+                                      .wait_timeout = 4s,
+                                      .broker_tls_yaml = "{ ca: " + Cert("ca.pem") +
+                                                         ", cert: " + Cert("client.pem") +
+                                                         ", key: " + Cert("client.key") + " }"});
   long pid = 0;
   std::ifstream(TlsDir() + "/node/pid") >> pid;
   REQUIRE(pid > 0);
