@@ -4,6 +4,8 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
 #include <optional>
 #include <random>
 
@@ -165,9 +167,15 @@ absl::StatusOr<std::unique_ptr<Connection>> IoLoop::OpenWhileServing(
     done.store(true, std::memory_order_release);
     Wake();
   });
+  ServeUntil(done);
+  connector.join();
+  return result;
+}
+
+void IoLoop::ServeUntil(const std::atomic<bool>& done) {
   while (!done.load(std::memory_order_acquire)) {
-    // Publishes that wait for this connection are answered at their
-    // deadline, not after the connect.
+    // Publishes that wait for the connection are answered at their
+    // deadline, not after the round trips.
     ProcessInbox(nullptr);
     if (done.load(std::memory_order_acquire)) break;
     pollfd pfd{WakeFd(), POLLIN, 0};
@@ -175,7 +183,21 @@ absl::StatusOr<std::unique_ptr<Connection>> IoLoop::OpenWhileServing(
     ::poll(&pfd, 1, HasTimers() ? 50 : 200);
     watch_.Busy();
   }
-  connector.join();
+}
+
+absl::Status IoLoop::RunWhileServing(Connection& conn, const std::function<absl::Status()>& fn) {
+  absl::Status result;
+  std::atomic<bool> done{false};
+  connect_abort_.Arm(conn.fd());
+  std::thread helper([&] {
+    pthread_setname_np(pthread_self(), util::StrCat("mqs-", name_, "-r").substr(0, 15).c_str());
+    result = fn();
+    done.store(true, std::memory_order_release);
+    Wake();
+  });
+  ServeUntil(done);
+  helper.join();
+  connect_abort_.Disarm();
   return result;
 }
 

@@ -94,6 +94,15 @@ class IoLoop {
   bool stop_requested() const { return stop_.load(std::memory_order_acquire); }
   const std::string& name() const { return name_; }
 
+  // RunWhileServing runs `fn` on a short-lived thread (joined before it
+  // returns) while this thread keeps serving the inbox and its deadlines as
+  // if disconnected (ProcessInbox(nullptr)): for synchronous broker round
+  // trips on a live connection (a channel renewed after a nack or a channel
+  // error). `fn` may use `conn` and const state only; this thread touches
+  // neither meanwhile. A Stop shuts `conn`'s socket down after
+  // kStopConnectGrace, so `fn` cannot hold a stop for its RPC timeouts.
+  absl::Status RunWhileServing(Connection& conn, const std::function<absl::Status()>& fn);
+
  private:
   void Run();
   // Pump runs one connection until it dies (returns why) or the loop has
@@ -112,6 +121,9 @@ class IoLoop {
   // PrepareConnection runs there too, after the login.
   absl::StatusOr<std::unique_ptr<Connection>> OpenWhileServing(const std::string& uri,
                                                                const ConnectOptions& options);
+  // ServeUntil: this thread's side of OpenWhileServing and RunWhileServing:
+  // ProcessInbox(nullptr) until `done`.
+  void ServeUntil(const std::atomic<bool>& done);
 
   const std::string name_;
   util::ThreadWatch watch_;

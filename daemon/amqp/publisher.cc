@@ -113,9 +113,24 @@ absl::Status Publisher::OpenPublishingChannel(Connection& conn, amqp_channel_t c
   return conn.RpcStatus("confirm.select", channel);
 }
 
-absl::Status Publisher::SetUpChannel(Connection& conn) {
+absl::Status Publisher::SetUpChannel(Connection& conn, amqp_channel_t close_first) {
   channel_ok_ = false;
-  if (absl::Status s = OpenPublishingChannel(conn, channel_); !s.ok()) return s;
+  // The round trips (close, open, declares, confirm.select) wait for the
+  // broker: on a helper thread, while this one answers publishes at their
+  // deadlines (a node that stops answering just now holds them for the RPC
+  // timeout, not every caller).
+  renewing_ = true;
+  const amqp_channel_t channel = channel_;
+  const absl::Status s = RunWhileServing(conn, [this, &conn, channel, close_first] {
+    if (close_first != 0) {
+      if (absl::Status closed = conn.CloseChannel(close_first); !closed.ok()) {
+        spdlog::warn("[publisher] closing the publishing channel: {}", closed.message());
+      }
+    }
+    return OpenPublishingChannel(conn, channel);
+  });
+  renewing_ = false;
+  if (!s.ok()) return s;
   ledger_.ChannelOpened();
   channel_ok_ = true;
   return absl::OkStatus();
@@ -186,14 +201,12 @@ void Publisher::MaybeResetChannel(Connection& conn) {
   // at the latest), so the reset turns no publish into a republished copy.
   if (!ledger_.Quiet()) return;
   reset_channel_ = false;
-  if (absl::Status s = conn.CloseChannel(channel_); !s.ok()) {
-    spdlog::warn("[publisher] closing the publishing channel: {}", s.message());
-  }
   ledger_.Lost("the publishing channel was renewed after a basic.nack", stop_requested());
   // A new number: a late confirm for the old channel's tags, still queued in
   // rabbitmq-c, must not settle the new channel's publishes.
+  const amqp_channel_t old_channel = channel_;
   channel_ = channel_ == 1 ? 2 : 1;
-  if (absl::Status s = SetUpChannel(conn); !s.ok()) {
+  if (absl::Status s = SetUpChannel(conn, old_channel); !s.ok()) {
     spdlog::error("[publisher] reopening the publishing channel failed: {}", s.message());
     conn.MarkDead();
     return;
@@ -231,6 +244,10 @@ void Publisher::Expire(Connection* conn, bool force) {
         "deadline";
   } else if (conn != nullptr && channel_ok_ && reset_channel_) {
     why = "the publishing channel was being renewed after a basic.nack past the deadline";
+  } else if (renewing_) {
+    why =
+        "the publishing channel was being set up again (after a basic.nack or a channel error) "
+        "past the deadline";
   } else {
     why =
         util::StrCat("the broker is unavailable (", LinkStateName(state()), ") past the deadline");
@@ -349,6 +366,8 @@ void Publisher::OnFrame(Connection& conn, const amqp_frame_t& frame) {
       if (absl::Status s = SetUpChannel(conn); !s.ok()) {
         spdlog::error("[publisher] reopening the channel failed: {}", s.message());
         conn.MarkDead();
+      } else {
+        spdlog::info("[publisher] publishing channel open again, topology declared");
       }
       break;
     }

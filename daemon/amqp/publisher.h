@@ -80,8 +80,10 @@ class Publisher final : public IoLoop {
   // socket work, no loop-thread state (PrepareConnection runs it on the
   // connector thread).
   absl::Status OpenPublishingChannel(Connection& conn, amqp_channel_t channel) const;
-  // OpenPublishingChannel(channel_) on the loop thread, and the ledger told.
-  absl::Status SetUpChannel(Connection& conn);
+  // SetUpChannel: closes `close_first` (0: none) and opens channel_ with
+  // OpenPublishingChannel, both on a helper thread (RunWhileServing) while
+  // the loop thread answers deadlines; then tells the ledger.
+  absl::Status SetUpChannel(Connection& conn, amqp_channel_t close_first = 0);
   // Writes out_ to the broker; false (connection marked dead) on failure.
   bool WriteBatch(Connection& conn);
   void Settle(uint64_t tag, bool multiple, mqsidecar::v1::PublishResult::Status status);
@@ -117,6 +119,7 @@ class Publisher final : public IoLoop {
   amqp_channel_t channel_ = 1;  // 1, or 2 after a renewal (see MaybeResetChannel)
   bool channel_ok_ = false;
   bool reset_channel_ = false;  // a nack came: renew the channel when quiet
+  bool renewing_ = false;       // SetUpChannel's round trips are under way
   std::chrono::steady_clock::time_point next_expiry_scan_{};
   bool resend_after_loss_ = false;  // the last connection's loss left publishes to send again
   std::chrono::steady_clock::time_point hold_until_{};

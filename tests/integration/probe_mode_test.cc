@@ -10,10 +10,12 @@
 // counts in the queues match the answers.
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <future>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "delay_proxy.h"
 #include "harness.h"
 
 namespace mqs::it {
@@ -137,6 +139,61 @@ TEST_CASE(
   pb::PublishResult later;
   REQUIRE(PublishOne(d.stub(), MakePublish(b, b + "-later", 1), &later).ok());
   CHECK(later.status() == pb::PublishResult::CONFIRMED);
+}
+
+TEST_CASE(
+    "integration: while the publishing channel is set up again after a channel error (broker "
+    "replies 300 ms away), a publish is answered at its deadline, not after the set-up") {
+  // Every broker reply takes 300 ms (DelayProxy), so reopening the channel
+  // after the 404 (channel.open, the topology's declares, confirm.select:
+  // a dozen round trips) takes seconds. The loop thread serves deadlines
+  // meanwhile: B's publish, made during it with publish.wait_timeout 1 s, is
+  // answered at about 1 s, never sent; before, it waited for the whole set-up.
+  constexpr auto kDelay = 300ms;
+  DelayProxy proxy(5672, kDelay);  // outlives the daemon
+  IntegrationTest t("renew");
+  const std::string a = t.Business("a");
+  const std::string b = t.Business("b");
+  std::string uri = t.uri();
+  const size_t colon = uri.rfind(":5672");
+  REQUIRE(colon != std::string::npos);
+  uri.replace(colon, 5, ":" + std::to_string(proxy.port()));
+  Daemon& d = t.StartDaemon({{.name = a}, {.name = b}}, {.uris = {uri}, .wait_timeout = 1s});
+  PublishConfirmed(d.stub(), b, 1, b + "-warm");
+
+  t.admin().DeleteExchange(a);
+  auto refused = std::async(std::launch::async, [&] {
+    pb::PublishResult r;
+    return PublishOne(d.stub(), MakePublish(a, a + "-404", 1), &r, 20s);
+  });
+  REQUIRE(WaitUntil(
+      [&] {
+        return d.Log().find("publishing channel closed by the broker: 404") != std::string::npos;
+      },
+      10s, 5ms));
+  const auto asked = Clock::now();
+  pb::PublishResult result;
+  const grpc::Status s = PublishOne(d.stub(), MakePublish(b, b + "-during", 2), &result, 20s);
+  const auto took = Clock::now() - asked;
+  INFO("B's publish: " << StatusText(s) << " " << ResultText(result) << " after "
+                       << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                       << " ms");
+  CHECK(s.error_code() == grpc::StatusCode::UNAVAILABLE);
+  CHECK_THAT(s.error_message(), Catch::Contains("being set up again"));
+  // At its 1 s deadline; the set-up takes a dozen 300 ms round trips.
+  CHECK(took < 2500ms);
+  // The set-up finishes and publishing carries on, for both businesses.
+  REQUIRE(refused.wait_for(20s) == std::future_status::ready);
+  refused.get();
+  CHECK(WaitUntil(
+      [&] {
+        return d.Log().find("[publisher] publishing channel open again") != std::string::npos;
+      },
+      20s, 20ms));
+  CHECK(t.admin().ExchangeExists(a));
+  const std::vector<std::string> after = PublishConfirmed(d.stub(), b, 1, b + "-after");
+  CHECK(after.size() == 1);
+  CHECK(d.Health() == grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 }  // namespace
