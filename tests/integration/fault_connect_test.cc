@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "broker_proxy.h"
 #include "harness.h"
 #include "recorded.h"
 
@@ -35,63 +36,22 @@ using namespace std::chrono_literals;
 // connection.open-ok (the login is complete) and then receive nothing more,
 // as from a node that froze right then; the daemon's bytes still reach the
 // broker. CutAll() closes every connection (the daemon reconnects).
-class SilentAfterLoginProxy {
+class SilentAfterLoginProxy final : public BrokerProxy {
  public:
-  explicit SilentAfterLoginProxy(int broker_port) : broker_port_(broker_port) {
-    listen_fd_ = ListenOnLoopback(&port_);
-    acceptor_ = std::thread([this] { AcceptLoop(); });
-  }
-  ~SilentAfterLoginProxy() {
-    stop_.store(true);
-    acceptor_.join();
-    CutAll();
-    for (auto& t : threads_) t.join();
-    ::close(listen_fd_);
-  }
-  int port() const { return port_; }
+  explicit SilentAfterLoginProxy(int broker_port) : BrokerProxy(broker_port) { Start(); }
+  ~SilentAfterLoginProxy() override { Stop(); }
   void SetSilentAfterLogin(bool on) { silent_after_login_.store(on); }
   // Connections that logged in and went silent.
   int silenced() const { return silenced_.load(); }
-  void CutAll() {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
-  }
 
  private:
-  void AcceptLoop() {
-    while (!stop_.load()) {
-      pollfd pfd{listen_fd_, POLLIN, 0};
-      if (::poll(&pfd, 1, 50) <= 0) continue;
-      const int client = ::accept(listen_fd_, nullptr, nullptr);
-      if (client < 0) continue;
-      const int broker = DialLoopback(broker_port_);
-      if (broker < 0) {
-        ::close(client);
-        continue;
-      }
-      std::lock_guard<std::mutex> lock(mu_);
-      fds_.push_back(client);
-      fds_.push_back(broker);
-      const bool silence = silent_after_login_.load();
-      threads_.emplace_back([this, client, broker, silence] { Relay(client, broker, silence); });
-    }
-  }
-
-  static bool WriteAll(int fd, const char* p, size_t n) {
-    while (n > 0) {
-      const ssize_t w = ::write(fd, p, n);
-      if (w <= 0) return false;
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
-    return true;
-  }
+  void Serve(int client, int broker) override { Relay(client, broker, silent_after_login_.load()); }
 
   void Relay(int client, int broker, bool silence) {
     std::string down;  // broker -> client bytes not yet forwarded (whole frames go)
     bool silent = false;
     char buf[65536];
-    while (!stop_.load()) {
+    while (!stopping()) {
       pollfd pfds[2] = {{client, POLLIN, 0}, {broker, POLLIN, 0}};
       if (::poll(pfds, 2, 50) <= 0) continue;
       if (pfds[0].revents != 0) {
@@ -131,16 +91,8 @@ class SilentAfterLoginProxy {
     ::shutdown(broker, SHUT_RDWR);
   }
 
-  const int broker_port_;
-  int listen_fd_ = -1;
-  int port_ = 0;
-  std::atomic<bool> stop_{false};
   std::atomic<bool> silent_after_login_{false};
   std::atomic<int> silenced_{0};
-  std::mutex mu_;
-  std::vector<int> fds_;  // closed by the OS at exit; shut down by CutAll
-  std::vector<std::thread> threads_;
-  std::thread acceptor_;
 };
 
 TEST_CASE(

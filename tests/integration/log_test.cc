@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "broker_proxy.h"
 #include "harness.h"
 
 namespace mqs::it {
@@ -27,68 +28,18 @@ using namespace std::chrono_literals;
 // CutProxy: a TCP proxy in front of the broker whose Cut() drops every link
 // at once (a reconnect without touching the shared broker); it keeps
 // accepting new links.
-class CutProxy {
+class CutProxy final : public BrokerProxy {
  public:
-  explicit CutProxy(int broker_port) : broker_port_(broker_port) {
-    listen_fd_ = ListenOnLoopback(&port_);
-    acceptor_ = std::thread([this] { AcceptLoop(); });
-  }
-  ~CutProxy() {
-    stop_.store(true);
-    acceptor_.join();
-    Cut();
-    for (auto& t : threads_) t.join();
-    for (int fd : fds_) ::close(fd);
-    ::close(listen_fd_);
-  }
-  int port() const { return port_; }
-  void Cut() {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
-  }
+  explicit CutProxy(int broker_port) : BrokerProxy(broker_port) { Start(); }
+  ~CutProxy() override { Stop(); }
+  void Cut() { CutAll(); }
 
  private:
-  void AcceptLoop() {
-    while (!stop_.load()) {
-      pollfd pfd{listen_fd_, POLLIN, 0};
-      if (::poll(&pfd, 1, 50) <= 0) continue;
-      const int client = ::accept(listen_fd_, nullptr, nullptr);
-      if (client < 0) continue;
-      const int broker = DialLoopback(broker_port_);
-      if (broker < 0) {
-        ::close(client);
-        continue;
-      }
-      std::lock_guard<std::mutex> lock(mu_);
-      fds_.push_back(client);
-      fds_.push_back(broker);
-      threads_.emplace_back([=] { Copy(client, broker); });
-      threads_.emplace_back([=] { Copy(broker, client); });
-    }
+  void Serve(int client, int broker) override {
+    std::thread up([client, broker] { Copy(client, broker); });
+    Copy(broker, client);
+    up.join();
   }
-  static void Copy(int from, int to) {
-    char buf[65536];
-    while (true) {
-      const ssize_t n = ::read(from, buf, sizeof buf);
-      if (n <= 0) break;
-      for (ssize_t off = 0; off < n;) {
-        // MSG_NOSIGNAL: a link cut under a write must not SIGPIPE the tests.
-        const ssize_t w = ::send(to, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
-        if (w <= 0) return;
-        off += w;
-      }
-    }
-    ::shutdown(to, SHUT_RDWR);
-  }
-
-  const int broker_port_;
-  int listen_fd_ = -1;
-  int port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::mutex mu_;
-  std::vector<int> fds_;
-  std::vector<std::thread> threads_;
-  std::thread acceptor_;
 };
 
 // Runs a daemon at debug level in `format` whose broker URIs carry the

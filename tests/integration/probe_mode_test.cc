@@ -154,10 +154,8 @@ TEST_CASE(
   IntegrationTest t("renew");
   const std::string a = t.Business("a");
   const std::string b = t.Business("b");
-  std::string uri = t.uri();
-  const size_t colon = uri.rfind(":5672");
-  REQUIRE(colon != std::string::npos);
-  uri.replace(colon, 5, ":" + std::to_string(proxy.port()));
+  const std::string uri = proxy.Via(t.uri());
+  REQUIRE_FALSE(uri.empty());
   Daemon& d = t.StartDaemon({{.name = a}, {.name = b}}, {.uris = {uri}, .wait_timeout = 1s});
   PublishConfirmed(d.stub(), b, 1, b + "-warm");
 

@@ -358,10 +358,8 @@ TEST_CASE(
   IntegrationTest t("stall");
   const std::string biz = t.Business("flow");
   const std::string other = t.Business("other");
-  std::string uri = t.uri();
-  const size_t colon = uri.rfind(":5672");
-  REQUIRE(colon != std::string::npos);
-  uri.replace(colon, 5, ":" + std::to_string(proxy.port()));
+  const std::string uri = proxy.Via(t.uri());
+  REQUIRE_FALSE(uri.empty());
   Daemon& d = t.StartDaemon({{.name = biz}, {.name = other}}, {.uris = {uri}});
 
   std::mutex mu;

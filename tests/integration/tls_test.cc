@@ -39,6 +39,13 @@ std::string TlsDir() {
 }
 std::string Cert(const std::string& file) { return TlsDir() + "/certs/" + file; }
 
+// broker.tls with `ca` (a file in the test CA's directory) and the client
+// certificate the node requires; `extra`: more keys (", verify: false").
+std::string TlsWithClientCert(const std::string& ca, const std::string& extra = "") {
+  return "{ ca: " + Cert(ca) + ", cert: " + Cert("client.pem") + ", key: " + Cert("client.key") +
+         extra + " }";
+}
+
 std::string Amqps(const std::string& host, int port = kTlsPort) {
   return "amqps://guest:guest@" + host + ":" + std::to_string(port) + "/";
 }
@@ -75,11 +82,8 @@ TEST_CASE(
                 "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
   IntegrationTest t("tls-ok");
   const std::string biz = t.Business("tls");
-  Daemon& d =
-      t.StartDaemon({{.name = biz}}, {.uris = {Amqps("localhost")},
-                                      .broker_tls_yaml = "{ ca: " + Cert("ca.pem") +
-                                                         ", cert: " + Cert("client.pem") +
-                                                         ", key: " + Cert("client.key") + " }"});
+  Daemon& d = t.StartDaemon({{.name = biz}}, {.uris = {Amqps("localhost")},
+                                              .broker_tls_yaml = TlsWithClientCert("ca.pem")});
   CHECK(d.Health() == HealthCheckResponse::SERVING);
   PublishAndConsume(d, biz, "tls-ok");
   CHECK_THAT(d.Log(), Catch::Contains("connected to amqps://guest:****@localhost:5693/"));
@@ -182,10 +186,8 @@ TEST_CASE(
     d.Stop();
   }
   Daemon& d = t.StartDaemon(
-      {{.name = biz}},
-      {.uris = {Amqps("127.0.0.1")},
-       .broker_tls_yaml = "{ ca: " + Cert("other-ca.pem") + ", verify: false" +
-                          ", cert: " + Cert("client.pem") + ", key: " + Cert("client.key") + " }"});
+      {{.name = biz}}, {.uris = {Amqps("127.0.0.1")},
+                        .broker_tls_yaml = TlsWithClientCert("other-ca.pem", ", verify: false")});
   CHECK(d.Health() == HealthCheckResponse::SERVING);
   PublishAndConsume(d, biz, "tls-noverify");
 }
@@ -208,13 +210,10 @@ TEST_CASE(
                 "amqp://guest:guest@127.0.0.1:" + std::to_string(kPlainPort) + "/");
   IntegrationTest t("tls-freeze");
   const std::string biz = t.Business("tls");
-  Daemon& d =
-      t.StartDaemon({{.name = biz}}, {.uris = {Amqps("localhost")},
-                                      .heartbeat = 2s,
-                                      .wait_timeout = 4s,
-                                      .broker_tls_yaml = "{ ca: " + Cert("ca.pem") +
-                                                         ", cert: " + Cert("client.pem") +
-                                                         ", key: " + Cert("client.key") + " }"});
+  Daemon& d = t.StartDaemon({{.name = biz}}, {.uris = {Amqps("localhost")},
+                                              .heartbeat = 2s,
+                                              .wait_timeout = 4s,
+                                              .broker_tls_yaml = TlsWithClientCert("ca.pem")});
   long pid = 0;
   std::ifstream(TlsDir() + "/node/pid") >> pid;
   REQUIRE(pid > 0);
