@@ -121,7 +121,7 @@ absl::Status Publisher::SetUpChannel(Connection& conn, amqp_channel_t close_firs
   // timeout, not every caller).
   renewing_ = true;
   const amqp_channel_t channel = channel_;
-  const absl::Status s = RunWhileServing(conn, [this, &conn, channel, close_first] {
+  absl::Status s = RunWhileServing(conn, [this, &conn, channel, close_first] {
     if (close_first != 0) {
       if (absl::Status closed = conn.CloseChannel(close_first); !closed.ok()) {
         spdlog::warn("[publisher] closing the publishing channel: {}", closed.message());
