@@ -88,7 +88,7 @@ void History::BrokerRestart(WallClock::time_point began, WallClock::time_point e
   restarts_.push_back({.began_ns = Ns(began), .ended_ns = Ns(ended)});
 }
 
-void History::LeaderFailover(WallClock::time_point began, WallClock::time_point ended) {
+void History::NodeFailover(WallClock::time_point began, WallClock::time_point ended) {
   util::MutexLock lock(&mu_);
   failovers_.push_back({.began_ns = Ns(began), .ended_ns = Ns(ended)});
 }
@@ -241,9 +241,9 @@ History::Report History::Check() const {
                 where + " " + context + "; accounted for: " + kBrokerRestartCause);
       } else if (in_failover(c.last_received_ns, ev.at_ns)) {
         ++r.accepted;
-        ++r.accepted_by_cause[kLeaderFailoverCause];
+        ++r.accepted_by_cause[kNodeFailoverCause];
         Example(r.accepted_examples,
-                where + " " + context + "; accounted for: " + kLeaderFailoverCause);
+                where + " " + context + "; accounted for: " + kNodeFailoverCause);
       } else {
         ++r.invisible;
         if (c.handled) {

@@ -68,11 +68,11 @@ class History {
   static constexpr const char* kOriginalAfterRepublishedCause =
       "original after its republished copy: the broker queued the first send after the copy "
       "the sidecar sent again";
-  // The cause an unmarked copy is accepted under inside a declared quorum
-  // queue leader failover (LeaderFailover).
-  static constexpr const char* kLeaderFailoverCause =
-      "quorum queue leader failover: RabbitMQ 3.10 may deliver a message again unmarked while "
-      "a new leader takes over the checked-out messages of consumers on the stopped node";
+  // The cause an unmarked copy is accepted under inside a declared cluster
+  // node failover (NodeFailover).
+  static constexpr const char* kNodeFailoverCause =
+      "cluster node failover: RabbitMQ 3.10 may deliver a message in flight at the stop of the "
+      "node the sidecar was connected to again, unmarked, right after a marked copy";
   // `clock` stamps deliveries (wall clock, so restarts timed by another
   // process, e.g. tests/soak/soak.sh, can be declared); unit tests inject one.
   explicit History(std::function<WallClock::time_point()> clock = &WallClock::now)
@@ -107,14 +107,13 @@ class History {
   // between it and its predecessor. May be called any time before Check().
   void BrokerRestart(WallClock::time_point began, WallClock::time_point ended);
 
-  // The test declares that the node holding a quorum queue's leader was
-  // stopped at `began` and the cluster had settled (a new leader, the
-  // daemon's links moved, the queue drained) by `ended`: an unmarked copy
-  // whose previous copy and itself were both received inside that span is
-  // accounted for (kLeaderFailoverCause; docs/reliability.md, "When
-  // duplicates happen"). The test bounds how many it accepts: the report
-  // counts them under the cause.
-  void LeaderFailover(WallClock::time_point began, WallClock::time_point ended);
+  // The test declares that a cluster node the daemon was connected to was
+  // stopped at `began` and the cluster had settled (the daemon's links moved,
+  // the queue drained) by `ended`: an unmarked copy whose previous copy and
+  // itself were both received inside that span is accounted for
+  // (kNodeFailoverCause; docs/reliability.md, "When duplicates happen"). The
+  // test bounds how many it accepts: the report counts them under the cause.
+  void NodeFailover(WallClock::time_point began, WallClock::time_point ended);
 
   // A consumer received a delivery (not handled yet).
   void Received(const std::string& consumer, const mqsidecar::v1::Delivery& delivery);

@@ -287,12 +287,12 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "checker: a declared leader failover explains unmarked copies received inside it, no "
+    "checker: a declared node failover explains unmarked copies received inside it, no "
     "others") {
   FakeClock clock;
   History h([&clock] { return clock.now; });
   for (const char* id : {"inside", "before", "after"}) Publish(h, id);
-  h.LeaderFailover(clock.At(5), clock.At(20));
+  h.NodeFailover(clock.At(5), clock.At(20));
   h.Delivered("s1", Copy("before", 1));  // t = 0: before the node was stopped
   clock.Advance(6);
   h.Delivered("s1", Copy("inside", 2, /*redelivered=*/true));  // t = 6
@@ -304,7 +304,7 @@ TEST_CASE(
   const auto r = h.Check();
   INFO(r.Summary());
   CHECK_FALSE(r.ok());
-  CHECK(r.accepted_by_cause.at(History::kLeaderFailoverCause) == 1);
+  CHECK(r.accepted_by_cause.at(History::kNodeFailoverCause) == 1);
   CHECK(r.invisible == 2);
 }
 
