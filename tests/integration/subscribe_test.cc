@@ -373,41 +373,58 @@ TEST_CASE(
                             arrivals.push_back(Clock::now());
                           }});
   REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 1u, std::nullopt));
-  // 200 messages a second for 6 s.
+  // 200 messages a second for up to 20 s.
   std::vector<pb::PublishRequest> requests;
-  for (int i = 0; i < 1200; ++i) requests.push_back(MakePublish(biz, "m" + std::to_string(i), i));
+  for (int i = 0; i < 4000; ++i) requests.push_back(MakePublish(biz, "m" + std::to_string(i), i));
   AsyncPublishStream pub(d.stub(), {.requests = requests, .rate = 200});
   REQUIRE(a.WaitForCount(100, 10s));  // the flow is steady
 
-  const auto burst_start = Clock::now();
-  std::vector<std::unique_ptr<Subscriber>> burst;
-  for (int i = 0; i < 10; ++i) {
-    burst.push_back(std::make_unique<Subscriber>(
-        d.stub(), Subscriber::Options{
-                      .business = other, .prefetch = 1, .consumer_name = "b" + std::to_string(i)}));
-  }
-  REQUIRE(WaitForQueue(t.admin(), other + ".queue", 10u, std::nullopt));
-  const auto burst_end = Clock::now();
-  std::this_thread::sleep_for(300ms);  // past the end of the burst, for the gap after it
-  REQUIRE(pub.WaitAnswered(requests.size(), 30s));
-  REQUIRE(a.WaitForCount(requests.size(), 30s));
-
-  Clock::duration max_gap{};
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    for (size_t i = 1; i < arrivals.size(); ++i) {
-      if (arrivals[i] < burst_start || arrivals[i - 1] > burst_end + 1s) continue;
-      max_gap = std::max(max_gap, arrivals[i] - arrivals[i - 1]);
-    }
-  }
   const auto ms = [](Clock::duration d) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
   };
-  INFO("burst of 10 set-ups took " << ms(burst_end - burst_start) << " ms; stream A's longest gap "
-                                   << ms(max_gap) << " ms");
+  // A broker or machine that pauses (a loaded CI VM: once 2.3 s) stops A's
+  // flow whoever waits; a consumer thread that waits for each reply stops
+  // it at every burst. So up to three bursts, and one without a stall is
+  // the proof; the old code stalled every one.
+  Clock::duration best_gap = Clock::duration::max();
+  std::string attempts;
+  for (int attempt = 0; attempt < 3 && best_gap >= 300ms; ++attempt) {
+    const auto burst_start = Clock::now();
+    std::vector<std::unique_ptr<Subscriber>> burst;
+    for (int i = 0; i < 10; ++i) {
+      burst.push_back(std::make_unique<Subscriber>(
+          d.stub(), Subscriber::Options{
+                        .business = other,
+                        .prefetch = 1,
+                        .consumer_name = "b" + std::to_string(attempt) + "." + std::to_string(i)}));
+    }
+    REQUIRE(WaitForQueue(t.admin(), other + ".queue", 10u, std::nullopt));
+    const auto burst_end = Clock::now();
+    // A's deliveries until 1 s past the burst, for the gap after it.
+    REQUIRE(WaitUntil(
+        [&] {
+          std::lock_guard<std::mutex> lock(mu);
+          return !arrivals.empty() && arrivals.back() > burst_end + 1s;
+        },
+        15s, 10ms));
+    Clock::duration max_gap{};
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (size_t i = 1; i < arrivals.size(); ++i) {
+        if (arrivals[i] < burst_start || arrivals[i - 1] > burst_end + 1s) continue;
+        max_gap = std::max(max_gap, arrivals[i] - arrivals[i - 1]);
+      }
+    }
+    best_gap = std::min(best_gap, max_gap);
+    attempts += " [burst of 10 set-ups took " + std::to_string(ms(burst_end - burst_start)) +
+                " ms; stream A's longest gap " + std::to_string(ms(max_gap)) + " ms]";
+    for (auto& b : burst) b->Cancel();
+    REQUIRE(WaitForQueue(t.admin(), other + ".queue", 0u, std::nullopt));
+  }
+  INFO("attempts:" << attempts);
   // A waiting consumer thread stops A for 3 x 150 ms per set-up at least.
-  CHECK(max_gap < 300ms);
-  for (auto& b : burst) b->Cancel();
+  CHECK(best_gap < 300ms);
+  pub.Cancel();
   CHECK(a.Leave().ok());
 }
 
