@@ -757,6 +757,26 @@ int RunTopology(const GlobalOptions& g, bool pretty) {
   return WriteLine(json) ? kExitOk : kExitError;
 }
 
+// reload: the Reload RPC; its outcome as one JSON line. A file the daemon
+// rejected is a "no" (2): the running config stays.
+int RunReload(const GlobalOptions& g) {
+  auto stub = v1::PubSub::NewStub(MakeChannel(g));
+  grpc::ClientContext ctx;
+  ApplyCallOptions(&ctx, g);
+  v1::ReloadResponse response;
+  const grpc::Status status = stub->Reload(&ctx, v1::ReloadRequest(), &response);
+  if (!status.ok()) return ReportRpcError(status);
+  const v1::Topology::Reload& r = response.reload();
+  nlohmann::ordered_json out;
+  out["at_ms"] = r.at_ms();
+  out["result"] = r.result();
+  out["applied"] = std::vector<std::string>(r.applied().begin(), r.applied().end());
+  out["kept"] = std::vector<std::string>(r.kept().begin(), r.kept().end());
+  out["error"] = r.error();
+  if (!WriteLine(DumpLine(out))) return kExitError;
+  return r.result() == "rejected" ? kExitNotConfirmed : kExitOk;
+}
+
 int RunHealth(const GlobalOptions& g, const std::string& service) {
   auto stub = grpc::health::v1::Health::NewStub(MakeChannel(g));
   grpc::ClientContext ctx;
@@ -1086,6 +1106,14 @@ int Main(int argc, char** argv) {
       "only when SERVING");
   health->add_option("--service", health_service, "Service to check; empty: the whole server");
 
+  // reload
+  CLI::App* reload = app.add_subcommand(
+      "reload",
+      "Make the daemon read its config file again, as SIGHUP (systemctl reload) does, and "
+      "print the outcome as JSON {at_ms, result, applied, kept, error}; result is unchanged, "
+      "applied, kept (some differences need a restart) or rejected (exit 2: the file does not "
+      "load; the running config stays)");
+
   // servers
   ServersOptions svo;
   CLI::App* servers = app.add_subcommand(
@@ -1234,6 +1262,7 @@ int Main(int argc, char** argv) {
   }
   if (topology->parsed()) return RunTopology(g, pretty);
   if (health->parsed()) return RunHealth(g, health_service);
+  if (reload->parsed()) return RunReload(g);
   if (servers->parsed()) return RunServers(g, svo);
   if (task_send->parsed()) {
     if (task_timeout_opt->count() > 0) tso.timeout = ParseDuration(task_timeout_text);

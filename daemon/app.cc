@@ -127,14 +127,12 @@ std::unique_ptr<observability::Metrics> MetricsFor(const config::Config& config)
   return std::make_unique<observability::Metrics>(businesses, methods);
 }
 
-// Reload: SIGHUP. Reads the file again, applies what can change live (the
-// log level), logs what differs and needs a restart, and records the result
-// for GetTopology. `running` tracks what was applied.
+// Reload: SIGHUP or the Reload RPC. Reads the file again, applies what can
+// change live (the log level here, a consumer's prefetch through the log),
+// logs what differs and needs a restart, and
+// records the result for GetTopology. `running` tracks what was applied.
 void Reload(const RunOptions& options, config::Config& running, config::ReloadLog& log) {
-  if (!options.reload) {
-    spdlog::warn("reload: SIGHUP ignored: this daemon was not started from a config file");
-    return;
-  }
+  sd_notify(0, "RELOADING=1");
   config::ReloadReport report =
       config::PlanReload(running, options.reload(), options.log_level_pinned);
   // The line saying what changed is written at the more verbose of the two
@@ -150,7 +148,13 @@ void Reload(const RunOptions& options, config::Config& running, config::ReloadLo
   }
   if (!more_verbose) spdlog::set_level(next);
   running.log_level = report.level;
+  for (config::Consumer& c : running.consumers) {
+    if (const auto it = report.prefetch.find(c.name); it != report.prefetch.end()) {
+      c.prefetch = it->second;
+    }
+  }
   log.Record(std::move(report), std::chrono::system_clock::now());
+  sd_notify(0, "READY=1");
 }
 
 }  // namespace
@@ -184,9 +188,18 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   amqp::DeadLetterWorker dead_letters(config.broker);
   dead_letters.Start();
   config::ReloadLog reloads;
-  config::Config running = config;  // what a reload compares with
+  // One reload at a time: the signal loop's and the Reload RPC's (a gRPC
+  // thread) both go through `reload`.
+  util::Mutex reload_mu;
+  config::Config running = config;  // what a reload compares with; under reload_mu
+  const server::ReloadHook reload = [&]() -> std::optional<config::ReloadLog::Entry> {
+    if (!options.reload) return std::nullopt;
+    util::MutexLock lock(&reload_mu);
+    Reload(options, running, reloads);
+    return reloads.Last();
+  };
   server::PubSubService service(config, plan, *publisher, *consumer, *control, &dead_letters,
-                                &reloads);
+                                &reloads, reload);
   absl::StatusOr<std::unique_ptr<server::GrpcServer>> server = server::GrpcServer::Start(
       config.listen, config.socket, config.tcp, config.access, &service, &service, config.limits);
   if (!server.ok()) return server.status();
@@ -248,10 +261,8 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
       break;
     }
     publisher->ExpireStuckWrite(std::chrono::steady_clock::now());
-    if (sig == SIGHUP) {
-      sd_notify(0, "RELOADING=1");
-      Reload(options, running, reloads);
-      sd_notify(0, "READY=1");
+    if (sig == SIGHUP && !reload()) {
+      spdlog::warn("reload: SIGHUP ignored: this daemon was not started from a config file");
     }
     if (!watchdog) continue;
     const std::vector<std::string> wedged =

@@ -1,7 +1,11 @@
-// Publisher: PublishStream with a window of messages in flight. Callers write
-// (one at a time, per stream); one reader thread per stream reads results and
-// runs the callbacks. A stream that breaks answers what it still owes
-// UNCONFIRMED; the next Publish opens a new one.
+// Publisher: PublishBatchStream with a window of messages in flight. A caller
+// queues its message; the first caller to find no one writing becomes the
+// writer and writes whatever is queued as one PublishBatch, again until the
+// queue is empty (so at a low rate a message goes out alone and at once, and
+// under load many callers' messages share one gRPC message). One reader thread
+// per stream reads the result batches and runs the callbacks. A stream that
+// breaks answers what it still owes UNCONFIRMED; the next Publish opens a new
+// one.
 #include <grpcpp/grpcpp.h>
 
 #include <map>
@@ -21,12 +25,18 @@ using mqs::util::MutexLock;
 
 namespace {
 
-// Stream: one PublishStream call.
+// Stream: one PublishBatchStream call.
 struct Stream {
   grpc::ClientContext context;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::PublishRequest, v1::PublishResult>> rw;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::PublishBatch, v1::PublishResultBatch>> rw;
   Mutex write_mu;  // one writer at a time; no write after WritesDone or Finish
   bool writes_closed ABSL_GUARDED_BY(write_mu) = false;
+};
+
+// Queued: a message sequenced on `stream`, not yet written.
+struct Queued {
+  v1::PublishRequest request;
+  std::shared_ptr<Stream> stream;
 };
 
 struct Pending {
@@ -55,6 +65,9 @@ struct Publisher::Impl {
   CondVar cv;  // a result came in, a stream ended, closed
   std::shared_ptr<Stream> stream ABSL_GUARDED_BY(mu);
   std::map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);  // by our sequence
+  std::vector<Queued> outbox ABSL_GUARDED_BY(mu);           // in sequence order
+  bool writing ABSL_GUARDED_BY(mu) = false;                 // a caller is writing the outbox
+  Publisher::Stats stats ABSL_GUARDED_BY(mu);
   uint64_t next_sequence ABSL_GUARDED_BY(mu) = 1;
   bool closed ABSL_GUARDED_BY(mu) = false;
   // Every reader thread started, joined in Close (a finished one is joined
@@ -72,19 +85,24 @@ struct Publisher::Impl {
   }
 
   void ReadLoop(const std::shared_ptr<Stream>& s) {
-    v1::PublishResult r;
-    while (s->rw->Read(&r)) {
-      Pending p;
+    v1::PublishResultBatch batch;
+    std::vector<std::pair<Pending, v1::PublishResult*>> settled;
+    while (s->rw->Read(&batch)) {
+      settled.clear();
       {
         MutexLock lock(&mu);
-        auto it = pending.find(r.sequence());
-        if (it == pending.end()) continue;  // not ours: ignore
-        p = std::move(it->second);
-        pending.erase(it);
+        for (v1::PublishResult& r : *batch.mutable_results()) {
+          auto it = pending.find(r.sequence());
+          if (it == pending.end()) continue;  // not ours: ignore
+          settled.emplace_back(std::move(it->second), &r);
+          pending.erase(it);
+        }
         cv.SignalAll();
       }
-      r.set_sequence(p.user_sequence);
-      Deliver(p, r);
+      for (auto& [p, r] : settled) {
+        r->set_sequence(p.user_sequence);
+        Deliver(p, *r);
+      }
     }
     {
       MutexLock lock(&s->write_mu);
@@ -108,11 +126,11 @@ struct Publisher::Impl {
       cv.SignalAll();
     }
     if (report) {
-      core->Report("PublishStream ended (" + StatusText(status) +
+      core->Report("PublishBatchStream ended (" + StatusText(status) +
                    "); the next publish opens a new one");
     }
     if (!lost.empty()) {
-      const std::string error = "the PublishStream ended before its result (" + StatusText(status) +
+      const std::string error = "the PublishBatchStream ended before its result (" + StatusText(status) +
                                 "): it may or may not be queued";
       for (const Pending& p : lost) Deliver(p, Synthetic(p, v1::PublishResult::UNCONFIRMED, error));
     }
@@ -134,7 +152,7 @@ struct Publisher::Impl {
     }
     auto s = std::make_shared<Stream>();
     core->Prepare(&s->context);
-    s->rw = core->stub->PublishStream(&s->context);
+    s->rw = core->stub->PublishBatchStream(&s->context);
     stream = s;
     readers.emplace_back([this, s] { ReadLoop(s); });
     return s;
@@ -161,9 +179,54 @@ struct Publisher::Impl {
       return;
     }
     request.set_sequence(sequence);
-    MutexLock lock(&s->write_mu);
-    // A failed write means the stream broke: its reader answers the message.
-    if (!s->writes_closed) s->rw->Write(request);
+    {
+      MutexLock lock(&mu);
+      outbox.push_back({std::move(request), s});
+      if (writing) return;  // the writer takes it with the rest
+      writing = true;
+    }
+    WriteOutbox();
+  }
+
+  // WriteOutbox: writes the outbox, a batch at a time (the messages of one
+  // stream, at most max_batch_messages and about max_batch_bytes), until it is
+  // empty. Runs on the caller that found no one writing.
+  void WriteOutbox() {
+    for (;;) {
+      v1::PublishBatch batch;
+      std::shared_ptr<Stream> s;
+      {
+        MutexLock lock(&mu);
+        if (outbox.empty()) {
+          writing = false;
+          return;
+        }
+        s = outbox.front().stream;
+        size_t taken = 0;
+        size_t bytes = 0;
+        // A message larger than max_batch_bytes goes alone.
+        while (taken < outbox.size() && outbox[taken].stream == s &&
+               taken < std::max<size_t>(1, options.max_batch_messages)) {
+          const size_t size = outbox[taken].request.ByteSizeLong();
+          if (taken > 0 && bytes + size > options.max_batch_bytes) break;
+          bytes += size;
+          *batch.add_messages() = std::move(outbox[taken].request);
+          ++taken;
+        }
+        outbox.erase(outbox.begin(), outbox.begin() + static_cast<std::ptrdiff_t>(taken));
+      }
+      bool written = false;
+      {
+        MutexLock lock(&s->write_mu);
+        // A failed write means the stream broke: its reader answers the messages.
+        written = !s->writes_closed && s->rw->Write(batch);
+      }
+      if (written) {
+        MutexLock lock(&mu);
+        stats.messages += static_cast<uint64_t>(batch.messages_size());
+        ++stats.batches;
+      }
+    }
   }
 
   bool Flush(std::chrono::steady_clock::time_point deadline) {
@@ -247,6 +310,11 @@ void Publisher::Close(std::chrono::milliseconds timeout) { impl_->Close(timeout)
 size_t Publisher::in_flight() const {
   MutexLock lock(&impl_->mu);
   return impl_->pending.size();
+}
+
+Publisher::Stats Publisher::stats() const {
+  MutexLock lock(&impl_->mu);
+  return impl_->stats;
 }
 
 std::unique_ptr<Publisher> Client::NewPublisher(PublisherOptions options) {

@@ -1,6 +1,6 @@
-// Subscription: one reader thread keeps a Subscribe stream open (opening a new
-// one with backoff whenever it ends, until Stop), queues each delivery for the
-// worker threads, which run the handler; a settler thread writes their
+// Subscription: one reader thread keeps a SubscribeBatch stream open (opening
+// a new one with backoff whenever it ends, until Stop), queues each delivery
+// of each batch for the worker threads, which run the handler; a settler thread writes their
 // outcomes in batches (SettleBatcher). Outcomes of a stream that has ended are
 // dropped: the sidecar returned those deliveries to the queue when it ended.
 #include <grpcpp/grpcpp.h>
@@ -26,10 +26,13 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Session: one Subscribe stream and the bookkeeping of its deliveries.
+// Session: one SubscribeBatch stream and the bookkeeping of its deliveries.
+// (SubscribeBatch, not Subscribe: the sidecar sends whatever deliveries are
+// ready in one message, so a busy stream costs both sides one gRPC message
+// per batch instead of one per delivery; at a low rate a batch is one.)
 struct Session {
   grpc::ClientContext context;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::Delivery>> rw;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::DeliveryBatch>> rw;
   Mutex mu;
   internal::SettleBatcher batcher ABSL_GUARDED_BY(mu);
   Mutex write_mu;  // the settler's writes vs the reader's Finish
@@ -87,7 +90,7 @@ struct Subscription::Impl {
       if (stopping) return;
       opening = &s->context;
     }
-    s->rw = core->stub->Subscribe(&s->context);
+    s->rw = core->stub->SubscribeBatch(&s->context);
     v1::SubscribeRequest open;
     open.mutable_open()->set_business(business);
     open.mutable_open()->set_prefetch(options.prefetch);
@@ -100,19 +103,19 @@ struct Subscription::Impl {
       if (opened) current = s;
       if (stopping) s->context.TryCancel();
     }
-    v1::Delivery d;
-    while (opened && s->rw->Read(&d)) {
+    v1::DeliveryBatch batch;
+    while (opened && s->rw->Read(&batch)) {
       *delivered = true;
       MutexLock lock(&mu);
-      ++stats.deliveries;
-      if (stopping) continue;  // not handled: it returns to the queue when the stream ends
+      stats.deliveries += static_cast<uint64_t>(batch.deliveries_size());
+      if (stopping) continue;  // not handled: they return to the queue when the stream ends
       {
         MutexLock slock(&s->mu);
-        s->batcher.Delivered(d.delivery_id());
+        for (const v1::Delivery& d : batch.deliveries()) s->batcher.Delivered(d.delivery_id());
       }
-      queue.push_back({s, std::move(d)});
-      d = v1::Delivery();
-      work_cv.Signal();
+      for (v1::Delivery& d : *batch.mutable_deliveries()) queue.push_back({s, std::move(d)});
+      batch.Clear();
+      work_cv.SignalAll();
     }
     {
       MutexLock lock(&s->write_mu);

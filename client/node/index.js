@@ -147,8 +147,11 @@ class Client {
   }
 }
 
-// Subscription: one Subscribe stream. stop() half-closes it after the
-// settlement in progress (deliveries not handled go back to the queue);
+// Subscription: one SubscribeBatch stream: the sidecar sends whatever
+// deliveries are ready in one message (one at a low rate); the handler gets
+// them one by one, and the acks of a batch go back in one request once the
+// batch is handled. stop() half-closes it after the batch in progress
+// (deliveries not handled go back to the queue);
 // `done` resolves when the stream ends: null when it ended cleanly or by
 // stop(), else the gRPC error it ended with.
 class Subscription {
@@ -158,7 +161,7 @@ class Subscription {
     this.running = true;
     this.stopping = false;
     this.chain = Promise.resolve();
-    this.call = stub.Subscribe(metadata);
+    this.call = stub.SubscribeBatch(metadata);
     this.done = new Promise((resolve) => {
       let error = null;
       this.call.on('error', (err) => {
@@ -169,32 +172,36 @@ class Subscription {
         resolve(error);
       });
     });
-    this.call.on('data', (d) => {
-      this.chain = this.chain.then(() => this.handle(d, handler));
+    this.call.on('data', (batch) => {
+      this.chain = this.chain.then(() => this.handleBatch(batch.deliveries, handler));
     });
     this.call.write({ open: { business, prefetch, consumerName } });
   }
 
-  async handle(d, handler) {
-    if (this.stopping || !this.running) return; // unsettled: back to the queue at close
-    let outcome;
-    try {
-      outcome = await handler(d);
-    } catch (err) {
-      console.error(`mqsidecar: handler threw on delivery ${d.deliveryId} ` +
-        `(message_id ${d.messageId}); retrying it:`, err);
-      outcome = retry(0);
+  async handleBatch(deliveries, handler) {
+    const acks = [];
+    for (const d of deliveries) {
+      if (this.stopping || !this.running) break; // unsettled: back to the queue at close
+      let outcome;
+      try {
+        outcome = await handler(d);
+      } catch (err) {
+        console.error(`mqsidecar: handler threw on delivery ${d.deliveryId} ` +
+          `(message_id ${d.messageId}); retrying it:`, err);
+        outcome = retry(0);
+      }
+      if (!this.running) return;
+      const id = d.deliveryId;
+      if (!outcome || outcome.kind === 'ack') {
+        acks.push(id);
+      } else if (outcome.kind === 'retry') {
+        this.call.write({ nack: { deliveryId: id, requeue: true, retryAfterMs: outcome.retryAfterMs } });
+      } else {
+        this.call.write({ nack: { deliveryId: id, requeue: false } });
+      }
+      this.handled++;
     }
-    if (!this.running) return;
-    const id = d.deliveryId;
-    if (!outcome || outcome.kind === 'ack') {
-      this.call.write({ ack: { deliveryId: id } });
-    } else if (outcome.kind === 'retry') {
-      this.call.write({ nack: { deliveryId: id, requeue: true, retryAfterMs: outcome.retryAfterMs } });
-    } else {
-      this.call.write({ nack: { deliveryId: id, requeue: false } });
-    }
-    this.handled++;
+    if (acks.length > 0 && this.running) this.call.write({ ack: { deliveryIds: acks } });
   }
 
   // Half-closes after the handler in progress settled its delivery and waits

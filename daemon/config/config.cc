@@ -88,6 +88,9 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"access.<client>.subscribe", "list of business names or patterns", "[]",
      "Businesses the client may consume (Subscribe, ListDeadLetters, ReplayDeadLetters; "
      "ListServers needs `ping.business`). As for `publish`."},
+    {"access.<client>.reload", "bool", "false",
+     "The client may call Reload (`mqctl reload`): the config file read again, as SIGHUP "
+     "does. Without `access`, every caller may."},
     {"broker.uris", "string or list of strings", R"(["amqp://guest:guest@127.0.0.1:5672/"])",
      "Broker URIs, `amqp://` or `amqps://` (TLS, see `broker.tls`), tried in order (a "
      "cluster). Default port 5672, 5671 for `amqps://`. An empty vhost (`...:5672/`) means "
@@ -136,7 +139,8 @@ constexpr ConfigKey kConfigKeyTable[] = {
     {"consumers.<business>.queue_type", "quorum or classic", "quorum",
      "`x-queue-type` of the queue. Every consumer of one queue must agree."},
     {"consumers.<business>.prefetch", "integer 1..65535", "16",
-     "Prefetch (unacknowledged deliveries) for a Subscribe whose `open.prefetch` is 0."},
+     "Prefetch (unacknowledged deliveries) for a Subscribe whose `open.prefetch` is 0. A "
+     "reload applies a new value to the streams opened after it."},
     {"consumers.<business>.handle", "string", R"("")",
      "The seed's consume-callback name; informational only."},
     {"consumers.<business>.max_deliveries", "integer 0..2147483647", "0",
@@ -1680,7 +1684,7 @@ std::string Describe(const Config& input) {
         Append(&out, "certificate subject ", c.cert_subject);
       }
       Append(&out, "; publish [", Join(c.publish, ", "), "]; subscribe [", Join(c.subscribe, ", "),
-             "]\n");
+             "]", c.reload ? "; reload" : "", "\n");
     }
   }
   if (config.tcp.tls.enabled()) {

@@ -176,6 +176,8 @@ struct AccessClient {
   // Business names or patterns ('*' matches any run of characters).
   std::vector<std::string> publish;
   std::vector<std::string> subscribe;
+  // May call Reload (the config read again from its file, as SIGHUP does).
+  bool reload = false;
   // Not a key: token_file's first line, read by Resolve(). Never logged.
   std::string token;
 };

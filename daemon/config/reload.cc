@@ -100,6 +100,21 @@ ReloadReport PlanReload(const Config& running, const absl::StatusOr<Config>& loa
   // Everything else: kept, named by section (and by business).
   Config a = running;
   Config b = next;
+  // A consumer's prefetch: applied to the streams opened from now on (a live
+  // stream keeps the prefetch it opened with), within the running
+  // limits.max_prefetch (a new limit is kept until a restart). Then it is
+  // not a difference of its business any more.
+  for (Consumer& c : b.consumers) {
+    for (const Consumer& old : a.consumers) {
+      if (old.name != c.name || old.prefetch == c.prefetch) continue;
+      if (c.prefetch > running.limits.max_prefetch) break;  // the business shows as changed
+      report.applied.push_back(util::StrCat("consumers.", c.name, ".prefetch: ", old.prefetch,
+                                            " -> ", c.prefetch, " (new streams)"));
+      report.prefetch[c.name] = c.prefetch;
+      c.prefetch = old.prefetch;
+      break;
+    }
+  }
   b.log_level = a.log_level;
   b.instance = a.instance;  // per process, not a key
   const std::map<std::string, std::string> before = Sections(Describe(a));
@@ -151,7 +166,14 @@ ReloadReport PlanReload(const Config& running, const absl::StatusOr<Config>& loa
 
 void ReloadLog::Record(ReloadReport report, std::chrono::system_clock::time_point at) {
   util::MutexLock lock(&mu_);
+  for (const auto& [business, prefetch] : report.prefetch) prefetch_[business] = prefetch;
   last_ = Entry{std::move(report), at};
+}
+
+uint32_t ReloadLog::Prefetch(const Consumer& consumer) const {
+  util::MutexLock lock(&mu_);
+  const auto it = prefetch_.find(consumer.name);
+  return it == prefetch_.end() ? consumer.prefetch : it->second;
 }
 
 std::optional<ReloadLog::Entry> ReloadLog::Last() const {

@@ -1,12 +1,14 @@
 // Reload: what SIGHUP (systemctl reload) does with the config read again from
 // disk. Live streams and in-flight publishes are never touched: what can
-// change under them is applied (the log level); anything else that differs
+// change under them is applied (the log level; a consumer business's
+// prefetch, for the streams opened after it); anything else that differs
 // (broker, listeners, businesses, identity, ...) is reported and kept until a
 // restart; a file that no longer loads is rejected with its errors and the
 // running config stays. Pure logic: no signal, no file, no socket.
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,6 +34,9 @@ struct ReloadReport {
   std::vector<std::string> kept;     // "broker (restart to apply)", "businesses: + orders ..."
   std::string error;                 // kRejected: the loader's errors, one per line
   std::string level;                 // the log level to run with from now on
+  // Consumer businesses whose default prefetch (consumers.<business>.prefetch)
+  // changed: the prefetch for Subscribe streams opened from now on.
+  std::map<std::string, uint32_t> prefetch;
 
   // Summary: one log line.
   std::string Summary() const;
@@ -44,20 +49,26 @@ std::string_view ReloadResultName(ReloadReport::Result result);
 ReloadReport PlanReload(const Config& running, const absl::StatusOr<Config>& loaded,
                         bool level_pinned);
 
-// ReloadLog: the last reload, for GetTopology. Written by the thread that
-// handles signals, read by gRPC threads.
+// ReloadLog: the last reload, for GetTopology, and what the reloads so far
+// changed live that others read: the default prefetch per consumer business.
+// Written by the reloading thread, read by gRPC threads.
 class ReloadLog {
  public:
   struct Entry {
     ReloadReport report;
     std::chrono::system_clock::time_point at;
   };
+  // Record keeps `report` as the last reload and takes its prefetch changes.
   void Record(ReloadReport report, std::chrono::system_clock::time_point at);
   std::optional<Entry> Last() const;
+  // Prefetch: the default prefetch of a new Subscribe stream on `consumer`:
+  // the last one a reload applied, else the configured one.
+  uint32_t Prefetch(const Consumer& consumer) const;
 
  private:
   mutable util::Mutex mu_;
   std::optional<Entry> last_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint32_t> prefetch_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace mqs::config

@@ -238,7 +238,7 @@ void YamlReader::ReadAccess(const YAML::Node& node) {
   config_.access.enabled = true;
   if (!ExpectMap(node, "access",
                  "a map of client name -> settings (socket, token_file, "
-                 "cert_subject, publish, subscribe)")) {
+                 "cert_subject, publish, subscribe, reload)")) {
     return;
   }
   std::map<std::string, int> seen;
@@ -259,7 +259,7 @@ void YamlReader::ReadAccess(const YAML::Node& node) {
     diag_.Note(path, Line(key), path);
     AccessClient client;
     client.name = name;
-    if (!ExpectMap(value, path, "a map (socket, token_file, cert_subject, publish, subscribe)")) {
+    if (!ExpectMap(value, path, "a map (socket, token_file, cert_subject, publish, subscribe, reload)")) {
       if (value.IsNull()) diag_.Error(Line(key), path, "expected settings, got nothing");
       continue;
     }
@@ -291,6 +291,8 @@ void YamlReader::ReadAccess(const YAML::Node& node) {
                    if (auto list = StringList(v, d, "business name or pattern")) {
                      client.subscribe = std::move(*list);
                    }
+                 } else if (k == "reload") {
+                   if (auto b = Bool(v, d)) client.reload = *b;
                  }
                });
     config_.access.clients.push_back(std::move(client));

@@ -129,4 +129,9 @@ absl::Status PubSubService::AuthorizeRequest(const grpc::ServerContext& ctx,
   return Authorize(ctx, Rpc::kReplayDeadLetters, r.business());
 }
 
+absl::Status PubSubService::AuthorizeRequest(const grpc::ServerContext& ctx,
+                                             const v1::ReloadRequest& /*r*/) const {
+  return Authorize(ctx, Rpc::kReload, "");
+}
+
 }  // namespace mqs::server

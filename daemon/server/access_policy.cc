@@ -36,6 +36,8 @@ std::string_view RpcName(Rpc rpc) {
       return "ListDeadLetters";
     case Rpc::kReplayDeadLetters:
       return "ReplayDeadLetters";
+    case Rpc::kReload:
+      return "Reload";
   }
   return "?";
 }
@@ -57,6 +59,8 @@ Permission PermissionFor(Rpc rpc) {
       return Permission::kSubscribe;
     case Rpc::kGetTopology:
       return Permission::kNone;
+    case Rpc::kReload:
+      return Permission::kReload;
   }
   return Permission::kSubscribe;
 }
@@ -212,6 +216,16 @@ Decision AccessPolicy::Check(const Caller& caller, Rpc rpc, std::string_view bus
   }
   d.client = client->name;
   const Permission need = PermissionFor(rpc);
+  if (need == Permission::kReload) {
+    if (client->reload) {
+      d.verdict = Decision::Verdict::kAllowed;
+    } else {
+      d.verdict = Decision::Verdict::kDenied;
+      d.reason = util::StrCat("client '", client->name, "' may not reload the config (access[\"",
+                              client->name, "\"].reload)");
+    }
+    return d;
+  }
   if (need == Permission::kNone || business.empty()) {
     d.verdict = Decision::Verdict::kAllowed;
     return d;

@@ -35,13 +35,15 @@ enum class Rpc {
   kListServers,
   kListDeadLetters,
   kReplayDeadLetters,
+  kReload,
 };
 std::string_view RpcName(Rpc rpc);  // "Publish", ...
 
 // Permission: what an RPC needs on its business. Publishing ones need
 // `publish` (the business it sends to), reading ones `subscribe` (the
-// business whose messages it reads), GetTopology none (any known client).
-enum class Permission { kNone, kPublish, kSubscribe };
+// business whose messages it reads), GetTopology none (any known client),
+// Reload the client's `reload` (it names no business).
+enum class Permission { kNone, kPublish, kSubscribe, kReload };
 Permission PermissionFor(Rpc rpc);
 
 // Caller: what the server edge knows about who made a call.

@@ -1,7 +1,7 @@
 // The control plane's unary methods: SendTask, CompleteTask, ReportStatus,
-// ListServers (async API, async_call.h; docs/control-plane.md).
+// ListServers (async API, async_call.h; docs/control-plane.md), and Reload.
 //
-// One call class serves all four (ControlCall, server/control_call.h): it
+// One call class serves all five (ControlCall, server/control_call.h): it
 // hands the request to a PubSubService handler with a Reply, and finishes
 // with whatever the handler answers, from whichever thread answers.
 #include <grpcpp/grpcpp.h>
@@ -67,6 +67,22 @@ void PubSubService::AcceptControl() {
       *this, cq_, *gate_, &PubSubService::RequestReportStatus, &PubSubService::HandleReportStatus);
   Post<v1::ListServersRequest, v1::ListServersResponse>(
       *this, cq_, *gate_, &PubSubService::RequestListServers, &PubSubService::HandleListServers);
+  Post<v1::ReloadRequest, v1::ReloadResponse>(*this, cq_, *gate_, &PubSubService::RequestReload,
+                                              &PubSubService::HandleReload);
+}
+
+void PubSubService::HandleReload(v1::ReloadRequest&& /*request*/, SysTime /*deadline*/,
+                                 Reply<v1::ReloadResponse> reply_in) {
+  const Reply<v1::ReloadResponse> reply = std::move(reply_in);
+  const std::optional<config::ReloadLog::Entry> entry = reload_ ? reload_() : std::nullopt;
+  if (!entry) {
+    reply(absl::FailedPreconditionError(
+        "this daemon was not started from a config file: there is nothing to reload from"));
+    return;
+  }
+  v1::ReloadResponse response;
+  FillReload(*entry, response.mutable_reload());
+  reply(std::move(response));
 }
 
 namespace {

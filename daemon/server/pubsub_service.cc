@@ -22,7 +22,7 @@ grpc::Status ToGrpc(const absl::Status& s) {
 PubSubService::PubSubService(const config::Config& config, const config::TopologyPlan& plan,
                              amqp::Publisher& publisher, amqp::Consumer& consumer,
                              control::ControlPlane& control, amqp::DeadLetterWorker* dead_letters,
-                             const config::ReloadLog* reloads)
+                             const config::ReloadLog* reloads, ReloadHook reload)
     : config_(config),
       plan_(plan),
       publisher_(publisher),
@@ -30,6 +30,7 @@ PubSubService::PubSubService(const config::Config& config, const config::Topolog
       control_(control),
       dead_letters_(dead_letters),
       reloads_(reloads),
+      reload_(std::move(reload)),
       access_(config.access.enabled ? std::make_unique<AccessPolicy>(config.access) : nullptr) {
   std::vector<std::string> p, c;
   for (const auto& x : config.producers) p.push_back(x.name);
@@ -199,14 +200,17 @@ void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
   *topology->mutable_identity() = control_.identity();
   if (reloads_ == nullptr) return;
   if (const std::optional<config::ReloadLog::Entry> last = reloads_->Last()) {
-    auto* r = topology->mutable_last_reload();
-    r->set_at_ms(
-        std::chrono::duration_cast<std::chrono::milliseconds>(last->at.time_since_epoch()).count());
-    r->set_result(std::string(config::ReloadResultName(last->report.result)));
-    for (const std::string& a : last->report.applied) r->add_applied(a);
-    for (const std::string& k : last->report.kept) r->add_kept(k);
-    r->set_error(last->report.error);
+    FillReload(*last, topology->mutable_last_reload());
   }
+}
+
+void FillReload(const config::ReloadLog::Entry& entry, mqsidecar::v1::Topology::Reload* out) {
+  out->set_at_ms(
+      std::chrono::duration_cast<std::chrono::milliseconds>(entry.at.time_since_epoch()).count());
+  out->set_result(std::string(config::ReloadResultName(entry.report.result)));
+  for (const std::string& a : entry.report.applied) out->add_applied(a);
+  for (const std::string& k : entry.report.kept) out->add_kept(k);
+  out->set_error(entry.report.error);
 }
 
 }  // namespace mqs::server

@@ -48,11 +48,12 @@ using PubSubAsyncBase = mqsidecar::v1::PubSub::WithAsyncMethod_Publish<
                     mqsidecar::v1::PubSub::WithAsyncMethod_ListServers<
                         mqsidecar::v1::PubSub::WithAsyncMethod_ListDeadLetters<
                             mqsidecar::v1::PubSub::WithAsyncMethod_ReplayDeadLetters<
+                            mqsidecar::v1::PubSub::WithAsyncMethod_Reload<
                                 mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
                                     mqsidecar::v1::PubSub::WithRawMethod_PublishBatchStream<
                                         mqsidecar::v1::PubSub::WithRawMethod_Subscribe<
                                             mqsidecar::v1::PubSub::WithRawMethod_SubscribeBatch<
-                                                mqsidecar::v1::PubSub::Service>>>>>>>>>>>>;
+                                                mqsidecar::v1::PubSub::Service>>>>>>>>>>>>>;
 
 // Reply: how a control-plane handler answers its call, exactly once, from
 // any thread.
@@ -62,12 +63,19 @@ using Reply = std::function<void(absl::StatusOr<Response>)>;
 // Serialize turns a response into the bytes a raw stream writes.
 grpc::ByteBuffer Serialize(const google::protobuf::Message& message);
 
+// ReloadHook: runs one reload (what SIGHUP does) and returns its entry;
+// nullopt when the daemon was not started from a config file.
+using ReloadHook = std::function<std::optional<config::ReloadLog::Entry>()>;
+
+// FillReload: a reload's entry as the API shows it.
+void FillReload(const config::ReloadLog::Entry& entry, mqsidecar::v1::Topology::Reload* out);
+
 class PubSubService final : public PubSubAsyncBase, public AsyncService {
  public:
   PubSubService(const config::Config& config, const config::TopologyPlan& plan,
                 amqp::Publisher& publisher, amqp::Consumer& consumer,
                 control::ControlPlane& control, amqp::DeadLetterWorker* dead_letters = nullptr,
-                const config::ReloadLog* reloads = nullptr);
+                const config::ReloadLog* reloads = nullptr, ReloadHook reload = nullptr);
 
   // PreparePublish resolves the business and checks the request; the job's
   // `done` is left for the caller to set. InvalidArgument names what is wrong.
@@ -100,6 +108,11 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   void HandleListServers(mqsidecar::v1::ListServersRequest&& request,
                          std::chrono::system_clock::time_point deadline,
                          Reply<mqsidecar::v1::ListServersResponse> reply);
+  // Reload runs on the calling gRPC thread: reading and checking the file
+  // takes milliseconds, and one reload at a time is the hook's to ensure.
+  void HandleReload(mqsidecar::v1::ReloadRequest&& request,
+                    std::chrono::system_clock::time_point deadline,
+                    Reply<mqsidecar::v1::ReloadResponse> reply);
 
   // The dead-letter methods (dead_letter_calls.cc), served by the
   // DeadLetterWorker's thread; UNAVAILABLE without one. (Named apart from
@@ -144,7 +157,7 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   void AcceptPublishBatchStream();
   void AcceptSubscribe();
   void AcceptSubscribeBatch();
-  void AcceptControl();      // SendTask, CompleteTask, ReportStatus, ListServers
+  void AcceptControl();      // SendTask, CompleteTask, ReportStatus, ListServers, Reload
   void AcceptDeadLetters();  // ListDeadLetters, ReplayDeadLetters
   // AcceptControlMethod runs `post` with the queue and gate, unless accepting
   // has stopped: how each control call posts the next of its method.
@@ -174,6 +187,14 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
                                 const mqsidecar::v1::ListDeadLettersRequest& r) const;
   absl::Status AuthorizeRequest(const grpc::ServerContext& ctx,
                                 const mqsidecar::v1::ReplayDeadLettersRequest& r) const;
+  absl::Status AuthorizeRequest(const grpc::ServerContext& ctx,
+                                const mqsidecar::v1::ReloadRequest& r) const;
+
+  // DefaultPrefetch: a Subscribe's prefetch when open.prefetch is 0: the
+  // configured one, or the one the last reload that changed it applied.
+  uint32_t DefaultPrefetch(const config::Consumer& consumer) const {
+    return reloads_ != nullptr ? reloads_->Prefetch(consumer) : consumer.prefetch;
+  }
 
   const config::Config& config() const { return config_; }
   amqp::Publisher& publisher() { return publisher_; }
@@ -188,6 +209,7 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   control::ControlPlane& control_;
   amqp::DeadLetterWorker* const dead_letters_;
   const config::ReloadLog* const reloads_;  // may be null
+  const ReloadHook reload_;                 // may be empty: Reload is FAILED_PRECONDITION
   std::unique_ptr<AccessPolicy> access_;    // null without `access`
   std::string producer_names_;              // for error messages
   std::string consumer_names_;

@@ -229,7 +229,7 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
       metrics_->AddStreams(metrics_slot_, +1);
     }
     req.queue = consumer->queue;
-    req.prefetch = open.prefetch() != 0 ? open.prefetch() : consumer->prefetch;
+    req.prefetch = open.prefetch() != 0 ? open.prefetch() : service_.DefaultPrefetch(*consumer);
     // The consumer tag shows operators who consumes; the stream id keeps it
     // unique, which the consumer thread relies on to drop stale deliveries.
     std::string name = open.consumer_name().empty() ? "mq-sidecar" : open.consumer_name();

@@ -49,6 +49,15 @@ grpc::Status TopologyAs(pb::PubSub::Stub& stub, const std::string& token) {
   return stub.GetTopology(&ctx, pb::GetTopologyRequest(), &topology);
 }
 
+grpc::Status ReloadAs(pb::PubSub::Stub& stub, const std::string& token,
+                      pb::ReloadResponse* response = nullptr) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  pb::ReloadResponse ignored;
+  return stub.Reload(&ctx, pb::ReloadRequest(), response != nullptr ? response : &ignored);
+}
+
 // Opens a Subscribe stream on `biz` and returns how it ended: a refused open
 // ends it at once; with `opened` (a condition that shows the stream is
 // consuming), it is cancelled once that holds and reads CANCELLED.
@@ -177,10 +186,15 @@ TEST_CASE("integration: access: a bearer token is its client, a wrong or missing
   const std::string mine_pattern = mine.substr(0, mine.rfind('.') + 1) + "mi*";
   const std::string token_file = t.dir() + "/reports.token";
   std::ofstream(token_file) << kToken << "\n";
+  // An operator's token: may reload the config, and use no business.
+  constexpr char kOpsToken[] = "it-ops-token-0d2b6c1f9a";
+  const std::string ops_file = t.dir() + "/ops.token";
+  std::ofstream(ops_file) << kOpsToken << "\n";
   Daemon& d = t.StartDaemon(
       {{.name = mine}, {.name = other}},
       {.extra_yaml = "access:\n  reports:\n    token_file: " + token_file + "\n    publish: [\"" +
-                     mine_pattern + "\"]\n    subscribe: [" + mine + "]\n"});
+                     mine_pattern + "\"]\n    subscribe: [" + mine + "]\n  ops:\n    token_file: " +
+                     ops_file + "\n    reload: true\n"});
   pb::PublishResult result;
   REQUIRE(PublishAs(d.stub(), mine, kToken, &result).ok());
   CHECK(result.status() == pb::PublishResult::CONFIRMED);
@@ -195,6 +209,18 @@ TEST_CASE("integration: access: a bearer token is its client, a wrong or missing
           return WaitForQueue(t.admin(), mine + ".queue", 1, std::nullopt);
         }).error_code() == grpc::StatusCode::CANCELLED);
   CHECK(TopologyAs(d.stub(), kToken).ok());
+  // Reload: the ops client only.
+  const grpc::Status reload_denied = ReloadAs(d.stub(), kToken);
+  CHECK(reload_denied.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+  CHECK_THAT(reload_denied.error_message(),
+             Catch::Contains("client 'reports' may not reload the config"));
+  CHECK(ReloadAs(d.stub(), "").error_code() == grpc::StatusCode::UNAUTHENTICATED);
+  pb::ReloadResponse reloaded;
+  const grpc::Status reload_ok = ReloadAs(d.stub(), kOpsToken, &reloaded);
+  INFO("Reload as ops: " << StatusText(reload_ok));
+  CHECK(reload_ok.ok());
+  CHECK(reloaded.reload().result() == "unchanged");
+  CHECK(PublishAs(d.stub(), mine, kOpsToken).error_code() == grpc::StatusCode::PERMISSION_DENIED);
 
   const std::string wrong = std::string(kToken) + "x";
   const grpc::Status bad = PublishAs(d.stub(), mine, wrong);

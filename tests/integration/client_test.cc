@@ -13,6 +13,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness.h"
@@ -160,6 +161,57 @@ TEST_CASE("integration: client: the pipelined publisher reports every result onc
                   << stats.multiple_acks << " with multiple");
 }
 
+TEST_CASE(
+    "integration: client: eight threads on one publisher: every message answered once and "
+    "confirmed, messages queued meanwhile share PublishBatch requests") {
+  IntegrationTest t("clientbatch");
+  const std::string biz = t.Business("batch");
+  Daemon& d = t.StartDaemon({{.name = biz, .prefetch = 256}});
+  mqsidecar::Client client(d.address());
+  constexpr int kThreads = 8;
+  constexpr int kEach = 250;
+  std::mutex mu;
+  std::map<uint64_t, int> reported;
+  std::map<uint64_t, pb::PublishResult::Status> statuses;
+  mqsidecar::Publisher::Stats stats;
+  {
+    const std::unique_ptr<mqsidecar::Publisher> publisher =
+        client.NewPublisher({.window = 64, .max_batch_messages = 16});
+    std::vector<std::thread> threads;
+    for (int th = 0; th < kThreads; ++th) {
+      threads.emplace_back([&, th] {
+        for (int i = 0; i < kEach; ++i) {
+          const int n = th * kEach + i;
+          publisher->Publish(MakePublish(biz, "mt-" + std::to_string(n), n + 1),
+                             [&](const pb::PublishResult& r) {
+                               std::lock_guard<std::mutex> lock(mu);
+                               ++reported[r.sequence()];
+                               statuses[r.sequence()] = r.status();
+                             });
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+    REQUIRE(publisher->Flush(60s));
+    stats = publisher->stats();
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  REQUIRE(reported.size() == static_cast<size_t>(kThreads * kEach));
+  for (const auto& [sequence, n] : reported) {
+    INFO("sequence " << sequence);
+    CHECK(n == 1);
+    CHECK(statuses[sequence] == pb::PublishResult::CONFIRMED);
+  }
+  WARN("client publisher: " << stats.messages << " messages in " << stats.batches
+                            << " PublishBatch requests");
+  CHECK(stats.messages == static_cast<uint64_t>(kThreads * kEach));
+  // Eight threads against a window of 64: while one writes, others queue.
+  CHECK(stats.batches < stats.messages);
+  CHECK(stats.batches * 16 >= stats.messages);  // never above max_batch_messages
+  // Each message is in the queue once (no consumer yet).
+  CHECK(WaitForQueue(t.admin(), biz + ".queue", 0u, static_cast<uint32_t>(kThreads * kEach), 30s));
+}
+
 TEST_CASE("integration: client: handler outcomes ack, retry (attempt 2) and reject (dead letter)") {
   IntegrationTest t("clientout");
   const std::string biz = t.Business("out");
@@ -247,7 +299,7 @@ TEST_CASE("integration: client: a subscription resumes by itself after the sidec
 
   d.Stop();  // the same Daemon starts again on the same socket
   REQUIRE(WaitUntil([&] { return errors.Has("subscription to " + biz + ": stream ended"); }, 10s));
-  REQUIRE(WaitUntil([&] { return errors.Has("PublishStream ended"); }, 10s));
+  REQUIRE(WaitUntil([&] { return errors.Has("PublishBatchStream ended"); }, 10s));
   d.Start();
   // The library's stream comes back on its own: a consumer on the queue again.
   REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 1, std::nullopt, 20s));

@@ -265,7 +265,12 @@ TEST_CASE(
   REQUIRE(s.ok());
   CHECK(res.status() == pb::PublishResult::UNCONFIRMED);
   CHECK_THAT(res.error(), Catch::Contains("did not confirm it before the deadline"));
-  CHECK(took < kDeadline);
+  // An OK status is the proof that our answer came before the caller's
+  // deadline (gRPC ends a later one with DEADLINE_EXCEEDED); the time the
+  // caller measures around the call may pass it by the answer's trip (2.004
+  // s seen under ThreadSanitizer), so it only shows the wait was the
+  // deadline's, not an early answer.
+  CHECK(took > kDeadline / 2);
   CHECK(WaitHealth(d, HealthCheckResponse::SERVING, 60s).has_value());
 }
 

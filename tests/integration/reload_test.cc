@@ -189,6 +189,75 @@ TEST_CASE(
   CHECK(d.Health() == HealthCheckResponse::SERVING);
 }
 
+TEST_CASE(
+    "integration: mqctl reload (the Reload RPC) reloads as SIGHUP does and prints the outcome; a "
+    "file that does not load exits 2 and the running config stays") {
+  IntegrationTest t("reload-rpc");
+  const std::string biz = t.Business("orders");
+  Daemon& d = t.StartDaemon({{.name = biz, .prefetch = 2}}, {.heartbeat = 10s});
+  const auto mqctl_reload = [&] {
+    return RunCommand({MqctlPath(), "--address", d.address(), "reload"}, 20s);
+  };
+  // The file says what runs.
+  CommandResult same = mqctl_reload();
+  INFO(CommandOutput(same));
+  CHECK(same.exit_code == 0);
+  CHECK_THAT(same.out, Catch::Contains("\"result\":\"unchanged\""));
+
+  // A stream opened before the reload keeps its prefetch (2).
+  Subscriber before(d.stub(), {.business = biz, .consumer_name = "before"});
+  REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 1u, std::nullopt));
+
+  // A new level and a new prefetch: applied, in the answer, the log and
+  // GetTopology alike.
+  const std::string original = ReadFile(d.config_path());
+  Edit(d.config_path(), "level: info", "level: debug");
+  Edit(d.config_path(), "prefetch: 2", "prefetch: 5");
+  CommandResult applied = mqctl_reload();
+  INFO(CommandOutput(applied));
+  CHECK(applied.exit_code == 0);
+  CHECK_THAT(applied.out, Catch::Contains("\"result\":\"applied\""));
+  CHECK_THAT(applied.out,
+             Catch::Contains("\"applied\":[\"log.level: info -> debug\",\"consumers." + biz +
+                             ".prefetch: 2 -> 5 (new streams)\"]"));
+  CHECK(d.Log().find("reload: applied; applied: log.level: info -> debug") != std::string::npos);
+  // A stream opened now (open.prefetch 0) gets 5, the old one still 2: of 12
+  // messages nobody acks, 7 are taken and 5 stay ready.
+  Subscriber after(d.stub(), {.business = biz, .consumer_name = "after"});
+  REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 2u, std::nullopt));
+  REQUIRE(PublishConfirmed(d.stub(), biz, 12, biz + "-held").size() == 12);
+  CHECK(WaitUntil([&] { return before.deliveries().size() == 2 && after.deliveries().size() == 5; },
+                  10s, 10ms));
+  CHECK(WaitForQueue(t.admin(), biz + ".queue", 2u, 5u));
+  INFO("before " << before.deliveries().size() << ", after " << after.deliveries().size());
+  CHECK(before.deliveries().size() == 2);
+  CHECK(after.deliveries().size() == 5);
+  const auto top = d.Topology(5s);
+  REQUIRE(top.has_value());
+  CHECK(top->last_reload().result() == "applied");
+
+  // A file that does not load: exit 2, the error with file:line, nothing changes.
+  std::ofstream(d.config_path()) << "broker: { heartbeat: soon }\n";
+  CommandResult rejected = mqctl_reload();
+  INFO(CommandOutput(rejected));
+  CHECK(rejected.exit_code == 2);
+  CHECK_THAT(rejected.out, Catch::Contains("\"result\":\"rejected\""));
+  CHECK_THAT(rejected.out, Catch::Contains(d.config_path() + ":1"));
+  CHECK(d.Health() == HealthCheckResponse::SERVING);
+
+  // Back to the original: the level returns to info.
+  std::ofstream(d.config_path()) << original;
+  pb::ReloadResponse back;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+  REQUIRE(d.stub().Reload(&ctx, pb::ReloadRequest(), &back).ok());
+  CHECK(back.reload().result() == "applied");
+  REQUIRE(back.reload().applied_size() == 2);
+  CHECK(back.reload().applied(0) == "log.level: debug -> info");
+  CHECK(back.reload().applied(1) == "consumers." + biz + ".prefetch: 5 -> 2 (new streams)");
+  CHECK(d.Running());
+}
+
 TEST_CASE("integration: an invalid command line exits 2, --help and --version 0") {
   const CommandResult bad = RunCommand({DaemonPathForTests(), "--no-such-flag"}, 10s);
   INFO(CommandOutput(bad));

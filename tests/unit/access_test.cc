@@ -199,6 +199,18 @@ TEST_CASE("access policy: what each RPC needs") {
   }
 }
 
+TEST_CASE("access policy: Reload needs the client's reload: true, whatever it may publish") {
+  config::Access access = ThreeClients();
+  access.clients[0].reload = true;  // billing
+  const AccessPolicy policy(access);
+  CHECK(policy.Check({.socket_client = "billing"}, Rpc::kReload, "").allowed());
+  // ops may publish and subscribe to everything, and still may not reload.
+  const Decision ops = policy.Check({.cert_subject = "CN=ops,O=example"}, Rpc::kReload, "");
+  CHECK(ops.verdict == Verdict::kDenied);
+  CHECK(ops.reason == "client 'ops' may not reload the config (access[\"ops\"].reload)");
+  CHECK(policy.Check({}, Rpc::kReload, "").verdict == Verdict::kUnauthenticated);
+}
+
 // --- the config section ---
 
 std::string Errors(const std::string& yaml) {
@@ -229,7 +241,8 @@ TEST_CASE("access config: clients by socket, token and subject load, absent mean
           "    socket_group: nogroup\n"
           "    publish: [usdt.transfer, \"task.*\"]\n"
           "    subscribe: usdt.transfer\n"
-          "  ops: { cert_subject: \"CN=ops,O=example\", publish: \"*\", subscribe: \"*\" }\n",
+          "  ops: { cert_subject: \"CN=ops,O=example\", publish: \"*\", subscribe: \"*\", "
+          "reload: true }\n",
       "a.yaml");
   REQUIRE(c.ok());
   REQUIRE(c->access.enabled);
@@ -241,11 +254,14 @@ TEST_CASE("access config: clients by socket, token and subject load, absent mean
   CHECK(billing.publish == std::vector<std::string>{"usdt.transfer", "task.*"});
   CHECK(billing.subscribe == std::vector<std::string>{"usdt.transfer"});
   CHECK(c->access.clients[1].cert_subject == "CN=ops,O=example");
+  CHECK(c->access.clients[1].reload);
+  CHECK_FALSE(billing.reload);
   CHECK(c->access.clients[2].token == "reports-token-0123456789");
   const std::string described = config::Describe(*c);
   CHECK_THAT(described, Catch::Contains("billing: socket unix:///run/mq-sidecar/billing.sock "
                                         "(mode 0600, group nogroup)"));
   CHECK_THAT(described, Catch::Contains("reports: token from " + token.path()));
+  CHECK_THAT(described, Catch::Contains("subscribe [*]; reload\n"));
   CHECK(described.find("reports-token") == std::string::npos);
   // The socket takes socket.mode and socket.group by default.
   absl::StatusOr<config::Config> d = config::LoadYamlText(

@@ -2,7 +2,9 @@
 #include "config/reload.h"
 
 #include <catch2/catch.hpp>
+#include <map>
 #include <string>
+#include <vector>
 
 namespace mqs::config {
 namespace {
@@ -73,12 +75,61 @@ TEST_CASE("reload: what needs a restart is kept and named, by section and by bus
 
 TEST_CASE("reload: a business removed or changed is named") {
   Config next = Load("");
-  next.consumers[0].prefetch = 32;
+  next.consumers[0].binding_keys = {"orders.#"};
   next.producers.clear();
   const ReloadReport r = PlanReload(Load(""), next, false);
   INFO(r.Summary());
   REQUIRE(r.kept.size() == 1);
   CHECK(r.kept[0] == "businesses: changed [orders]");
+}
+
+TEST_CASE(
+    "reload: a consumer's prefetch applies to new streams, within the running limits.max_prefetch") {
+  Config next = Load("");
+  next.consumers[0].prefetch = 32;
+  const ReloadReport r = PlanReload(Load(""), next, false);
+  INFO(r.Summary());
+  CHECK(r.result == ReloadReport::Result::kApplied);
+  CHECK(r.applied == std::vector<std::string>{"consumers.orders.prefetch: 16 -> 32 (new streams)"});
+  CHECK(r.kept.empty());
+  CHECK(r.prefetch == std::map<std::string, uint32_t>{{"orders", 32}});
+
+  // Beside another change of the same business: the prefetch applies, the
+  // rest is kept.
+  next.consumers[0].binding_keys = {"orders.#"};
+  const ReloadReport both = PlanReload(Load(""), next, false);
+  CHECK(both.prefetch == std::map<std::string, uint32_t>{{"orders", 32}});
+  CHECK(both.kept == std::vector<std::string>{"businesses: changed [orders]"});
+
+  // Above the running limit (the file raises both): kept with the limit.
+  Config running = Load("");
+  running.limits.max_prefetch = 20;
+  Config raised = Load("");
+  raised.consumers[0].prefetch = 32;
+  raised.limits.max_prefetch = 100;
+  const ReloadReport over = PlanReload(running, raised, false);
+  INFO(over.Summary());
+  CHECK(over.prefetch.empty());
+  CHECK(over.kept == std::vector<std::string>{"businesses: changed [orders]", "limits"});
+}
+
+TEST_CASE("reload: the log gives the prefetch a reload applied, else the configured one") {
+  ReloadLog log;
+  Consumer orders;
+  orders.name = "orders";
+  orders.prefetch = 16;
+  Consumer other;
+  other.name = "other";
+  other.prefetch = 8;
+  CHECK(log.Prefetch(orders) == 16);
+  ReloadReport r;
+  r.prefetch["orders"] = 64;
+  log.Record(r, std::chrono::system_clock::now());
+  CHECK(log.Prefetch(orders) == 64);
+  CHECK(log.Prefetch(other) == 8);
+  // A later reload without a prefetch change keeps the applied one.
+  log.Record(ReloadReport(), std::chrono::system_clock::now());
+  CHECK(log.Prefetch(orders) == 64);
 }
 
 TEST_CASE("reload: a file that does not load is rejected with its errors, nothing changes") {

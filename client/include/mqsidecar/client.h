@@ -68,11 +68,21 @@ struct PublisherOptions {
   // Messages in flight (sent, result not yet in) at most; Publish blocks while
   // the window is full. Keep it at or below the sidecar's publish.window (1,024).
   size_t window = 256;
+  // Messages queued while another caller writes go out together, as one
+  // PublishBatch of at most this many messages and about this many bytes (a
+  // larger message goes alone). Keep max_batch_messages at or below the
+  // sidecar's limits.max_batch_messages (1,000), or the stream ends
+  // INVALID_ARGUMENT.
+  size_t max_batch_messages = 256;
+  size_t max_batch_bytes = size_t{1} << 20;
 };
 
-// Publisher: messages pipelined over one PublishStream, a window of them in
-// flight. Thread-safe. Results arrive on the publisher's reader thread, in the
-// order the broker settles them. When the stream breaks (the sidecar went
+// Publisher: messages pipelined over one PublishBatchStream, a window of them
+// in flight. Thread-safe. A message is written by its own Publish call when no
+// other call is writing (nothing waits for a batch to fill), else by the call
+// that is, together with the others queued meanwhile: so a Publish call may
+// spend a moment writing other callers' messages. Results arrive on the
+// publisher's reader thread, in the order the broker settles them. When the stream breaks (the sidecar went
 // away), every message in flight is answered UNCONFIRMED (it may or may not be
 // queued: retrying may duplicate it, consumers deduplicate by message_id), and
 // the next Publish opens a new stream.
@@ -94,6 +104,12 @@ class Publisher {
   void Close(std::chrono::milliseconds timeout = std::chrono::seconds(5));
   // Messages sent whose result has not come yet.
   size_t in_flight() const;
+
+  struct Stats {
+    uint64_t messages = 0;  // written to the sidecar
+    uint64_t batches = 0;   // PublishBatch requests they went in
+  };
+  Stats stats() const;
 
   struct Impl;
 
@@ -144,7 +160,7 @@ struct SubscribeOptions {
   size_t max_settle_ids = 1000;
 };
 
-// Subscription: a Subscribe stream that resumes by itself (with backoff) until
+// Subscription: a SubscribeBatch stream that resumes by itself (with backoff) until
 // Stop(), handlers on a bounded pool of threads, their outcomes settled in
 // batches (ack lists, `multiple` where every lower delivery is settled too).
 class Subscription {

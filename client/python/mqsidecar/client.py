@@ -181,7 +181,11 @@ class Client:
 
 
 class Subscription:
-    """Subscription: one Subscribe stream, read on a thread of its own.
+    """Subscription: one SubscribeBatch stream, read on a thread of its own.
+
+    The sidecar sends whatever deliveries are ready in one message (one at a
+    low rate); the handler gets them one by one, and the acks of a batch go
+    back together, in one request, once the batch is handled.
 
     stop() half-closes the stream after sending the settlement of the delivery
     being handled; deliveries not handled go back to the queue. wait() blocks
@@ -201,7 +205,7 @@ class Subscription:
         self._requests = queue.Queue()
         self._requests.put(pb.SubscribeRequest(open=pb.SubscribeRequest.Open(
             business=business, prefetch=prefetch, consumer_name=consumer_name)))
-        self._call = stub.Subscribe(self._request_iter(), metadata=metadata)
+        self._call = stub.SubscribeBatch(self._request_iter(), metadata=metadata)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqsidecar-sub-" + business,
                                         daemon=True)
@@ -229,7 +233,7 @@ class Subscription:
                           delivery.delivery_id, delivery.message_id)
             outcome = retry(0)
         if outcome is None or outcome.kind == "ack":
-            return pb.SubscribeRequest(ack=pb.SubscribeRequest.Ack(delivery_id=delivery.delivery_id))
+            return None  # acked with the rest of its batch
         if outcome.kind == "retry":
             return pb.SubscribeRequest(nack=pb.SubscribeRequest.Nack(
                 delivery_id=delivery.delivery_id, requeue=True,
@@ -239,17 +243,30 @@ class Subscription:
 
     def _run(self):
         try:
-            for delivery in self._call:
+            for batch in self._call:
                 with self._lock:
                     if self._stopping:
                         continue  # unsettled: back to the queue when the stream closes
+                    # Busy for the whole batch: stop() must not close the
+                    # requests before the batch's acks are in them.
                     self._busy = True
-                settle = self._settle(delivery)
+                acks = []
+                for delivery in batch.deliveries:
+                    with self._lock:
+                        if self._stopping:
+                            break  # the rest go back to the queue
+                    settle = self._settle(delivery)
+                    with self._lock:
+                        if settle is None:
+                            acks.append(delivery.delivery_id)
+                        elif not self._closed:
+                            self._requests.put(settle)
+                        self.handled += 1
                 with self._lock:
                     self._busy = False
-                    if not self._closed:
-                        self._requests.put(settle)
-                        self.handled += 1
+                    if acks and not self._closed:
+                        self._requests.put(pb.SubscribeRequest(
+                            ack=pb.SubscribeRequest.Ack(delivery_ids=acks)))
                     if self._stopping:
                         self._close_requests()
         except grpc.RpcError as e:
