@@ -1,9 +1,11 @@
 // Publisher: PublishBatchStream with a window of messages in flight. A caller
-// queues its message; the first caller to find no one writing becomes the
-// writer and writes whatever is queued as one PublishBatch, again until the
-// queue is empty (so at a low rate a message goes out alone and at once, and
-// under load many callers' messages share one gRPC message). One reader thread
-// per stream reads the result batches and runs the callbacks. A stream that
+// queues its message; a caller that finds no one writing writes whatever is
+// queued as one PublishBatch itself (so at a low rate a message goes out alone
+// and at once, with no thread hand-off), and if more was queued meanwhile it
+// hands the rest to the publisher's writer thread, which writes batches until
+// the queue is empty (so under load many callers' messages share one gRPC
+// message, and no caller writes for others for longer than one write). One
+// reader thread per stream reads the result batches and runs the callbacks. A stream that
 // breaks answers what it still owes UNCONFIRMED; the next Publish opens a new
 // one.
 #include <grpcpp/grpcpp.h>
@@ -66,7 +68,14 @@ struct Publisher::Impl {
   std::shared_ptr<Stream> stream ABSL_GUARDED_BY(mu);
   std::map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);  // by our sequence
   std::vector<Queued> outbox ABSL_GUARDED_BY(mu);           // in sequence order
-  bool writing ABSL_GUARDED_BY(mu) = false;                 // a caller is writing the outbox
+  // A caller or the writer thread is writing the outbox; whoever it is looks
+  // at the outbox again (under mu) before letting go, so nothing queued while
+  // it wrote is left behind.
+  bool writing ABSL_GUARDED_BY(mu) = false;
+  bool writer_turn ABSL_GUARDED_BY(mu) = false;  // the writer thread has the outbox
+  bool writer_stop ABSL_GUARDED_BY(mu) = false;
+  CondVar writer_cv;  // writer_turn, writer_stop
+  std::thread writer;
   Publisher::Stats stats ABSL_GUARDED_BY(mu);
   uint64_t next_sequence ABSL_GUARDED_BY(mu) = 1;
   bool closed ABSL_GUARDED_BY(mu) = false;
@@ -161,16 +170,23 @@ struct Publisher::Impl {
   void Publish(v1::PublishRequest request, PublishCallback done) {
     Pending p{request.sequence(), request.message_id(), std::move(done), nullptr};
     std::shared_ptr<Stream> s;
-    uint64_t sequence = 0;
+    bool write = false;  // no one was writing: this call writes a batch
+    std::shared_ptr<Stream> batch_stream;
+    v1::PublishBatch batch;
     std::vector<std::thread> finished;
     {
       MutexLock lock(&mu);
       while (!closed && pending.size() >= std::max<size_t>(1, options.window)) cv.Wait(&mu);
       if (!closed) {
         s = stream ? stream : OpenLocked(&finished);
-        sequence = next_sequence++;
+        const uint64_t sequence = next_sequence++;
         p.stream = s;
         pending.emplace(sequence, p);
+        request.set_sequence(sequence);
+        outbox.push_back({std::move(request), s});
+        write = !writing;
+        writing = true;
+        if (write) batch = TakeBatchLocked(&batch_stream);
       }
     }
     for (std::thread& t : finished) t.join();
@@ -178,54 +194,69 @@ struct Publisher::Impl {
       Deliver(p, Synthetic(p, v1::PublishResult::FAILED, "the publisher is closed"));
       return;
     }
-    request.set_sequence(sequence);
-    {
-      MutexLock lock(&mu);
-      outbox.push_back({std::move(request), s});
-      if (writing) return;  // the writer takes it with the rest
-      writing = true;
+    if (!write) return;  // the one writing takes it with the rest
+    WriteBatch(batch_stream, batch);
+    MutexLock lock(&mu);
+    if (outbox.empty()) {
+      writing = false;
+    } else {  // queued meanwhile: the writer thread goes on
+      writer_turn = true;
+      writer_cv.Signal();
     }
-    WriteOutbox();
   }
 
-  // WriteOutbox: writes the outbox, a batch at a time (the messages of one
-  // stream, at most max_batch_messages and about max_batch_bytes), until it is
-  // empty. Runs on the caller that found no one writing.
-  void WriteOutbox() {
+  // WriterLoop: the writer thread. Takes the outbox when a caller hands it
+  // over, and writes until it is empty.
+  void WriterLoop() {
     for (;;) {
-      v1::PublishBatch batch;
       std::shared_ptr<Stream> s;
+      v1::PublishBatch batch;
       {
         MutexLock lock(&mu);
-        if (outbox.empty()) {
+        while (!writer_turn && !writer_stop) writer_cv.Wait(&mu);
+        if (!writer_turn) return;  // stopping, nothing handed over
+        if (outbox.empty()) {      // let go only with nothing left behind
+          writer_turn = false;
           writing = false;
-          return;
+          continue;
         }
-        s = outbox.front().stream;
-        size_t taken = 0;
-        size_t bytes = 0;
-        // A message larger than max_batch_bytes goes alone.
-        while (taken < outbox.size() && outbox[taken].stream == s &&
-               taken < std::max<size_t>(1, options.max_batch_messages)) {
-          const size_t size = outbox[taken].request.ByteSizeLong();
-          if (taken > 0 && bytes + size > options.max_batch_bytes) break;
-          bytes += size;
-          *batch.add_messages() = std::move(outbox[taken].request);
-          ++taken;
-        }
-        outbox.erase(outbox.begin(), outbox.begin() + static_cast<std::ptrdiff_t>(taken));
+        batch = TakeBatchLocked(&s);
       }
-      bool written = false;
-      {
-        MutexLock lock(&s->write_mu);
-        // A failed write means the stream broke: its reader answers the messages.
-        written = !s->writes_closed && s->rw->Write(batch);
-      }
-      if (written) {
-        MutexLock lock(&mu);
-        stats.messages += static_cast<uint64_t>(batch.messages_size());
-        ++stats.batches;
-      }
+      WriteBatch(s, batch);
+    }
+  }
+
+  // TakeBatchLocked: the head of the outbox (not empty) as one PublishBatch:
+  // messages of one stream (*s), at most max_batch_messages and about
+  // max_batch_bytes (a larger message goes alone).
+  v1::PublishBatch TakeBatchLocked(std::shared_ptr<Stream>* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    v1::PublishBatch batch;
+    *s = outbox.front().stream;
+    size_t taken = 0;
+    size_t bytes = 0;
+    while (taken < outbox.size() && outbox[taken].stream == *s &&
+           taken < std::max<size_t>(1, options.max_batch_messages)) {
+      const size_t size = outbox[taken].request.ByteSizeLong();
+      if (taken > 0 && bytes + size > options.max_batch_bytes) break;
+      bytes += size;
+      *batch.add_messages() = std::move(outbox[taken].request);
+      ++taken;
+    }
+    outbox.erase(outbox.begin(), outbox.begin() + static_cast<std::ptrdiff_t>(taken));
+    return batch;
+  }
+
+  void WriteBatch(const std::shared_ptr<Stream>& s, const v1::PublishBatch& batch) {
+    bool written = false;
+    {
+      MutexLock lock(&s->write_mu);
+      // A failed write means the stream broke: its reader answers the messages.
+      written = !s->writes_closed && s->rw->Write(batch);
+    }
+    if (written) {
+      MutexLock lock(&mu);
+      stats.messages += static_cast<uint64_t>(batch.messages_size());
+      ++stats.batches;
     }
   }
 
@@ -282,6 +313,14 @@ struct Publisher::Impl {
         readers.push_back(std::move(t));
       }
     }
+    // The writer finishes what it was handed (every write after WritesDone
+    // is skipped) and ends.
+    {
+      MutexLock lock(&mu);
+      writer_stop = true;
+      writer_cv.Signal();
+    }
+    if (writer.joinable()) writer.join();
   }
 };
 
@@ -321,6 +360,7 @@ std::unique_ptr<Publisher> Client::NewPublisher(PublisherOptions options) {
   auto impl = std::make_shared<Publisher::Impl>();
   impl->core = core_;
   impl->options = options;
+  impl->writer = std::thread([p = impl.get()] { p->WriterLoop(); });
   return std::unique_ptr<Publisher>(new Publisher(std::move(impl)));
 }
 

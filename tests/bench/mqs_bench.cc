@@ -4,6 +4,8 @@
 //   mqs_bench --mode direct|sidecar --scenario publish|consume|e2e|streams|ceiling ...
 //   mqs_bench --mode sidecar --scenario publish --batch 64 ...   (PublishBatchStream)
 //   mqs_bench --mode sidecar --scenario unary --callers 100 ...   (concurrent unary Publish)
+//   mqs_bench --mode sidecar --scenario library --callers 100 ... (the same callers, sharing
+//                                         one mqsidecar::Publisher of the C++ client library)
 //   mqs_bench --mode sidecar --scenario churn --churn-business B --churn-rate 100 ...
 //   mqs_bench --scenario cleanup --queue Q --exchange X      (delete what a run declared)
 //   mqs_bench --report results.jsonl --md table.md --csv table.csv --plot-dir DIR
@@ -40,6 +42,7 @@
 
 #include "CLI/CLI.hpp"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "mqsidecar/client.h"
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 
 namespace mqs::bench {
@@ -1266,6 +1269,60 @@ std::vector<Json> RunUnary(const Options& o) {
   return {j};
 }
 
+// The unary callers' workload through the C++ client library: o.callers
+// threads share one mqsidecar::Publisher (window o.window) and each waits
+// for its own message's result before the next, as a unary caller does; the
+// library coalesces what the callers queue while one writes into batches.
+std::vector<Json> RunLibrary(const Options& o) {
+  if (o.mode != "sidecar") throw std::runtime_error("library: sidecar mode only");
+  PurgeQueue(o);
+  mqsidecar::Client client(o.target);
+  const std::unique_ptr<mqsidecar::Publisher> publisher =
+      client.NewPublisher({.window = std::max<uint32_t>(1, o.window)});
+  std::atomic<uint64_t> confirmed{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> next{0};
+  std::vector<Latencies> lats(o.callers);
+  Row row(o);
+  row.Start();
+  const auto end = SteadyClock::now() + std::chrono::duration<double>(o.duration);
+  std::vector<std::thread> threads;
+  for (uint32_t c = 0; c < o.callers; ++c) {
+    threads.emplace_back([&, c] {
+      std::string payload = MakePayload(o.size);
+      while (SteadyClock::now() < end) {
+        const uint64_t seq = next.fetch_add(1);
+        if (seq >= o.count) break;
+        const int64_t t0 = NowNs();
+        Stamp(&payload, t0, seq);
+        mqsidecar::v1::PublishRequest req;
+        req.set_business(o.business);
+        req.set_routing_key(o.routing_key);
+        req.set_sequence(seq);
+        req.set_payload(payload);
+        const mqsidecar::v1::PublishResult res = publisher->Publish(std::move(req)).get();
+        if (res.status() == mqsidecar::v1::PublishResult::CONFIRMED) {
+          confirmed.fetch_add(1);
+          lats[c].ns.push_back(NowNs() - t0);
+        } else {
+          errors.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const mqsidecar::Publisher::Stats stats = publisher->stats();
+  publisher->Close();
+  Latencies all;
+  for (const Latencies& l : lats) all.Merge(l);
+  Json j = row.Finish("library", confirmed.load(), errors.load(), &all);
+  j["callers"] = o.callers;
+  j["batches"] = stats.batches;
+  PurgeQueue(o);
+  RequireNoErrors(errors.load(), "library");
+  return {j};
+}
+
 // Direct publishing without confirms: the broker's own limit. Done when the
 // queue holds every message sent.
 std::vector<Json> RunCeiling(const Options& o) {
@@ -1753,6 +1810,8 @@ int Run(const Options& o) {
     rows = RunCeiling(o);
   } else if (o.scenario == "unary") {
     rows = RunUnary(o);
+  } else if (o.scenario == "library") {
+    rows = RunLibrary(o);
   } else if (o.scenario == "consume" || o.scenario == "competing") {
     rows = RunConsume(o, o.scenario);
   } else if (o.scenario == "rtt") {

@@ -11,8 +11,9 @@
 #            open and close per second, 3 runs, ~1 min
 #   --batch  issue 15, 3 runs, ~8 min: publish with confirms (quorum, 256 B)
 #            direct beside the sidecar's PublishStream and PublishBatchStream
-#            (batch 1/16/64) at window 64 and 512, and 1/10/100 unary Publish
-#            callers; consume with acks through SubscribeBatch (batch 1, 64,
+#            (batch 1/16/64) at window 64 and 512, 1/10/100 unary Publish
+#            callers and 100 callers sharing the C++ library's Publisher;
+#            consume with acks through SubscribeBatch (batch 1, 64,
 #            256) beside Subscribe and direct, end to end at 1,000 and 10,000
 #            msg/s, and the bare gRPC round trip
 #
@@ -183,6 +184,9 @@ elif [[ $MODE == batch ]]; then
       bench quorum unix --scenario unary --callers "$callers" --size 256 --duration 4 \
         --count 10000000
     done
+    # The same 100 callers sharing one Publisher of the C++ client library.
+    bench quorum unix --scenario library --callers 100 --window 256 --size 256 --duration 4 \
+      --count 10000000
     BATCHES="0 1 64 256" E2E_BATCHES="0 256"
     if ((run == 2)); then BATCHES="256 64 1 0" E2E_BATCHES="256 0"; fi
     for pf in 64 512; do
@@ -215,6 +219,8 @@ elif [[ $MODE == quick ]]; then
   each classic --scenario competing --consumers 2 --prefetch 64 --size 256 --count 1000
   each classic --scenario e2e --rate 1000 --window 64 --prefetch 64 --size 256 --duration 1
   bench classic unix --scenario rtt --rate 1000 --duration 0.5
+  bench classic unix --scenario library --callers 8 --window 64 --size 256 --duration 1 \
+    --count 2000
   each classic --scenario streams --consumers 20 --rate 500 --window 64 --prefetch 1 \
     --size 256 --duration 1
   VIAS="tcp"

@@ -190,7 +190,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "integration: mqctl reload (the Reload RPC) reloads as SIGHUP does and prints the outcome; a "
+    "integration: mqctl reload (the Reload RPC) reloads as SIGHUP does and prints the outcome, a "
     "file that does not load exits 2 and the running config stays") {
   IntegrationTest t("reload-rpc");
   const std::string biz = t.Business("orders");

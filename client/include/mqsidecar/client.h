@@ -78,11 +78,12 @@ struct PublisherOptions {
 };
 
 // Publisher: messages pipelined over one PublishBatchStream, a window of them
-// in flight. Thread-safe. A message is written by its own Publish call when no
-// other call is writing (nothing waits for a batch to fill), else by the call
-// that is, together with the others queued meanwhile: so a Publish call may
-// spend a moment writing other callers' messages. Results arrive on the
-// publisher's reader thread, in the order the broker settles them. When the stream breaks (the sidecar went
+// in flight. Thread-safe. A Publish call that finds nothing being written
+// writes its message at once (nothing waits for a batch to fill); messages
+// queued while a write is in flight go out together in the next PublishBatch,
+// written by the publisher's writer thread (a Publish call writes one batch at
+// most). Results arrive on the publisher's reader thread, in the order the
+// broker settles them. When the stream breaks (the sidecar went
 // away), every message in flight is answered UNCONFIRMED (it may or may not be
 // queued: retrying may duplicate it, consumers deduplicate by message_id), and
 // the next Publish opens a new stream.
