@@ -29,6 +29,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -1215,70 +1216,13 @@ std::vector<Json> RunPublish(const Options& o) {
   return {j};
 }
 
-// Unary Publish from o.callers threads at once over one channel, each
-// waiting for its answer before its next call: a web service publishing once
-// per request. The daemon pipelines them into its one confirm window; a
-// direct client per caller could only publish at window 1, so the comparison
-// is the direct client at window 64 (scenario publish).
-std::vector<Json> RunUnary(const Options& o) {
-  if (o.mode != "sidecar") throw std::runtime_error("unary: sidecar mode only");
+// RunCallers: o.callers threads at once, each publishing one message and
+// waiting for its answer before its next (`publish` returns true when the
+// message was confirmed): a web service publishing once per request. The row
+// is named `name`; the queue is purged before and after.
+Json RunCallers(const Options& o, const std::string& name,
+                const std::function<bool(mqsidecar::v1::PublishRequest&&)>& publish) {
   PurgeQueue(o);
-  auto stub = mqsidecar::v1::PubSub::NewStub(NewChannel(o.target, 0));
-  std::atomic<uint64_t> confirmed{0};
-  std::atomic<uint64_t> errors{0};
-  std::atomic<uint64_t> next{0};
-  std::vector<Latencies> lats(o.callers);
-  Row row(o);
-  row.Start();
-  const auto end = SteadyClock::now() + std::chrono::duration<double>(o.duration);
-  std::vector<std::thread> threads;
-  for (uint32_t c = 0; c < o.callers; ++c) {
-    threads.emplace_back([&, c] {
-      std::string payload = MakePayload(o.size);
-      mqsidecar::v1::PublishRequest req;
-      req.set_business(o.business);
-      req.set_routing_key(o.routing_key);
-      while (SteadyClock::now() < end) {
-        const uint64_t seq = next.fetch_add(1);
-        if (seq >= o.count) break;
-        const int64_t t0 = NowNs();
-        Stamp(&payload, t0, seq);
-        req.set_sequence(seq);
-        req.set_payload(payload);
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)));
-        mqsidecar::v1::PublishResult res;
-        const grpc::Status s = stub->Publish(&ctx, req, &res);
-        if (s.ok() && res.status() == mqsidecar::v1::PublishResult::CONFIRMED) {
-          confirmed.fetch_add(1);
-          lats[c].ns.push_back(NowNs() - t0);
-        } else {
-          errors.fetch_add(1);
-        }
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  Latencies all;
-  for (const Latencies& l : lats) all.Merge(l);
-  Json j = row.Finish("unary", confirmed.load(), errors.load(), &all);
-  j["callers"] = o.callers;
-  PurgeQueue(o);
-  RequireNoErrors(errors.load(), "unary");
-  return {j};
-}
-
-// The unary callers' workload through the C++ client library: o.callers
-// threads share one mqsidecar::Publisher (window o.window) and each waits
-// for its own message's result before the next, as a unary caller does; the
-// library coalesces what the callers queue while one writes into batches.
-std::vector<Json> RunLibrary(const Options& o) {
-  if (o.mode != "sidecar") throw std::runtime_error("library: sidecar mode only");
-  PurgeQueue(o);
-  mqsidecar::Client client(o.target);
-  const std::unique_ptr<mqsidecar::Publisher> publisher =
-      client.NewPublisher({.window = std::max<uint32_t>(1, o.window)});
   std::atomic<uint64_t> confirmed{0};
   std::atomic<uint64_t> errors{0};
   std::atomic<uint64_t> next{0};
@@ -1300,8 +1244,7 @@ std::vector<Json> RunLibrary(const Options& o) {
         req.set_routing_key(o.routing_key);
         req.set_sequence(seq);
         req.set_payload(payload);
-        const mqsidecar::v1::PublishResult res = publisher->Publish(std::move(req)).get();
-        if (res.status() == mqsidecar::v1::PublishResult::CONFIRMED) {
+        if (publish(std::move(req))) {
           confirmed.fetch_add(1);
           lats[c].ns.push_back(NowNs() - t0);
         } else {
@@ -1311,15 +1254,46 @@ std::vector<Json> RunLibrary(const Options& o) {
     });
   }
   for (auto& t : threads) t.join();
-  const mqsidecar::Publisher::Stats stats = publisher->stats();
-  publisher->Close();
   Latencies all;
   for (const Latencies& l : lats) all.Merge(l);
-  Json j = row.Finish("library", confirmed.load(), errors.load(), &all);
+  Json j = row.Finish(name, confirmed.load(), errors.load(), &all);
   j["callers"] = o.callers;
-  j["batches"] = stats.batches;
   PurgeQueue(o);
-  RequireNoErrors(errors.load(), "library");
+  RequireNoErrors(errors.load(), name);
+  return j;
+}
+
+// Unary Publish from o.callers threads over one channel. The daemon pipelines
+// them into its one confirm window; a direct client per caller could only
+// publish at window 1, so the comparison is the direct client at window 64
+// (scenario publish).
+std::vector<Json> RunUnary(const Options& o) {
+  if (o.mode != "sidecar") throw std::runtime_error("unary: sidecar mode only");
+  auto stub = mqsidecar::v1::PubSub::NewStub(NewChannel(o.target, 0));
+  return {RunCallers(o, "unary", [&](mqsidecar::v1::PublishRequest&& req) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)));
+    mqsidecar::v1::PublishResult res;
+    const grpc::Status s = stub->Publish(&ctx, req, &res);
+    return s.ok() && res.status() == mqsidecar::v1::PublishResult::CONFIRMED;
+  })};
+}
+
+// The unary callers' workload through the C++ client library: the callers
+// share one mqsidecar::Publisher (window o.window), each waiting on its
+// message's future; the library batches what they queue while it writes.
+std::vector<Json> RunLibrary(const Options& o) {
+  if (o.mode != "sidecar") throw std::runtime_error("library: sidecar mode only");
+  mqsidecar::Client client(o.target);
+  const std::unique_ptr<mqsidecar::Publisher> publisher =
+      client.NewPublisher({.window = std::max<uint32_t>(1, o.window)});
+  Json j = RunCallers(o, "library", [&](mqsidecar::v1::PublishRequest&& req) {
+    return publisher->Publish(std::move(req)).get().status() ==
+           mqsidecar::v1::PublishResult::CONFIRMED;
+  });
+  j["batches"] = publisher->stats().batches;
+  publisher->Close();
   return {j};
 }
 
