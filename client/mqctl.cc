@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -61,6 +62,7 @@ constexpr milliseconds kTaskWaitMargin{5000};
 
 constexpr char kDefaultAddress[] = "unix:///run/mq-sidecar/mq-sidecar.sock";
 constexpr char kAddressEnv[] = "MQ_SIDECAR_ADDRESS";
+constexpr char kTokenFileEnv[] = "MQ_SIDECAR_TOKEN_FILE";
 
 // ---------------------------------------------------------------------------
 // Options
@@ -70,6 +72,8 @@ struct GlobalOptions {
   std::string timeout_text = "10s";
   milliseconds timeout{10000};
   bool wait = false;
+  std::string token_file;
+  std::string token;  // token_file's first line; sent as "authorization: Bearer <token>"
 };
 
 struct PublishOptions {
@@ -186,7 +190,31 @@ std::shared_ptr<grpc::Channel> MakeChannel(const GlobalOptions& g) {
                                    args);
 }
 
+// ApplyToken: the bearer token (access, docs/security.md), on every call.
+void ApplyToken(grpc::ClientContext* ctx, const GlobalOptions& g) {
+  if (!g.token.empty()) ctx->AddMetadata("authorization", "Bearer " + g.token);
+}
+
+// ReadToken: the first line of a token file (without a trailing '\r'), as
+// the daemon reads access.<client>.token_file.
+bool ReadToken(const std::string& file, std::string* token) {
+  std::ifstream in(file);
+  if (!in) {
+    std::cerr << "mqctl: reading the token file " << file << ": "
+              << std::generic_category().message(errno) << "\n";
+    return false;
+  }
+  std::getline(in, *token);
+  if (!token->empty() && token->back() == '\r') token->pop_back();
+  if (token->empty()) {
+    std::cerr << "mqctl: the token file " << file << " has no token on its first line\n";
+    return false;
+  }
+  return true;
+}
+
 void ApplyCallOptions(grpc::ClientContext* ctx, const GlobalOptions& g) {
+  ApplyToken(ctx, g);
   ctx->set_deadline(std::chrono::system_clock::now() + g.timeout);
   ctx->set_wait_for_ready(g.wait);
 }
@@ -309,6 +337,7 @@ int RunPublishLoad(const GlobalOptions& g, const PublishOptions& o,
   };
   auto stub = v1::PubSub::NewStub(MakeChannel(g));
   grpc::ClientContext ctx;
+  ApplyToken(&ctx, g);
   ctx.set_wait_for_ready(g.wait);
   {
     const double pacing_s = o.rate > 0 ? static_cast<double>(o.count) / o.rate : 0;
@@ -543,6 +572,7 @@ class SubscribeSession {
  private:
   int Stream() {
     auto stub = v1::PubSub::NewStub(MakeChannel(g_));
+    ApplyToken(&ctx_, g_);
     ctx_.set_wait_for_ready(g_.wait);
     auto stream = stub->SubscribeBatch(&ctx_);
 
@@ -862,6 +892,7 @@ int RunTaskSend(const GlobalOptions& g, const TaskSendOptions& o) {
   const std::shared_ptr<grpc::Channel> channel = MakeChannel(g);
   auto stub = v1::PubSub::NewStub(channel);
   grpc::ClientContext ctx;
+  ApplyToken(&ctx, g);
   ctx.set_deadline(std::chrono::system_clock::now() + deadline);
   ctx.set_wait_for_ready(g.wait);
   v1::SendTaskResponse resp;
@@ -1004,6 +1035,11 @@ int Main(int argc, char** argv) {
   app.add_flag("--wait", g.wait,
                "Wait (up to --timeout) for the daemon to become reachable instead of failing "
                "at once with UNAVAILABLE");
+  app.add_option("--token-file", g.token_file,
+                 "With the daemon's access section: a file whose first line is this client's "
+                 "bearer token, sent on every call (never give the token itself on a command "
+                 "line)")
+      ->envname(kTokenFileEnv);
 
   // publish
   PublishOptions po;
@@ -1250,6 +1286,7 @@ int Main(int argc, char** argv) {
     return rc == 0 ? kExitOk : kExitUsage;
   }
   g.timeout = *ParseDuration(g.timeout_text);  // validated above
+  if (!g.token_file.empty() && !ReadToken(g.token_file, &g.token)) return kExitError;
 
   if (publish->parsed()) return RunPublish(g, po);
   if (subscribe->parsed()) {

@@ -139,8 +139,8 @@ struct Publisher::Impl {
                    "); the next publish opens a new one");
     }
     if (!lost.empty()) {
-      const std::string error = "the PublishBatchStream ended before its result (" + StatusText(status) +
-                                "): it may or may not be queued";
+      const std::string error = "the PublishBatchStream ended before its result (" +
+                                StatusText(status) + "): it may or may not be queued";
       for (const Pending& p : lost) Deliver(p, Synthetic(p, v1::PublishResult::UNCONFIRMED, error));
     }
   }

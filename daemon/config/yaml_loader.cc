@@ -259,7 +259,8 @@ void YamlReader::ReadAccess(const YAML::Node& node) {
     diag_.Note(path, Line(key), path);
     AccessClient client;
     client.name = name;
-    if (!ExpectMap(value, path, "a map (socket, token_file, cert_subject, publish, subscribe, reload)")) {
+    if (!ExpectMap(value, path,
+                   "a map (socket, token_file, cert_subject, publish, subscribe, reload)")) {
       if (value.IsNull()) diag_.Error(Line(key), path, "expected settings, got nothing");
       continue;
     }

@@ -48,12 +48,12 @@ using PubSubAsyncBase = mqsidecar::v1::PubSub::WithAsyncMethod_Publish<
                     mqsidecar::v1::PubSub::WithAsyncMethod_ListServers<
                         mqsidecar::v1::PubSub::WithAsyncMethod_ListDeadLetters<
                             mqsidecar::v1::PubSub::WithAsyncMethod_ReplayDeadLetters<
-                            mqsidecar::v1::PubSub::WithAsyncMethod_Reload<
-                                mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
-                                    mqsidecar::v1::PubSub::WithRawMethod_PublishBatchStream<
-                                        mqsidecar::v1::PubSub::WithRawMethod_Subscribe<
-                                            mqsidecar::v1::PubSub::WithRawMethod_SubscribeBatch<
-                                                mqsidecar::v1::PubSub::Service>>>>>>>>>>>>>;
+                                mqsidecar::v1::PubSub::WithAsyncMethod_Reload<
+                                    mqsidecar::v1::PubSub::WithRawMethod_PublishStream<
+                                        mqsidecar::v1::PubSub::WithRawMethod_PublishBatchStream<
+                                            mqsidecar::v1::PubSub::WithRawMethod_Subscribe<
+                                                mqsidecar::v1::PubSub::WithRawMethod_SubscribeBatch<
+                                                    mqsidecar::v1::PubSub::Service>>>>>>>>>>>>>;
 
 // Reply: how a control-plane handler answers its call, exactly once, from
 // any thread.

@@ -193,8 +193,8 @@ TEST_CASE("integration: access: a bearer token is its client, a wrong or missing
   Daemon& d = t.StartDaemon(
       {{.name = mine}, {.name = other}},
       {.extra_yaml = "access:\n  reports:\n    token_file: " + token_file + "\n    publish: [\"" +
-                     mine_pattern + "\"]\n    subscribe: [" + mine + "]\n  ops:\n    token_file: " +
-                     ops_file + "\n    reload: true\n"});
+                     mine_pattern + "\"]\n    subscribe: [" + mine +
+                     "]\n  ops:\n    token_file: " + ops_file + "\n    reload: true\n"});
   pb::PublishResult result;
   REQUIRE(PublishAs(d.stub(), mine, kToken, &result).ok());
   CHECK(result.status() == pb::PublishResult::CONFIRMED);
@@ -221,6 +221,29 @@ TEST_CASE("integration: access: a bearer token is its client, a wrong or missing
   CHECK(reload_ok.ok());
   CHECK(reloaded.reload().result() == "unchanged");
   CHECK(PublishAs(d.stub(), mine, kOpsToken).error_code() == grpc::StatusCode::PERMISSION_DENIED);
+  // mqctl sends the token of --token-file (or $MQ_SIDECAR_TOKEN_FILE).
+  const auto mqctl = [&](const std::vector<std::string>& args) {
+    std::vector<std::string> argv{MqctlPath(), "--address", d.address()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv, 20s);
+  };
+  const CommandResult ops_reload = mqctl({"--token-file", ops_file, "reload"});
+  INFO(CommandOutput(ops_reload));
+  CHECK(ops_reload.exit_code == 0);
+  CHECK_THAT(ops_reload.out, Catch::Contains("\"result\":\"unchanged\""));
+  const CommandResult reports_reload = mqctl({"--token-file", token_file, "reload"});
+  INFO(CommandOutput(reports_reload));
+  CHECK(reports_reload.exit_code == 1);
+  CHECK_THAT(reports_reload.err, Catch::Contains("PERMISSION_DENIED: client 'reports' may not "
+                                                 "reload the config"));
+  CHECK(mqctl({"--token-file", token_file, "topology"}).exit_code == 0);
+  const CommandResult anonymous = mqctl({"topology"});
+  CHECK(anonymous.exit_code == 1);
+  CHECK_THAT(anonymous.err, Catch::Contains("UNAUTHENTICATED"));
+  const CommandResult no_file = mqctl({"--token-file", t.dir() + "/absent.token", "topology"});
+  CHECK(no_file.exit_code == 1);
+  CHECK_THAT(no_file.err, Catch::Contains("mqctl: reading the token file " + t.dir() +
+                                          "/absent.token: No such file or directory"));
 
   const std::string wrong = std::string(kToken) + "x";
   const grpc::Status bad = PublishAs(d.stub(), mine, wrong);

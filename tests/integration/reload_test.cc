@@ -217,9 +217,8 @@ TEST_CASE(
   INFO(CommandOutput(applied));
   CHECK(applied.exit_code == 0);
   CHECK_THAT(applied.out, Catch::Contains("\"result\":\"applied\""));
-  CHECK_THAT(applied.out,
-             Catch::Contains("\"applied\":[\"log.level: info -> debug\",\"consumers." + biz +
-                             ".prefetch: 2 -> 5 (new streams)\"]"));
+  CHECK_THAT(applied.out, Catch::Contains("\"applied\":[\"log.level: info -> debug\",\"consumers." +
+                                          biz + ".prefetch: 2 -> 5 (new streams)\"]"));
   CHECK(d.Log().find("reload: applied; applied: log.level: info -> debug") != std::string::npos);
   // A stream opened now (open.prefetch 0) gets 5, the old one still 2: of 12
   // messages nobody acks, 7 are taken and 5 stay ready.

@@ -84,7 +84,8 @@ TEST_CASE("reload: a business removed or changed is named") {
 }
 
 TEST_CASE(
-    "reload: a consumer's prefetch applies to new streams, within the running limits.max_prefetch") {
+    "reload: a consumer's prefetch applies to new streams, within the running "
+    "limits.max_prefetch") {
   Config next = Load("");
   next.consumers[0].prefetch = 32;
   const ReloadReport r = PlanReload(Load(""), next, false);
