@@ -190,9 +190,11 @@ std::shared_ptr<grpc::Channel> MakeChannel(const GlobalOptions& g) {
                                    args);
 }
 
-// ApplyToken: the bearer token (access, docs/security.md), on every call.
-void ApplyToken(grpc::ClientContext* ctx, const GlobalOptions& g) {
+// ApplyCallerOptions: what every call carries whatever its deadline: the
+// bearer token (access, docs/security.md) and --wait.
+void ApplyCallerOptions(grpc::ClientContext* ctx, const GlobalOptions& g) {
   if (!g.token.empty()) ctx->AddMetadata("authorization", "Bearer " + g.token);
+  ctx->set_wait_for_ready(g.wait);
 }
 
 // ReadToken: the first line of a token file (without a trailing '\r'), as
@@ -213,10 +215,10 @@ bool ReadToken(const std::string& file, std::string* token) {
   return true;
 }
 
+// ApplyCallOptions: ApplyCallerOptions and the deadline of --timeout.
 void ApplyCallOptions(grpc::ClientContext* ctx, const GlobalOptions& g) {
-  ApplyToken(ctx, g);
+  ApplyCallerOptions(ctx, g);
   ctx->set_deadline(std::chrono::system_clock::now() + g.timeout);
-  ctx->set_wait_for_ready(g.wait);
 }
 
 bool WriteLine(const std::string& line) {
@@ -337,8 +339,7 @@ int RunPublishLoad(const GlobalOptions& g, const PublishOptions& o,
   };
   auto stub = v1::PubSub::NewStub(MakeChannel(g));
   grpc::ClientContext ctx;
-  ApplyToken(&ctx, g);
-  ctx.set_wait_for_ready(g.wait);
+  ApplyCallerOptions(&ctx, g);
   {
     const double pacing_s = o.rate > 0 ? static_cast<double>(o.count) / o.rate : 0;
     ctx.set_deadline(std::chrono::system_clock::now() + g.timeout +
@@ -572,8 +573,7 @@ class SubscribeSession {
  private:
   int Stream() {
     auto stub = v1::PubSub::NewStub(MakeChannel(g_));
-    ApplyToken(&ctx_, g_);
-    ctx_.set_wait_for_ready(g_.wait);
+    ApplyCallerOptions(&ctx_, g_);
     auto stream = stub->SubscribeBatch(&ctx_);
 
     v1::SubscribeRequest open;
@@ -892,9 +892,8 @@ int RunTaskSend(const GlobalOptions& g, const TaskSendOptions& o) {
   const std::shared_ptr<grpc::Channel> channel = MakeChannel(g);
   auto stub = v1::PubSub::NewStub(channel);
   grpc::ClientContext ctx;
-  ApplyToken(&ctx, g);
+  ApplyCallerOptions(&ctx, g);
   ctx.set_deadline(std::chrono::system_clock::now() + deadline);
-  ctx.set_wait_for_ready(g.wait);
   v1::SendTaskResponse resp;
   const grpc::Status status = stub->SendTask(&ctx, req, &resp);
   if (!status.ok()) {

@@ -5,9 +5,9 @@
 // hands the rest to the publisher's writer thread, which writes batches until
 // the queue is empty (so under load many callers' messages share one gRPC
 // message, and no caller writes for others for longer than one write). One
-// reader thread per stream reads the result batches and runs the callbacks. A stream that
-// breaks answers what it still owes UNCONFIRMED; the next Publish opens a new
-// one.
+// reader thread per stream reads the result batches and runs the callbacks.
+// A stream that breaks answers what it still owes UNCONFIRMED; the next
+// Publish opens a new one.
 #include <grpcpp/grpcpp.h>
 
 #include <map>

@@ -1,7 +1,7 @@
 // Subscription: one reader thread keeps a SubscribeBatch stream open (opening
 // a new one with backoff whenever it ends, until Stop), queues each delivery
-// of each batch for the worker threads, which run the handler; a settler thread writes their
-// outcomes in batches (SettleBatcher). Outcomes of a stream that has ended are
+// of each batch for the worker threads, which run the handler; a settler
+// thread writes their outcomes in batches (SettleBatcher). Outcomes of a stream that has ended are
 // dropped: the sidecar returned those deliveries to the queue when it ended.
 #include <grpcpp/grpcpp.h>
 

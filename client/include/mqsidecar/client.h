@@ -161,9 +161,10 @@ struct SubscribeOptions {
   size_t max_settle_ids = 1000;
 };
 
-// Subscription: a SubscribeBatch stream that resumes by itself (with backoff) until
-// Stop(), handlers on a bounded pool of threads, their outcomes settled in
-// batches (ack lists, `multiple` where every lower delivery is settled too).
+// Subscription: a SubscribeBatch stream that resumes by itself (with
+// backoff) until Stop(), handlers on a bounded pool of threads, their outcomes
+// settled in batches (ack lists, `multiple` where every lower delivery is
+// settled too).
 class Subscription {
  public:
   ~Subscription();  // Stop()
