@@ -200,8 +200,9 @@ absl::Status Run(const config::Config& config, const RunOptions& options) {
   };
   server::PubSubService service(config, plan, *publisher, *consumer, *control, &dead_letters,
                                 &reloads, reload);
-  absl::StatusOr<std::unique_ptr<server::GrpcServer>> server = server::GrpcServer::Start(
-      config.listen, config.socket, config.tcp, config.access, &service, &service, config.limits);
+  absl::StatusOr<std::unique_ptr<server::GrpcServer>> server =
+      server::GrpcServer::Start(config.listen, config.socket, config.tcp, config.access, &service,
+                                &service, service.connections(), config.limits);
   if (!server.ok()) return server.status();
   // After the gRPC listeners (whose errors come first): a metrics port in
   // use stops the start too.

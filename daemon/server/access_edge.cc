@@ -39,8 +39,9 @@ std::string FirstProperty(const grpc::AuthContext& auth, const char* name) {
 Caller PubSubService::CallerOf(const grpc::ServerContext& ctx) const {
   Caller caller;
   if (access_ == nullptr) return caller;
+  // The client whose socket the call came in on (UnixAcceptor).
+  caller.socket_client = connections_.ClientOf(ctx.peer());
   if (const std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context(); auth != nullptr) {
-    caller.socket_client = FirstProperty(*auth, kSocketClientProperty);
     // Set by gRPC only for a certificate that chained to tcp.tls.client_ca.
     caller.cert_subject = FirstProperty(*auth, GRPC_X509_SUBJECT_PROPERTY_NAME);
   }

@@ -17,10 +17,6 @@
 
 namespace mqs::server {
 
-// The auth context property GrpcServer sets on every call that comes on a
-// client's own socket: that client's name.
-inline constexpr char kSocketClientProperty[] = "mq-sidecar-client";
-
 // The PubSub methods a policy decides on.
 enum class Rpc {
   kPublish,

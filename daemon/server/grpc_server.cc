@@ -14,6 +14,7 @@
 
 #include "absl/strings/match.h"
 #include "server/access_policy.h"
+#include "server/unix_acceptor.h"
 #include "spdlog/spdlog.h"
 #include "util/grpc_limits.h"
 #include "util/strings.h"
@@ -54,62 +55,22 @@ absl::Status PrepareSocketDirectory(const std::string& addr) {
   return absl::OkStatus();
 }
 
-// SocketClientProcessor names the client of a socket of its own on each
-// call (kSocketClientProperty). gRPC 1.51 gives a server neither the peer's
-// uid nor the address a call came in on, so the socket is the identity; the
-// processor needs credentials with a security connector, and local
-// credentials over a unix socket exchange nothing on the wire, so plaintext
-// clients connect as before.
-class SocketClientProcessor final : public grpc::AuthMetadataProcessor {
- public:
-  explicit SocketClientProcessor(std::string client) : client_(std::move(client)) {}
-  bool IsBlocking() const override { return false; }  // runs inline: no I/O
-  grpc::Status Process(const InputMetadata& /*auth_metadata*/, grpc::AuthContext* context,
-                       OutputMetadata* /*consumed*/, OutputMetadata* /*response*/) override {
-    context->AddProperty(kSocketClientProperty, client_);
-    return grpc::Status::OK;
-  }
-
- private:
-  const std::string client_;
-};
-
-std::shared_ptr<grpc::ServerCredentials> ClientSocketCredentials(const std::string& client) {
-  std::shared_ptr<grpc::ServerCredentials> creds = grpc::experimental::LocalServerCredentials(UDS);
-  creds->SetAuthMetadataProcessor(std::make_shared<SocketClientProcessor>(client));
-  return creds;
-}
-
-// SetSocketOwnership: `mode` and `group` on the unix socket of `addr`.
-absl::Status SetSocketOwnership(const std::string& addr, uint32_t mode, const std::string& group) {
-  std::optional<gid_t> gid;
-  if (!group.empty()) {
-    gid = util::GroupId(group);
-    if (!gid) return absl::InvalidArgumentError(util::StrCat("no group named '", group, "'"));
-  }
-  const std::string path = addr.substr(7);
-  if (::chmod(path.c_str(), mode) != 0 ||
-      (gid && ::chown(path.c_str(), static_cast<uid_t>(-1), *gid) != 0)) {
-    return absl::PermissionDeniedError(
-        util::StrCat("listen ", addr, ": cannot set its mode ", fmt::format("{:04o}", mode),
-                     gid ? util::StrCat(" and group ", group) : std::string(), ": ",
-                     std::generic_category().message(errno)));
-  }
-  return absl::OkStatus();
-}
-
 // ApplyLimits: the config's `limits` that gRPC enforces. The receive limit
 // leaves room for a request at every limit of ours, so such a request fails
 // alone on ValidatePublish; sends may be larger than requests, since a
 // message published at the limits comes back as a Delivery with its
-// properties (grpc_limits.h). Streams per connection bound what one client
-// holds open on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+// properties (grpc_limits.h). Streams per connection are counted by the
+// service (ConnectionTable), which fails the stream above the limit; HTTP/2's
+// SETTINGS_MAX_CONCURRENT_STREAMS, which makes a client wait instead, is set
+// above it (kStreamHeadroom) so that unary calls and the streams the service
+// refuses still get through.
 void ApplyLimits(grpc::ServerBuilder& builder, const config::Limits& limits) {
   const size_t receive = util::MaxRequestBytes(limits.max_payload_bytes, limits.max_header_bytes);
   builder.SetMaxReceiveMessageSize(static_cast<int>(receive));
   builder.SetMaxSendMessageSize(static_cast<int>(util::MaxSendBytes(receive)));
+  constexpr int kStreamHeadroom = 100;
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
-                             static_cast<int>(limits.max_streams_per_connection));
+                             static_cast<int>(limits.max_streams_per_connection) + kStreamHeadroom);
 }
 
 }  // namespace
@@ -138,7 +99,7 @@ std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const config::ListenerTl
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     const std::vector<std::string>& listen, const config::SocketOptions& socket,
     const config::TcpOptions& tcp, const config::Access& access, grpc::Service* service,
-    AsyncService* async, const config::Limits& limits) {
+    AsyncService* async, ConnectionTable* connections, const config::Limits& limits) {
   std::optional<gid_t> gid;
   if (!socket.group.empty()) {
     gid = util::GroupId(socket.group);
@@ -154,79 +115,78 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   out->health_ = std::make_unique<HealthService>(kServiceName);
   grpc::ServerBuilder builder;
   ApplyLimits(builder, limits);
-  std::vector<int> ports(listen.size(), 0);
-  const std::shared_ptr<grpc::ServerCredentials> tcp_credentials = TcpCredentials(tcp.tls);
-  for (size_t i = 0; i < listen.size(); ++i) {
-    const std::string& addr = listen[i];
+  // Unix sockets (`listen`, then the clients' own) are accepted by the
+  // daemon (unix_acceptor.h); gRPC listens on the TCP addresses.
+  std::vector<UnixAcceptor::Socket> unix_sockets;
+  std::vector<std::string> tcp_listen;
+  for (const std::string& addr : listen) {
     if (absl::StartsWith(addr, "unix://")) {
       if (absl::Status s = PrepareSocketDirectory(addr); !s.ok()) return s;
-      builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &ports[i]);
+      unix_sockets.push_back(
+          {.address = addr, .mode = socket.mode, .gid = gid, .group = socket.group, .client = ""});
     } else {
-      builder.AddListeningPort(addr, tcp_credentials, &ports[i]);
+      tcp_listen.push_back(addr);
     }
   }
-  // Clients' own sockets (access), after `listen` in ports/listen order.
-  std::vector<const config::AccessClient*> client_sockets;
   for (const config::AccessClient& c : access.clients) {
     if (c.socket.empty()) continue;
     if (absl::Status s = PrepareSocketDirectory(c.socket); !s.ok()) return s;
-    client_sockets.push_back(&c);
+    std::optional<gid_t> client_gid;
+    if (!c.socket_group.empty()) {
+      client_gid = util::GroupId(c.socket_group);
+      if (!client_gid) {
+        return absl::InvalidArgumentError(
+            util::StrCat("listen ", c.socket, ": no group named '", c.socket_group, "'"));
+      }
+    }
+    unix_sockets.push_back({.address = c.socket,
+                            .mode = c.socket_mode,
+                            .gid = client_gid,
+                            .group = c.socket_group,
+                            .client = c.name});
   }
-  std::vector<int> client_ports(client_sockets.size(), 0);
-  for (size_t i = 0; i < client_sockets.size(); ++i) {
-    builder.AddListeningPort(client_sockets[i]->socket,
-                             ClientSocketCredentials(client_sockets[i]->name), &client_ports[i]);
+  absl::StatusOr<std::unique_ptr<UnixAcceptor>> acceptor = UnixAcceptor::Listen(unix_sockets);
+  if (!acceptor.ok()) return acceptor.status();
+  out->acceptor_ = std::move(*acceptor);
+  std::vector<int> ports(tcp_listen.size(), 0);
+  const std::shared_ptr<grpc::ServerCredentials> tcp_credentials = TcpCredentials(tcp.tls);
+  for (size_t i = 0; i < tcp_listen.size(); ++i) {
+    builder.AddListeningPort(tcp_listen[i], tcp_credentials, &ports[i]);
   }
   builder.RegisterService(service);
   builder.RegisterService(out->health_.get());
   out->cq_ = builder.AddCompletionQueue();
-  // gRPC creates the sockets with the process umask: none may be reachable
-  // by others even for the moment before the chmod below. Process-wide, but
-  // no other thread creates files while the server starts.
-  const mode_t umask_before = ::umask(0177);
   out->server_ = builder.BuildAndStart();
-  ::umask(umask_before);
   if (out->server_ == nullptr) {
     return absl::UnavailableError(
-        util::StrCat("cannot listen on ", listen.empty() ? "(no address)" : listen[0],
-                     listen.size() > 1 ? " (or another listen address)" : "",
+        util::StrCat("cannot listen on ", tcp_listen.empty() ? "(no address)" : tcp_listen[0],
+                     tcp_listen.size() > 1 ? " (or another listen address)" : "",
                      ": address in use, permission denied or malformed"));
   }
-  for (size_t i = 0; i < listen.size(); ++i) {
+  for (size_t i = 0; i < tcp_listen.size(); ++i) {
     if (ports[i] == 0) {
-      return absl::UnavailableError(util::StrCat("cannot listen on ", listen[i]));
+      return absl::UnavailableError(util::StrCat("cannot listen on ", tcp_listen[i]));
     }
-    if (absl::StartsWith(listen[i], "unix://")) {
-      const std::string path = listen[i].substr(7);
-      if (::chmod(path.c_str(), socket.mode) != 0 ||
-          (gid && ::chown(path.c_str(), static_cast<uid_t>(-1), *gid) != 0)) {
-        return absl::PermissionDeniedError(util::StrCat(
-            "listen ", listen[i], ": cannot set its mode ", fmt::format("{:04o}", socket.mode),
-            gid ? util::StrCat(" and group ", socket.group) : std::string(), ": ",
-            std::generic_category().message(errno)));
-      }
-      spdlog::info("listening on {} (mode {:04o}, group {})", listen[i], socket.mode,
-                   socket.group.empty() ? "the daemon's" : socket.group);
-    } else if (tcp.tls.enabled()) {
-      spdlog::info("listening on {} (TLS, certificate {}; {})", listen[i], tcp.tls.cert,
+    if (tcp.tls.enabled()) {
+      spdlog::info("listening on {} (TLS, certificate {}; {})", tcp_listen[i], tcp.tls.cert,
                    tcp.tls.client_ca.empty()
                        ? std::string("no client certificate asked")
                        : util::StrCat("client certificates required, from ", tcp.tls.client_ca));
     } else {
-      spdlog::info("listening on {} (TCP without TLS: tcp.insecure)", listen[i]);
+      spdlog::info("listening on {} (TCP without TLS: tcp.insecure)", tcp_listen[i]);
     }
   }
-  for (size_t i = 0; i < client_sockets.size(); ++i) {
-    const config::AccessClient& c = *client_sockets[i];
-    if (client_ports[i] == 0) {
-      return absl::UnavailableError(util::StrCat("cannot listen on ", c.socket));
+  for (const UnixAcceptor::Socket& s : unix_sockets) {
+    const std::string& group = s.group;
+    if (s.client.empty()) {
+      spdlog::info("listening on {} (mode {:04o}, group {})", s.address, s.mode,
+                   group.empty() ? "the daemon's" : group);
+    } else {
+      spdlog::info("listening on {} for client {} alone (mode {:04o}, group {})", s.address,
+                   s.client, s.mode, group.empty() ? "the daemon's" : group);
     }
-    if (absl::Status s = SetSocketOwnership(c.socket, c.socket_mode, c.socket_group); !s.ok()) {
-      return s;
-    }
-    spdlog::info("listening on {} for client {} alone (mode {:04o}, group {})", c.socket, c.name,
-                 c.socket_mode, c.socket_group.empty() ? "the daemon's" : c.socket_group);
   }
+  out->acceptor_->Start(out->server_.get(), connections);
   out->SetServing(false);
   out->async_ = async;
   for (AsyncService* a : out->async_services()) a->StartAccepting(out->cq_.get(), &out->gate_);
@@ -267,7 +227,8 @@ void GrpcServer::SetServing(bool serving) { health_->SetServing(serving); }
 void GrpcServer::Shutdown(std::chrono::system_clock::time_point deadline) {
   if (shut_down_) return;
   shut_down_ = true;
-  health_->EndWatches();  // Watch streams never end by themselves
+  if (acceptor_ != nullptr) acceptor_->Stop();  // no new connection from here
+  health_->EndWatches();                        // Watch streams never end by themselves
   server_->Shutdown(deadline);
   server_->Wait();
   // gRPC has cancelled what was left; the calls end once their last

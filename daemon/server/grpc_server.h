@@ -14,10 +14,13 @@
 #include "absl/status/statusor.h"
 #include "config/config.h"
 #include "server/async_call.h"
+#include "server/connection_table.h"
 #include "server/health_service.h"
 #include "util/thread_watch.h"
 
 namespace mqs::server {
+
+class UnixAcceptor;
 
 // TcpCredentials: TLS server credentials from `tls.cert` and `tls.key`,
 // asking for and verifying a client certificate against `tls.client_ca` when
@@ -36,14 +39,14 @@ class GrpcServer {
   // address that could not be bound. `async` is `service` seen as a service
   // with async methods.
   // Every client of `access` with a socket of its own gets that listener
-  // too, with its mode and group; each call on it carries the client's name
-  // (kSocketClientProperty).
-  // `limits` sets gRPC's receive and send limits and the streams per
-  // connection (ApplyLimits).
+  // too, with its mode and group. Unix sockets are accepted by the daemon
+  // (UnixAcceptor), which records in `connections` the socket each
+  // connection came in on; `connections` outlives the server.
+  // `limits` sets gRPC's receive and send limits (ApplyLimits).
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
       const std::vector<std::string>& listen, const config::SocketOptions& socket,
       const config::TcpOptions& tcp, const config::Access& access, grpc::Service* service,
-      AsyncService* async, const config::Limits& limits = {});
+      AsyncService* async, ConnectionTable* connections, const config::Limits& limits = {});
   ~GrpcServer();
 
   // SetServing reports SERVING or NOT_SERVING for "" and mqsidecar.v1.PubSub.
@@ -68,6 +71,7 @@ class GrpcServer {
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<UnixAcceptor> acceptor_;  // stopped before server_ goes
   AsyncService* async_ = nullptr;
   std::thread cq_thread_;
   util::ThreadWatch watch_{"grpc"};

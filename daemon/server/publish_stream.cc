@@ -95,12 +95,21 @@ class PublishStreamCall final : public CallBase, public PubSubService::Drainable
     // Both methods are PublishStream to the access rules.
     caller_ = service_.CallerOf(ctx_);
     trace_ = PubSubService::TraceOf(ctx_);  // for every message without its own
-    const absl::Status known = service_.Authorize(caller_, rpc(), "");
+    absl::Status known = service_.Authorize(caller_, rpc(), "");
+    if (known.ok()) {
+      absl::StatusOr<ConnectionTable::StreamSlot> slot = service_.OpenStream(ctx_);
+      if (slot.ok()) {
+        slot_ = std::move(*slot);
+      } else {
+        known = slot.status();
+      }
+    }
     Lock lock(this);
     accepted_ = true;
     draining_ = service_.draining();
     if (!known.ok()) {
-      // No client at all: the stream ends at once, nothing read.
+      // No client at all, or one stream too many on its connection: the
+      // stream ends at once, nothing read.
       final_ = ToGrpc(known);
       reads_done_ = true;
       MaybeFinishLocked();
@@ -327,6 +336,9 @@ class PublishStreamCall final : public CallBase, public PubSubService::Drainable
   const uint32_t max_batch_;
   grpc::ServerContext ctx_;
   grpc::ServerAsyncReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer> stream_{&ctx_};
+  // Released before ctx_ (declared after it): while the call holds its
+  // connection, the connection's name is not reused.
+  ConnectionTable::StreamSlot slot_;  // set once, in OnAccepted
   // Owned by the read in flight and then by its handler (reading_ keeps the
   // next read from starting): no lock.
   grpc::ByteBuffer raw_;

@@ -31,7 +31,8 @@ PubSubService::PubSubService(const config::Config& config, const config::Topolog
       dead_letters_(dead_letters),
       reloads_(reloads),
       reload_(std::move(reload)),
-      access_(config.access.enabled ? std::make_unique<AccessPolicy>(config.access) : nullptr) {
+      access_(config.access.enabled ? std::make_unique<AccessPolicy>(config.access) : nullptr),
+      connections_(config.limits.max_streams_per_connection) {
   std::vector<std::string> p, c;
   for (const auto& x : config.producers) p.push_back(x.name);
   for (const auto& x : config.consumers) c.push_back(x.name);

@@ -29,6 +29,7 @@
 #include "mqsidecar/v1/pubsub.grpc.pb.h"
 #include "server/access_policy.h"
 #include "server/async_call.h"
+#include "server/connection_table.h"
 #include "server/request_checks.h"
 #include "util/mutex.h"
 #include "util/trace_context.h"
@@ -196,6 +197,16 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
     return reloads_ != nullptr ? reloads_->Prefetch(consumer) : consumer.prefetch;
   }
 
+  // OpenStream: counts a PublishStream, PublishBatchStream, Subscribe or
+  // SubscribeBatch against its connection for as long as the call holds the
+  // slot; RESOURCE_EXHAUSTED naming limits.max_streams_per_connection when
+  // the connection holds that many already.
+  absl::StatusOr<ConnectionTable::StreamSlot> OpenStream(const grpc::ServerContext& ctx) {
+    return connections_.OpenStream(ctx.peer());
+  }
+  // The daemon's connections, recorded by GrpcServer's unix acceptor.
+  ConnectionTable* connections() { return &connections_; }
+
   const config::Config& config() const { return config_; }
   amqp::Publisher& publisher() { return publisher_; }
   amqp::Consumer& consumer() { return consumer_; }
@@ -211,7 +222,8 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   const config::ReloadLog* const reloads_;  // may be null
   const ReloadHook reload_;                 // may be empty: Reload is FAILED_PRECONDITION
   std::unique_ptr<AccessPolicy> access_;    // null without `access`
-  std::string producer_names_;              // for error messages
+  ConnectionTable connections_;
+  std::string producer_names_;  // for error messages
   std::string consumer_names_;
   std::atomic<bool> draining_{false};
   util::Mutex drainables_mu_;

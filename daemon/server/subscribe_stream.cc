@@ -96,7 +96,14 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
       service_.AcceptSubscribe();
     }
     Accepted();
+    absl::StatusOr<ConnectionTable::StreamSlot> slot = service_.OpenStream(ctx_);
     Lock lock(this);
+    if (!slot.ok()) {
+      // One stream too many on its connection: ends at once, nothing read.
+      RequestCloseLocked(slot.status());
+      return;
+    }
+    slot_ = std::move(*slot);
     StartReadLocked();
   }
 
@@ -295,6 +302,9 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
   const bool batch_;  // SubscribeBatch
   grpc::ServerContext ctx_;
   grpc::ServerAsyncReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer> stream_{&ctx_};
+  // Released before ctx_ (declared after it): while the call holds its
+  // connection, the connection's name is not reused.
+  ConnectionTable::StreamSlot slot_;  // set once, in OnAccepted
   // The read side's own (the read in flight, then its handler): no lock.
   grpc::ByteBuffer raw_;
   SubscribeRequest request_;

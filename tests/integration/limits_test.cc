@@ -251,33 +251,59 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "integration: limits: max_streams_per_connection caps the calls open on one connection, "
-    "the next waits until one ends, other connections are not held") {
+    "integration: limits: max_streams_per_connection fails the stream above it with "
+    "RESOURCE_EXHAUSTED on that unix connection alone, unary calls and other connections go on") {
   IntegrationTest t("limitsstreams");
   const std::string biz = t.Business("streams");
   Daemon& d =
       t.StartDaemon({{.name = biz}}, {.extra_yaml = "limits: { max_streams_per_connection: 2 }\n"});
+  REQUIRE(d.address().rfind("unix:", 0) == 0);  // the case gRPC alone cannot tell apart
   auto client = OwnClient(d, 3);
-  // Settings arrive with the connection: make it before filling it.
-  pb::PublishResult r;
-  REQUIRE(PublishOne(*client, MakePublish(biz, "warm", 0), &r).ok());
   auto a = std::make_unique<Subscriber>(*client, Subscriber::Options{.business = biz});
   Subscriber b(*client, {.business = biz});
   REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 2, std::nullopt));
-  // A third call on that connection waits (the client holds it back), to
-  // its deadline.
-  const grpc::Status held = PublishOne(*client, MakePublish(biz, "held", 0), &r, 2s);
-  INFO(StatusText(held));
-  CHECK(held.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
-  // Another connection is served meanwhile.
-  REQUIRE(PublishOne(*OwnClient(d, 4), MakePublish(biz, "other", 0), &r).ok());
+  // A third stream on that connection fails at once, naming the limit.
+  {
+    Subscriber third(*client, {.business = biz});
+    const std::optional<grpc::Status> refused = third.WaitEnded(10s);
+    REQUIRE(refused.has_value());
+    INFO(StatusText(*refused));
+    CHECK(refused->error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+    CHECK(Contains(refused->error_message(), "limits.max_streams_per_connection"));
+  }
+  // So does a PublishStream (it counts the same).
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+    auto stream = client->PublishStream(&ctx);
+    pb::PublishResult ignored;
+    while (stream->Read(&ignored)) {
+    }
+    const grpc::Status refused = stream->Finish();
+    INFO(StatusText(refused));
+    CHECK(refused.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  // A unary call on the same connection is served meanwhile.
+  pb::PublishResult r;
+  REQUIRE(PublishOne(*client, MakePublish(biz, "unary", 0), &r).ok());
   CHECK(r.status() == pb::PublishResult::CONFIRMED);
-  // Once one stream ends, the connection takes the next call.
+  // Another connection to the same socket has streams of its own.
+  auto other = OwnClient(d, 4);
+  Subscriber c(*other, {.business = biz});
+  Subscriber e(*other, {.business = biz});
+  REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 4, std::nullopt));
+  CHECK_FALSE(c.ended());
+  CHECK_FALSE(e.ended());
+  // Once one stream ends, the connection takes the next.
   CHECK(a->Leave().ok());
   a.reset();
-  REQUIRE(PublishOne(*client, MakePublish(biz, "next", 0), &r).ok());
-  CHECK(r.status() == pb::PublishResult::CONFIRMED);
+  Subscriber next(*client, {.business = biz});
+  REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 4, std::nullopt));
+  CHECK_FALSE(next.ended());
+  CHECK(next.Leave().ok());
   CHECK(b.Leave().ok());
+  CHECK(c.Leave().ok());
+  CHECK(e.Leave().ok());
 }
 
 // SubscribeExpecting: a Subscribe stream that sends `requests` and reads to
