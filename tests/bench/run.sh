@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run.sh: the issue-4 benchmark matrix, sidecar beside a direct rabbitmq-c client.
 #
-#   tests/bench/run.sh [--quick|--key|--full|--churn|--batch] [--daemon PATH] [--bench PATH]
+#   tests/bench/run.sh [--quick|--key|--full|--churn|--streams|--batch] [--daemon PATH] [--bench PATH]
 #                      [--out DIR]
 #
 #   --quick  smoke: every scenario once, small (seconds; the ctest bench-smoke)
@@ -9,6 +9,8 @@
 #   --full   the whole matrix once, ~15 min
 #   --churn  issue 11: delivery latency of 10 streams while 100 other streams
 #            open and close per second, 3 runs, ~1 min
+#   --streams 1,000 Subscribe streams on one daemon (10 connections) sharing
+#            1,000 msg/s, beside 1,000 direct channels: peak RSS, 3 runs, ~1 min
 #   --batch  issue 15, 3 runs, ~8 min: publish with confirms (quorum, 256 B)
 #            direct beside the sidecar's PublishStream and PublishBatchStream
 #            (batch 1/16/64) at window 64 and 512, 1/10/100 unary Publish
@@ -36,10 +38,11 @@ while (($#)); do
     --key) MODE=key ;;
     --churn) MODE=churn ;;
     --batch) MODE=batch ;;
+    --streams) MODE=streams ;;
     --daemon) DAEMON="$2"; shift ;;
     --bench) BENCH="$2"; shift ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 64 ;;
   esac
   shift
@@ -162,6 +165,12 @@ if [[ $MODE == churn ]]; then
   for run in 1 2 3; do
     bench classic unix --scenario churn --consumers 10 --rate 1000 --window 64 --prefetch 64 \
       --size 256 --duration 10 --churn-business "$PFX.quorum" --churn-rate 100 --churn-life 0.5
+  done
+elif [[ $MODE == streams ]]; then
+  VIAS="unix"
+  for run in 1 2 3; do
+    each classic --scenario streams --consumers 1000 --rate 1000 --window 64 --prefetch 1 \
+      --size 256 --duration 8
   done
 elif [[ $MODE == batch ]]; then
   # Interleaved repetitions, as --key: a burst of other load hits one run.
