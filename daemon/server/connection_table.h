@@ -56,8 +56,7 @@ class ConnectionTable {
 
    private:
     friend class ConnectionTable;
-    StreamSlot(ConnectionTable* table, std::string peer)
-        : table_(table), peer_(std::move(peer)) {}
+    StreamSlot(ConnectionTable* table, std::string peer) : table_(table), peer_(std::move(peer)) {}
     ConnectionTable* table_ = nullptr;
     std::string peer_;
   };
@@ -74,7 +73,7 @@ class ConnectionTable {
 
   const uint32_t max_streams_;
   mutable util::Mutex mu_;
-  std::unordered_map<int, std::string> clients_ ABSL_GUARDED_BY(mu_);  // by fd
+  std::unordered_map<int, std::string> clients_ ABSL_GUARDED_BY(mu_);          // by fd
   std::map<std::string, uint32_t, std::less<>> streams_ ABSL_GUARDED_BY(mu_);  // by peer
 };
 

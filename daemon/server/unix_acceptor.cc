@@ -39,7 +39,9 @@ absl::StatusOr<int> BindSocket(const UnixAcceptor::Socket& s, const std::string&
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return absl::UnavailableError(util::StrCat("listen ", address, ": socket: ", Errno()));
+  if (fd < 0) {
+    return absl::UnavailableError(util::StrCat("listen ", address, ": socket: ", Errno()));
+  }
   // The file is created with the process umask: none may reach it even for
   // the moment before the chmod below. Process-wide, but no other thread
   // creates files while the server starts.
@@ -57,11 +59,9 @@ absl::StatusOr<int> BindSocket(const UnixAcceptor::Socket& s, const std::string&
     const std::string why = Errno();
     ::close(fd);
     ::unlink(path.c_str());
-    return absl::PermissionDeniedError(util::StrCat("listen ", address, ": cannot set its mode ",
-                                                    fmt::format("{:04o}", s.mode),
-                                                    s.gid ? util::StrCat(" and group ", s.group)
-                                                          : std::string(),
-                                                    ": ", why));
+    return absl::PermissionDeniedError(
+        util::StrCat("listen ", address, ": cannot set its mode ", fmt::format("{:04o}", s.mode),
+                     s.gid ? util::StrCat(" and group ", s.group) : std::string(), ": ", why));
   }
   if (::listen(fd, SOMAXCONN) != 0) {
     const std::string why = Errno();

@@ -1,7 +1,6 @@
 #include "server/connection_table.h"
 
 #include <catch2/catch.hpp>
-
 #include <optional>
 
 using mqs::server::ConnectionTable;
