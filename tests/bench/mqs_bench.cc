@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -164,7 +165,7 @@ struct Latencies {
     if (ns.empty()) return nullptr;
     std::sort(ns.begin(), ns.end());
     auto at = [&](double q) {
-      size_t i = static_cast<size_t>(q * static_cast<double>(ns.size() - 1) + 0.5);
+      size_t i = static_cast<size_t>(std::lround(q * static_cast<double>(ns.size() - 1)));
       return static_cast<double>(ns[std::min(i, ns.size() - 1)]) / 1000.0;
     };
     return Json{{"p50", at(0.50)},   {"p90", at(0.90)}, {"p99", at(0.99)},
@@ -1810,7 +1811,10 @@ int Run(const Options& o) {
 }  // namespace
 }  // namespace mqs::bench
 
-int main(int argc, char** argv) {
+namespace {
+
+// Main: the command line, then the run; main() turns any exception into exit 1.
+int Main(int argc, char** argv) {
   mqs::bench::Options o;
   CLI::App app{"mqs_bench: mq-sidecar against a direct rabbitmq-c client, same workload"};
   app.add_option("--mode", o.mode, "direct or sidecar");
@@ -1850,8 +1854,14 @@ int main(int argc, char** argv) {
   app.add_option("--csv", o.csv_out, "report: CSV file");
   app.add_option("--plot-dir", o.plot_dir, "report: directory for gnuplot data");
   CLI11_PARSE(app, argc, argv);
+  return mqs::bench::Run(o);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
   try {
-    return mqs::bench::Run(o);
+    return Main(argc, argv);
   } catch (const std::exception& e) {
     std::cerr << "mqs_bench: error: " << e.what() << "\n";
     return 1;

@@ -37,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)mqs::amqp::HeaderText(*copy.props(), mqs::amqp::kOriginalRoutingKeyHeader);
     (void)mqs::amqp::HeaderNumber(*copy.props(), mqs::amqp::kRetriesHeader, 0);
     // As the publisher sends it.
-    std::string out(2 * 131072, '\0');
+    std::string out(size_t{2} * 131072, '\0');
     (void)amqp_encode_properties(AMQP_BASIC_CLASS,
                                  const_cast<amqp_basic_properties_t*>(copy.props()),
                                  {out.size(), out.data()});

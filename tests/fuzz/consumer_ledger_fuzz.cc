@@ -84,8 +84,9 @@ class BrokerModel final : public mqs::amqp::ChannelSender {
   void Settle(ChannelNo ch, uint64_t tag, bool multiple) {
     Channel& c = channels[ch];
     if (!c.open) Violation("a settle on a channel that is not open");
-    if (!c.unsettled.contains(tag))
+    if (!c.unsettled.contains(tag)) {
       Violation("a settle of a delivery tag the channel does not hold");
+    }
     if (multiple) {
       c.unsettled.erase(c.unsettled.begin(), c.unsettled.upper_bound(tag));
     } else {

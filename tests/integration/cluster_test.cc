@@ -50,7 +50,7 @@ std::string Rabbitmqctl() {
   // The Debian wrapper (runs the CLI as the rabbitmq user, whose Erlang cookie
   // the nodes share), not the raw script under /usr/lib/rabbitmq/bin.
   for (const char* dir : {"/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", "/sbin"}) {
-    const std::string path = std::string(dir) + "/rabbitmqctl";
+    std::string path = std::string(dir) + "/rabbitmqctl";
     if (access(path.c_str(), X_OK) == 0) return path;
   }
   return "rabbitmqctl";

@@ -32,7 +32,7 @@ std::string PublishAndReject(IntegrationTest& t, Daemon& d, const std::string& b
   const std::string queue = biz + ".queue";
   Subscriber sub(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "rej"});
   REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
-  const std::string id = biz + "-rejected";
+  std::string id = biz + "-rejected";
   pb::PublishRequest request = MakePublish(biz, id, 1, "the body");
   (*request.mutable_headers())["trace"] = "t-1";
   pb::PublishResult result;

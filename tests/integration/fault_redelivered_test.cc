@@ -95,7 +95,8 @@ TEST_CASE(
   REQUIRE(WaitForQueue(t.admin(), flow_biz + ".queue", 2u, std::nullopt));
   AsyncPublishStream pub(d.stub(), Recorded(h, MakeRequests(flow_biz, flow_biz, kFlow), 0));
   for (int restart = 0; restart < kRestarts; ++restart) {
-    REQUIRE(WaitUntil([&] { return flow1.count() + flow2.count() >= 2000u * (restart + 1); }, 60s));
+    REQUIRE(WaitUntil([&] { return flow1.count() + flow2.count() >= size_t{2000} * (restart + 1); },
+                      60s));
     const auto began = History::WallClock::now();
     const std::string stopped = broker.StopApp();
     INFO(stopped);

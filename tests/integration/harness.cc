@@ -1115,7 +1115,7 @@ namespace {
 std::string FindProgram(const std::string& name) {
   for (const char* dir : {"/usr/sbin", "/usr/lib/rabbitmq/bin", "/usr/local/sbin", "/usr/bin",
                           "/usr/local/bin", "/sbin"}) {
-    const std::string path = std::string(dir) + "/" + name;
+    std::string path = std::string(dir) + "/" + name;
     if (access(path.c_str(), X_OK) == 0) return path;
   }
   return "";
@@ -1340,9 +1340,16 @@ std::string CommandOutput(const CommandResult& r) {
 
 ScriptedNodes::~ScriptedNodes() {
   if (!started_) return;
-  const CommandResult r = Script("stop", std::chrono::seconds(90));
-  std::cout << "[" << tag_ << "] " << script_ << " stop (scope end): " << CommandOutput(r)
-            << std::flush;
+  // A destructor must not throw: a failed stop is printed, the next test's
+  // start reports nodes left behind.
+  try {
+    const CommandResult r = Script("stop", std::chrono::seconds(90));
+    std::cout << "[" << tag_ << "] " << script_ << " stop (scope end): " << CommandOutput(r)
+              << std::flush;
+  } catch (const std::exception& e) {
+    std::cerr << "[" << tag_ << "] " << script_ << " stop (scope end) failed: " << e.what()
+              << std::endl;
+  }
 }
 
 CommandResult ScriptedNodes::Start() {

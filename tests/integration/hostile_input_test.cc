@@ -27,7 +27,7 @@ TEST_CASE(
   rlimit before{};
   REQUIRE(getrlimit(RLIMIT_STACK, &before) == 0);
   rlimit small = before;
-  small.rlim_cur = 1024 * 1024;
+  small.rlim_cur = rlim_t{1024} * 1024;
   REQUIRE(setrlimit(RLIMIT_STACK, &small) == 0);
   Daemon& d = t.StartDaemon({{.name = biz, .retry = "{delays: [200ms]}"}});
   REQUIRE(setrlimit(RLIMIT_STACK, &before) == 0);

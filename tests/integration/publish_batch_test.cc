@@ -383,11 +383,10 @@ TEST_CASE(
     std::ofstream out(input);
     for (int i = 1; i <= kLines; ++i) out << "line " << i << (i < kLines ? "\n" : "");
   }
-  const CommandResult r = RunCommand({"/bin/sh", "-c",
-                                      "exec \"$0\" --address \"$1\" publish \"$2\" key --lines "
-                                      "--batch 16 < \"$3\"",
-                                      MqctlPath(), d.address(), biz, input},
-                                     60s);
+  const std::string script =
+      "exec \"$0\" --address \"$1\" publish \"$2\" key --lines --batch 16 < \"$3\"";
+  const CommandResult r =
+      RunCommand({"/bin/sh", "-c", script, MqctlPath(), d.address(), biz, input}, 60s);
   INFO(CommandOutput(r));
   REQUIRE(r.exit_code == 0);
   // One JSON result per line, every sequence (= line number) once, CONFIRMED.

@@ -237,7 +237,8 @@ TEST_CASE(
                 {.business = biz, .prefetch = 4, .consumer_name = "f2", .auto_ack = true});
   REQUIRE(WaitForQueue(t.admin(), biz + ".queue", 2, std::nullopt));
 
-  const std::vector<size_t> sizes = {0, 1, 131064, 131072, 300 * 1024, 1024 * 1024 + 7};
+  const std::vector<size_t> sizes = {
+      0, 1, 131064, 131072, size_t{300} * 1024, size_t{1024} * 1024 + 7};
   std::map<std::string, std::string> want;  // message_id -> payload
   std::vector<pb::PublishRequest> requests;
   for (int round = 0; round < 4; ++round) {

@@ -230,7 +230,7 @@ TEST_CASE(
   pb::PublishRequest big;
   big.set_business(biz);
   big.set_message_id("big");
-  big.set_payload(std::string(64 * 1024, 'x'));
+  big.set_payload(std::string(size_t{64} * 1024, 'x'));
   pb::PublishResult result;
   REQUIRE(PublishOne(d.stub(), big, &result).ok());
   REQUIRE(result.status() == pb::PublishResult::CONFIRMED);

@@ -221,7 +221,7 @@ TEST_CASE(
   // 64 KiB each: a few hundred fill the socket buffers of both ends, and the
   // publish window (1,024) keeps the publisher writing.
   std::vector<pb::PublishRequest> requests = MakeRequests(biz, "flood", 1500);
-  for (auto& r : requests) r.set_payload(std::string(64 * 1024, 'x'));
+  for (auto& r : requests) r.set_payload(std::string(size_t{64} * 1024, 'x'));
   AsyncPublishStream flood(d.stub(), {.requests = std::move(requests), .timeout = 180s});
   REQUIRE(flood.WaitAnswered(100, 30s));
 

@@ -152,8 +152,8 @@ std::string Id(const Settings& s, uint32_t i) { return s.tag + "-" + std::to_str
 // Publisher: one PublishStream at a time to one sidecar, reopened when it breaks.
 class Publisher {
  public:
-  Publisher(const Settings& s, std::string name, std::string address, Work& work, it::History& h,
-            Counters& counters, std::atomic<bool>& stop)
+  Publisher(const Settings& s, std::string name, const std::string& address, Work& work,
+            it::History& h, Counters& counters, std::atomic<bool>& stop)
       : s_(s),
         name_(std::move(name)),
         stub_(pb::PubSub::NewStub(Connect(address))),
@@ -293,7 +293,7 @@ class Publisher {
 // drops it mid-flight, and it comes back under a new name.
 class Consumer {
  public:
-  Consumer(const Settings& s, std::string name, std::string address, it::History& h,
+  Consumer(const Settings& s, std::string name, const std::string& address, it::History& h,
            Counters& counters, std::atomic<bool>& stop)
       : s_(s),
         name_(std::move(name)),
@@ -479,4 +479,11 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace mqs::soak
 
-int main(int argc, char** argv) { return mqs::soak::Main(argc, argv); }
+int main(int argc, char** argv) {
+  try {
+    return mqs::soak::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "soak_driver: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -34,8 +34,8 @@ TEST_CASE("fleet_format: ages in the largest unit under twice its size") {
   CHECK(FormatAge(kNow, kNow) == "0s ago");
   CHECK(FormatAge(kNow - 119'999, kNow) == "119s ago");
   CHECK(FormatAge(kNow - 120'000, kNow) == "2m ago");
-  CHECK(FormatAge(kNow - 119 * 60'000, kNow) == "119m ago");
-  CHECK(FormatAge(kNow - 120 * 60'000, kNow) == "2h ago");
+  CHECK(FormatAge(kNow - int64_t{119} * 60'000, kNow) == "119m ago");
+  CHECK(FormatAge(kNow - int64_t{120} * 60'000, kNow) == "2h ago");
   CHECK(FormatAge(kNow - 47 * 3'600'000LL, kNow) == "47h ago");
   CHECK(FormatAge(kNow - 48 * 3'600'000LL, kNow) == "2d ago");
   CHECK(FormatAge(kNow - 400 * 86'400'000LL, kNow) == "400d ago");

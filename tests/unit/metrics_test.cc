@@ -163,7 +163,7 @@ TEST_CASE("metrics: publishes of no configured business count under (none)") {
 
 TEST_CASE("metrics: process stats come from /proc/self") {
   const auto p = mqs::observability::ReadProcessStats();
-  CHECK(p.resident_bytes > 1024 * 1024);
+  CHECK(p.resident_bytes > uint64_t{1024} * 1024);
   CHECK(p.virtual_bytes >= p.resident_bytes);
   CHECK(p.threads >= 1);
   CHECK(p.open_fds >= 3);

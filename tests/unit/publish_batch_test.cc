@@ -171,7 +171,8 @@ TEST_CASE("publish batch: WriteTo delivers everything, and gives up on a peer th
   // the timeout, not a hang.
   for (int i = 0; i < 64; ++i) {
     REQUIRE(
-        batch.Add(1, "ex", "rk", true, Props("fill"), std::string(256 * 1024, 'f'), 131072).ok());
+        batch.Add(1, "ex", "rk", true, Props("fill"), std::string(size_t{256} * 1024, 'f'), 131072)
+            .ok());
   }
   const auto start = std::chrono::steady_clock::now();
   const absl::Status s = batch.WriteTo(fds[0], std::chrono::milliseconds(100));

@@ -113,7 +113,7 @@ TEST_CASE("write guard: a write blocked on a peer that reads nothing fails once 
   CHECK_FALSE(guard.Expire(start));  // not yet
   std::atomic<bool> failed{false};
   std::thread writer([&] {
-    const std::string chunk(64 * 1024, 'x');
+    const std::string chunk(size_t{64} * 1024, 'x');
     while (true) {  // blocks once the pair's buffers are full
       if (::send(fds[0], chunk.data(), chunk.size(), MSG_NOSIGNAL) < 0) break;
     }
