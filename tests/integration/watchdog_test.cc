@@ -87,31 +87,34 @@ class NotifySocket {
 };
 
 TEST_CASE(
-    "integration: WATCHDOG=1 stops while the publisher thread is wedged and comes back once it "
-    "makes progress again, and the daemon logs which thread",
+    "integration: WATCHDOG=1 stops while the publisher or the consumer thread is wedged and comes "
+    "back once it makes progress again, and the daemon logs which thread",
     "[watchdog]") {
+  // Both AMQP I/O threads: each is watched on its own (app.cc's watch list).
+  const std::string thread = GENERATE(as<std::string>{}, "publisher", "consumer");
+  INFO("wedged thread: " << thread);
   IntegrationTest t("watchdog");
   const std::string biz = t.Business("orders");
   NotifySocket notify(t.dir() + "/notify.sock");
   REQUIRE(notify.bound());
-  const std::string wedge = t.dir() + "/wedge-publisher";
+  const std::string wedge = t.dir() + "/wedge-" + thread;
   // Watchdog interval 2 s: pings every 1 s; a thread busy for over
   // 2 x heartbeat + 5 s (9 s, longer than the interval) is wedged.
   Daemon& d = t.StartDaemon({{.name = biz}},
                             {.heartbeat = 2s,
                              .env = {"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=2000000",
-                                     "MQ_SIDECAR_TEST_WEDGE=publisher:" + wedge}});
+                                     "MQ_SIDECAR_TEST_WEDGE=" + thread + ":" + wedge}});
   REQUIRE(notify.WaitFor("READY=1", 1, 10s));
   REQUIRE(notify.WaitFor("WATCHDOG=1", 2, 10s));
 
   std::ofstream(wedge) << "wedged\n";
-  // The publisher thread wedges at its next wake-up (within heartbeat/2), is
-  // wedged 9 s later, and the next tick sends nothing.
+  // The thread wedges at its next wake-up (within heartbeat/2), is wedged
+  // 9 s later, and the next tick sends nothing.
   CHECK(notify.WaitForSilence(3s, 25s));
   CHECK(WaitUntil(
       [&] {
-        return d.Log().find("watchdog: no WATCHDOG=1 while a thread is wedged: publisher (busy") !=
-               std::string::npos;
+        return d.Log().find("watchdog: no WATCHDOG=1 while a thread is wedged: " + thread +
+                            " (busy") != std::string::npos;
       },
       5s, 50ms));
 
@@ -122,9 +125,12 @@ TEST_CASE(
         return d.Log().find("watchdog: every thread makes progress again") != std::string::npos;
       },
       5s, 50ms));
+  // Both threads serve again: a message is confirmed and delivered.
+  Subscriber sub(d.stub(), {.business = biz, .auto_ack = true});
   pb::PublishResult result;
   CHECK(PublishOne(d.stub(), MakePublish(biz, "after-wedge", 1), &result).ok());
   CHECK(result.status() == pb::PublishResult::CONFIRMED);
+  CHECK(sub.WaitForCount(1, 10s));
 }
 
 TEST_CASE("integration: an idle daemon keeps sending WATCHDOG=1", "[watchdog]") {
