@@ -10,8 +10,8 @@
 #           tests run in the werror pass, the fault tests also under TSan);
 #   tsan    build with Clang, ThreadSanitizer and -Wthread-safety, and run the
 #           unit, integration and fault tests but the three slowest
-#           (label fault-slow); beside them, clang-tidy on tests/ (it reads
-#           this Clang build's precompiled headers, not GCC's);
+#           (label fault-slow); then clang-tidy on tests/ (it reads this
+#           Clang build's precompiled headers, which it cannot from g++);
 #   fuzz    build the libFuzzer targets (tests/fuzz), clang-tidy them, and run
 #           each for MQS_FUZZ_SECONDS (default 20) from its committed corpus.
 #   deploy/scripts/test.sh                   every pass
@@ -33,7 +33,7 @@ FUZZERS="config_fuzz amqp_props_fuzz consumer_ledger_fuzz publish_ledger_fuzz re
 # targets (all when empty: a sanitizer pass builds only the test binaries it
 # runs, which pull in the daemon, mqctl and the helpers they start); CMAKE_ARGS;
 # SELECT: ctest arguments; TEST_ENV: the tests' environment; TIDY_SET: the
-# clang-tidy set (lint.sh) run beside the tests.
+# clang-tidy set (lint.sh) the pass checks.
 pass_setup() {
   TARGETS="" SELECT="" TIDY_SET="" TEST_ENV=() CMAKE_ARGS=()
   case "$1" in
@@ -77,7 +77,7 @@ build_pass() {
   ninja -C "build/$1" -j "$JOBS" $TARGETS
 }
 
-# Background work (early builds, clang-tidy) is stopped with the script.
+# Background work (clang-tidy) is stopped with the script.
 BACKGROUND=()
 stop_background() {
   local pid
@@ -88,48 +88,31 @@ stop_background() {
 }
 trap stop_background EXIT
 
-# While a pass's tests run (they mostly wait on the broker), the next pass is
-# built beside them at the lowest priority: the tests keep their CPU, the
-# build takes what they leave idle, and the next pass starts with less or
-# nothing left to compile. EARLY_PID: that build, EARLY_NAME: its pass.
-EARLY_PID="" EARLY_NAME=""
-build_next_early() {
-  local p found="" next=""
-  for p in $PASSES; do
-    if [ -n "$found" ] && pass_setup "$p" 2>/dev/null; then next=$p && break; fi
-    if [ "$p" = "$1" ]; then found=1; fi
-  done
-  if [ -z "$next" ]; then return 0; fi
-  mkdir -p build
-  (renice -n 19 -p "$BASHPID" >/dev/null && build_pass "$next") >"build/$next.early.log" 2>&1 &
-  EARLY_PID=$! EARLY_NAME=$next
-  BACKGROUND+=("$EARLY_PID")
-}
-
-# run_pass NAME: build (waiting for its early build first), run the tests
-# SELECT picks with clang-tidy beside them, then print the slowest tests.
+# run_pass NAME: build, run the tests SELECT picks (with the werror pass's
+# clang-tidy beside them), print the slowest tests, then the tsan pass's
+# clang-tidy.
 run_pass() {
   local name=$1 dir="build/$1"
   echo "=== test pass: $name ==="
   local t0=$SECONDS
-  if [ "$EARLY_NAME" = "$name" ]; then
-    # A failed early build is built again here, in the foreground, to show why.
-    wait "$EARLY_PID" || echo "--- $name: the early build failed; building again"
-    EARLY_PID="" EARLY_NAME=""
-    echo "--- $name: built early, beside the previous pass's tests ($((SECONDS - t0)) s waited)"
-  fi
   build_pass "$name"
   echo "--- $name: built in $((SECONDS - t0)) s"
-  # clang-tidy (about 10 minutes of CPU on the sources, 15 on the tests) runs
-  # at the lowest priority beside the tests too.
+  # clang-tidy on the sources (about 10 minutes of CPU) runs at the lowest
+  # priority beside the werror pass's tests, which mostly wait on the broker:
+  # the tests keep their CPU, the tidy takes what they leave idle. On the tests
+  # (16 minutes of CPU) it runs after the TSan tests, never beside them: a
+  # sanitizer build's daemon is slow enough that work beside it, even at
+  # nice 19, pushes latency tests past their bounds (2026-12-02: the TSan
+  # build beside the ASan tests failed "streams being set up do not stall
+  # another stream's deliveries", a 380 ms gap for < 300 ms).
   local tidy_pid=""
-  if [ -n "$TIDY_SET" ]; then
+  if [ "$TIDY_SET" = sources ]; then
     nice -n 19 deploy/scripts/lint.sh tidy "$dir" "$TIDY_SET" >"$dir/tidy.log" 2>&1 &
     tidy_pid=$!
     BACKGROUND+=("$tidy_pid")
   fi
-  local select=$SELECT test_env=("${TEST_ENV[@]}")
-  build_next_early "$name"
+  local select=$SELECT test_env=("${TEST_ENV[@]}") tidy_after=""
+  if [ "$TIDY_SET" = tests ]; then tidy_after=$TIDY_SET; fi
   deploy/scripts/broker.sh ensure   # the fault tests stop and start it
   # shellcheck disable=SC2086  # $select is a list of ctest arguments
   if ! env "${test_env[@]}" ctest --test-dir "$dir" --output-on-failure --timeout 300 $select; then
@@ -148,16 +131,13 @@ run_pass() {
     echo "--- $name: clang-tidy waited for $((SECONDS - t1)) s after the tests"
     if [ "$tidy_rc" -ne 0 ]; then exit "$tidy_rc"; fi
   fi
+  if [ -n "$tidy_after" ]; then deploy/scripts/lint.sh tidy "$dir" "$tidy_after"; fi
   echo "--- $name: passed in $((SECONDS - t0)) s"
 }
 
 run_fuzz() {
   echo "=== test pass: fuzz ==="
   local t0=$SECONDS
-  if [ "$EARLY_NAME" = fuzz ]; then
-    wait "$EARLY_PID" || echo "--- fuzz: the early build failed; building again"
-    EARLY_PID="" EARLY_NAME=""
-  fi
   build_pass fuzz
   deploy/scripts/lint.sh tidy build/fuzz fuzz
   # Two at a time: each fuzzer uses one core, the machine has two (JOBS).

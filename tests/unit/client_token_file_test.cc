@@ -1,0 +1,70 @@
+// The client library's ReadTokenFile (client/include/mqsidecar/client.h): the
+// token a client sends, read from a file as the sidecar reads
+// access.<client>.token_file.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "mqsidecar/client.h"
+
+namespace {
+
+// A file under the temp dir holding `text`, removed at scope exit.
+class ScratchFile {
+ public:
+  ScratchFile(const std::string& name, const std::string& text)
+      : path_(std::filesystem::temp_directory_path() /
+              ("mqs-client-token-" + std::to_string(::getpid()) + "-" + name)) {
+    std::ofstream(path_) << text;
+  }
+  ~ScratchFile() { std::filesystem::remove(path_); }
+  ScratchFile(const ScratchFile&) = delete;
+  ScratchFile& operator=(const ScratchFile&) = delete;
+  std::string path() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+}  // namespace
+
+TEST_CASE("unit: client ReadTokenFile takes the first line, without a trailing CR") {
+  const ScratchFile unix_file("lf", "s3cret-token-0123456789\nsecond line\n");
+  std::string token = "unchanged";
+  REQUIRE(mqsidecar::ReadTokenFile(unix_file.path(), &token).ok());
+  CHECK(token == "s3cret-token-0123456789");
+
+  const ScratchFile dos_file("crlf", "s3cret-token-abcdef\r\n");
+  REQUIRE(mqsidecar::ReadTokenFile(dos_file.path(), &token).ok());
+  CHECK(token == "s3cret-token-abcdef");
+
+  const ScratchFile no_newline("bare", "bare-token-xyz");
+  REQUIRE(mqsidecar::ReadTokenFile(no_newline.path(), &token).ok());
+  CHECK(token == "bare-token-xyz");
+}
+
+TEST_CASE("unit: client ReadTokenFile names the file it cannot use and leaves the token as it was") {
+  std::string token = "unchanged";
+  const std::string absent = std::filesystem::temp_directory_path() / "mqs-client-token-absent";
+  const grpc::Status missing = mqsidecar::ReadTokenFile(absent, &token);
+  CHECK(missing.error_code() == grpc::StatusCode::NOT_FOUND);
+  CHECK_THAT(missing.error_message(),
+             Catch::Contains("reading the token file " + absent + ": No such file or directory"));
+
+  const ScratchFile empty("empty", "\nsecond-line-token\n");
+  const grpc::Status no_token = mqsidecar::ReadTokenFile(empty.path(), &token);
+  CHECK(no_token.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK_THAT(no_token.error_message(), Catch::Contains(empty.path() + " has no token"));
+
+  for (const std::string bad : {"two words", "tab\there", std::string("nul\0x", 5), "bell\a"}) {
+    INFO("token line: " << bad);
+    const ScratchFile file("bad", bad + "\n");
+    const grpc::Status refused = mqsidecar::ReadTokenFile(file.path(), &token);
+    CHECK(refused.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK_THAT(refused.error_message(), Catch::Contains(file.path()));
+  }
+  CHECK(token == "unchanged");
+}
