@@ -22,7 +22,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -195,24 +194,6 @@ std::shared_ptr<grpc::Channel> MakeChannel(const GlobalOptions& g) {
 void ApplyCallerOptions(grpc::ClientContext* ctx, const GlobalOptions& g) {
   if (!g.token.empty()) ctx->AddMetadata("authorization", "Bearer " + g.token);
   ctx->set_wait_for_ready(g.wait);
-}
-
-// ReadToken: the first line of a token file (without a trailing '\r'), as
-// the daemon reads access.<client>.token_file.
-bool ReadToken(const std::string& file, std::string* token) {
-  std::ifstream in(file);
-  if (!in) {
-    std::cerr << "mqctl: reading the token file " << file << ": "
-              << std::generic_category().message(errno) << "\n";
-    return false;
-  }
-  std::getline(in, *token);
-  if (!token->empty() && token->back() == '\r') token->pop_back();
-  if (token->empty()) {
-    std::cerr << "mqctl: the token file " << file << " has no token on its first line\n";
-    return false;
-  }
-  return true;
 }
 
 // ApplyCallOptions: ApplyCallerOptions and the deadline of --timeout.
@@ -1285,7 +1266,12 @@ int Main(int argc, char** argv) {
     return rc == 0 ? kExitOk : kExitUsage;
   }
   g.timeout = *ParseDuration(g.timeout_text);  // validated above
-  if (!g.token_file.empty() && !ReadToken(g.token_file, &g.token)) return kExitError;
+  if (!g.token_file.empty()) {
+    if (const grpc::Status read = mqsidecar::ReadTokenFile(g.token_file, &g.token); !read.ok()) {
+      std::cerr << "mqctl: " << read.error_message() << "\n";
+      return kExitError;
+    }
+  }
 
   if (publish->parsed()) return RunPublish(g, po);
   if (subscribe->parsed()) {

@@ -4,7 +4,7 @@
 // from its database and marks each one sent once its result is CONFIRMED.
 //
 //   otc_producer [--target unix:///run/mq-sidecar/mq-sidecar.sock]
-//                [--business usdt.transfer] [--count 10] [--token T] [--prefix P]
+//                [--business usdt.transfer] [--count 10] [--token-file F] [--prefix P]
 //
 // Exit 0 when every transfer was confirmed by the broker.
 #include <atomic>
@@ -21,7 +21,7 @@ namespace {
 struct Args {
   std::string target = "unix:///run/mq-sidecar/mq-sidecar.sock";
   std::string business = "usdt.transfer";
-  std::string token;
+  std::string token_file;  // with the sidecar's `access`: this client's token
   int count = 10;
   std::string prefix;  // before each transfer id: one demo run's ids apart from another's
 };
@@ -34,8 +34,8 @@ bool Parse(int argc, char** argv, Args* args) {
       args->target = value;
     } else if (flag == "--business") {
       args->business = value;
-    } else if (flag == "--token") {
-      args->token = value;
+    } else if (flag == "--token-file") {
+      args->token_file = value;
     } else if (flag == "--count") {
       args->count = std::atoi(value);
     } else if (flag == "--prefix") {
@@ -53,11 +53,20 @@ int main(int argc, char** argv) {
   Args args;
   if (!Parse(argc, argv, &args)) {
     std::fprintf(stderr,
-                 "usage: otc_producer [--target URI] [--business B] [--count N] [--token T] "
-                 "[--prefix P]\n");
+                 "usage: otc_producer [--target URI] [--business B] [--count N] "
+                 "[--token-file F] [--prefix P]\n");
     return 64;
   }
-  mqsidecar::Client client(args.target, {.token = args.token});
+  // A token file, not a --token argument: a command line is visible to every
+  // local user (ps).
+  std::string token;
+  if (!args.token_file.empty()) {
+    if (const grpc::Status read = mqsidecar::ReadTokenFile(args.token_file, &token); !read.ok()) {
+      std::fprintf(stderr, "otc_producer: %s\n", read.error_message().c_str());
+      return 1;
+    }
+  }
+  mqsidecar::Client client(args.target, {.token = token});
 
   // One transfer alone: a blocking publish with a deadline.
   mqsidecar::v1::PublishRequest first;

@@ -7,7 +7,7 @@
 // dead-letter queue. Runs until SIGINT or SIGTERM.
 //
 //   usdtsvr_worker [--target unix:///run/mq-sidecar/mq-sidecar.sock]
-//                  [--business usdt.transfer] [--threads 4] [--token T]
+//                  [--business usdt.transfer] [--threads 4] [--token-file F]
 //                  [--ledger-dir DIR] [--name NAME] [--work-ms MS]
 #include <fcntl.h>
 #include <unistd.h>
@@ -96,7 +96,7 @@ void Transfer(const mqsidecar::v1::Delivery& d) {
 int main(int argc, char** argv) {
   std::string target = "unix:///run/mq-sidecar/mq-sidecar.sock";
   std::string business = "usdt.transfer";
-  std::string token;
+  std::string token_file;  // with the sidecar's `access`: this client's token
   size_t threads = 4;
   std::string ledger_dir;
   std::string name = "usdtsvr-worker";
@@ -107,8 +107,8 @@ int main(int argc, char** argv) {
       target = argv[i + 1];
     } else if (flag == "--business") {
       business = argv[i + 1];
-    } else if (flag == "--token") {
-      token = argv[i + 1];
+    } else if (flag == "--token-file") {
+      token_file = argv[i + 1];
     } else if (flag == "--threads") {
       threads = static_cast<size_t>(std::atoi(argv[i + 1]));
     } else if (flag == "--ledger-dir") {
@@ -120,8 +120,17 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: usdtsvr_worker [--target URI] [--business B] [--threads N] "
-                   "[--ledger-dir DIR] [--name NAME] [--work-ms MS]\n");
+                   "[--token-file F] [--ledger-dir DIR] [--name NAME] [--work-ms MS]\n");
       return 64;
+    }
+  }
+  // A token file, not a --token argument: a command line is visible to every
+  // local user (ps).
+  std::string token;
+  if (!token_file.empty()) {
+    if (const grpc::Status read = mqsidecar::ReadTokenFile(token_file, &token); !read.ok()) {
+      std::fprintf(stderr, "usdtsvr_worker: %s\n", read.error_message().c_str());
+      return 1;
     }
   }
 

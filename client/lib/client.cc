@@ -4,7 +4,11 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <fstream>
+#include <system_error>
 #include <utility>
 
 #include "core.h"
@@ -65,6 +69,32 @@ std::string CodeName(grpc::StatusCode code) {
 
 std::string StatusText(const grpc::Status& status) {
   return CodeName(status.error_code()) + ": " + status.error_message();
+}
+
+grpc::Status ReadTokenFile(const std::string& path, std::string* token) {
+  std::ifstream in(path);
+  if (!in) {
+    return {grpc::StatusCode::NOT_FOUND,
+            "reading the token file " + path + ": " + std::generic_category().message(errno)};
+  }
+  std::string line;
+  std::getline(in, line);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  if (line.empty()) {
+    return {grpc::StatusCode::INVALID_ARGUMENT,
+            "the token file " + path + " has no token on its first line"};
+  }
+  const bool bad = std::any_of(line.begin(), line.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u <= 0x20 || u == 0x7f;
+  });
+  if (bad) {
+    return {grpc::StatusCode::INVALID_ARGUMENT,
+            "the token file " + path +
+                ": its first line holds spaces or control characters, which a token cannot"};
+  }
+  *token = std::move(line);
+  return grpc::Status::OK;
 }
 
 std::string PublishOutcome::ToString() const {

@@ -177,13 +177,12 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     }
   }
   for (const UnixAcceptor::Socket& s : unix_sockets) {
-    const std::string& group = s.group;
+    const std::string group = s.group.empty() ? "the daemon's" : s.group;
     if (s.client.empty()) {
-      spdlog::info("listening on {} (mode {:04o}, group {})", s.address, s.mode,
-                   group.empty() ? "the daemon's" : group);
+      spdlog::info("listening on {} (mode {:04o}, group {})", s.address, s.mode, group);
     } else {
       spdlog::info("listening on {} for client {} alone (mode {:04o}, group {})", s.address,
-                   s.client, s.mode, group.empty() ? "the daemon's" : group);
+                   s.client, s.mode, group);
     }
   }
   out->acceptor_->Start(out->server_.get(), connections);

@@ -14,12 +14,12 @@
 #include "absl/status/statusor.h"
 #include "config/config.h"
 #include "server/async_call.h"
-#include "server/connection_table.h"
 #include "server/health_service.h"
 #include "util/thread_watch.h"
 
 namespace mqs::server {
 
+class ConnectionTable;
 class UnixAcceptor;
 
 // TcpCredentials: TLS server credentials from `tls.cert` and `tls.key`,

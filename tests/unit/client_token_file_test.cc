@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "mqsidecar/client.h"
 
@@ -46,7 +47,8 @@ TEST_CASE("unit: client ReadTokenFile takes the first line, without a trailing C
   CHECK(token == "bare-token-xyz");
 }
 
-TEST_CASE("unit: client ReadTokenFile names the file it cannot use and leaves the token as it was") {
+TEST_CASE(
+    "unit: client ReadTokenFile names the file it cannot use and leaves the token as it was") {
   std::string token = "unchanged";
   const std::string absent = std::filesystem::temp_directory_path() / "mqs-client-token-absent";
   const grpc::Status missing = mqsidecar::ReadTokenFile(absent, &token);
@@ -59,7 +61,9 @@ TEST_CASE("unit: client ReadTokenFile names the file it cannot use and leaves th
   CHECK(no_token.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
   CHECK_THAT(no_token.error_message(), Catch::Contains(empty.path() + " has no token"));
 
-  for (const std::string bad : {"two words", "tab\there", std::string("nul\0x", 5), "bell\a"}) {
+  const std::vector<std::string> bad_lines = {"two words", "tab\there", std::string("nul\0x", 5),
+                                              "bell\a"};
+  for (const std::string& bad : bad_lines) {
     INFO("token line: " << bad);
     const ScratchFile file("bad", bad + "\n");
     const grpc::Status refused = mqsidecar::ReadTokenFile(file.path(), &token);

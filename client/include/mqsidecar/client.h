@@ -48,6 +48,15 @@ struct ClientOptions {
   ErrorCallback on_error = nullptr;
 };
 
+// ReadTokenFile: the bearer token on the first line of `path` (a trailing
+// '\r' dropped), as the sidecar reads access.<client>.token_file, for
+// ClientOptions.token. A file keeps the token out of command lines and
+// environments other local users can read. NOT_FOUND when the file cannot
+// be read, INVALID_ARGUMENT when its first line is empty or holds spaces or
+// control characters (they would not survive the authorization header); the
+// message names the file.
+grpc::Status ReadTokenFile(const std::string& path, std::string* token);
+
 // PublishOutcome: the answer to a unary Publish.
 struct PublishOutcome {
   grpc::Status status;       // the call's status (INVALID_ARGUMENT, UNAVAILABLE, ...)
