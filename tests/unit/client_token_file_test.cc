@@ -32,7 +32,7 @@ class ScratchFile {
 
 }  // namespace
 
-TEST_CASE("unit: client ReadTokenFile takes the first line, without a trailing CR") {
+TEST_CASE("client ReadTokenFile: the first line, without a trailing CR") {
   const ScratchFile unix_file("lf", "s3cret-token-0123456789\nsecond line\n");
   std::string token = "unchanged";
   REQUIRE(mqsidecar::ReadTokenFile(unix_file.path(), &token).ok());
@@ -47,8 +47,7 @@ TEST_CASE("unit: client ReadTokenFile takes the first line, without a trailing C
   CHECK(token == "bare-token-xyz");
 }
 
-TEST_CASE(
-    "unit: client ReadTokenFile names the file it cannot use and leaves the token as it was") {
+TEST_CASE("client ReadTokenFile: a file it cannot use is named and the token left as it was") {
   std::string token = "unchanged";
   const std::string absent = std::filesystem::temp_directory_path() / "mqs-client-token-absent";
   const grpc::Status missing = mqsidecar::ReadTokenFile(absent, &token);
