@@ -10,33 +10,19 @@
 #include <string>
 
 #include "config/config.h"
+#include "scratch_file.h"
 #include "server/access_policy.h"
 
 namespace mqs {
 namespace {
+
+using mqs::testing::ScratchFile;
 
 using server::AccessPolicy;
 using server::Caller;
 using server::Decision;
 using server::Rpc;
 using Verdict = Decision::Verdict;
-
-// A file under the temp dir holding `text`, removed at scope exit.
-class TokenFile {
- public:
-  TokenFile(const std::string& name, const std::string& text)
-      : path_(std::filesystem::temp_directory_path() /
-              ("mqs-access-" + std::to_string(::getpid()) + "-" + name)) {
-    std::ofstream(path_) << text;
-  }
-  ~TokenFile() { std::filesystem::remove(path_); }
-  TokenFile(const TokenFile&) = delete;
-  TokenFile& operator=(const TokenFile&) = delete;
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
 
 config::Access ThreeClients() {
   config::Access a;
@@ -112,8 +98,8 @@ TEST_CASE("access policy: a client by its socket, token or certificate subject")
 }
 
 TEST_CASE("access policy: a rotated token file replaces the client's token without a restart") {
-  TokenFile reports_file("rotate-reports", "reports-token-0123456789\n");
-  TokenFile audit_file("rotate-audit", "audit-token-0123456789ab\n");
+  ScratchFile reports_file("rotate-reports", "reports-token-0123456789\n");
+  ScratchFile audit_file("rotate-audit", "audit-token-0123456789ab\n");
   config::Access access = ThreeClients();
   access.clients[2].token_file = reports_file.path();
   config::AccessClient audit;
@@ -224,9 +210,9 @@ constexpr char kBusinesses[] =
 
 TEST_CASE("access config: clients by socket, token and subject load, absent means off") {
   CHECK_FALSE(config::LoadYamlText(kBusinesses, "a.yaml")->access.enabled);
-  const TokenFile token("t1", "reports-token-0123456789\nignored\n");
-  const TokenFile ca("ca.pem", "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n");
-  const TokenFile key("k.pem", "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n");
+  const ScratchFile token("t1", "reports-token-0123456789\nignored\n");
+  const ScratchFile ca("ca.pem", "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n");
+  const ScratchFile key("k.pem", "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n");
   absl::StatusOr<config::Config> c = config::LoadYamlText(
       std::string(kBusinesses) + "tcp: { tls: { cert: " + ca.path() + ", key: " + key.path() +
           ", client_ca: " + ca.path() +
@@ -273,7 +259,7 @@ TEST_CASE("access config: clients by socket, token and subject load, absent mean
 }
 
 TEST_CASE("access config: the INI form, one client per line of [access], reads as the YAML") {
-  const TokenFile token("t5", "reports-token-0123456789\n");
+  const ScratchFile token("t5", "reports-token-0123456789\n");
   const std::string businesses =
       "[rabbitmq]\nproducer={\"usdt.transfer\":{}}\nconsumer={\"usdt.transfer\":{}}\n";
   absl::StatusOr<config::Config> c = config::LoadIniText(
@@ -310,9 +296,9 @@ TEST_CASE("access config: the INI form, one client per line of [access], reads a
 }
 
 TEST_CASE("access config: errors name the client and the key") {
-  const TokenFile token("t2", "a-token-of-enough-length\n");
-  const TokenFile same("t3", "a-token-of-enough-length\n");
-  const TokenFile shorty("t4", "short\n");
+  const ScratchFile token("t2", "a-token-of-enough-length\n");
+  const ScratchFile same("t3", "a-token-of-enough-length\n");
+  const ScratchFile shorty("t4", "short\n");
   const std::string b = kBusinesses;
   // Duplicate names.
   CHECK_THAT(Errors(b + "access:\n  a: { socket: \"unix:///run/x/a.sock\" }\n"

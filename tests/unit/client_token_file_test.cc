@@ -1,36 +1,15 @@
 // The client library's ReadTokenFile (client/include/mqsidecar/client.h): the
 // token a client sends, read from a file as the sidecar reads
 // access.<client>.token_file.
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "mqsidecar/client.h"
+#include "scratch_file.h"
 
-namespace {
-
-// A file under the temp dir holding `text`, removed at scope exit.
-class ScratchFile {
- public:
-  ScratchFile(const std::string& name, const std::string& text)
-      : path_(std::filesystem::temp_directory_path() /
-              ("mqs-client-token-" + std::to_string(::getpid()) + "-" + name)) {
-    std::ofstream(path_) << text;
-  }
-  ~ScratchFile() { std::filesystem::remove(path_); }
-  ScratchFile(const ScratchFile&) = delete;
-  ScratchFile& operator=(const ScratchFile&) = delete;
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
-
-}  // namespace
+using mqs::testing::ScratchFile;
 
 TEST_CASE("client ReadTokenFile: the first line, without a trailing CR") {
   const ScratchFile unix_file("lf", "s3cret-token-0123456789\nsecond line\n");

@@ -10,9 +10,12 @@
 #include <string>
 
 #include "config/loader_internal.h"
+#include "scratch_file.h"
 
 namespace mqs::config {
 namespace {
+
+using mqs::testing::ScratchFile;
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
@@ -54,21 +57,6 @@ std::string ErrorText(const absl::StatusOr<Config>& result) {
 size_t LineCount(const std::string& text) {
   return static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) + 1;
 }
-
-// A file under the temp dir, removed at scope exit.
-class TempFile {
- public:
-  TempFile(const std::string& name, const std::string& content)
-      : path_(std::filesystem::temp_directory_path() /
-              ("mqs-config-test-" + std::to_string(::getpid()) + "-" + name)) {
-    std::ofstream(path_) << content;
-  }
-  ~TempFile() { std::filesystem::remove(path_); }
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
 
 TEST_CASE("config: the contract's full YAML example loads") {
   absl::StatusOr<Config> c = LoadYamlText(kFullYaml, "mq-sidecar.yaml");
@@ -530,18 +518,18 @@ TEST_CASE("config: a missing file is NotFound naming the path") {
 }
 
 TEST_CASE("config: LoadFile detects the format by content") {
-  TempFile ini("detect.conf", "\n# comment\n; comment\n  [rabbitmq]\nproducer={\"a\":null}\n");
+  ScratchFile ini("detect.conf", "\n# comment\n; comment\n  [rabbitmq]\nproducer={\"a\":null}\n");
   absl::StatusOr<Config> c = LoadFile(ini.path());
   REQUIRE(c.ok());
   CHECK(c->producers.at(0).name == "a");
   CHECK(c->source == ini.path());
 
-  TempFile yaml("detect.yaml", "# comment\nproducers: { a: }\n");
+  ScratchFile yaml("detect.yaml", "# comment\nproducers: { a: }\n");
   c = LoadFile(yaml.path());
   REQUIRE(c.ok());
   CHECK(c->producers.at(0).name == "a");
 
-  TempFile bad("bad.yaml", "producers:\n  a: { exchange: x }\n  nope: { queue: q }\n");
+  ScratchFile bad("bad.yaml", "producers:\n  a: { exchange: x }\n  nope: { queue: q }\n");
   const std::string err = ErrorText(LoadFile(bad.path()));
   CHECK_THAT(err, Catch::StartsWith(bad.path() + ":3: producers[\"nope\"].queue: unknown key"));
 }
@@ -778,9 +766,9 @@ namespace mqs::config {
 namespace {
 
 TEST_CASE("config: amqps:// is accepted, with broker.tls read from YAML and INI") {
-  const TempFile ca("ca.pem", "ca");
-  const TempFile cert("client.pem", "cert");
-  const TempFile key("client.key", "key");
+  const ScratchFile ca("ca.pem", "ca");
+  const ScratchFile cert("client.pem", "cert");
+  const ScratchFile key("client.key", "key");
   absl::StatusOr<Config> c = LoadYamlText(
       "broker:\n  uris: [\"amqp://h/\", \"amqps://u:secret@h/\"]\n  tls:\n    ca: " + ca.path() +
           "\n    cert: " + cert.path() + "\n    key: " + key.path() +
@@ -819,7 +807,7 @@ TEST_CASE("config: amqps:// is accepted, with broker.tls read from YAML and INI"
 }
 
 TEST_CASE("config: broker.tls errors name the key and the line") {
-  const TempFile cert("client.pem", "cert");
+  const ScratchFile cert("client.pem", "cert");
   const std::string missing = "/nonexistent/mqs-ca.pem";
   std::string err = ErrorText(LoadYamlText(
       "broker:\n  uris: \"amqps://u:secret@h/\"\n  tls:\n"

@@ -10,26 +10,12 @@
 #include <string>
 
 #include "config/config.h"
+#include "scratch_file.h"
 
 namespace mqs::config {
 namespace {
 
-// A file under the temp dir holding `text`, removed at scope exit.
-class PemFile {
- public:
-  PemFile(const std::string& name, const std::string& text)
-      : path_(std::filesystem::temp_directory_path() /
-              ("mqs-tls-config-" + std::to_string(::getpid()) + "-" + name)) {
-    std::ofstream(path_) << text;
-  }
-  ~PemFile() { std::filesystem::remove(path_); }
-  PemFile(const PemFile&) = delete;
-  PemFile& operator=(const PemFile&) = delete;
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using mqs::testing::ScratchFile;
 
 // Not real certificates: the loader checks the PEM labels, gRPC the rest.
 const std::string kCertText = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
@@ -42,9 +28,9 @@ std::string Errors(const std::string& yaml) {
 }
 
 TEST_CASE("listener tls: with cert and key a TCP listener may be on any address") {
-  const PemFile cert("server.pem", kCertText);
-  const PemFile key("server.key", kKeyText);
-  const PemFile ca("client-ca.pem", kCertText);
+  const ScratchFile cert("server.pem", kCertText);
+  const ScratchFile key("server.key", kKeyText);
+  const ScratchFile ca("client-ca.pem", kCertText);
   absl::StatusOr<Config> c = LoadYamlText(
       "listen: [\"unix:///run/x/a.sock\", \"0.0.0.0:50051\", \"[::]:50052\", "
       "\"10.1.2.3:50053\", \"127.0.0.1:50054\"]\n"
@@ -82,7 +68,7 @@ TEST_CASE("listener tls: without tcp.tls the loopback and tcp.insecure rule stay
              Catch::Contains("set tcp.insecure: true to allow it, or serve TLS (tcp.tls: cert, "
                              "key)"));
   // A key alone is no TLS: the listener is still refused, and the key named.
-  const PemFile key("lonely.key", kKeyText);
+  const ScratchFile key("lonely.key", kKeyText);
   const std::string lonely =
       Errors("listen: [\"0.0.0.0:50051\"]\ntcp: { tls: { key: " + key.path() +
              " } }\nproducers: { a: }\n");
@@ -92,8 +78,8 @@ TEST_CASE("listener tls: without tcp.tls the loopback and tcp.insecure rule stay
 }
 
 TEST_CASE("listener tls: unreadable or wrong files are errors naming the key") {
-  const PemFile cert("c.pem", kCertText);
-  const PemFile key("k.pem", kKeyText);
+  const ScratchFile cert("c.pem", kCertText);
+  const ScratchFile key("k.pem", kKeyText);
   const std::string tail = "\nproducers: { a: }\n";
   CHECK_THAT(Errors("tcp:\n  tls: { cert: /nonexistent/c.pem, key: " + key.path() + " }" + tail),
              Catch::Contains("t.yaml:2: tcp.tls.cert: cannot read \"/nonexistent/c.pem\": No "
@@ -124,8 +110,8 @@ TEST_CASE("listener tls: unreadable or wrong files are errors naming the key") {
 }
 
 TEST_CASE("listener tls: the seed's INI takes a [tcp.tls] section") {
-  const PemFile cert("ini.pem", kCertText);
-  const PemFile key("ini.key", kKeyText);
+  const ScratchFile cert("ini.pem", kCertText);
+  const ScratchFile key("ini.key", kKeyText);
   absl::StatusOr<Config> c = LoadIniText(
       "[rabbitmq]\naddress=amqp://h/\nlisten=0.0.0.0:6000\nproducer={\"a\":{}}\n"
       "[tcp.tls]\ncert=" +

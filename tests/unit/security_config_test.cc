@@ -10,9 +10,12 @@
 #include <string>
 
 #include "config/config.h"
+#include "scratch_file.h"
 
 namespace mqs::config {
 namespace {
+
+using mqs::testing::ScratchFile;
 
 std::string Errors(const std::string& yaml) {
   absl::StatusOr<Config> c = LoadYamlText(yaml, "s.yaml");
@@ -87,25 +90,8 @@ TEST_CASE("listeners: the seed's INI takes [socket] and [tcp] sections") {
   CHECK_THAT(std::string(refused.status().message()), Catch::Contains("tcp.insecure"));
 }
 
-// A file under the temp dir holding `text`, removed at scope exit.
-class PasswordFile {
- public:
-  explicit PasswordFile(const std::string& text)
-      : path_(std::filesystem::temp_directory_path() /
-              ("mqs-pw-" + std::to_string(::getpid()) + ".txt")) {
-    std::ofstream(path_) << text;
-  }
-  ~PasswordFile() { std::filesystem::remove(path_); }
-  PasswordFile(const PasswordFile&) = delete;
-  PasswordFile& operator=(const PasswordFile&) = delete;
-  std::string path() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
-
 TEST_CASE("secrets: broker.password_file gives every URI its password, encoded, never shown") {
-  PasswordFile file("s3cr/t:@x%\nsecond line ignored\n");
+  ScratchFile file("password.txt", "s3cr/t:@x%\nsecond line ignored\n");
   absl::StatusOr<Config> c = LoadYamlText(
       "broker:\n  uris: [\"amqp://svc@h1/\", \"amqp://svc@h2:5673/prod\"]\n  password_file: " +
           file.path() + "\nproducers: { a: }\n",
@@ -132,7 +118,7 @@ TEST_CASE("secrets: broker.password_file gives every URI its password, encoded, 
 }
 
 TEST_CASE("secrets: password_file errors name the key and never the password") {
-  PasswordFile file("hunter2\n");
+  ScratchFile file("password.txt", "hunter2\n");
   const std::string own =
       Errors("broker: { uris: \"amqp://svc:other@h1/\", password_file: " + file.path() +
              " }\nproducers: { a: }\n");
@@ -145,7 +131,7 @@ TEST_CASE("secrets: password_file errors name the key and never the password") {
   CHECK_THAT(Errors("broker: { uris: \"amqp://svc@h1/\", password_file: /nonexistent/pw }\n"
                     "producers: { a: }\n"),
              Catch::Contains("broker.password_file: cannot read \"/nonexistent/pw\""));
-  PasswordFile empty("\n");
+  ScratchFile empty("password.txt", "\n");
   CHECK_THAT(Errors("broker: { uris: \"amqp://svc@h1/\", password_file: " + empty.path() +
                     " }\nproducers: { a: }\n"),
              Catch::Contains("the first line is empty"));
