@@ -2,7 +2,8 @@
 """run.py: the cross-language test (issue 16): C++, Python and Node through real daemons.
 
   /usr/bin/python3 tests/polyglot/run.py --daemon build/werror/daemon/mq-sidecar \
-      --mqctl build/werror/client/mqctl --python-path build/werror/client/python
+      --mqctl build/werror/client/mqctl --cpp-peer build/werror/tests/cpp_peer \
+      --python-path build/werror/client/python
 
 Starts two mq-sidecar daemons on unix sockets in a temp dir (a publishing one
 and a consuming one) against the local broker, with names unique to the run:
@@ -10,12 +11,15 @@ one exchange and three classic queues, <pfx>.cpp, <pfx>.py and <pfx>.node,
 bound to routing keys from.cpp, from.py and from.node. Then
 
   - workers: the Python example worker on the .cpp and .node queues, the Node
-    example worker on .cpp and .py, and one `mqctl subscribe` on each of .py
-    and .node: every queue has two competing workers, neither in the language
-    that published to it;
-  - publishers, at once: `mqctl publish --lines` (C++), the Python and the
-    Node example producers, --count messages each (1,000), payload and
-    message_id <lang>-<n>;
+    example worker on .cpp and .py, and the C++ library's (tests/polyglot/
+    cpp_peer.cc: mqsidecar::Subscription) on .py and .node: every queue has
+    two competing workers, neither in the language that published to it;
+  - publishers, at once: the C++ library's (mqsidecar::Publisher), the
+    Python and the Node example producers, --count messages each (1,000),
+    payload and message_id <lang>-<n>;
+  - handler outcomes: each client's worker retries "fail" (dead-lettered as
+    retries_exhausted after max_attempts 2) and rejects "poison", each sent by
+    the client's own unary publish;
 
 and checks that every message was confirmed, delivered at least once and
 acked (each payload seen by a worker of another language; every worker
@@ -24,9 +28,9 @@ failed (delivery is at-least-once). Waits on conditions with deadlines;
 exits 1 with a message saying what is missing; kills everything it started
 and deletes its exchange and queues.
 
---inject-loss adds a worker that takes one message of the .py queue, acks
-it and records nothing: the run must then fail ("1 of 1000 py messages
-never delivered").
+--inject-loss adds a worker (`mqctl subscribe --count 1`) that takes one
+message of the .py queue, acks it and records nothing: the run must then
+fail ("1 of 1000 py messages never delivered").
 """
 
 import argparse
@@ -44,7 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 AMQP_URI = os.environ.get("MQS_POLYGLOT_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
 LANGS = ("cpp", "py", "node")
 # Handler outcomes: a business per client, with delayed retry and dead letters.
-OUTCOME_LANGS = ("py", "node")
+OUTCOME_LANGS = ("cpp", "py", "node")
 
 
 class Failure(Exception):
@@ -115,7 +119,8 @@ class Run:
             if p.poll() is None:
                 self.stop(name, p, timeout=10.0)
         queues, exchanges = self.declared
-        queues = set(queues) | {"%s.%s.queue" % (self.pfx, l) for l in LANGS + OUTCOME_LANGS}
+        queues = set(queues) | {"%s.%s.queue" % (self.pfx, l)
+                                for l in LANGS + tuple("out" + o for o in OUTCOME_LANGS)}
         exchanges = set(exchanges) | {self.pfx}
         try:
             import pika  # Debian's python3-pika (install-deps.sh)
@@ -248,10 +253,9 @@ class Run:
             "w-node": ("node", ["node", os.path.join(node_ex, "worker.js"), "--address", sub_addr,
                                 "--business", biz["cpp"], "--business", biz["py"],
                                 "--business", biz["outnode"], "--name", "polyglot-node"]),
-            "w-cpp-py": ("cpp", [a.mqctl, "--address", sub_addr, "subscribe", biz["py"],
-                                 "--name", "polyglot-cpp"]),
-            "w-cpp-node": ("cpp", [a.mqctl, "--address", sub_addr, "subscribe", biz["node"],
-                                   "--name", "polyglot-cpp"]),
+            "w-cpp": ("cpp", [a.cpp_peer, "work", "--address", sub_addr, "--business", biz["py"],
+                              "--business", biz["node"], "--business", biz["outcpp"],
+                              "--name", "polyglot-cpp"]),
         }
         for name, (_, argv) in workers.items():
             self.spawn(name, argv)
@@ -273,28 +277,26 @@ class Run:
         t_ready = time.monotonic()
 
         n = a.count
-        lines_path = os.path.join(self.work, "cpp-lines.txt")
-        with open(lines_path, "w") as f:
-            f.write("".join("cpp-%d\n" % i for i in range(1, n + 1)))
-        with open(lines_path, "rb") as lines:
-            producers = {
-                "prod-cpp": self.spawn("prod-cpp", [
-                    a.mqctl, "--address", pub_addr, "--timeout", "60s", "publish", self.pfx,
-                    "from.cpp", "--lines", "--batch", "100"], stdin=lines),
-                "prod-python": self.spawn("prod-python", [
-                    sys.executable, os.path.join(py_ex, "producer.py"), "--address", pub_addr,
-                    "--business", self.pfx, "--routing-key", "from.py", "--count", str(n),
-                    "--prefix", "py-", "--timeout", "60"]),
-                "prod-node": self.spawn("prod-node", [
-                    "node", os.path.join(node_ex, "producer.js"), "--address", pub_addr,
-                    "--business", self.pfx, "--routing-key", "from.node", "--count", str(n),
-                    "--prefix", "node-", "--timeout", "60"]),
-            }
+        producers = {
+            "prod-cpp": self.spawn("prod-cpp", [
+                a.cpp_peer, "produce", "--address", pub_addr, "--business", self.pfx,
+                "--routing-key", "from.cpp", "--count", str(n), "--prefix", "cpp-",
+                "--timeout", "60"]),
+            "prod-python": self.spawn("prod-python", [
+                sys.executable, os.path.join(py_ex, "producer.py"), "--address", pub_addr,
+                "--business", self.pfx, "--routing-key", "from.py", "--count", str(n),
+                "--prefix", "py-", "--timeout", "60"]),
+            "prod-node": self.spawn("prod-node", [
+                "node", os.path.join(node_ex, "producer.js"), "--address", pub_addr,
+                "--business", self.pfx, "--routing-key", "from.node", "--count", str(n),
+                "--prefix", "node-", "--timeout", "60"]),
+        }
         # Handler outcomes: each client's worker retries "fail" (a delayed
         # retry, then dead-lettered after max_attempts 2) and rejects
         # "poison" (dead-lettered at once); each sent by the client's own
         # single-message producer (a unary Publish).
-        producer = {"py": [sys.executable, os.path.join(py_ex, "producer.py")],
+        producer = {"cpp": [a.cpp_peer, "produce"],
+                    "py": [sys.executable, os.path.join(py_ex, "producer.py")],
                     "node": ["node", os.path.join(node_ex, "producer.js")]}
         for l in OUTCOME_LANGS:
             for payload in ("fail", "poison"):
@@ -312,10 +314,16 @@ class Run:
             if p.returncode != 0:
                 raise Failure("%s exited %d (not every message confirmed):\n%s\n%s" % (
                     name, p.returncode, self.tail(name + ".out", 5), self.tail(name + ".err")))
-        confirmed = sum(1 for l in open(os.path.join(self.work, "prod-cpp.out"))
-                        if '"CONFIRMED"' in l)
-        if confirmed != n:
-            raise Failure("mqctl publish --lines printed %d CONFIRMED results of %d" % (confirmed, n))
+        # Each producer's summary line: {"published", "results": {status: n}, "seconds"}.
+        for name in ("prod-cpp", "prod-python", "prod-node"):
+            try:
+                with open(os.path.join(self.work, name + ".out")) as f:
+                    summary = json.loads(f.read().splitlines()[-1])
+                confirmed = summary["results"].get("CONFIRMED", 0)
+            except (OSError, ValueError, IndexError, KeyError, AttributeError) as e:
+                raise Failure("%s printed no summary (%s):\n%s" % (name, e, self.tail(name + ".out")))
+            if confirmed != n:
+                raise Failure("%s: %d of %d confirmed: %s" % (name, confirmed, n, summary))
         t_published = time.monotonic()
 
         expected = {"%s-%d" % (l, i) for l in LANGS for i in range(1, n + 1)}
@@ -406,7 +414,7 @@ class Run:
         log("%d messages (%d from each of C++, Python, Node) confirmed, delivered to a worker of "
             "another language and acked; %d duplicates%s" % (
                 3 * n, n, len(dups), (" (e.g. %s)" % sorted(dups)[:3]) if dups else ""))
-        log("handler outcomes: retry() and REJECT from the Python and Node workers dead-lettered "
+        log("handler outcomes: retry and reject from the C++, Python and Node workers dead-lettered "
             "as retries_exhausted (attempt 2) and rejected (attempt 1)")
         log("per worker: %s" % ", ".join("%s %d" % kv for kv in per_worker.items()))
         log("timing: daemons and workers up %.1f s, published %.1f s, all delivered %.1f s, "
@@ -419,7 +427,10 @@ class Run:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--daemon", default=os.path.join(ROOT, "build/werror/daemon/mq-sidecar"))
-    ap.add_argument("--mqctl", default=os.path.join(ROOT, "build/werror/client/mqctl"))
+    ap.add_argument("--mqctl", default=os.path.join(ROOT, "build/werror/client/mqctl"),
+                    help="for --inject-loss")
+    ap.add_argument("--cpp-peer", default=os.path.join(ROOT, "build/werror/tests/cpp_peer"),
+                    help="the C++ library's producer and worker (tests/polyglot/cpp_peer.cc)")
     ap.add_argument("--python-path", default=os.path.join(ROOT, "build/werror/client/python"))
     ap.add_argument("--count", type=int, default=1000, help="messages from each language")
     ap.add_argument("--deliver-timeout", type=float, default=60.0, help="seconds")
@@ -427,7 +438,9 @@ def main():
                     help="add a worker that drops one message: the run must fail")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, outputs)")
     args = ap.parse_args()
-    args.python_path = os.path.abspath(args.python_path)
+    # The processes run in the temp dir: paths relative to here would not resolve there.
+    for key in ("daemon", "mqctl", "cpp_peer", "python_path"):
+        setattr(args, key, os.path.abspath(getattr(args, key)))
     run = Run(args)
     # ctest's timeout and ^C end the run through the same cleanup.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
