@@ -128,7 +128,8 @@ std::unique_ptr<observability::Metrics> MetricsFor(const config::Config& config)
 }
 
 // Reload: SIGHUP or the Reload RPC. Reads the file again, applies what can
-// change live (the log level here, a consumer's prefetch through the log),
+// change live (the log level here, a consumer's prefetch and retry through
+// the log),
 // logs what differs and needs a restart, and records the result for
 // GetTopology. `running` tracks what was applied.
 void Reload(const RunOptions& options, config::Config& running, config::ReloadLog& log) {
@@ -152,6 +153,7 @@ void Reload(const RunOptions& options, config::Config& running, config::ReloadLo
     if (const auto it = report.prefetch.find(c.name); it != report.prefetch.end()) {
       c.prefetch = it->second;
     }
+    if (const auto it = report.retry.find(c.name); it != report.retry.end()) c.retry = it->second;
   }
   log.Record(std::move(report), std::chrono::system_clock::now());
   sd_notify(0, "READY=1");

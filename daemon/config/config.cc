@@ -646,21 +646,25 @@ void ApplyDefaults(Config& config) {
   std::stable_sort(config.consumers.begin(), config.consumers.end(), by_name);
 }
 
-namespace {
-
-std::string_view TrueFalse(bool b) { return b ? "true" : "false"; }
+}  // namespace internal
 
 bool SameRetry(const Retry& a, const Retry& b) {
   return a.delays == b.delays && a.max_attempts == b.max_attempts;
 }
 
-// "{delays: [1s, 10s], max_attempts: 3}", or "none".
 std::string DescribeRetry(const Retry& r) {
   if (!r.enabled()) return "none";
   std::vector<std::string> delays;
-  for (std::chrono::milliseconds d : r.delays) delays.push_back(FormatDuration(d));
-  return Cat("{delays: [", Join(delays, ", "), "], max_attempts: ", r.max_attempts, "}");
+  for (std::chrono::milliseconds d : r.delays) delays.push_back(internal::FormatDuration(d));
+  return internal::Cat("{delays: [", internal::Join(delays, ", "),
+                       "], max_attempts: ", r.max_attempts, "}");
 }
+
+namespace internal {
+
+namespace {
+
+std::string_view TrueFalse(bool b) { return b ? "true" : "false"; }
 
 // A key path with its line, for "... for consumers["a"] (line 2)".
 std::string Where(const Diagnostics& diag, const std::string& path) {

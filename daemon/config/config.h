@@ -80,6 +80,10 @@ struct Retry {
   uint32_t max_attempts = 0;  // >= 2; default (0 in the file): delays.size() + 1
   bool enabled() const { return !delays.empty(); }
 };
+// SameRetry: the same delays and max_attempts.
+bool SameRetry(const Retry& a, const Retry& b);
+// DescribeRetry: "{delays: [1s, 10s], max_attempts: 3}", or "none".
+std::string DescribeRetry(const Retry& r);
 inline constexpr std::chrono::milliseconds kMinRetryDelay{100};
 inline constexpr std::chrono::milliseconds kMaxRetryDelay{std::chrono::hours(24 * 7)};
 

@@ -115,6 +115,24 @@ ReloadReport PlanReload(const Config& running, const absl::StatusOr<Config>& loa
       break;
     }
   }
+  // A consumer's retry delays and max_attempts: applied to the nacks of the
+  // streams opened from now on, as the prefetch. A delay new to the queue
+  // gets its retry queue declared on first use (amqp/consumer.cc), and the
+  // old retry queues still bring back what waits in them. Turning retry on
+  // or off changes the queue's dead-letter topology: a difference (kept).
+  for (Consumer& c : b.consumers) {
+    for (const Consumer& old : a.consumers) {
+      if (old.name != c.name) continue;
+      if (old.retry.enabled() && c.retry.enabled() && !SameRetry(old.retry, c.retry)) {
+        report.applied.push_back(util::StrCat("consumers.", c.name,
+                                              ".retry: ", DescribeRetry(old.retry), " -> ",
+                                              DescribeRetry(c.retry), " (new streams)"));
+        report.retry[c.name] = c.retry;
+        c.retry = old.retry;
+      }
+      break;
+    }
+  }
   b.log_level = a.log_level;
   b.instance = a.instance;  // per process, not a key
   const std::map<std::string, std::string> before = Sections(Describe(a));
@@ -167,7 +185,24 @@ ReloadReport PlanReload(const Config& running, const absl::StatusOr<Config>& loa
 void ReloadLog::Record(ReloadReport report, std::chrono::system_clock::time_point at) {
   util::MutexLock lock(&mu_);
   for (const auto& [business, prefetch] : report.prefetch) prefetch_[business] = prefetch;
+  for (const auto& [business, retry] : report.retry) {
+    retry_[business] = retry;
+    current_.erase(business);  // the next stream gets a copy with this retry
+  }
   last_ = Entry{std::move(report), at};
+}
+
+const Consumer* ReloadLog::ForNewStream(const Consumer& configured) const {
+  util::MutexLock lock(&mu_);
+  const auto retry = retry_.find(configured.name);
+  if (retry == retry_.end()) return &configured;
+  if (const auto it = current_.find(configured.name); it != current_.end()) return it->second;
+  auto copy = std::make_unique<Consumer>(configured);
+  copy->retry = retry->second;
+  const Consumer* out = copy.get();
+  copies_.push_back(std::move(copy));
+  current_[configured.name] = out;
+  return out;
 }
 
 uint32_t ReloadLog::Prefetch(const Consumer& consumer) const {

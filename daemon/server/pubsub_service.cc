@@ -171,11 +171,13 @@ void PubSubService::FillTopology(mqsidecar::v1::Topology* topology) const {
     b->set_queue(c.queue);
     b->set_handle(c.handle);
     b->set_written_as(c.written_as);
-    if (c.retry.enabled()) {
-      for (std::chrono::milliseconds d : c.retry.delays) {
+    // The retry of streams opened now: a reload may have changed it.
+    const config::Retry& retry = ForNewStream(c)->retry;
+    if (retry.enabled()) {
+      for (std::chrono::milliseconds d : retry.delays) {
         b->add_retry_delays_ms(static_cast<uint64_t>(d.count()));
       }
-      b->set_max_attempts(c.retry.max_attempts);
+      b->set_max_attempts(retry.max_attempts);
     }
   }
   for (const auto& e : plan_.exchanges) {

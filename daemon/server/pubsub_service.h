@@ -196,6 +196,11 @@ class PubSubService final : public PubSubAsyncBase, public AsyncService {
   uint32_t DefaultPrefetch(const config::Consumer& consumer) const {
     return reloads_ != nullptr ? reloads_->Prefetch(consumer) : consumer.prefetch;
   }
+  // ForNewStream: the business a Subscribe opened now runs with: the
+  // configured one, or its copy with the retry a reload applied.
+  const config::Consumer* ForNewStream(const config::Consumer& consumer) const {
+    return reloads_ != nullptr ? reloads_->ForNewStream(consumer) : &consumer;
+  }
 
   // OpenStream: counts a PublishStream, PublishBatchStream, Subscribe or
   // SubscribeBatch against its connection for as long as the call holds the

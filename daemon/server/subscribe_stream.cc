@@ -216,7 +216,8 @@ class SubscribeCall final : public CallBase, public amqp::DeliverySink {
     }
     absl::StatusOr<OpenPlan> plan = CheckOpen(open, service_.config());
     if (!plan.ok()) return plan.status();
-    const config::Consumer* consumer = plan->consumer;
+    // With the retry the last reload that changed it applied (ReloadLog).
+    const config::Consumer* consumer = service_.ForNewStream(*plan->consumer);
     amqp::OpenRequest req;
     {
       util::MutexLock lock(&mu_);          // owing makes the call deletable later, never now

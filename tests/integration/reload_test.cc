@@ -257,6 +257,62 @@ TEST_CASE(
   CHECK(d.Running());
 }
 
+TEST_CASE(
+    "integration: a reload's new retry delays apply to the streams opened after it: their nacks "
+    "come back through the new delay's retry queue, an older stream's wait the old delay") {
+  IntegrationTest t("reload-retry");
+  const std::string biz = t.Business("orders");
+  const std::string queue = biz + ".queue";
+  t.CleanUpQueue(queue + ".retry.1m");
+  t.CleanUpQueue(queue + ".retry.300ms");
+  Daemon& d = t.StartDaemon({{.name = biz, .retry = "{delays: [1m]}"}}, {.heartbeat = 10s});
+  Subscriber before(d.stub(), {.business = biz, .prefetch = 1, .consumer_name = "before"});
+  REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
+
+  Edit(d.config_path(), "retry: {delays: [1m]}", "retry: {delays: [300ms], max_attempts: 3}");
+  d.Signal(SIGHUP);
+  const auto reload = WaitReload(d, 0);
+  REQUIRE(reload.has_value());
+  CHECK(reload->result() == "applied");
+  REQUIRE(reload->applied_size() == 1);
+  CHECK(reload->applied(0) == "consumers." + biz +
+                                  ".retry: {delays: [1m], max_attempts: 2} -> {delays: [300ms], "
+                                  "max_attempts: 3} (new streams)");
+  const auto top = d.Topology(5s);
+  REQUIRE(top.has_value());
+  for (const pb::Topology::Business& b : top->businesses()) {
+    if (b.name() != biz || b.role() != "consumer") continue;
+    CHECK(std::vector<uint64_t>(b.retry_delays_ms().begin(), b.retry_delays_ms().end()) ==
+          std::vector<uint64_t>{300});
+    CHECK(b.max_attempts() == 3);
+  }
+
+  // The stream opened before the reload: its nack waits the old minute.
+  REQUIRE(PublishConfirmed(d.stub(), biz, 1, "old").size() == 1);
+  REQUIRE(WaitUntil([&] { return before.deliveries().size() == 1; }, 10s, 10ms));
+  REQUIRE(before.Nack(before.deliveries()[0].delivery_id(), /*requeue=*/true));
+  CHECK(WaitForQueue(t.admin(), queue + ".retry.1m", std::nullopt, 1u, 10s));
+  CHECK(before.Leave().ok());
+
+  // A stream opened after it: back after 300 ms, through .retry.300ms
+  // (declared on first use), as attempt 2.
+  Subscriber after(d.stub(), {.business = biz, .prefetch = 10, .consumer_name = "after"});
+  REQUIRE(WaitForQueue(t.admin(), queue, 1u, std::nullopt));
+  REQUIRE(PublishConfirmed(d.stub(), biz, 1, "new").size() == 1);
+  REQUIRE(WaitUntil([&] { return after.deliveries().size() == 1; }, 10s, 10ms));
+  const auto nacked_at = std::chrono::steady_clock::now();
+  REQUIRE(after.Nack(after.deliveries()[0].delivery_id(), /*requeue=*/true));
+  REQUIRE(WaitUntil([&] { return after.deliveries().size() == 2; }, 20s, 10ms));
+  const auto back_after = std::chrono::steady_clock::now() - nacked_at;
+  const pb::Delivery again = after.deliveries()[1];
+  CHECK(again.message_id() == after.deliveries()[0].message_id());
+  CHECK(again.attempt() == 2);
+  CHECK(back_after < 30s);  // the old delay would be a minute
+  CHECK(t.admin().InspectQueue(queue + ".retry.300ms").has_value());
+  CHECK(after.Ack(again.delivery_id()));
+  CHECK(d.Running());
+}
+
 TEST_CASE("integration: an invalid command line exits 2, --help and --version 0") {
   const CommandResult bad = RunCommand({DaemonPathForTests(), "--no-such-flag"}, 10s);
   INFO(CommandOutput(bad));

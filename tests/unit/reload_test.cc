@@ -133,6 +133,72 @@ TEST_CASE("reload: the log gives the prefetch a reload applied, else the configu
   CHECK(log.Prefetch(orders) == 64);
 }
 
+TEST_CASE(
+    "reload: a consumer's retry delays and max_attempts apply to new streams, and turning retry on "
+    "or "
+    "off is kept until a restart") {
+  using std::chrono::milliseconds;
+  Config running = Load("");
+  running.consumers[0].retry = {.delays = {milliseconds(1000), milliseconds(10000)},
+                                .max_attempts = 3};
+  Config next = running;
+  next.consumers[0].retry = {.delays = {milliseconds(500)}, .max_attempts = 4};
+  const ReloadReport r = PlanReload(running, next, false);
+  INFO(r.Summary());
+  CHECK(r.result == ReloadReport::Result::kApplied);
+  CHECK(r.applied ==
+        std::vector<std::string>{"consumers.orders.retry: {delays: [1s, 10s], max_attempts: 3} -> "
+                                 "{delays: [500ms], max_attempts: 4} (new streams)"});
+  CHECK(r.kept.empty());
+  REQUIRE(r.retry.count("orders") == 1);
+  CHECK(SameRetry(r.retry.at("orders"), next.consumers[0].retry));
+
+  // Off -> on and on -> off change the queue's dead-letter topology: kept.
+  const ReloadReport on = PlanReload(Load(""), next, false);
+  CHECK(on.retry.empty());
+  CHECK(on.kept == std::vector<std::string>{"businesses: changed [orders]"});
+  const ReloadReport off = PlanReload(next, Load(""), false);
+  CHECK(off.retry.empty());
+  CHECK(off.kept == std::vector<std::string>{"businesses: changed [orders]"});
+}
+
+TEST_CASE(
+    "reload: the log gives a new stream its business with the retry a reload applied, and every "
+    "copy handed out stays valid") {
+  using std::chrono::milliseconds;
+  ReloadLog log;
+  Consumer orders;
+  orders.name = "orders";
+  orders.queue = "orders.queue";
+  orders.retry = {.delays = {milliseconds(1000)}, .max_attempts = 2};
+  Consumer other;
+  other.name = "other";
+  CHECK(log.ForNewStream(orders) == &orders);  // nothing applied: the configured one
+
+  ReloadReport r;
+  r.retry["orders"] = {.delays = {milliseconds(300)}, .max_attempts = 5};
+  log.Record(r, std::chrono::system_clock::now());
+  const Consumer* first = log.ForNewStream(orders);
+  REQUIRE(first != &orders);
+  CHECK(first->name == "orders");
+  CHECK(first->queue == "orders.queue");
+  CHECK(first->retry.delays == std::vector<milliseconds>{milliseconds(300)});
+  CHECK(first->retry.max_attempts == 5);
+  CHECK(log.ForNewStream(orders) == first);  // one copy per change
+  CHECK(log.ForNewStream(other) == &other);
+  // A reload without a retry change keeps it.
+  log.Record(ReloadReport(), std::chrono::system_clock::now());
+  CHECK(log.ForNewStream(orders) == first);
+
+  // Another change: a new copy; the first one, which old streams hold, stays.
+  r.retry["orders"] = {.delays = {milliseconds(2000)}, .max_attempts = 2};
+  log.Record(r, std::chrono::system_clock::now());
+  const Consumer* second = log.ForNewStream(orders);
+  CHECK(second != first);
+  CHECK(second->retry.delays == std::vector<milliseconds>{milliseconds(2000)});
+  CHECK(first->retry.delays == std::vector<milliseconds>{milliseconds(300)});
+}
+
 TEST_CASE("reload: a file that does not load is rejected with its errors, nothing changes") {
   const absl::StatusOr<Config> broken =
       LoadYamlText("broker: { heartbeat: soon }\n", "sidecar.yaml");
