@@ -77,16 +77,15 @@ build_pass() {
   ninja -C "build/$1" -j "$JOBS" $TARGETS
 }
 
-# Background work (clang-tidy) is stopped with the script.
-BACKGROUND=()
-stop_background() {
-  local pid
-  for pid in "${BACKGROUND[@]}"; do
-    pkill -TERM -P "$pid" 2>/dev/null || true
-    kill "$pid" 2>/dev/null || true
-  done
+# The background clang-tidy (TIDY_PID) is stopped with the script.
+TIDY_PID=""
+stop_tidy() {
+  if [ -n "$TIDY_PID" ]; then
+    pkill -TERM -P "$TIDY_PID" 2>/dev/null || true
+    kill "$TIDY_PID" 2>/dev/null || true
+  fi
 }
-trap stop_background EXIT
+trap stop_tidy EXIT
 
 # run_pass NAME: build, run the tests SELECT picks (with the werror pass's
 # clang-tidy beside them), print the slowest tests, then the tsan pass's
@@ -105,17 +104,13 @@ run_pass() {
   # nice 19, pushes latency tests past their bounds (2026-12-02: the TSan
   # build beside the ASan tests failed "streams being set up do not stall
   # another stream's deliveries", a 380 ms gap for < 300 ms).
-  local tidy_pid=""
   if [ "$TIDY_SET" = sources ]; then
     nice -n 19 deploy/scripts/lint.sh tidy "$dir" "$TIDY_SET" >"$dir/tidy.log" 2>&1 &
-    tidy_pid=$!
-    BACKGROUND+=("$tidy_pid")
+    TIDY_PID=$!
   fi
-  local select=$SELECT test_env=("${TEST_ENV[@]}") tidy_after=""
-  if [ "$TIDY_SET" = tests ]; then tidy_after=$TIDY_SET; fi
   deploy/scripts/broker.sh ensure   # the fault tests stop and start it
-  # shellcheck disable=SC2086  # $select is a list of ctest arguments
-  if ! env "${test_env[@]}" ctest --test-dir "$dir" --output-on-failure --timeout 300 $select; then
+  # shellcheck disable=SC2086  # $SELECT is a list of ctest arguments
+  if ! env "${TEST_ENV[@]}" ctest --test-dir "$dir" --output-on-failure --timeout 300 $SELECT; then
     deploy/scripts/failure-digest.sh "$dir/Testing/Temporary/LastTest.log" || true
     exit 8
   fi
@@ -124,14 +119,15 @@ run_pass() {
   # (Its lines are "NAME RUNS SECONDS", the name with spaces; "---" ends them.)
   awk '$1 == "---" { exit } NF >= 3 { c = $NF; NF -= 2; printf "  %7.1f  %s\n", c, $0 }' \
     "$dir/Testing/Temporary/CTestCostData.txt" 2>/dev/null | sort -g -r | head -15 || true
-  if [ -n "$tidy_pid" ]; then
+  if [ -n "$TIDY_PID" ]; then
     local tidy_rc=0 t1=$SECONDS
-    wait "$tidy_pid" || tidy_rc=$?
+    wait "$TIDY_PID" || tidy_rc=$?
+    TIDY_PID=""
     cat "$dir/tidy.log"
     echo "--- $name: clang-tidy waited for $((SECONDS - t1)) s after the tests"
     if [ "$tidy_rc" -ne 0 ]; then exit "$tidy_rc"; fi
   fi
-  if [ -n "$tidy_after" ]; then deploy/scripts/lint.sh tidy "$dir" "$tidy_after"; fi
+  if [ "$TIDY_SET" = tests ]; then deploy/scripts/lint.sh tidy "$dir" tests; fi
   echo "--- $name: passed in $((SECONDS - t0)) s"
 }
 
