@@ -189,6 +189,14 @@ std::shared_ptr<grpc::Channel> MakeChannel(const GlobalOptions& g) {
                                    args);
 }
 
+// MakeClient: the C++ client library (docs/clients.md) for the unary calls
+// it wraps (publish, topology): token and --wait as every call here.
+std::unique_ptr<mqsidecar::Client> MakeClient(const GlobalOptions& g) {
+  return std::make_unique<mqsidecar::Client>(
+      ChannelTarget(g.address),
+      mqsidecar::ClientOptions{.token = g.token, .wait_for_ready = g.wait});
+}
+
 // ApplyCallerOptions: what every call carries whatever its deadline: the
 // bearer token (access, docs/security.md) and --wait.
 void ApplyCallerOptions(grpc::ClientContext* ctx, const GlobalOptions& g) {
@@ -489,14 +497,10 @@ int RunPublish(const GlobalOptions& g, const PublishOptions& o) {
   }
   if (o.count > 0) return RunPublishLoad(g, o, req);
 
-  auto stub = v1::PubSub::NewStub(MakeChannel(g));
-  grpc::ClientContext ctx;
-  ApplyCallOptions(&ctx, g);
-  v1::PublishResult result;
-  const grpc::Status status = stub->Publish(&ctx, req, &result);
-  if (!status.ok()) return ReportRpcError(status);
-  if (!WriteLine(DumpLine(PublishResultToJson(result)))) return kExitError;
-  return result.status() == v1::PublishResult::CONFIRMED ? kExitOk : kExitNotConfirmed;
+  const mqsidecar::PublishOutcome out = MakeClient(g)->Publish(req, g.timeout);
+  if (!out.status.ok()) return ReportRpcError(out.status);
+  if (!WriteLine(DumpLine(PublishResultToJson(out.result)))) return kExitError;
+  return out.confirmed() ? kExitOk : kExitNotConfirmed;
 }
 
 // ---------------------------------------------------------------------------
@@ -747,11 +751,8 @@ class SubscribeSession {
 // topology, health
 
 int RunTopology(const GlobalOptions& g, bool pretty) {
-  auto stub = v1::PubSub::NewStub(MakeChannel(g));
-  grpc::ClientContext ctx;
-  ApplyCallOptions(&ctx, g);
   v1::Topology topology;
-  const grpc::Status status = stub->GetTopology(&ctx, v1::GetTopologyRequest(), &topology);
+  const grpc::Status status = MakeClient(g)->GetTopology(&topology, g.timeout);
   if (!status.ok()) return ReportRpcError(status);
 
   google::protobuf::util::JsonPrintOptions options;

@@ -119,6 +119,7 @@ Client::Client(const std::string& target, ClientOptions options) : core_(std::ma
   core_->stub = v1::PubSub::NewStub(core_->channel);
   if (!options.token.empty()) core_->authorization = "Bearer " + options.token;
   core_->on_error = std::move(options.on_error);
+  core_->wait_for_ready = options.wait_for_ready;
 }
 
 Client::~Client() = default;
@@ -132,6 +133,7 @@ PublishOutcome Client::Publish(const v1::PublishRequest& request,
   grpc::ClientContext context;
   core_->Prepare(&context);
   context.set_deadline(std::chrono::system_clock::now() + timeout);
+  context.set_wait_for_ready(core_->wait_for_ready);
   PublishOutcome outcome;
   outcome.status = core_->stub->Publish(&context, request, &outcome.result);
   return outcome;
@@ -141,6 +143,7 @@ grpc::Status Client::GetTopology(v1::Topology* topology, std::chrono::millisecon
   grpc::ClientContext context;
   core_->Prepare(&context);
   context.set_deadline(std::chrono::system_clock::now() + timeout);
+  context.set_wait_for_ready(core_->wait_for_ready);
   return core_->stub->GetTopology(&context, v1::GetTopologyRequest(), topology);
 }
 

@@ -16,7 +16,8 @@ namespace mqsidecar {
 struct Client::Core {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::PubSub::Stub> stub;
-  std::string authorization;  // "Bearer <token>", or empty
+  std::string authorization;    // "Bearer <token>", or empty
+  bool wait_for_ready = false;  // unary calls: ClientOptions::wait_for_ready
   ErrorCallback on_error;
 
   void Prepare(grpc::ClientContext* context) const {

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -315,6 +316,40 @@ TEST_CASE("integration: client: a subscription resumes by itself after the sidec
   sub->Stop();
   CHECK(seen.Count("before") == 1);
   CHECK(seen.Count("pipe-before") == 1);
+}
+
+TEST_CASE(
+    "integration: client: with wait_for_ready a unary publish waits for a sidecar that is starting "
+    "and is confirmed, without it it fails at once with UNAVAILABLE, and mqctl --wait likewise") {
+  IntegrationTest t("clientwait");
+  const std::string biz = t.Business("wait");
+  Daemon& d = t.StartDaemon({{.name = biz}}, {.name = "wait"});
+  d.Stop();  // nobody listens on its socket until Start
+
+  mqsidecar::Client at_once(d.address());
+  const mqsidecar::PublishOutcome refused = at_once.Publish(MakePublish(biz, "at-once", 0), 20s);
+  CHECK(refused.status.error_code() == grpc::StatusCode::UNAVAILABLE);
+  const CommandResult mqctl_now = RunCommand(
+      {MqctlPath(), "--address", d.address(), "--timeout", "20s", "publish", biz, "k", "x"}, 15s);
+  INFO(CommandOutput(mqctl_now));
+  CHECK(mqctl_now.exit_code == 1);
+  CHECK_THAT(mqctl_now.err, Catch::Contains("UNAVAILABLE"));
+  const CommandResult mqctl_waited = RunCommand(
+      {MqctlPath(), "--address", d.address(), "--wait", "--timeout", "1s", "topology"}, 15s);
+  INFO(CommandOutput(mqctl_waited));
+  CHECK(mqctl_waited.exit_code == 1);
+  CHECK_THAT(mqctl_waited.err, Catch::Contains("DEADLINE_EXCEEDED"));
+
+  mqsidecar::Client waiting(d.address(), {.wait_for_ready = true});
+  std::future<mqsidecar::PublishOutcome> waited = std::async(
+      std::launch::async, [&] { return waiting.Publish(MakePublish(biz, "waited", 1), 60s); });
+  // Without wait_for_ready it would be answered UNAVAILABLE at once.
+  CHECK(waited.wait_for(500ms) == std::future_status::timeout);
+  d.Start();
+  REQUIRE(waited.wait_for(60s) == std::future_status::ready);
+  const mqsidecar::PublishOutcome out = waited.get();
+  INFO(out.ToString());
+  CHECK(out.confirmed());
 }
 
 TEST_CASE("integration: client: the token is sent as a bearer token") {

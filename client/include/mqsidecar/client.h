@@ -46,6 +46,10 @@ struct ClientOptions {
   // default grows to 120 s, far too slow to notice a restarted sidecar).
   std::chrono::milliseconds max_reconnect_backoff{2000};
   ErrorCallback on_error = nullptr;
+  // Unary calls (Publish, GetTopology) wait, up to their timeout, for a
+  // sidecar that is not reachable yet (starting, restarting) instead of
+  // failing at once with UNAVAILABLE: gRPC's wait_for_ready.
+  bool wait_for_ready = false;
 };
 
 // ReadTokenFile: the bearer token on the first line of `path` (a trailing
