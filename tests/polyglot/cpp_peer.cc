@@ -23,6 +23,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -136,9 +137,7 @@ int Work(mqsidecar::Client& client, const Args& a) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   CLI::App app{"cpp_peer: the C++ client library's side of tests/polyglot/run.py"};
   app.require_subcommand(1);
   Args a;
@@ -168,4 +167,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   return a.count == 0 ? ProduceOne(client, a) : ProduceMany(client, a);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // CLI11 throws on a bad option definition; nothing else here does.
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cpp_peer: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "cpp_peer: an unknown exception\n");
+  }
+  return 1;
 }
