@@ -129,9 +129,8 @@ std::unique_ptr<observability::Metrics> MetricsFor(const config::Config& config)
 
 // Reload: SIGHUP or the Reload RPC. Reads the file again, applies what can
 // change live (the log level here, a consumer's prefetch and retry through
-// the log),
-// logs what differs and needs a restart, and records the result for
-// GetTopology. `running` tracks what was applied.
+// the log), logs what differs and needs a restart, and records the result
+// for GetTopology. `running` tracks what was applied.
 void Reload(const RunOptions& options, config::Config& running, config::ReloadLog& log) {
   sd_notify(0, "RELOADING=1");
   config::ReloadReport report =

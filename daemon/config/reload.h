@@ -2,10 +2,10 @@
 // disk. Live streams and in-flight publishes are never touched: what can
 // change under them is applied (the log level; a consumer business's
 // prefetch and retry delays, for the streams opened after it); anything else
-// that differs
-// (broker, listeners, businesses, identity, ...) is reported and kept until a
-// restart; a file that no longer loads is rejected with its errors and the
-// running config stays. Pure logic: no signal, no file, no socket.
+// that differs (broker, listeners, businesses, identity, ...) is reported and
+// kept until a restart; a file that no longer loads is rejected with its
+// errors and the running config stays. Pure logic: no signal, no file, no
+// socket.
 #pragma once
 
 #include <chrono>
