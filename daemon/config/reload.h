@@ -82,7 +82,7 @@ class ReloadLog {
   std::optional<Entry> last_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint32_t> prefetch_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Retry> retry_ ABSL_GUARDED_BY(mu_);
-  // The copy ForNewStream hands out per business (null: none made since the
+  // The copy ForNewStream hands out per business (absent: none made since the
   // retry last changed), and every copy made, which streams may still hold.
   mutable std::map<std::string, const Consumer*> current_ ABSL_GUARDED_BY(mu_);
   mutable std::vector<std::unique_ptr<const Consumer>> copies_ ABSL_GUARDED_BY(mu_);
