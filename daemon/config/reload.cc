@@ -100,37 +100,30 @@ ReloadReport PlanReload(const Config& running, const absl::StatusOr<Config>& loa
   // Everything else: kept, named by section (and by business).
   Config a = running;
   Config b = next;
-  // A consumer's prefetch: applied to the streams opened from now on (a live
-  // stream keeps the prefetch it opened with), within the running
-  // limits.max_prefetch (a new limit is kept until a restart). Then it is
-  // not a difference of its business any more.
+  // Per consumer business, what applies to the streams opened from now on
+  // (a live stream keeps what it opened with); once applied it is not a
+  // difference of its business any more.
   for (Consumer& c : b.consumers) {
-    for (const Consumer& old : a.consumers) {
-      if (old.name != c.name || old.prefetch == c.prefetch) continue;
-      if (c.prefetch > running.limits.max_prefetch) break;  // the business shows as changed
-      report.applied.push_back(util::StrCat("consumers.", c.name, ".prefetch: ", old.prefetch,
+    const Consumer* old = a.FindConsumer(c.name);
+    if (old == nullptr) continue;
+    // The prefetch, within the running limits.max_prefetch (a new limit is
+    // kept until a restart; above it the business shows as changed).
+    if (old->prefetch != c.prefetch && c.prefetch <= running.limits.max_prefetch) {
+      report.applied.push_back(util::StrCat("consumers.", c.name, ".prefetch: ", old->prefetch,
                                             " -> ", c.prefetch, " (new streams)"));
       report.prefetch[c.name] = c.prefetch;
-      c.prefetch = old.prefetch;
-      break;
+      c.prefetch = old->prefetch;
     }
-  }
-  // A consumer's retry delays and max_attempts: applied to the nacks of the
-  // streams opened from now on, as the prefetch. A delay new to the queue
-  // gets its retry queue declared on first use (amqp/consumer.cc), and the
-  // old retry queues still bring back what waits in them. Turning retry on
-  // or off changes the queue's dead-letter topology: a difference (kept).
-  for (Consumer& c : b.consumers) {
-    for (const Consumer& old : a.consumers) {
-      if (old.name != c.name) continue;
-      if (old.retry.enabled() && c.retry.enabled() && !SameRetry(old.retry, c.retry)) {
-        report.applied.push_back(util::StrCat("consumers.", c.name,
-                                              ".retry: ", DescribeRetry(old.retry), " -> ",
-                                              DescribeRetry(c.retry), " (new streams)"));
-        report.retry[c.name] = c.retry;
-        c.retry = old.retry;
-      }
-      break;
+    // The retry delays and max_attempts, for their nacks. A delay new to the
+    // queue gets its retry queue declared on first use (amqp/consumer.cc), and
+    // the old retry queues still bring back what waits in them. Turning retry
+    // on or off changes the queue's dead-letter topology: a difference (kept).
+    if (old->retry.enabled() && c.retry.enabled() && !SameRetry(old->retry, c.retry)) {
+      report.applied.push_back(util::StrCat("consumers.", c.name,
+                                            ".retry: ", DescribeRetry(old->retry), " -> ",
+                                            DescribeRetry(c.retry), " (new streams)"));
+      report.retry[c.name] = c.retry;
+      c.retry = old->retry;
     }
   }
   b.log_level = a.log_level;
