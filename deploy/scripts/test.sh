@@ -5,9 +5,10 @@
 #   werror  build with warnings as errors (g++), run every test (unit,
 #           integration, fault, cluster, tls, bench smoke) and, beside them at
 #           the lowest priority, clang-tidy on daemon/ and client/;
-#   asan    build with AddressSanitizer + UndefinedBehaviorSanitizer and run the
-#           unit and integration tests (the fault, cluster, amqps and bench
-#           tests run in the werror pass, the fault tests also under TSan);
+#   asan    build with Clang, AddressSanitizer + UndefinedBehaviorSanitizer
+#           and run the unit and integration tests (the fault, cluster, amqps
+#           and bench tests run in the werror pass, the fault tests also
+#           under TSan);
 #   tsan    build with Clang, ThreadSanitizer and -Wthread-safety, and run the
 #           unit, integration and fault tests but the three slowest
 #           (label fault-slow); then clang-tidy on tests/ (it reads this
@@ -42,11 +43,13 @@ pass_setup() {
       TIDY_SET=sources
       ;;
     asan)
-      # -O0 with line tables only (-g1): every frame of a sanitizer report
-      # keeps its function, file and line, and the build takes ~15 % less
-      # than with full debug info (-g).
+      # Clang: it builds these targets in 251 s where g++ took 663 (g++
+      # builds every file in the werror pass). -O0 with line tables only
+      # (-g1): every frame of a sanitizer report keeps its function, file
+      # and line.
       TARGETS="unit_tests integration_tests"
-      CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O0 -g1" -DMQS_SANITIZE=ON)
+      CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O0 -g1" -DMQS_SANITIZE=ON
+        -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_C_COMPILER=clang-14 -DMQS_UNITY=ON)
       SELECT="-L unit|integration"
       TEST_ENV=("ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1"
         "LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
@@ -54,7 +57,7 @@ pass_setup() {
       ;;
     tsan)
       TARGETS="unit_tests integration_tests fault_tests"
-      CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQS_TSAN=ON
+      CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMQS_TSAN=ON -DMQS_UNITY=ON
         -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_C_COMPILER=clang-14 "$LINES_ONLY")
       SELECT="-L unit|integration|fault -LE slow"
       TEST_ENV=("TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$PWD/tests/tsan.supp")
